@@ -1,0 +1,337 @@
+//! The command line: argument definitions and what each command does. `main.rs` only parses,
+//! sets up telemetry and maps the result to an exit code (0 success, 1 a rotation or check
+//! failed, 2 invalid input or usage).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::engine::{self, Engine, Outcome, Status};
+use crate::journal::Journal;
+use crate::policy::{self, Destination, Policy};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "rotator", version, about = "Rotates Toktra credentials into AWS Secrets Manager and Vault")]
+pub struct Cli {
+    /// Directory of rotation policy files.
+    #[arg(long, global = true, default_value = "policies", env = "ROTATOR_POLICIES")]
+    pub policies: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ROTATOR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// More detail on stderr (same as RUST_LOG=debug for rotator).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check policy files without changing anything.
+    Validate(ValidateArgs),
+    /// Rotate the named policies now.
+    Rotate(RotateArgs),
+    /// Show the whole flow on this machine: an in-process Toktra simulator, file destinations and
+    /// a local journal; no account and no servers needed.
+    Demo(DemoArgs),
+    /// Run the Toktra simulator as a server (for local experiments and tests).
+    ToktraSim(SimArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Files or directories to check (default: the policy directory).
+    pub paths: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Policies to rotate.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub names: Vec<String>,
+    /// Rotate every policy.
+    #[arg(long)]
+    pub all: bool,
+    /// Why (recorded in the journal).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's files in this directory instead of a temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    pub listen: std::net::SocketAddr,
+    /// Admin API key to accept for management calls.
+    #[arg(long, env = "TOKTRA_SIM_ADMIN_KEY")]
+    pub admin_api_key: Option<String>,
+    /// Admin OAuth client as CLIENT_ID:CLIENT_SECRET.
+    #[arg(long, env = "TOKTRA_SIM_ADMIN_CLIENT")]
+    pub admin_client: Option<String>,
+    /// Lifetime of issued access tokens, e.g. `3600s`, `2s`.
+    #[arg(long, default_value = "3600s")]
+    pub token_lifetime: String,
+    /// Page size of list endpoints.
+    #[arg(long, default_value_t = 25)]
+    pub page_size: usize,
+    /// Requests per minute per credential.
+    #[arg(long, default_value_t = 1000)]
+    pub rate_limit: u32,
+    /// Fault injection as JSON, e.g. `{"error_rate":0.15}`.
+    #[arg(long)]
+    pub faults: Option<String>,
+}
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Invalid input or usage: exit 2.
+    #[error("{0}")]
+    Invalid(String),
+    /// A rotation or check failed: exit 1. The message is already printed.
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Invalid(_) => 2,
+            Failure::Failed(_) | Failure::Other(_) => 1,
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Validate(args) => validate(&cli.policies, args),
+        Command::Rotate(args) => rotate(&cli.policies, args).await,
+        Command::Demo(args) => crate::demo::run(args.dir).await.map_err(Failure::Other),
+        Command::ToktraSim(args) => toktra_sim(args).await,
+    }
+}
+
+/// Loads the policy set or fails with every problem (exit 2).
+pub fn load_policies(dir: &std::path::Path) -> Result<Vec<Policy>, Failure> {
+    if !dir.is_dir() {
+        return Err(Failure::Invalid(format!("{}: policy directory not found (set --policies)", dir.display())));
+    }
+    policy::load_dir(dir).map_err(|invalid| Failure::Invalid(invalid.to_string()))
+}
+
+fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<(), Failure> {
+    let result = if args.paths.is_empty() {
+        if !dir.is_dir() {
+            return Err(Failure::Invalid(format!("{}: policy directory not found (set --policies)", dir.display())));
+        }
+        policy::load_dir(dir)
+    } else {
+        policy::load_paths(&args.paths)
+    };
+    match (result, args.format) {
+        (Ok(policies), Format::Text) => {
+            println!("{} policies valid", policies.len());
+            Ok(())
+        }
+        (Ok(policies), Format::Json) => {
+            let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+            println!("{}", serde_json::json!({ "valid": true, "policies": names, "problems": [] }));
+            Ok(())
+        }
+        (Err(invalid), Format::Text) => {
+            for problem in &invalid.0 {
+                println!("{problem}");
+            }
+            Err(Failure::Invalid(format!("{} problem(s); nothing was changed", invalid.0.len())))
+        }
+        (Err(invalid), Format::Json) => {
+            let problems: Vec<_> = invalid
+                .0
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "file": p.location.file.display().to_string(),
+                        "line": p.location.line,
+                        "column": p.location.column,
+                        "field": p.field,
+                        "message": p.message,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "valid": false, "policies": [], "problems": problems }));
+            Err(Failure::Invalid(format!("{} problem(s); nothing was changed", invalid.0.len())))
+        }
+    }
+}
+
+/// Picks the policies a rotate command names; unknown names are a usage error.
+fn select<'a>(policies: &'a [Policy], names: &[String], all: bool) -> Result<Vec<&'a Policy>, Failure> {
+    if all {
+        return Ok(policies.iter().collect());
+    }
+    let mut selected = Vec::new();
+    for name in names {
+        match policies.iter().find(|p| &p.name == name) {
+            Some(p) if !selected.iter().any(|s: &&Policy| s.name == p.name) => selected.push(p),
+            Some(_) => {}
+            None => {
+                let known: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                return Err(Failure::Invalid(format!("unknown policy `{name}`; known: {}", known.join(", "))));
+            }
+        }
+    }
+    Ok(selected)
+}
+
+/// Builds the engine for a set of policies from the environment.
+pub async fn engine(config: &Config, policies: &[&Policy]) -> Result<Engine, Failure> {
+    let destinations = || policies.iter().flat_map(|p| p.destinations.iter());
+    let need_aws = destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
+    let need_vault = destinations().any(|d| matches!(d, Destination::Vault(_)));
+    let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+    let journal = Journal::open(&config.database_url).await.map_err(|e| Failure::Other(e.into()))?;
+    Ok(Engine { toktra: Arc::new(toktra), journal, clients: Arc::new(clients), options: engine::Options::default() })
+}
+
+async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> {
+    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let policies = load_policies(dir)?;
+    let selected = select(&policies, &args.names, args.all)?;
+    let engine = engine(&config, &selected).await?;
+    let request = engine::Request { reason: args.reason, compromised: false };
+    let outcomes = rotate_policies(&engine, &selected, &request).await;
+    engine.journal.close().await;
+    print_outcomes(&outcomes, args.format);
+    check_outcomes(&outcomes)
+}
+
+/// Rotates the policies, a few at a time. Each result is either the policy's outcomes or an
+/// engine error (the policy was busy, the journal failed).
+pub async fn rotate_policies(engine: &Engine, policies: &[&Policy], request: &engine::Request) -> Vec<(String, Result<Vec<Outcome>, engine::Error>)> {
+    use futures::StreamExt;
+    futures::stream::iter(policies.iter().map(|p| async move { (p.name.clone(), engine.rotate(p, request).await) }))
+        .buffered(4)
+        .collect()
+        .await
+}
+
+pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)], format: Format) {
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = outcomes
+                .iter()
+                .map(|(policy, result)| match result {
+                    Ok(list) => serde_json::json!({ "policy": policy, "rotations": list }),
+                    Err(e) => serde_json::json!({ "policy": policy, "error": e.to_string() }),
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        }
+        Format::Text => {
+            println!("{:<24} {:<20} {:<26} {:<26} {:>7}  DESTINATIONS", "POLICY", "STATUS", "NEW CREDENTIAL", "REVOKED", "SECONDS");
+            for (policy, result) in outcomes {
+                match result {
+                    Ok(list) => {
+                        for o in list {
+                            let status = match o.status {
+                                Status::Completed => "completed",
+                                Status::AwaitingRevocation => "awaiting revocation",
+                                Status::Failed => "failed, rolled back",
+                                Status::Incomplete => "incomplete",
+                            };
+                            let revoked = if o.revoked.is_empty() { "-".to_string() } else { o.revoked.join(",") };
+                            println!(
+                                "{:<24} {:<20} {:<26} {:<26} {:>7.2}  {}",
+                                o.policy,
+                                status,
+                                o.new_credential.as_deref().unwrap_or("-"),
+                                revoked,
+                                o.seconds,
+                                o.destinations.join(", ")
+                            );
+                            if let Some(until) = o.revoke_after.filter(|_| o.status == Status::AwaitingRevocation) {
+                                println!("{:<24}   old credential(s) {} revoked after {until}", "", o.old_credentials.join(","));
+                            }
+                            if let Some(error) = &o.error {
+                                println!("{:<24}   error: {error}", "");
+                            }
+                        }
+                    }
+                    Err(e) => println!("{policy:<24} {:<20} {e}", "error"),
+                }
+            }
+        }
+    }
+}
+
+/// Exit 1 when any rotation failed or could not run.
+pub fn check_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]) -> Result<(), Failure> {
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, r)| match r {
+            Ok(list) => list.last().is_none_or(|o| matches!(o.status, Status::Failed | Status::Incomplete)),
+            Err(_) => true,
+        })
+        .map(|(p, _)| p.as_str())
+        .collect();
+    if failed.is_empty() { Ok(()) } else { Err(Failure::Failed(format!("rotation failed for: {}", failed.join(", ")))) }
+}
+
+async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
+    if !args.listen.ip().is_loopback() {
+        return Err(Failure::Invalid(format!("--listen {}: the simulator only listens on loopback", args.listen)));
+    }
+    let token_lifetime = crate::duration::parse(&args.token_lifetime).map_err(|e| Failure::Invalid(format!("--token-lifetime: {e}")))?;
+    let faults = match &args.faults {
+        Some(json) => serde_json::from_str(json).map_err(|e| Failure::Invalid(format!("--faults: {e}")))?,
+        None => Default::default(),
+    };
+    let admin_client = match &args.admin_client {
+        Some(text) => {
+            let (id, secret) = text.split_once(':').ok_or_else(|| Failure::Invalid("--admin-client: expected CLIENT_ID:CLIENT_SECRET".into()))?;
+            Some((id.to_string(), secret.to_string()))
+        }
+        None => None,
+    };
+    if args.admin_api_key.is_none() && admin_client.is_none() {
+        return Err(Failure::Invalid("give --admin-api-key or --admin-client, or nothing can manage credentials".into()));
+    }
+    let config = crate::toktra::sim::Config {
+        token_lifetime,
+        page_size: args.page_size,
+        rate_limit_per_minute: args.rate_limit,
+        faults,
+        admin_api_key: args.admin_api_key,
+        admin_client,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| Failure::Invalid(format!("--listen {}: {e}", args.listen)))?;
+    let sim = crate::toktra::sim::Simulator::serve(listener, config).await.map_err(|e| Failure::Other(e.into()))?;
+    eprintln!("toktra simulator listening on {}", sim.base_url());
+    crate::telemetry::shutdown_signal().await;
+    sim.shutdown().await;
+    Ok(())
+}

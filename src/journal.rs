@@ -1,0 +1,450 @@
+//! The durable journal: one row per rotation (its phase and the IDs it needs to resume), one row
+//! per step before and after each side effect, and per-policy leases that keep one rotation in
+//! flight per policy. SQLite by default (a file, created on first use), PostgreSQL for several
+//! replicas; the SQL is written once for both through sqlx's `Any` driver. The journal holds
+//! credential IDs and fingerprints, never a secret value: nothing of type `Secret` can reach it,
+//! because every column is written from plain strings the engine builds from IDs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use crate::policy::CredentialKind;
+use crate::rotation::Phase;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("journal {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("journal: {what}: {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("journal: corrupt row for rotation {id}: {detail}")]
+    Corrupt { id: String, detail: String },
+}
+
+/// One rotation as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Rotation {
+    /// Chosen before any side effect; also the AWS `ClientRequestToken` and the suffix of the
+    /// minted credential's name.
+    pub id: String,
+    pub policy: String,
+    pub kind: CredentialKind,
+    pub phase: Phase,
+    pub reason: Option<String>,
+    pub compromised: bool,
+    /// Name the new credential is minted under: `<base name>-<rotation id>`.
+    pub credential_name: String,
+    pub new_credential_id: Option<String>,
+    /// Fingerprint of the new secret, to compare read-backs against.
+    pub new_fingerprint: Option<String>,
+    /// Credentials current in the destinations before this rotation; revoked after promotion.
+    pub old_credentials: Vec<String>,
+    /// Destination labels, in policy order.
+    pub destinations: Vec<String>,
+    pub promoted_at: Option<DateTime<Utc>>,
+    /// When the old credentials may be revoked (promotion + grace).
+    pub revoke_after: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The last failure, for status and retries.
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One step record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Step {
+    pub rotation_id: String,
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub step: String,
+    /// `intent`, `done` or `failed`.
+    pub status: String,
+    pub detail: String,
+}
+
+/// A held lease; `fence` increases with every new holder, so a late write of an expired holder
+/// can be told apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub policy: String,
+    pub holder: String,
+    pub fence: i64,
+}
+
+/// Who holds a policy's lease when it could not be taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    pub holder: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS rotations (
+        id TEXT PRIMARY KEY,
+        policy TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        reason TEXT,
+        compromised BIGINT NOT NULL,
+        credential_name TEXT NOT NULL,
+        new_credential_id TEXT,
+        new_fingerprint TEXT,
+        old_credentials TEXT NOT NULL,
+        destinations TEXT NOT NULL,
+        promoted_at TEXT,
+        revoke_after TEXT,
+        revoked_at TEXT,
+        error TEXT,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        finished_at TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS rotations_by_policy ON rotations (policy, started_at)",
+    "CREATE TABLE IF NOT EXISTS steps (
+        rotation_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        step TEXT NOT NULL,
+        status TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (rotation_id, seq)
+    )",
+    "CREATE TABLE IF NOT EXISTS leases (
+        policy TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        fence BIGINT NOT NULL
+    )",
+];
+
+/// Timestamps are stored as fixed-width RFC 3339 UTC text, which sorts correctly as text on
+/// both backends.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(id: &str, text: Option<String>) -> Result<Option<DateTime<Utc>>, Error> {
+    text.map(|t| {
+        DateTime::parse_from_rfc3339(&t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| Error::Corrupt { id: id.to_string(), detail: format!("timestamp `{t}`: {e}") })
+    })
+    .transpose()
+}
+
+#[derive(Clone)]
+pub struct Journal {
+    pool: AnyPool,
+    url: String,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Journal({})", self.url)
+    }
+}
+
+/// Turns what a user writes (`rotator.db`, `sqlite://x.db`, `postgres://…`) into a sqlx URL.
+pub fn normalize_url(url: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        url.to_string()
+    } else if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if rest.contains("mode=") || rest.contains(":memory:") { format!("sqlite://{rest}") } else { format!("sqlite://{rest}?mode=rwc") }
+    } else {
+        format!("sqlite://{url}?mode=rwc")
+    }
+}
+
+/// A URL safe to print: any password is removed.
+pub fn display_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Journal {
+    /// Opens (and creates, for SQLite) the journal and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Journal, Error> {
+        sqlx::any::install_default_drivers();
+        let full = normalize_url(url);
+        let shown = display_url(url);
+        let sqlite = full.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 1 } else { 8 })
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&full)
+            .await
+            .map_err(|source| Error::Open { url: shown.clone(), source })?;
+        let journal = Journal { pool, url: shown };
+        if sqlite {
+            // WAL lets `status` read while a rotation writes; a busy timeout lets two processes
+            // on one file wait for each other instead of failing.
+            for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000", "PRAGMA synchronous = FULL"] {
+                journal.exec("configure sqlite", pragma).await?;
+            }
+        }
+        for statement in SCHEMA {
+            journal.exec("create schema", statement).await?;
+        }
+        Ok(journal)
+    }
+
+    async fn exec(&self, what: &'static str, sql: &'static str) -> Result<(), Error> {
+        sqlx::query(sql).execute(&self.pool).await.map(|_| ()).map_err(|source| Error::Query { what, source })
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.exec("ping", "SELECT 1").await
+    }
+
+    /// Records a new rotation. Called before any side effect.
+    pub async fn insert(&self, r: &Rotation) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO rotations (id, policy, kind, phase, reason, compromised, credential_name, new_credential_id,
+                new_fingerprint, old_credentials, destinations, promoted_at, revoke_after, revoked_at, error,
+                started_at, updated_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(&r.id)
+        .bind(&r.policy)
+        .bind(r.kind.as_str())
+        .bind(r.phase.as_str())
+        .bind(r.reason.clone())
+        .bind(r.compromised as i64)
+        .bind(&r.credential_name)
+        .bind(r.new_credential_id.clone())
+        .bind(r.new_fingerprint.clone())
+        .bind(serde_json::to_string(&r.old_credentials).unwrap_or_default())
+        .bind(serde_json::to_string(&r.destinations).unwrap_or_default())
+        .bind(r.promoted_at.map(ts))
+        .bind(r.revoke_after.map(ts))
+        .bind(r.revoked_at.map(ts))
+        .bind(r.error.clone())
+        .bind(ts(r.started_at))
+        .bind(ts(r.updated_at))
+        .bind(r.finished_at.map(ts))
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Query { what: "insert rotation", source })
+    }
+
+    /// Saves a rotation's mutable fields.
+    pub async fn update(&self, r: &Rotation) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE rotations SET phase = $2, new_credential_id = $3, new_fingerprint = $4, old_credentials = $5,
+                promoted_at = $6, revoke_after = $7, revoked_at = $8, error = $9, updated_at = $10, finished_at = $11
+             WHERE id = $1",
+        )
+        .bind(&r.id)
+        .bind(r.phase.as_str())
+        .bind(r.new_credential_id.clone())
+        .bind(r.new_fingerprint.clone())
+        .bind(serde_json::to_string(&r.old_credentials).unwrap_or_default())
+        .bind(r.promoted_at.map(ts))
+        .bind(r.revoke_after.map(ts))
+        .bind(r.revoked_at.map(ts))
+        .bind(r.error.clone())
+        .bind(ts(r.updated_at))
+        .bind(r.finished_at.map(ts))
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Query { what: "update rotation", source })
+    }
+
+    /// Appends a step record (`intent`, `done` or `failed`). `detail` holds IDs and messages only.
+    pub async fn step(&self, rotation_id: &str, step: &str, status: &str, detail: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO steps (rotation_id, seq, at, step, status, detail)
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM steps WHERE rotation_id = $1",
+        )
+        .bind(rotation_id)
+        .bind(ts(Utc::now()))
+        .bind(step)
+        .bind(status)
+        .bind(detail)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Query { what: "insert step", source })
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Rotation>, Error> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM rotations WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what: "read rotation", source })?;
+        row.map(|r| rotation_from_row(&r)).transpose()
+    }
+
+    /// Rotations not yet completed or failed, oldest first; all policies when `policy` is `None`.
+    pub async fn unfinished(&self, policy: Option<&str>) -> Result<Vec<Rotation>, Error> {
+        let terminal: Vec<String> = Phase::ALL.iter().filter(|p| p.is_terminal()).map(|p| format!("'{}'", p.as_str())).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM rotations WHERE phase NOT IN ({}) AND ($1 = '' OR policy = $1) ORDER BY started_at",
+            terminal.join(", ")
+        );
+        self.fetch(sql, policy.unwrap_or(""), "read unfinished rotations").await
+    }
+
+    /// Most recent rotations first; all policies when `policy` is `None`.
+    pub async fn history(&self, policy: Option<&str>, limit: i64) -> Result<Vec<Rotation>, Error> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM rotations WHERE ($1 = '' OR policy = $1) ORDER BY started_at DESC LIMIT {}",
+            limit.max(1)
+        );
+        self.fetch(sql, policy.unwrap_or(""), "read history").await
+    }
+
+    async fn fetch(&self, sql: String, policy: &str, what: &'static str) -> Result<Vec<Rotation>, Error> {
+        // Built only from this module's constants and phase names, never from input.
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(policy)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what, source })?;
+        rows.iter().map(rotation_from_row).collect()
+    }
+
+    pub async fn steps(&self, rotation_id: &str) -> Result<Vec<Step>, Error> {
+        let rows = sqlx::query("SELECT rotation_id, seq, at, step, status, detail FROM steps WHERE rotation_id = $1 ORDER BY seq")
+            .bind(rotation_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what: "read steps", source })?;
+        rows.iter()
+            .map(|row| {
+                let get = |i: usize| row.try_get::<String, _>(i).map_err(|source| Error::Query { what: "read step", source });
+                let at = get(2)?;
+                Ok(Step {
+                    rotation_id: get(0)?,
+                    seq: row.try_get::<i64, _>(1).map_err(|source| Error::Query { what: "read step", source })?,
+                    at: parse_ts(rotation_id, Some(at))?.unwrap_or_default(),
+                    step: get(3)?,
+                    status: get(4)?,
+                    detail: get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes the policy's lease for `ttl` if it is free, expired, or already ours. Returns the
+    /// current holder when someone else has it.
+    pub async fn acquire(&self, policy: &str, holder: &str, ttl: Duration) -> Result<Result<Lease, Holder>, Error> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let taken = sqlx::query(
+            "INSERT INTO leases (policy, holder, expires_at, fence) VALUES ($1, $2, $3, 1)
+             ON CONFLICT (policy) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
+                fence = leases.fence + 1
+             WHERE leases.expires_at < $4 OR leases.holder = excluded.holder",
+        )
+        .bind(policy)
+        .bind(holder)
+        .bind(expires.timestamp_millis())
+        .bind(now.timestamp_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(|source| Error::Query { what: "acquire lease", source })?
+        .rows_affected();
+        let row = sqlx::query("SELECT holder, expires_at, fence FROM leases WHERE policy = $1")
+            .bind(policy)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what: "read lease", source })?;
+        let current: String = row.try_get(0).map_err(|source| Error::Query { what: "read lease", source })?;
+        let expires_at: i64 = row.try_get(1).map_err(|source| Error::Query { what: "read lease", source })?;
+        let fence: i64 = row.try_get(2).map_err(|source| Error::Query { what: "read lease", source })?;
+        if taken == 1 && current == holder {
+            Ok(Ok(Lease { policy: policy.to_string(), holder: holder.to_string(), fence }))
+        } else {
+            Ok(Err(Holder { holder: current, expires_at: DateTime::from_timestamp_millis(expires_at).unwrap_or_default() }))
+        }
+    }
+
+    /// Extends a held lease; `false` if it was lost (expired and taken by someone else).
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, Error> {
+        let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let n = sqlx::query("UPDATE leases SET expires_at = $1 WHERE policy = $2 AND holder = $3 AND fence = $4")
+            .bind(expires.timestamp_millis())
+            .bind(&lease.policy)
+            .bind(&lease.holder)
+            .bind(lease.fence)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what: "renew lease", source })?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    pub async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        sqlx::query("DELETE FROM leases WHERE policy = $1 AND holder = $2 AND fence = $3")
+            .bind(&lease.policy)
+            .bind(&lease.holder)
+            .bind(lease.fence)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Query { what: "release lease", source })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const COLUMNS: &str = "id, policy, kind, phase, reason, compromised, credential_name, new_credential_id, new_fingerprint,
+    old_credentials, destinations, promoted_at, revoke_after, revoked_at, error, started_at, updated_at, finished_at";
+
+fn rotation_from_row(row: &AnyRow) -> Result<Rotation, Error> {
+    let q = |source| Error::Query { what: "read rotation", source };
+    let text = |i: usize| row.try_get::<String, _>(i).map_err(q);
+    let opt = |i: usize| row.try_get::<Option<String>, _>(i).map_err(q);
+    let id = text(0)?;
+    let corrupt = |detail: String| Error::Corrupt { id: id.clone(), detail };
+    let kind = text(2)?;
+    let phase = text(3)?;
+    let list = |i: usize| -> Result<Vec<String>, Error> {
+        serde_json::from_str(&text(i)?).map_err(|e| corrupt(format!("column {i}: {e}")))
+    };
+    Ok(Rotation {
+        policy: text(1)?,
+        kind: CredentialKind::parse(&kind).ok_or_else(|| corrupt(format!("kind `{kind}`")))?,
+        phase: Phase::from_str(&phase).map_err(|_| corrupt(format!("phase `{phase}`")))?,
+        reason: opt(4)?,
+        compromised: row.try_get::<i64, _>(5).map_err(q)? != 0,
+        credential_name: text(6)?,
+        new_credential_id: opt(7)?,
+        new_fingerprint: opt(8)?,
+        old_credentials: list(9)?,
+        destinations: list(10)?,
+        promoted_at: parse_ts(&id, opt(11)?)?,
+        revoke_after: parse_ts(&id, opt(12)?)?,
+        revoked_at: parse_ts(&id, opt(13)?)?,
+        error: opt(14)?,
+        started_at: parse_ts(&id, Some(text(15)?))?.unwrap_or_default(),
+        updated_at: parse_ts(&id, Some(text(16)?))?.unwrap_or_default(),
+        finished_at: parse_ts(&id, opt(17)?)?,
+        id,
+    })
+}

@@ -1,0 +1,15 @@
+//! rotator: rotates Toktra OAuth clients and API keys into AWS Secrets Manager, Vault and files,
+//! crash-safely. See ARCHITECTURE.md for the map of modules and the invariants they keep.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod duration;
+pub mod engine;
+pub mod journal;
+pub mod policy;
+pub mod rotation;
+pub mod secret;
+pub mod store;
+pub mod telemetry;
+pub mod toktra;

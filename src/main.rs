@@ -1,0 +1,28 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process (notes/stack.md section 2).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = rotator::cli::Cli::parse();
+    rotator::telemetry::init(cli.log_format, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(rotator::cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            // `{:#}` prints the whole cause chain on one line.
+            match &failure {
+                rotator::cli::Failure::Other(e) => eprintln!("error: {e:#}"),
+                other => eprintln!("error: {other}"),
+            }
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}

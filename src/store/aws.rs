@@ -1,0 +1,224 @@
+//! The AWS Secrets Manager destination, following AWS's own rotation protocol: the new value is
+//! put as a version whose ID is the rotation ID (`ClientRequestToken`) with the `AWSPENDING`
+//! label, promoted by moving `AWSCURRENT` to it (AWS then labels the replaced version
+//! `AWSPREVIOUS`), and `AWSPENDING` is cleared afterwards, since only AWS's managed rotation
+//! does that by itself. A secret that does not exist is created without a value when the policy
+//! says `create: true`, so consumers never see a value before it is verified.
+
+use std::collections::HashMap;
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::types::Tag;
+
+use super::{Error, ErrorKind, Record, Store};
+use crate::policy::{AwsDestination, CredentialKind};
+
+const CURRENT: &str = "AWSCURRENT";
+const PENDING: &str = "AWSPENDING";
+
+pub struct Aws {
+    client: Client,
+    secret_id: String,
+    create: bool,
+    kms_key_id: Option<String>,
+    kind: CredentialKind,
+    label: String,
+}
+
+impl Aws {
+    pub fn new(spec: &AwsDestination, kind: CredentialKind, sdk: &aws_config::SdkConfig) -> Result<Aws, Error> {
+        let label = crate::policy::Destination::AwsSecretsManager(spec.clone()).label();
+        let mut config = aws_sdk_secretsmanager::config::Builder::from(sdk);
+        if let Some(region) = &spec.region {
+            config = config.region(aws_config::Region::new(region.clone()));
+        } else if sdk.region().is_none() {
+            return Err(Error::new(label, ErrorKind::Permanent, "no AWS region: set `region` in the policy or AWS_REGION"));
+        }
+        Ok(Aws {
+            client: Client::from_conf(config.build()),
+            secret_id: spec.secret_id.clone(),
+            create: spec.create,
+            kms_key_id: spec.kms_key_id.clone(),
+            kind,
+            label,
+        })
+    }
+
+    fn error(&self, kind: ErrorKind, detail: impl Into<String>) -> Error {
+        Error::new(self.label.clone(), kind, detail)
+    }
+
+    /// Maps an SDK error by its error code; AWS error messages describe requests, not values.
+    fn map<E, R>(&self, what: &str, e: SdkError<E, R>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        let kind = match &e {
+            SdkError::ServiceError(service) => match service.err().code() {
+                Some("ResourceNotFoundException") => ErrorKind::NotFound,
+                Some("InternalServiceError" | "ThrottlingException" | "RequestTimeout" | "ServiceUnavailable") => ErrorKind::Transient,
+                Some("ResourceExistsException") => ErrorKind::Conflict,
+                _ => ErrorKind::Permanent,
+            },
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => ErrorKind::Transient,
+            _ => ErrorKind::Permanent,
+        };
+        self.error(kind, format!("{what}: {}", DisplayErrorContext(&e)))
+    }
+
+    /// Version ID → labels, or `None` when the secret does not exist.
+    async fn versions(&self) -> Result<Option<HashMap<String, Vec<String>>>, Error> {
+        match self.client.describe_secret().secret_id(&self.secret_id).send().await {
+            Ok(out) => Ok(Some(out.version_ids_to_stages().cloned().unwrap_or_default())),
+            Err(e) => {
+                let e = self.map("describe secret", e);
+                if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Reads one version by ID or by label; `None` when it does not exist.
+    async fn read(&self, version_id: Option<&str>, stage: Option<&str>) -> Result<Option<Record>, Error> {
+        let mut request = self.client.get_secret_value().secret_id(&self.secret_id);
+        if let Some(id) = version_id {
+            request = request.version_id(id);
+        }
+        if let Some(stage) = stage {
+            request = request.version_stage(stage);
+        }
+        match request.send().await {
+            Ok(out) => Record::parse_text(self.kind, out.secret_string().unwrap_or_default())
+                .map_err(|e| self.error(ErrorKind::Unexpected, e)),
+            Err(e) => {
+                let e = self.map("get secret value", e);
+                if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    fn holder<'a>(versions: &'a HashMap<String, Vec<String>>, stage: &str) -> Option<&'a str> {
+        versions.iter().find(|(_, stages)| stages.iter().any(|s| s == stage)).map(|(id, _)| id.as_str())
+    }
+}
+
+impl Store for Aws {
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+
+    async fn check(&self) -> Result<(), Error> {
+        match self.versions().await? {
+            Some(_) => self.read(None, Some(CURRENT)).await.map(|_| ()),
+            None if self.create => Ok(()),
+            None => Err(self.error(ErrorKind::NotFound, "the secret does not exist and the policy does not allow `create`")),
+        }
+    }
+
+    async fn current(&self) -> Result<Option<Record>, Error> {
+        // By label, not the default read: emulators (moto) do not always move the default.
+        self.read(None, Some(CURRENT)).await
+    }
+
+    async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {
+        let versions = match self.versions().await? {
+            Some(versions) => versions,
+            None if self.create => {
+                let mut request = self
+                    .client
+                    .create_secret()
+                    .name(&self.secret_id)
+                    .description("Toktra credential managed by rotator")
+                    .tags(Tag::builder().key("managed-by").value("rotator").build());
+                if let Some(key) = &self.kms_key_id {
+                    request = request.kms_key_id(key);
+                }
+                if let Err(e) = request.send().await {
+                    // Created concurrently or by an earlier attempt whose answer was lost.
+                    let e = self.map("create secret", e);
+                    if e.kind != ErrorKind::Conflict {
+                        return Err(e);
+                    }
+                }
+                HashMap::new()
+            }
+            None => return Err(self.error(ErrorKind::NotFound, "the secret does not exist and the policy does not allow `create`")),
+        };
+        // Refuse to go on when the current value is not a credential rotator understands.
+        if Self::holder(&versions, CURRENT).is_some() {
+            self.current().await?;
+        }
+        if versions.contains_key(rotation_id) {
+            // Staged before: AWS keeps versions immutable, so only compare.
+            return match self.read(Some(rotation_id), None).await? {
+                Some(staged) if staged == *record => Ok(()),
+                _ => Err(self.error(ErrorKind::Unexpected, format!("version {rotation_id} exists with a different value"))),
+            };
+        }
+        self.client
+            .put_secret_value()
+            .secret_id(&self.secret_id)
+            .client_request_token(rotation_id)
+            .secret_string(record.to_json_secret().expose())
+            .version_stages(PENDING)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map("put pending value", e))
+    }
+
+    async fn staged(&self, rotation_id: &str) -> Result<Option<Record>, Error> {
+        match self.versions().await? {
+            Some(versions) if versions.contains_key(rotation_id) => self.read(Some(rotation_id), None).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn promote(&self, rotation_id: &str) -> Result<(), Error> {
+        let versions = self.versions().await?.ok_or_else(|| self.error(ErrorKind::NotFound, "the secret no longer exists"))?;
+        if !versions.contains_key(rotation_id) {
+            return Err(self.error(ErrorKind::Unexpected, format!("no staged version {rotation_id}")));
+        }
+        let current = Self::holder(&versions, CURRENT);
+        if current != Some(rotation_id) {
+            let mut request = self
+                .client
+                .update_secret_version_stage()
+                .secret_id(&self.secret_id)
+                .version_stage(CURRENT)
+                .move_to_version_id(rotation_id);
+            if let Some(old) = current {
+                request = request.remove_from_version_id(old);
+            }
+            request.send().await.map_err(|e| self.map("move AWSCURRENT", e))?;
+        }
+        if Self::holder(&versions, PENDING) == Some(rotation_id) {
+            self.client
+                .update_secret_version_stage()
+                .secret_id(&self.secret_id)
+                .version_stage(PENDING)
+                .remove_from_version_id(rotation_id)
+                .send()
+                .await
+                .map_err(|e| self.map("clear AWSPENDING", e))?;
+        }
+        Ok(())
+    }
+
+    async fn discard(&self, rotation_id: &str) -> Result<(), Error> {
+        let Some(versions) = self.versions().await? else { return Ok(()) };
+        let labels = versions.get(rotation_id).cloned().unwrap_or_default();
+        if labels.iter().any(|l| l == PENDING) && !labels.iter().any(|l| l == CURRENT) {
+            self.client
+                .update_secret_version_stage()
+                .secret_id(&self.secret_id)
+                .version_stage(PENDING)
+                .remove_from_version_id(rotation_id)
+                .send()
+                .await
+                .map_err(|e| self.map("clear AWSPENDING", e))?;
+        }
+        Ok(())
+    }
+}

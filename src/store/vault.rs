@@ -1,0 +1,286 @@
+//! The Vault (KV v2) destination, also used with OpenBao. Consumers read `<mount>/<path>`; the
+//! pending value waits at a staging path outside it (default `_rotator/staging/<path>`), so a
+//! consumer's ACL on its own path never exposes an unverified value. Every write uses
+//! check-and-set, so a concurrent writer (a person, another tool, a second rotator) makes the
+//! write fail instead of being silently overwritten. Rotation bookkeeping (rotation ID, credential
+//! ID, time) goes into the path's `custom_metadata`, merged with what others keep there.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::Value;
+use vaultrs::api::kv2::requests::{SetSecretMetadataRequest, SetSecretRequestOptions};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use vaultrs::kv2;
+
+use super::{Error, ErrorKind, Record, Store};
+use crate::policy::{CredentialKind, VaultDestination};
+use crate::secret::Secret;
+
+/// A Vault connection shared by every Vault destination of a run.
+#[derive(Clone)]
+pub struct Connection {
+    client: Arc<VaultClient>,
+    address: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("address", &self.address).finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub fn new(address: &str, token: &Secret, namespace: Option<&str>, timeout: Duration) -> Result<Connection, String> {
+        // vaultrs panics on an address it cannot parse, so check it first.
+        reqwest::Url::parse(address).map_err(|e| format!("VAULT_ADDR `{address}` is not a URL: {e}"))?;
+        let mut builder = VaultClientSettingsBuilder::default();
+        builder.address(address).token(token.expose()).timeout(Some(timeout));
+        if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+            builder.set_namespace(ns.to_string());
+        }
+        let settings = builder.build().map_err(|e| format!("vault settings: {e}"))?;
+        let client = VaultClient::new(settings).map_err(|e| format!("vault client: {e}"))?;
+        Ok(Connection { client: Arc::new(client), address: address.to_string() })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+pub struct Vault {
+    mount: String,
+    path: String,
+    staging_path: String,
+    create: bool,
+    kind: CredentialKind,
+    connection: Connection,
+}
+
+/// Keys rotator owns in `custom_metadata`; every other key is left as it is.
+const META_ROTATION_ID: &str = "rotator_rotation_id";
+const META_CREDENTIAL_ID: &str = "rotator_credential_id";
+const META_ROTATED_AT: &str = "rotator_rotated_at";
+const META_PREVIOUS_ID: &str = "rotator_previous_credential_id";
+
+impl Vault {
+    pub fn new(spec: &VaultDestination, kind: CredentialKind, connection: Connection) -> Vault {
+        let path = spec.path.trim_matches('/').to_string();
+        let staging_path = spec
+            .staging_path
+            .as_deref()
+            .map(|p| p.trim_matches('/').to_string())
+            .unwrap_or_else(|| format!("_rotator/staging/{path}"));
+        Vault { mount: spec.mount.trim_matches('/').to_string(), path, staging_path, create: spec.create, kind, connection }
+    }
+
+    fn error(&self, kind: ErrorKind, detail: impl Into<String>) -> Error {
+        Error::new(self.label(), kind, detail)
+    }
+
+    /// Maps a vaultrs error. Vault's error strings describe the request, never the data.
+    fn map(&self, what: &str, e: ClientError) -> Error {
+        let (kind, detail) = match &e {
+            ClientError::APIError { code, errors } => {
+                let text = errors.join("; ");
+                let kind = match code {
+                    404 => ErrorKind::NotFound,
+                    400 if text.contains("check-and-set") => ErrorKind::Conflict,
+                    429 | 500.. => ErrorKind::Transient,
+                    _ => ErrorKind::Permanent,
+                };
+                (kind, format!("{what}: vault answered {code}{}", if text.is_empty() { String::new() } else { format!(": {text}") }))
+            }
+            ClientError::RestClientError { source } => match source {
+                rustify::errors::ClientError::ServerResponseError { code, .. } => {
+                    let kind = match code {
+                        404 => ErrorKind::NotFound,
+                        429 | 500.. => ErrorKind::Transient,
+                        _ => ErrorKind::Permanent,
+                    };
+                    (kind, format!("{what}: vault answered {code}"))
+                }
+                other => (ErrorKind::Transient, format!("{what}: {other}")),
+            },
+            other => (ErrorKind::Permanent, format!("{what}: {other}")),
+        };
+        self.error(kind, detail)
+    }
+
+    /// The data at `path` with its version, or `None` when there is none (or it was deleted).
+    async fn read(&self, path: &str) -> Result<Option<(Value, u64)>, Error> {
+        let meta = match kv2::read_metadata(&*self.connection.client, &self.mount, path).await {
+            Ok(meta) => meta,
+            Err(e) => {
+                let e = self.map(&format!("read metadata of {path}"), e);
+                return if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) };
+            }
+        };
+        let version = meta.current_version;
+        let deleted = meta.versions.get(&version.to_string()).is_some_and(|v| v.destroyed || !v.deletion_time.is_empty());
+        if version == 0 || deleted {
+            return Ok(Some((Value::Null, version)));
+        }
+        match kv2::read_version::<Value>(&*self.connection.client, &self.mount, path, version).await {
+            Ok(data) => Ok(Some((data, version))),
+            Err(e) => {
+                let e = self.map(&format!("read {path}"), e);
+                if e.kind == ErrorKind::NotFound { Ok(Some((Value::Null, version))) } else { Err(e) }
+            }
+        }
+    }
+
+    fn parse(&self, path: &str, value: &Value) -> Result<Option<Record>, Error> {
+        Record::parse(self.kind, value).map_err(|e| self.error(ErrorKind::Unexpected, format!("{}/{path}: {e}", self.mount)))
+    }
+
+    async fn write(&self, path: &str, record: &Record, cas: u64) -> Result<u64, Error> {
+        let options = SetSecretRequestOptions { cas: cas as u32 };
+        kv2::set_with_options(&*self.connection.client, &self.mount, path, &record.to_json(), options)
+            .await
+            .map(|m| m.version)
+            .map_err(|e| self.map(&format!("write {path} (cas {cas})"), e))
+    }
+
+    /// Merges rotator's keys into the path's `custom_metadata` (the metadata endpoint replaces
+    /// the whole map, so read it first and keep everything else).
+    async fn record_rotation(&self, record: &Record, previous: Option<&str>) -> Result<(), Error> {
+        let mut map: HashMap<String, String> = match kv2::read_metadata(&*self.connection.client, &self.mount, &self.path).await {
+            Ok(meta) => meta.custom_metadata.unwrap_or_default(),
+            Err(e) => return Err(self.map("read metadata", e)),
+        };
+        map.insert(META_ROTATION_ID.into(), record.rotation_id.clone().unwrap_or_default());
+        map.insert(META_CREDENTIAL_ID.into(), record.id.clone());
+        map.insert(META_ROTATED_AT.into(), Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+        match previous {
+            Some(id) => map.insert(META_PREVIOUS_ID.into(), id.to_string()),
+            None => map.remove(META_PREVIOUS_ID),
+        };
+        let mut request = SetSecretMetadataRequest::builder();
+        request.custom_metadata(map);
+        kv2::set_metadata(&*self.connection.client, &self.mount, &self.path, Some(&mut request))
+            .await
+            .map_err(|e| self.map("write metadata", e))
+    }
+
+    async fn delete_staging(&self) -> Result<(), Error> {
+        match kv2::delete_metadata(&*self.connection.client, &self.mount, &self.staging_path).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = self.map(&format!("delete {}", self.staging_path), e);
+                if e.kind == ErrorKind::NotFound { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+}
+
+impl Store for Vault {
+    fn label(&self) -> String {
+        format!("vault:{}/{}", self.mount, self.path)
+    }
+
+    async fn check(&self) -> Result<(), Error> {
+        match self.read(&self.path).await? {
+            None if !self.create => Err(self.error(
+                ErrorKind::NotFound,
+                format!("{}/{} does not exist and the policy does not allow `create`", self.mount, self.path),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn current(&self) -> Result<Option<Record>, Error> {
+        match self.read(&self.path).await? {
+            Some((value, _)) => self.parse(&self.path, &value),
+            None => Ok(None),
+        }
+    }
+
+    async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {
+        match self.read(&self.path).await? {
+            None if !self.create => {
+                return Err(self.error(
+                    ErrorKind::NotFound,
+                    format!("{}/{} does not exist and the policy does not allow `create`", self.mount, self.path),
+                ));
+            }
+            // Refuse to go on when the current value is not a credential rotator understands.
+            Some((value, _)) => {
+                self.parse(&self.path, &value)?;
+            }
+            None => {}
+        }
+        let cas = match self.read(&self.staging_path).await? {
+            Some((value, version)) => {
+                if let Some(staged) = self.parse(&self.staging_path, &value)? {
+                    if staged.rotation_id.as_deref() == Some(rotation_id) {
+                        return if staged == *record {
+                            Ok(())
+                        } else {
+                            Err(self.error(ErrorKind::Unexpected, format!("a different value is already staged for rotation {rotation_id}")))
+                        };
+                    }
+                }
+                version
+            }
+            None => 0,
+        };
+        self.write(&self.staging_path, record, cas).await.map(|_| ())
+    }
+
+    async fn staged(&self, rotation_id: &str) -> Result<Option<Record>, Error> {
+        for path in [&self.staging_path, &self.path] {
+            if let Some((value, _)) = self.read(path).await? {
+                if let Some(record) = self.parse(path, &value)? {
+                    if record.rotation_id.as_deref() == Some(rotation_id) {
+                        return Ok(Some(record));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn promote(&self, rotation_id: &str) -> Result<(), Error> {
+        let (current, version) = match self.read(&self.path).await? {
+            Some((value, version)) => (self.parse(&self.path, &value)?, version),
+            None => (None, 0),
+        };
+        if current.as_ref().and_then(|r| r.rotation_id.as_deref()) == Some(rotation_id) {
+            // Promoted before a crash; finish the bookkeeping and clean up.
+            if let Some(record) = &current {
+                let meta = kv2::read_metadata(&*self.connection.client, &self.mount, &self.path).await.map_err(|e| self.map("read metadata", e))?;
+                let recorded = meta.custom_metadata.as_ref().and_then(|m| m.get(META_ROTATION_ID)).map(String::as_str);
+                if recorded != Some(rotation_id) {
+                    self.record_rotation(record, None).await?;
+                }
+            }
+            return self.delete_staging().await;
+        }
+        let staged = match self.read(&self.staging_path).await? {
+            Some((value, _)) => self.parse(&self.staging_path, &value)?,
+            None => None,
+        };
+        let staged = staged
+            .filter(|s| s.rotation_id.as_deref() == Some(rotation_id))
+            .ok_or_else(|| self.error(ErrorKind::Unexpected, format!("no staged value for rotation {rotation_id}")))?;
+        self.write(&self.path, &staged, version).await?;
+        self.record_rotation(&staged, current.as_ref().map(|c| c.id.as_str())).await?;
+        self.delete_staging().await
+    }
+
+    async fn discard(&self, rotation_id: &str) -> Result<(), Error> {
+        if let Some((value, _)) = self.read(&self.staging_path).await? {
+            if let Some(staged) = self.parse(&self.staging_path, &value)? {
+                if staged.rotation_id.as_deref() == Some(rotation_id) {
+                    return self.delete_staging().await;
+                }
+            }
+        }
+        Ok(())
+    }
+}

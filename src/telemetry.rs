@@ -1,0 +1,39 @@
+//! Logging setup and process signals. Logs go to stderr (stdout carries command output), as
+//! human-readable text or JSON lines. Libraries that log every non-2xx answer at ERROR level
+//! (vaultrs, rustify: expected check-and-set conflicts included) are turned down by default.
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+const QUIET: &str = "rustify=off,vaultrs=warn,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn,reqwest=warn";
+
+pub fn init(format: LogFormat, verbose: bool) {
+    let default = if verbose { format!("debug,{QUIET}") } else { format!("info,{QUIET}") };
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,601 @@
+//! The Toktra API client: management calls (create, list, revoke OAuth clients and API keys)
+//! authenticated with the rotator's own admin credential, and the probes that verify a minted
+//! credential works or that a revoked one is rejected. Everything `toktra-api.md` only assumes
+//! is configurable here ([`Endpoints`]) or parsed tolerantly. `sim` is the project's simulator
+//! of the same contract.
+
+pub mod sim;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex as SyncMutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::policy::CredentialKind;
+use crate::secret::Secret;
+
+/// Paths below the base URL. The management endpoints are undocumented (toktra-api.md,
+/// "Assumed"), so they can be changed without touching code that uses them.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub token: String,
+    pub oauth_clients: String,
+    pub api_keys: String,
+    pub usage: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Endpoints {
+        Endpoints {
+            token: "oauth/token".into(),
+            oauth_clients: "oauth/clients".into(),
+            api_keys: "api-keys".into(),
+            usage: "usage".into(),
+        }
+    }
+}
+
+/// The rotator's own admin credential for management calls.
+#[derive(Debug, Clone)]
+pub enum ManagementAuth {
+    ApiKey(Secret),
+    Client { client_id: String, client_secret: Secret },
+}
+
+/// Retry limits for transient failures of idempotent calls.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Attempts per call, the first included.
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Longest single wait for a `429` before it is surfaced as an error.
+    pub max_rate_limit_wait: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            attempts: 6,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            max_rate_limit_wait: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// e.g. `https://api.toktra.io/v1`
+    pub base_url: String,
+    pub auth: ManagementAuth,
+    pub endpoints: Endpoints,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    pub retry: Retry,
+    /// Page size asked for when listing (1-100).
+    pub page_size: u32,
+}
+
+impl Settings {
+    pub fn new(base_url: impl Into<String>, auth: ManagementAuth) -> Settings {
+        Settings {
+            base_url: base_url.into(),
+            auth,
+            endpoints: Endpoints::default(),
+            timeout: Duration::from_secs(30),
+            retry: Retry::default(),
+            page_size: 100,
+        }
+    }
+}
+
+/// What went wrong talking to Toktra. Messages never contain secret values: request bodies are
+/// never echoed, and server messages are only kept for management endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: could not reach toktra: {source}")]
+    Transport {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what}: toktra answered {status} {code}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Api { what: String, status: u16, code: String, message: Option<String> },
+    #[error("{what}: toktra's response could not be read: {detail}")]
+    Decode { what: String, detail: String },
+    #[error("{what}: still rate limited after waiting; retry after {retry_after:?}")]
+    RateLimited { what: String, retry_after: Duration },
+    #[error("invalid toktra settings: {0}")]
+    Settings(String),
+}
+
+impl Error {
+    /// Whether trying the same thing again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport { .. } | Error::RateLimited { .. } => true,
+            Error::Api { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            Error::Decode { .. } | Error::Settings(_) => false,
+        }
+    }
+
+    /// Whether Toktra said the credential used is not valid (401, or `invalid_client`).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, Error::Api { status: 401, .. })
+            || matches!(self, Error::Api { status: 400, code, .. } if code == "invalid_client")
+    }
+
+    /// For a create: the request may have reached Toktra even though no answer came back.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            Error::Transport { source, .. } => !source.is_connect(),
+            Error::Api { status, .. } => *status >= 500,
+            Error::Decode { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A freshly created credential; its secret is shown by Toktra this once.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub id: String,
+    pub name: String,
+    pub secret: Secret,
+    /// Credentials of earlier attempts of this same create whose answer was lost; they were
+    /// found by name and revoked, because their secret can never be known.
+    pub revoked_strays: Vec<String>,
+}
+
+/// A credential as listed (never with its secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Outcome of a revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    Now,
+    /// Toktra answered 404: it was revoked before (or never existed).
+    AlreadyGone,
+}
+
+/// Result of presenting a credential to Toktra.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Accepted,
+    Rejected,
+}
+
+/// Counters for reports and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    pub requests: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub retries: u64,
+    pub rate_limit_waits: u64,
+    pub token_renewals: u64,
+}
+
+struct CachedToken {
+    token: Secret,
+    renew_at: Instant,
+}
+
+/// How a request authenticates.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    Management,
+    Bearer(&'a Secret),
+    None,
+}
+
+enum Body<'a> {
+    Empty,
+    Json(Value),
+    Form(Vec<(&'a str, &'a str)>),
+}
+
+/// A Toktra API client. Cheap to share behind an `Arc`; the management token is cached inside.
+pub struct Client {
+    http: reqwest::Client,
+    settings: Settings,
+    token: tokio::sync::Mutex<Option<CachedToken>>,
+    stats: SyncMutex<Stats>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("base_url", &self.settings.base_url).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(settings: Settings) -> Result<Client, Error> {
+        if !(1..=100).contains(&settings.page_size) {
+            return Err(Error::Settings(format!("page size {} is outside 1-100", settings.page_size)));
+        }
+        reqwest::Url::parse(&settings.base_url)
+            .map_err(|e| Error::Settings(format!("base URL `{}`: {e}", settings.base_url)))?;
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("rotator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Settings(format!("http client: {e}")))?;
+        Ok(Client { http, settings, token: tokio::sync::Mutex::new(None), stats: SyncMutex::new(Stats::default()) })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The token endpoint's full URL, written into OAuth destinations as `token_url`.
+    pub fn token_url(&self) -> String {
+        self.url(&self.settings.endpoints.token)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.settings.base_url.trim_end_matches('/'), path.trim_start_matches('/'))
+    }
+
+    fn collection(&self, kind: CredentialKind) -> &str {
+        match kind {
+            CredentialKind::OauthClient => &self.settings.endpoints.oauth_clients,
+            CredentialKind::ApiKey => &self.settings.endpoints.api_keys,
+        }
+    }
+
+    /// Creates a credential named `name`. A create is never retried blindly: when its answer is
+    /// lost (timeout, dropped connection, 5xx), the credential is looked up by name; one that
+    /// exists is revoked (its secret is gone for good) and the create is tried again.
+    pub async fn create(&self, kind: CredentialKind, name: &str, scopes: &[String], description: &str) -> Result<Minted, Error> {
+        let what = format!("create {kind} `{name}`");
+        let mut body = serde_json::json!({ "name": name, "description": description });
+        if !scopes.is_empty() {
+            body["scopes"] = serde_json::json!(scopes);
+        }
+        let mut revoked_strays = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.request(&what, Method::POST, self.collection(kind), Body::Json(body.clone()), Auth::Management, false).await {
+                Ok(value) => {
+                    let mut minted = parse_minted(kind, &what, value)?;
+                    minted.revoked_strays = revoked_strays;
+                    return Ok(minted);
+                }
+                Err(e) if e.is_ambiguous() && attempt < self.settings.retry.attempts => {
+                    tracing::warn!(credential = name, error = %e, "create answer lost; looking the credential up by name");
+                    for stray in self.list(kind).await?.into_iter().filter(|c| c.name == name) {
+                        self.revoke(kind, &stray.id).await?;
+                        tracing::warn!(credential = name, id = %stray.id, "revoked a credential whose create answer was lost");
+                        revoked_strays.push(stray.id);
+                    }
+                    self.count_retry();
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Every active credential of a kind, following `next_cursor` across pages.
+    pub async fn list(&self, kind: CredentialKind) -> Result<Vec<Listed>, Error> {
+        let what = format!("list {kind}s");
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        // A server that keeps answering `has_more` with a cursor must not loop forever.
+        for _ in 0..100_000 {
+            let mut path = format!("{}?limit={}", self.collection(kind), self.settings.page_size);
+            if let Some(c) = &cursor {
+                path.push_str("&cursor=");
+                path.push_str(&url_escape(c));
+            }
+            let page = self.request(&what, Method::GET, &path, Body::Empty, Auth::Management, true).await?;
+            let items = page.get("items").and_then(Value::as_array).ok_or_else(|| Error::Decode {
+                what: what.clone(),
+                detail: "no `items` array in the page".into(),
+            })?;
+            for item in items {
+                out.push(parse_listed(kind, item).ok_or_else(|| Error::Decode {
+                    what: what.clone(),
+                    detail: "an item has no id".into(),
+                })?);
+            }
+            let next = page.get("next_cursor").and_then(Value::as_str).filter(|c| !c.is_empty());
+            let has_more = page.get("has_more").and_then(Value::as_bool).unwrap_or(next.is_some());
+            match next {
+                Some(next) if has_more => {
+                    if cursor.as_deref() == Some(next) {
+                        return Err(Error::Decode { what, detail: "the server returned the same cursor twice".into() });
+                    }
+                    cursor = Some(next.to_string());
+                }
+                _ => return Ok(out),
+            }
+        }
+        Err(Error::Decode { what, detail: "more than 100000 pages".into() })
+    }
+
+    /// Revokes a credential. `404` means it is already gone, which callers that revoked it
+    /// before treat as done.
+    pub async fn revoke(&self, kind: CredentialKind, id: &str) -> Result<Revoked, Error> {
+        let what = format!("revoke {kind} {id}");
+        let path = format!("{}/{}", self.collection(kind), url_escape(id));
+        match self.request(&what, Method::DELETE, &path, Body::Empty, Auth::Management, true).await {
+            Ok(_) => Ok(Revoked::Now),
+            Err(Error::Api { status: 404, .. }) => Ok(Revoked::AlreadyGone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Presents a credential to Toktra the way a consumer would: an OAuth client exchanges its
+    /// secret for a token and calls `GET /usage?limit=1` with it; an API key calls it directly.
+    pub async fn probe(&self, kind: CredentialKind, id: &str, secret: &Secret) -> Result<Probe, Error> {
+        let result = match kind {
+            CredentialKind::OauthClient => match self.exchange(id, secret).await {
+                Ok((token, _)) => self.usage(&token).await,
+                Err(e) => Err(e),
+            },
+            CredentialKind::ApiKey => self.usage(secret).await,
+        };
+        match result {
+            Ok(()) => Ok(Probe::Accepted),
+            Err(e) if e.is_unauthorized() => Ok(Probe::Rejected),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn usage(&self, bearer: &Secret) -> Result<(), Error> {
+        let path = format!("{}?limit=1", self.settings.endpoints.usage);
+        self.request("usage check", Method::GET, &path, Body::Empty, Auth::Bearer(bearer), true).await.map(|_| ())
+    }
+
+    /// client_credentials exchange; returns the token and its lifetime.
+    async fn exchange(&self, client_id: &str, secret: &Secret) -> Result<(Secret, Duration), Error> {
+        let what = format!("token exchange for client {client_id}");
+        let form = vec![("grant_type", "client_credentials"), ("client_id", client_id), ("client_secret", secret.expose())];
+        let value = self.request(&what, Method::POST, &self.settings.endpoints.token, Body::Form(form), Auth::None, true).await?;
+        let token = value
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::Decode { what: what.clone(), detail: "no access_token".into() })?;
+        let lifetime = value.get("expires_in").and_then(Value::as_u64).unwrap_or(3_600);
+        Ok((Secret::new(token), Duration::from_secs(lifetime)))
+    }
+
+    /// The bearer token for management calls, renewed shortly before it expires.
+    async fn management_token(&self, force_renew: bool) -> Result<Secret, Error> {
+        let (client_id, client_secret) = match &self.settings.auth {
+            ManagementAuth::ApiKey(key) => return Ok(key.clone()),
+            ManagementAuth::Client { client_id, client_secret } => (client_id, client_secret),
+        };
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref() {
+            if !force_renew && Instant::now() < t.renew_at {
+                return Ok(t.token.clone());
+            }
+        }
+        // Boxed: `exchange` goes through `request`, which calls this function.
+        let (token, lifetime) = Box::pin(self.exchange(client_id, client_secret)).await?;
+        // Renew a minute early as the docs advise, but never more than a fifth of the lifetime
+        // early, so that short-lived tokens (seconds, in tests) are still used.
+        let margin = Duration::from_secs(60).min(lifetime / 5);
+        *cached = Some(CachedToken { token: token.clone(), renew_at: Instant::now() + lifetime - margin });
+        if let Ok(mut s) = self.stats.lock() {
+            s.token_renewals += 1;
+        }
+        Ok(token)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let retry = &self.settings.retry;
+        let exp = retry.base_delay.saturating_mul(1u32 << attempt.min(16)).min(retry.max_delay);
+        // Full jitter: spreads retries of concurrent rotations apart.
+        exp.mul_f64(rand::random::<f64>().max(0.1))
+    }
+
+    fn count_retry(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.retries += 1;
+        }
+    }
+
+    fn count_status(&self, status: &str) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.requests += 1;
+            *s.by_status.entry(status.to_string()).or_default() += 1;
+        }
+    }
+
+    /// One API call with the retry rules: `429` is waited out (never counts as a failure while
+    /// the wait fits the budget), a management `401` renews the token once, and transient
+    /// failures are retried with backoff when `idempotent`.
+    async fn request(&self, what: &str, method: Method, path: &str, body: Body<'_>, auth: Auth<'_>, idempotent: bool) -> Result<Value, Error> {
+        let url = self.url(path);
+        let mut attempt: u32 = 0;
+        let mut renewed = false;
+        let mut rate_limit_waits = 0u32;
+        loop {
+            attempt += 1;
+            let mut req = self.http.request(method.clone(), &url);
+            match auth {
+                Auth::Management => {
+                    let token = self.management_token(false).await?;
+                    req = req.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+                }
+                Auth::Bearer(secret) => req = req.header(AUTHORIZATION, format!("Bearer {}", secret.expose())),
+                Auth::None => {}
+            }
+            req = match &body {
+                Body::Empty => req,
+                Body::Json(v) => req.json(v),
+                Body::Form(f) => req.form(f),
+            };
+            let response = match req.send().await {
+                Ok(r) => r,
+                Err(source) => {
+                    self.count_status("error");
+                    let e = Error::Transport { what: what.to_string(), source: source.without_url() };
+                    if idempotent && attempt < self.settings.retry.attempts {
+                        tracing::debug!(error = %e, attempt, "transient toktra failure; retrying");
+                        self.count_retry();
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            let status = response.status();
+            self.count_status(status.as_str());
+            let headers = response.headers().clone();
+            let bytes = match response.bytes().await {
+                Ok(b) => b,
+                Err(source) => {
+                    let e = Error::Transport { what: what.to_string(), source: source.without_url() };
+                    if idempotent && attempt < self.settings.retry.attempts {
+                        self.count_retry();
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            if status.is_success() {
+                if bytes.is_empty() || status == StatusCode::NO_CONTENT {
+                    return Ok(Value::Null);
+                }
+                return serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Decode { what: what.to_string(), detail: format!("invalid JSON: {e}") });
+            }
+            let (code, message) = error_body(&bytes);
+            // The token endpoint's messages are not kept: they answer a request that carried a
+            // secret, and nothing guarantees a server never echoes it.
+            let message = if matches!(auth, Auth::None) { None } else { message };
+            let err = Error::Api { what: what.to_string(), status: status.as_u16(), code, message };
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                // 429 means the request was not processed, so even a create may be sent again.
+                let wait = retry_after(&headers).unwrap_or_else(|| self.backoff(attempt));
+                rate_limit_waits += 1;
+                if wait <= self.settings.retry.max_rate_limit_wait && rate_limit_waits <= 20 {
+                    tracing::info!(wait_ms = wait.as_millis() as u64, "toktra rate limit reached; waiting");
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.rate_limit_waits += 1;
+                    }
+                    tokio::time::sleep(wait).await;
+                    attempt -= 1;
+                    continue;
+                }
+                return Err(Error::RateLimited { what: what.to_string(), retry_after: wait });
+            }
+            if status == StatusCode::UNAUTHORIZED && matches!(auth, Auth::Management) && !renewed {
+                if let ManagementAuth::Client { .. } = self.settings.auth {
+                    // The token may have expired early or been revoked; a 401 means the request
+                    // was not processed, so it is safe to send again with a fresh token.
+                    renewed = true;
+                    self.management_token(true).await?;
+                    attempt -= 1;
+                    continue;
+                }
+            }
+            if err.is_transient() && idempotent && attempt < self.settings.retry.attempts {
+                tracing::debug!(error = %err, attempt, "transient toktra failure; retrying");
+                self.count_retry();
+                tokio::time::sleep(self.backoff(attempt)).await;
+                continue;
+            }
+            return Err(err);
+        }
+    }
+}
+
+/// `Retry-After` in seconds, else the time until `X-RateLimit-Reset` (Unix seconds).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name| headers.get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
+    if let Some(secs) = header(RETRY_AFTER.as_str()).and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs));
+    }
+    let reset = header("x-ratelimit-reset").and_then(|v| v.trim().parse::<i64>().ok())?;
+    let wait = reset - Utc::now().timestamp();
+    Some(Duration::from_secs(wait.clamp(1, 3_600) as u64))
+}
+
+fn error_body(bytes: &[u8]) -> (String, Option<String>) {
+    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let code = value.get("error").and_then(Value::as_str).unwrap_or("unknown_error").to_string();
+    let message = value
+        .get("message")
+        .or_else(|| value.get("error_description"))
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take(200).collect());
+    (code, message)
+}
+
+fn parse_minted(kind: CredentialKind, what: &str, value: Value) -> Result<Minted, Error> {
+    let field = |names: &[&str]| names.iter().find_map(|n| value.get(*n).and_then(Value::as_str)).map(str::to_string);
+    let (id, secret) = match kind {
+        CredentialKind::OauthClient => (field(&["client_id", "id"]), field(&["client_secret", "secret"])),
+        CredentialKind::ApiKey => (field(&["id", "key_id"]), field(&["key", "api_key", "secret"])),
+    };
+    let id = id.ok_or_else(|| Error::Decode { what: what.into(), detail: "no id in the create response".into() })?;
+    let secret = secret
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::Decode { what: what.into(), detail: format!("no secret in the create response of {id}") })?;
+    Ok(Minted { id, name: field(&["name"]).unwrap_or_default(), secret: Secret::new(secret), revoked_strays: Vec::new() })
+}
+
+fn parse_listed(kind: CredentialKind, item: &Value) -> Option<Listed> {
+    let text = |name: &str| item.get(name).and_then(Value::as_str);
+    let id = match kind {
+        CredentialKind::OauthClient => text("client_id").or_else(|| text("id")),
+        CredentialKind::ApiKey => text("id").or_else(|| text("key_id")),
+    }?;
+    let time = |name: &str| text(name).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
+    Some(Listed {
+        id: id.to_string(),
+        name: text("name").unwrap_or_default().to_string(),
+        scopes: item
+            .get("scopes")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default(),
+        created_at: time("created_at"),
+        last_used_at: time("last_used_at"),
+    })
+}
+
+/// Percent-encodes everything but unreserved characters (IDs and cursors are opaque).
+fn url_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,195 @@
+//! Test harness: a fresh namespace per test (its own simulator, scratch directory, journal,
+//! Vault paths and AWS secret names under a random prefix), the `rotator` binary run as a child
+//! process, and direct readers for what the destinations and Toktra hold. OpenBao and moto are
+//! started by `scripts/test`; without them a test fails at once with a hint.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use rotator::policy::CredentialKind;
+use rotator::secret::Secret;
+use rotator::toktra::{self, sim};
+use serde_json::Value;
+
+fn required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `scripts/test`, which starts OpenBao and moto on loopback ports")
+    })
+}
+
+pub struct Env {
+    pub sim: sim::Simulator,
+    pub admin_key: String,
+    pub dir: PathBuf,
+    /// Unique per test: Vault paths and AWS secret names live under it.
+    pub prefix: String,
+    pub vault_addr: String,
+    pub vault_token: String,
+    pub aws_endpoint: String,
+    /// Extra environment for the child process.
+    pub env: Vec<(String, String)>,
+    /// Manage Toktra with this admin OAuth client instead of the admin API key.
+    pub admin_client: Option<(String, String)>,
+}
+
+/// What a `rotator` run printed.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "exit code\n--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Env::with(sim::Config::default()).await
+    }
+
+    pub async fn with(mut config: sim::Config) -> Env {
+        let vault_addr = required("ROTATOR_TEST_VAULT_ADDR");
+        let vault_token = required("ROTATOR_TEST_VAULT_TOKEN");
+        let aws_endpoint = required("ROTATOR_TEST_AWS_ENDPOINT");
+        let admin_key = format!("tk_admin_{}", uuid::Uuid::new_v4().simple());
+        if config.admin_api_key.is_none() {
+            config.admin_api_key = Some(admin_key.clone());
+        }
+        let admin_client = config.admin_client.clone();
+        let sim = sim::Simulator::start(0, config).await.expect("start the Toktra simulator");
+        let prefix = format!("it-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&prefix);
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        Env { sim, admin_key, dir, prefix, vault_addr, vault_token, aws_endpoint, env: Vec::new(), admin_client }
+    }
+
+    /// Writes a policy file; `{prefix}` in the text becomes this test's prefix.
+    pub fn policy(&self, file: &str, yaml: &str) {
+        std::fs::write(self.dir.join("policies").join(file), yaml.replace("{prefix}", &self.prefix)).unwrap();
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join("journal.db")
+    }
+
+    pub async fn rotator(&self, args: &[&str]) -> Run {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rotator"));
+        command
+            .args(args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
+            .env("TOKTRA_API_URL", self.sim.base_url())
+            .env("ROTATOR_DATABASE_URL", self.journal_path())
+            .env("ROTATOR_POLICIES", self.dir.join("policies"))
+            .env("VAULT_ADDR", &self.vault_addr)
+            .env("VAULT_TOKEN", &self.vault_token)
+            .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        match &self.admin_client {
+            Some((id, secret)) => command.env("TOKTRA_CLIENT_ID", id).env("TOKTRA_CLIENT_SECRET", secret),
+            None => command.env("TOKTRA_API_KEY", &self.admin_key),
+        };
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let Output { status, stdout, stderr } = tokio::time::timeout(Duration::from_secs(300), command.output())
+            .await
+            .expect("rotator ran for more than 5 minutes")
+            .expect("run rotator");
+        Run { code: status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&stdout).into(), stderr: String::from_utf8_lossy(&stderr).into() }
+    }
+
+    pub fn toktra(&self) -> toktra::Client {
+        toktra::Client::new(toktra::Settings::new(self.sim.base_url(), toktra::ManagementAuth::ApiKey(Secret::new(&self.admin_key)))).unwrap()
+    }
+
+    /// Creates a credential by hand, as a team would have before adopting rotator.
+    pub async fn legacy(&self, kind: CredentialKind, name: &str) -> toktra::Minted {
+        self.toktra().create(kind, name, &[], "made by hand").await.unwrap()
+    }
+
+    pub async fn accepted(&self, kind: CredentialKind, id: &str, secret: &str) -> bool {
+        self.toktra().probe(kind, id, &Secret::new(secret)).await.unwrap() == toktra::Probe::Accepted
+    }
+
+    /// Active credentials other than the admin ones.
+    pub fn active(&self) -> Vec<sim::Inspected> {
+        self.sim.credentials().into_iter().filter(|c| !c.admin && c.state == "active").collect()
+    }
+
+    pub fn aws(&self) -> aws_sdk_secretsmanager::Client {
+        let config = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.aws_endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "static"))
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(config)
+    }
+
+    /// The JSON value of an AWS secret's version with `stage`, or `None`.
+    pub async fn aws_value(&self, secret_id: &str, stage: &str) -> Option<Value> {
+        let out = self.aws().get_secret_value().secret_id(secret_id).version_stage(stage).send().await.ok()?;
+        serde_json::from_str(out.secret_string()?).ok()
+    }
+
+    pub async fn aws_stages(&self, secret_id: &str) -> std::collections::HashMap<String, Vec<String>> {
+        let out = self.aws().describe_secret().secret_id(secret_id).send().await.unwrap();
+        out.version_ids_to_stages().cloned().unwrap_or_default()
+    }
+
+    async fn vault(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method, format!("{}/v1/{path}", self.vault_addr)).header("X-Vault-Token", &self.vault_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The latest data at `secret/<path>`, or `None`.
+    pub async fn vault_data(&self, path: &str) -> Option<Value> {
+        let (status, body) = self.vault(reqwest::Method::GET, &format!("secret/data/{path}"), None).await;
+        (status == 200).then(|| body["data"]["data"].clone())
+    }
+
+    pub async fn vault_metadata(&self, path: &str) -> Option<Value> {
+        let (status, body) = self.vault(reqwest::Method::GET, &format!("secret/metadata/{path}"), None).await;
+        (status == 200).then(|| body["data"].clone())
+    }
+
+    pub async fn vault_version(&self, path: &str, version: u64) -> Option<Value> {
+        let (status, body) = self.vault(reqwest::Method::GET, &format!("secret/data/{path}?version={version}"), None).await;
+        (status == 200).then(|| body["data"]["data"].clone())
+    }
+
+    pub async fn vault_put(&self, path: &str, data: Value) {
+        let (status, body) = self.vault(reqwest::Method::POST, &format!("secret/data/{path}"), Some(serde_json::json!({ "data": data }))).await;
+        assert_eq!(status, 200, "vault write: {body}");
+    }
+}
+
+/// The JSON object of a credential as rotator writes it.
+pub fn credential_json(kind: CredentialKind, id: &str, secret: &Secret) -> Value {
+    match kind {
+        CredentialKind::OauthClient => serde_json::json!({ "client_id": id, "client_secret": secret.expose() }),
+        CredentialKind::ApiKey => serde_json::json!({ "key_id": id, "api_key": secret.expose() }),
+    }
+}
+
+pub fn text(value: &Value, field: &str) -> String {
+    value[field].as_str().unwrap_or_else(|| panic!("no `{field}` in {value}")).to_string()
+}

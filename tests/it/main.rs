@@ -1,0 +1,9 @@
+//! The one integration-test binary: every feature through the `rotator` binary or the library's
+//! public entry points, against real OpenBao, moto and the Toktra simulator.
+
+mod harness;
+
+mod cli;
+mod leak;
+mod rotate;
+mod toktra;
