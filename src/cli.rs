@@ -206,14 +206,13 @@ fn select<'a>(policies: &'a [Policy], names: &[String], all: bool) -> Result<Vec
     Ok(selected)
 }
 
-/// Builds the engine for a set of policies from the environment.
-pub async fn engine(config: &Config, policies: &[&Policy]) -> Result<Engine, Failure> {
+/// Builds the engine from the environment, with destination clients for the given policies.
+pub async fn engine(config: &Config, policies: &[&Policy], journal: Journal) -> Result<Engine, Failure> {
     let destinations = || policies.iter().flat_map(|p| p.destinations.iter());
     let need_aws = destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
     let need_vault = destinations().any(|d| matches!(d, Destination::Vault(_)));
     let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
     let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
-    let journal = Journal::open(&config.database_url).await.map_err(|e| Failure::Other(e.into()))?;
     Ok(Engine { toktra: Arc::new(toktra), journal, clients: Arc::new(clients), options: engine::Options::default() })
 }
 
@@ -221,9 +220,25 @@ async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> 
     let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
     let policies = load_policies(dir)?;
     let selected = select(&policies, &args.names, args.all)?;
-    let engine = engine(&config, &selected).await?;
+    let journal = Journal::open(&config.database_url).await.map_err(|e| Failure::Other(e.into()))?;
+    // Every run first finishes what earlier runs left: crashed rotations and revocations whose
+    // grace period is over, for every policy (the selected ones resume inside `rotate`).
+    let unfinished = journal.unfinished(None).await.map_err(|e| Failure::Other(e.into()))?;
+    let others: Vec<&Policy> = policies
+        .iter()
+        .filter(|p| !selected.iter().any(|s| s.name == p.name) && unfinished.iter().any(|r| r.policy == p.name))
+        .collect();
+    for orphaned in unfinished.iter().filter(|r| !policies.iter().any(|p| p.name == r.policy)) {
+        tracing::warn!(policy = %orphaned.policy, rotation = %orphaned.id, phase = %orphaned.phase, "unfinished rotation of a policy that no longer exists; left alone");
+    }
+    let involved: Vec<&Policy> = selected.iter().chain(others.iter()).copied().collect();
+    let engine = engine(&config, &involved, journal).await?;
+    let mut outcomes = Vec::new();
+    for policy in &others {
+        outcomes.push((policy.name.clone(), engine.resume(policy).await));
+    }
     let request = engine::Request { reason: args.reason, compromised: false };
-    let outcomes = rotate_policies(&engine, &selected, &request).await;
+    outcomes.extend(rotate_policies(&engine, &selected, &request).await);
     engine.journal.close().await;
     print_outcomes(&outcomes, args.format);
     check_outcomes(&outcomes)
@@ -231,7 +246,11 @@ async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> 
 
 /// Rotates the policies, a few at a time. Each result is either the policy's outcomes or an
 /// engine error (the policy was busy, the journal failed).
-pub async fn rotate_policies(engine: &Engine, policies: &[&Policy], request: &engine::Request) -> Vec<(String, Result<Vec<Outcome>, engine::Error>)> {
+pub async fn rotate_policies(
+    engine: &Engine,
+    policies: &[&Policy],
+    request: &engine::Request,
+) -> Vec<(String, Result<Vec<Outcome>, engine::Error>)> {
     use futures::StreamExt;
     futures::stream::iter(policies.iter().map(|p| async move { (p.name.clone(), engine.rotate(p, request).await) }))
         .buffered(4)
@@ -252,7 +271,10 @@ pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
             println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
         }
         Format::Text => {
-            println!("{:<24} {:<20} {:<26} {:<26} {:>7}  DESTINATIONS", "POLICY", "STATUS", "NEW CREDENTIAL", "REVOKED", "SECONDS");
+            println!(
+                "{:<24} {:<20} {:<26} {:<26} {:>7}  DESTINATIONS",
+                "POLICY", "STATUS", "NEW CREDENTIAL", "REVOKED", "SECONDS"
+            );
             for (policy, result) in outcomes {
                 match result {
                     Ok(list) => {
@@ -274,7 +296,11 @@ pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
                                 o.destinations.join(", ")
                             );
                             if let Some(until) = o.revoke_after.filter(|_| o.status == Status::AwaitingRevocation) {
-                                println!("{:<24}   old credential(s) {} revoked after {until}", "", o.old_credentials.join(","));
+                                println!(
+                                    "{:<24}   old credential(s) {} revoked after {until}",
+                                    "",
+                                    o.old_credentials.join(",")
+                                );
                             }
                             if let Some(error) = &o.error {
                                 println!("{:<24}   error: {error}", "");
@@ -293,7 +319,8 @@ pub fn check_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|(_, r)| match r {
-            Ok(list) => list.last().is_none_or(|o| matches!(o.status, Status::Failed | Status::Incomplete)),
+            // The last outcome is where the policy stands (an earlier one may be a resumed rotation).
+            Ok(list) => list.last().is_some_and(|o| matches!(o.status, Status::Failed | Status::Incomplete)),
             Err(_) => true,
         })
         .map(|(p, _)| p.as_str())
@@ -305,20 +332,25 @@ async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
     if !args.listen.ip().is_loopback() {
         return Err(Failure::Invalid(format!("--listen {}: the simulator only listens on loopback", args.listen)));
     }
-    let token_lifetime = crate::duration::parse(&args.token_lifetime).map_err(|e| Failure::Invalid(format!("--token-lifetime: {e}")))?;
+    let token_lifetime =
+        crate::duration::parse(&args.token_lifetime).map_err(|e| Failure::Invalid(format!("--token-lifetime: {e}")))?;
     let faults = match &args.faults {
         Some(json) => serde_json::from_str(json).map_err(|e| Failure::Invalid(format!("--faults: {e}")))?,
         None => Default::default(),
     };
     let admin_client = match &args.admin_client {
         Some(text) => {
-            let (id, secret) = text.split_once(':').ok_or_else(|| Failure::Invalid("--admin-client: expected CLIENT_ID:CLIENT_SECRET".into()))?;
+            let (id, secret) = text
+                .split_once(':')
+                .ok_or_else(|| Failure::Invalid("--admin-client: expected CLIENT_ID:CLIENT_SECRET".into()))?;
             Some((id.to_string(), secret.to_string()))
         }
         None => None,
     };
     if args.admin_api_key.is_none() && admin_client.is_none() {
-        return Err(Failure::Invalid("give --admin-api-key or --admin-client, or nothing can manage credentials".into()));
+        return Err(Failure::Invalid(
+            "give --admin-api-key or --admin-client, or nothing can manage credentials".into(),
+        ));
     }
     let config = crate::toktra::sim::Config {
         token_lifetime,
@@ -328,7 +360,9 @@ async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
         admin_api_key: args.admin_api_key,
         admin_client,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| Failure::Invalid(format!("--listen {}: {e}", args.listen)))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::Invalid(format!("--listen {}: {e}", args.listen)))?;
     let sim = crate::toktra::sim::Simulator::serve(listener, config).await.map_err(|e| Failure::Other(e.into()))?;
     eprintln!("toktra simulator listening on {}", sim.base_url());
     crate::telemetry::shutdown_signal().await;

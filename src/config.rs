@@ -18,6 +18,8 @@ pub struct Config {
     pub toktra_auth: Option<ManagementAuth>,
     pub toktra_timeout: Duration,
     pub toktra_page_size: u32,
+    /// Endpoint paths below the base URL (undocumented at Toktra, so overridable).
+    pub toktra_endpoints: toktra::Endpoints,
     pub database_url: String,
     pub vault_addr: Option<String>,
     pub vault_token: Option<Secret>,
@@ -47,12 +49,20 @@ impl Config {
                 });
             }
             (Some(key), None, _) => Some(ManagementAuth::ApiKey(Secret::new(key))),
-            (None, Some(client_id), Some(secret)) => Some(ManagementAuth::Client { client_id, client_secret: Secret::new(secret) }),
+            (None, Some(client_id), Some(secret)) => {
+                Some(ManagementAuth::Client { client_id, client_secret: Secret::new(secret) })
+            }
             (None, Some(_), None) => {
-                return Err(Error { variable: "TOKTRA_CLIENT_SECRET", message: "TOKTRA_CLIENT_ID is set but TOKTRA_CLIENT_SECRET is not".into() });
+                return Err(Error {
+                    variable: "TOKTRA_CLIENT_SECRET",
+                    message: "TOKTRA_CLIENT_ID is set but TOKTRA_CLIENT_SECRET is not".into(),
+                });
             }
             (None, None, Some(_)) => {
-                return Err(Error { variable: "TOKTRA_CLIENT_ID", message: "TOKTRA_CLIENT_SECRET is set but TOKTRA_CLIENT_ID is not".into() });
+                return Err(Error {
+                    variable: "TOKTRA_CLIENT_ID",
+                    message: "TOKTRA_CLIENT_SECRET is set but TOKTRA_CLIENT_ID is not".into(),
+                });
             }
             (None, None, None) => None,
         };
@@ -61,14 +71,25 @@ impl Config {
             None => Duration::from_secs(30),
         };
         let toktra_page_size = match var("TOKTRA_PAGE_SIZE") {
-            Some(text) => text
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=100).contains(n))
-                .ok_or_else(|| Error { variable: "TOKTRA_PAGE_SIZE", message: format!("`{text}` is not a number from 1 to 100") })?,
+            Some(text) => text.parse::<u32>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| Error {
+                variable: "TOKTRA_PAGE_SIZE",
+                message: format!("`{text}` is not a number from 1 to 100"),
+            })?,
             None => 100,
         };
+        let mut toktra_endpoints = toktra::Endpoints::default();
+        for (variable, path) in [
+            ("TOKTRA_TOKEN_PATH", &mut toktra_endpoints.token),
+            ("TOKTRA_OAUTH_CLIENTS_PATH", &mut toktra_endpoints.oauth_clients),
+            ("TOKTRA_API_KEYS_PATH", &mut toktra_endpoints.api_keys),
+            ("TOKTRA_USAGE_PATH", &mut toktra_endpoints.usage),
+        ] {
+            if let Some(value) = var(variable) {
+                *path = value;
+            }
+        }
         Ok(Config {
+            toktra_endpoints,
             toktra_url: var("TOKTRA_API_URL").unwrap_or_else(|| DEFAULT_TOKTRA_URL.into()),
             toktra_auth,
             toktra_timeout,
@@ -85,11 +106,14 @@ impl Config {
     pub fn toktra(&self) -> Result<toktra::Client, Error> {
         let auth = self.toktra_auth.clone().ok_or_else(|| Error {
             variable: "TOKTRA_API_KEY",
-            message: "no Toktra management credential: set TOKTRA_API_KEY, or TOKTRA_CLIENT_ID and TOKTRA_CLIENT_SECRET".into(),
+            message:
+                "no Toktra management credential: set TOKTRA_API_KEY, or TOKTRA_CLIENT_ID and TOKTRA_CLIENT_SECRET"
+                    .into(),
         })?;
         let mut settings = toktra::Settings::new(self.toktra_url.clone(), auth);
         settings.timeout = self.toktra_timeout;
         settings.page_size = self.toktra_page_size;
+        settings.endpoints = self.toktra_endpoints.clone();
         toktra::Client::new(settings).map_err(|e| Error { variable: "TOKTRA_API_URL", message: e.to_string() })
     }
 
@@ -97,8 +121,14 @@ impl Config {
     /// configured when needed, so a file-only setup never touches the AWS credential chain).
     pub async fn clients(&self, need_aws: bool, need_vault: bool) -> Result<store::Clients, Error> {
         let vault = if need_vault {
-            let addr = self.vault_addr.as_deref().ok_or_else(|| Error { variable: "VAULT_ADDR", message: "a policy writes to Vault but VAULT_ADDR is not set".into() })?;
-            let token = self.vault_token.as_ref().ok_or_else(|| Error { variable: "VAULT_TOKEN", message: "a policy writes to Vault but VAULT_TOKEN is not set".into() })?;
+            let addr = self.vault_addr.as_deref().ok_or_else(|| Error {
+                variable: "VAULT_ADDR",
+                message: "a policy writes to Vault but VAULT_ADDR is not set".into(),
+            })?;
+            let token = self.vault_token.as_ref().ok_or_else(|| Error {
+                variable: "VAULT_TOKEN",
+                message: "a policy writes to Vault but VAULT_TOKEN is not set".into(),
+            })?;
             Some(
                 vault::Connection::new(addr, token, self.vault_namespace.as_deref(), Duration::from_secs(15))
                     .map_err(|message| Error { variable: "VAULT_ADDR", message })?,

@@ -49,7 +49,13 @@ revoke: { grace: 1h }
 
 pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     let keep = dir.is_some();
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("rotator-demo-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])));
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "rotator-demo-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        ))
+    });
     std::fs::create_dir_all(dir.join("policies")).with_context(|| format!("creating {}", dir.display()))?;
     let result = demo(&dir).await;
     if keep {
@@ -62,9 +68,10 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     let admin = Secret::new(format!("tk_admin_{}", uuid::Uuid::new_v4().simple()));
-    let simulator = sim::Simulator::start(0, sim::Config { admin_api_key: Some(admin.expose().to_string()), ..Default::default() })
-        .await
-        .context("starting the Toktra simulator")?;
+    let simulator =
+        sim::Simulator::start(0, sim::Config { admin_api_key: Some(admin.expose().to_string()), ..Default::default() })
+            .await
+            .context("starting the Toktra simulator")?;
     println!("rotator demo");
     println!("  Toktra simulator   {}", simulator.base_url());
     println!("  policies           {}", dir.join("policies").display());
@@ -75,22 +82,39 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(&policy_file, POLICIES)?;
     let policies = policy::load_dir(&dir.join("policies")).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let toktra = Arc::new(toktra::Client::new(toktra::Settings::new(simulator.base_url(), toktra::ManagementAuth::ApiKey(admin)))?);
+    let toktra = Arc::new(toktra::Client::new(toktra::Settings::new(
+        simulator.base_url(),
+        toktra::ManagementAuth::ApiKey(admin),
+    ))?);
 
     // Existing deployments: the billing export and the partner sync already use hand-made
     // credentials, which rotator adopts (and revokes, after the policy's grace).
-    let legacy = toktra.create(CredentialKind::ApiKey, "billing-export-legacy", &[], "created by hand long ago").await?;
-    let partner = toktra.create(CredentialKind::OauthClient, "partner-sync-legacy", &[], "created by hand long ago").await?;
-    for (name, kind, minted) in [("billing-export", CredentialKind::ApiKey, &legacy), ("partner-sync", CredentialKind::OauthClient, &partner)] {
+    let legacy =
+        toktra.create(CredentialKind::ApiKey, "billing-export-legacy", &[], "created by hand long ago").await?;
+    let partner =
+        toktra.create(CredentialKind::OauthClient, "partner-sync-legacy", &[], "created by hand long ago").await?;
+    for (name, kind, minted) in
+        [("billing-export", CredentialKind::ApiKey, &legacy), ("partner-sync", CredentialKind::OauthClient, &partner)]
+    {
         let policy = policies.iter().find(|p| p.name == name).context("demo policy missing")?;
-        let record = Record { kind, id: minted.id.clone(), secret: minted.secret.clone(), token_url: None, rotated_at: None, rotation_id: None };
+        let record = Record {
+            kind,
+            id: minted.id.clone(),
+            secret: minted.secret.clone(),
+            token_url: None,
+            rotated_at: None,
+            rotation_id: None,
+        };
         if let policy::Destination::File(f) = &policy.destinations[0] {
             std::fs::create_dir_all(f.path.parent().unwrap_or(dir))?;
             std::fs::write(&f.path, record.to_json_secret().expose())?;
         }
     }
     println!("Seeded out/billing-export.json with the hand-made API key {} and out/partner-sync.json", legacy.id);
-    println!("with the hand-made OAuth client {}; rotator adopts both and revokes them after their grace.\n", partner.id);
+    println!(
+        "with the hand-made OAuth client {}; rotator adopts both and revokes them after their grace.\n",
+        partner.id
+    );
 
     let journal = Journal::open(&dir.join("journal.db").display().to_string()).await?;
     let engine = Engine {
@@ -110,12 +134,25 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         let destination = store::Destination::new(&policy.destinations[0], policy.credential.kind, &engine.clients)?;
         let Some(current) = destination.current().await? else { bail!("{}: destination is empty", policy.name) };
         let verdict = toktra.probe(current.kind, &current.id, &current.secret).await?;
-        println!("  {:<16} current {:<26} {}", policy.name, current.id, if verdict == Probe::Accepted { "authenticates" } else { "REJECTED" });
+        println!(
+            "  {:<16} current {:<26} {}",
+            policy.name,
+            current.id,
+            if verdict == Probe::Accepted { "authenticates" } else { "REJECTED" }
+        );
     }
     let legacy_now = toktra.probe(CredentialKind::ApiKey, &legacy.id, &legacy.secret).await?;
-    println!("  old key {} (billing-export, grace 0s) is now {}", legacy.id, if legacy_now == Probe::Rejected { "rejected (401)" } else { "STILL ACCEPTED" });
+    println!(
+        "  old key {} (billing-export, grace 0s) is now {}",
+        legacy.id,
+        if legacy_now == Probe::Rejected { "rejected (401)" } else { "STILL ACCEPTED" }
+    );
     let partner_now = toktra.probe(CredentialKind::OauthClient, &partner.id, &partner.secret).await?;
-    println!("  old client {} (partner-sync, grace 1h) still {}", partner.id, if partner_now == Probe::Accepted { "authenticates, as its grace asks" } else { "IS REJECTED" });
+    println!(
+        "  old client {} (partner-sync, grace 1h) still {}",
+        partner.id,
+        if partner_now == Probe::Accepted { "authenticates, as its grace asks" } else { "IS REJECTED" }
+    );
 
     println!("\nEvery credential the simulator has seen:");
     println!("  {:<26} {:<13} {:<9} NAME", "ID", "KIND", "STATE");
@@ -123,12 +160,12 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         println!("  {:<26} {:<13} {:<9} {}", c.id, c.kind, c.state, c.name);
     }
 
-    if let Some((_, Ok(list))) = outcomes.iter().find(|(p, _)| p == "billing-export") {
-        if let Some(outcome) = list.last() {
-            println!("\nJournal steps of rotation {} (billing-export):", outcome.rotation_id);
-            for step in journal.steps(&outcome.rotation_id).await? {
-                println!("  {}  {:<8} {:<7} {}", step.at.format("%H:%M:%S%.3f"), step.step, step.status, step.detail);
-            }
+    if let Some((_, Ok(list))) = outcomes.iter().find(|(p, _)| p == "billing-export")
+        && let Some(outcome) = list.last()
+    {
+        println!("\nJournal steps of rotation {} (billing-export):", outcome.rotation_id);
+        for step in journal.steps(&outcome.rotation_id).await? {
+            println!("  {}  {:<8} {:<7} {}", step.at.format("%H:%M:%S%.3f"), step.step, step.status, step.detail);
         }
     }
     journal.close().await;
@@ -138,6 +175,9 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     if failed || legacy_now != Probe::Rejected || partner_now != Probe::Accepted {
         bail!("the demo's rotation did not complete");
     }
-    println!("\nDone at {}. partner-sync keeps its old client for its 1h grace; a later `rotator rotate` run revokes it.", Utc::now().format("%H:%M:%S UTC"));
+    println!(
+        "\nDone at {}. partner-sync keeps its old client for its 1h grace; a later `rotator rotate` run revokes it.",
+        Utc::now().format("%H:%M:%S UTC")
+    );
     Ok(())
 }

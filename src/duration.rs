@@ -21,9 +21,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(format!("malformed duration `{text}`; expected e.g. `90d`, `24h`, `1h30m`"));
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("duration `{text}` is too large"))?;
+        let number: u64 = rest[..digits].parse().map_err(|_| format!("duration `{text}` is too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];

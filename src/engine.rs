@@ -128,21 +128,35 @@ impl Engine {
     async fn acquire(&self, policy: &str) -> Result<journal::Lease, Error> {
         match self.journal.acquire(policy, &self.options.holder, self.options.lease_ttl).await? {
             Ok(lease) => Ok(lease),
-            Err(holder) => Err(Error::Busy { policy: policy.to_string(), holder: holder.holder, until: holder.expires_at }),
+            Err(holder) => {
+                Err(Error::Busy { policy: policy.to_string(), holder: holder.holder, until: holder.expires_at })
+            }
         }
     }
 
-    async fn rotate_locked(&self, policy: &Policy, request: &Request, lease: &journal::Lease) -> Result<Vec<Outcome>, Error> {
+    async fn rotate_locked(
+        &self,
+        policy: &Policy,
+        request: &Request,
+        lease: &journal::Lease,
+    ) -> Result<Vec<Outcome>, Error> {
         let mut outcomes = Vec::new();
-        let mut rotated = false;
+        let mut rotated_now = false;
         for rotation in self.journal.unfinished(Some(&policy.name)).await? {
             tracing::info!(policy = %policy.name, rotation = %rotation.id, phase = %rotation.phase, "resuming an unfinished rotation");
+            let was_promoted = rotation.phase.is_promoted();
             let memory = Memory { started_here: false, has_secret: false };
             let outcome = self.run(policy, rotation, memory, HashMap::new(), lease.clone()).await?;
-            rotated |= outcome.phase.is_promoted();
+            rotated_now |= !was_promoted && outcome.phase.is_promoted();
+            let stuck = outcome.status == Status::Incomplete;
             outcomes.push(outcome);
+            if stuck {
+                // Starting another rotation over a half-promoted one would stage over it.
+                tracing::error!(policy = %policy.name, "an unfinished rotation could not be completed; not starting another");
+                return Ok(outcomes);
+            }
         }
-        if rotated && !request.compromised {
+        if rotated_now && !request.compromised {
             tracing::info!(policy = %policy.name, "the resumed rotation replaced the credential; not starting another");
             return Ok(outcomes);
         }
@@ -226,7 +240,12 @@ impl Engine {
             return Ok(self.outcome(&rotation, Vec::new(), now));
         }
         self.journal.insert(&rotation).await?;
-        let detail = format!("reason={}; compromised={}; replaces [{}]", request.reason.as_deref().unwrap_or("-"), request.compromised, rotation.old_credentials.join(", "));
+        let detail = format!(
+            "reason={}; compromised={}; replaces [{}]",
+            request.reason.as_deref().unwrap_or("-"),
+            request.compromised,
+            rotation.old_credentials.join(", ")
+        );
         self.journal.step(&id, "start", "done", &detail).await?;
         tracing::info!(policy = %policy.name, rotation = %id, replaces = ?rotation.old_credentials, "rotation started");
         self.run(policy, rotation, Memory { started_here: true, has_secret: false }, old_secrets, lease).await
@@ -237,7 +256,14 @@ impl Engine {
     }
 
     /// Drives one rotation until it is done, waits for its grace period, or fails.
-    async fn run(&self, policy: &Policy, rotation: Rotation, memory: Memory, old_secrets: HashMap<String, Secret>, lease: journal::Lease) -> Result<Outcome, Error> {
+    async fn run(
+        &self,
+        policy: &Policy,
+        rotation: Rotation,
+        memory: Memory,
+        old_secrets: HashMap<String, Secret>,
+        lease: journal::Lease,
+    ) -> Result<Outcome, Error> {
         let started = Instant::now();
         let started_at = Utc::now();
         let destinations = match self.destinations(policy) {
@@ -249,7 +275,8 @@ impl Engine {
                 return Ok(self.outcome(&rotation, Vec::new(), started_at));
             }
         };
-        let mut work = Work { policy, rotation, destinations, memory, new: None, old_secrets, revoked: Vec::new(), lease };
+        let mut work =
+            Work { policy, rotation, destinations, memory, new: None, old_secrets, revoked: Vec::new(), lease };
         loop {
             if !self.journal.renew(&work.lease, self.options.lease_ttl).await? {
                 let message = "lost the policy lease to another process; stopping".to_string();
@@ -330,18 +357,22 @@ impl Engine {
         let name = work.rotation.credential_name.clone();
         self.intent(work, "mint", &format!("create {} `{name}`", policy.credential.kind)).await?;
         let description = format!("rotator policy {} rotation {}", policy.name, work.rotation.id);
-        let minted = match self.toktra.create(policy.credential.kind, &name, &policy.credential.scopes, &description).await {
-            Ok(minted) => minted,
-            Err(e) => return Err(self.failed(work, "mint", e.to_string()).await),
-        };
+        let minted =
+            match self.toktra.create(policy.credential.kind, &name, &policy.credential.scopes, &description).await {
+                Ok(minted) => minted,
+                Err(e) => return Err(self.failed(work, "mint", e.to_string()).await),
+            };
         for stray in &minted.revoked_strays {
-            self.journal.step(&work.rotation.id, "mint", "done", &format!("revoked {stray}: its create answer was lost")).await?;
+            self.journal
+                .step(&work.rotation.id, "mint", "done", &format!("revoked {stray}: its create answer was lost"))
+                .await?;
         }
         let record = Record {
             kind: policy.credential.kind,
             id: minted.id.clone(),
             secret: minted.secret,
-            token_url: (policy.credential.kind == crate::policy::CredentialKind::OauthClient).then(|| self.toktra.token_url()),
+            token_url: (policy.credential.kind == crate::policy::CredentialKind::OauthClient)
+                .then(|| self.toktra.token_url()),
             rotated_at: Some(Utc::now()),
             rotation_id: Some(work.rotation.id.clone()),
         };
@@ -366,7 +397,11 @@ impl Engine {
             self.retry(async || destination.discard(&work.rotation.id).await).await?;
         }
         work.rotation.error.get_or_insert_with(|| "interrupted before the new credential was staged".into());
-        let detail = if revoked.is_empty() { "nothing was minted".to_string() } else { format!("revoked unrecoverable mint(s) [{}]", revoked.join(", ")) };
+        let detail = if revoked.is_empty() {
+            "nothing was minted".to_string()
+        } else {
+            format!("revoked unrecoverable mint(s) [{}]", revoked.join(", "))
+        };
         work.revoked.extend(revoked);
         self.advance(work, Phase::Failed, "abandon", &detail).await
     }
@@ -375,20 +410,22 @@ impl Engine {
     async fn recover(&self, work: &mut Work<'_>) -> Result<(), StepError> {
         let expected = work.rotation.new_fingerprint.clone();
         for destination in &work.destinations {
-            if let Some(record) = self.retry(async || destination.staged(&work.rotation.id).await).await? {
-                if Some(record.secret.fingerprint()) == expected {
-                    tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, destination = %destination.label(), "recovered the new credential from its staged copy");
-                    work.new = Some(record);
-                    work.memory.has_secret = true;
-                    return Ok(());
-                }
+            if let Some(record) = self.retry(async || destination.staged(&work.rotation.id).await).await?
+                && Some(record.secret.fingerprint()) == expected
+            {
+                tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, destination = %destination.label(), "recovered the new credential from its staged copy");
+                work.new = Some(record);
+                work.memory.has_secret = true;
+                return Ok(());
             }
         }
         // Never staged anywhere: the secret is lost, so the credential must go.
         work.rotation.error.get_or_insert_with(|| "interrupted before the new credential was staged".into());
         work.rotation.phase = Phase::RollingBack;
         self.save(&mut work.rotation).await?;
-        self.journal.step(&work.rotation.id, "recover", "failed", "no staged copy of the new credential; rolling back").await?;
+        self.journal
+            .step(&work.rotation.id, "recover", "failed", "no staged copy of the new credential; rolling back")
+            .await?;
         Ok(())
     }
 
@@ -411,7 +448,9 @@ impl Engine {
         match self.toktra.probe(record.kind, &record.id, &record.secret).await {
             Ok(Probe::Accepted) => {}
             Ok(Probe::Rejected) => {
-                return Err(self.failed(work, "verify", format!("toktra rejected the new credential {}", record.id)).await);
+                return Err(self
+                    .failed(work, "verify", format!("toktra rejected the new credential {}", record.id))
+                    .await);
             }
             Err(e) => return Err(self.failed(work, "verify", e.to_string()).await),
         }
@@ -422,7 +461,13 @@ impl Engine {
                 return Err(self.failed(work, "verify", message).await);
             }
         }
-        self.advance(work, Phase::Verified, "verify", &format!("{} authenticates; every destination read it back", record.id)).await
+        self.advance(
+            work,
+            Phase::Verified,
+            "verify",
+            &format!("{} authenticates; every destination read it back", record.id),
+        )
+        .await
     }
 
     async fn promote(&self, work: &mut Work<'_>) -> Result<(), StepError> {
@@ -445,7 +490,8 @@ impl Engine {
     async fn revoke_old(&self, work: &mut Work<'_>) -> Result<(), StepError> {
         let kind = work.policy.credential.kind;
         let new_id = work.rotation.new_credential_id.clone();
-        let old: Vec<String> = work.rotation.old_credentials.iter().filter(|id| Some(*id) != new_id.as_ref()).cloned().collect();
+        let old: Vec<String> =
+            work.rotation.old_credentials.iter().filter(|id| Some(*id) != new_id.as_ref()).cloned().collect();
         for id in &old {
             self.intent(work, "revoke", &format!("revoke {id}")).await?;
             let result = match self.toktra.revoke(kind, id).await {
@@ -457,7 +503,11 @@ impl Engine {
             if let Some(secret) = work.old_secrets.get(id) {
                 match self.toktra.probe(kind, id, secret).await {
                     Ok(Probe::Rejected) => {}
-                    Ok(Probe::Accepted) => return Err(self.failed(work, "revoke", format!("{id} still authenticates after revocation")).await),
+                    Ok(Probe::Accepted) => {
+                        return Err(self
+                            .failed(work, "revoke", format!("{id} still authenticates after revocation"))
+                            .await);
+                    }
                     Err(e) => return Err(self.failed(work, "revoke", e.to_string()).await),
                 }
             }
@@ -465,11 +515,17 @@ impl Engine {
             if still_listed {
                 return Err(self.failed(work, "revoke", format!("{id} is still listed after revocation")).await);
             }
-            self.journal.step(&work.rotation.id, "revoke", "done", &format!("revoked {id} ({result:?}); it is rejected now")).await?;
+            self.journal
+                .step(&work.rotation.id, "revoke", "done", &format!("revoked {id} ({result:?}); it is rejected now"))
+                .await?;
             work.revoked.push(id.clone());
         }
         work.rotation.revoked_at = Some(Utc::now());
-        let detail = if old.is_empty() { "no old credential to revoke".to_string() } else { format!("revoked [{}]", old.join(", ")) };
+        let detail = if old.is_empty() {
+            "no old credential to revoke".to_string()
+        } else {
+            format!("revoked [{}]", old.join(", "))
+        };
         self.advance(work, Phase::Completed, "complete", &detail).await
     }
 
@@ -512,7 +568,8 @@ impl Engine {
             attempt += 1;
             match op().await {
                 Err(e) if e.is_transient() && attempt < self.options.store_attempts => {
-                    let delay = Duration::from_millis(100 * (1 << attempt.min(6))).mul_f64(rand::random::<f64>().max(0.2));
+                    let delay =
+                        Duration::from_millis(100 * (1 << attempt.min(6))).mul_f64(rand::random::<f64>().max(0.2));
                     tracing::warn!(error = %e, attempt, "transient destination failure; retrying");
                     tokio::time::sleep(delay).await;
                 }

@@ -163,7 +163,11 @@ pub fn normalize_url(url: &str) -> String {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         url.to_string()
     } else if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        if rest.contains("mode=") || rest.contains(":memory:") { format!("sqlite://{rest}") } else { format!("sqlite://{rest}?mode=rwc") }
+        if rest.contains("mode=") || rest.contains(":memory:") {
+            format!("sqlite://{rest}")
+        } else {
+            format!("sqlite://{rest}?mode=rwc")
+        }
     } else {
         format!("sqlite://{url}?mode=rwc")
     }
@@ -299,7 +303,8 @@ impl Journal {
 
     /// Rotations not yet completed or failed, oldest first; all policies when `policy` is `None`.
     pub async fn unfinished(&self, policy: Option<&str>) -> Result<Vec<Rotation>, Error> {
-        let terminal: Vec<String> = Phase::ALL.iter().filter(|p| p.is_terminal()).map(|p| format!("'{}'", p.as_str())).collect();
+        let terminal: Vec<String> =
+            Phase::ALL.iter().filter(|p| p.is_terminal()).map(|p| format!("'{}'", p.as_str())).collect();
         let sql = format!(
             "SELECT {COLUMNS} FROM rotations WHERE phase NOT IN ({}) AND ($1 = '' OR policy = $1) ORDER BY started_at",
             terminal.join(", ")
@@ -327,14 +332,17 @@ impl Journal {
     }
 
     pub async fn steps(&self, rotation_id: &str) -> Result<Vec<Step>, Error> {
-        let rows = sqlx::query("SELECT rotation_id, seq, at, step, status, detail FROM steps WHERE rotation_id = $1 ORDER BY seq")
-            .bind(rotation_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|source| Error::Query { what: "read steps", source })?;
+        let rows = sqlx::query(
+            "SELECT rotation_id, seq, at, step, status, detail FROM steps WHERE rotation_id = $1 ORDER BY seq",
+        )
+        .bind(rotation_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| Error::Query { what: "read steps", source })?;
         rows.iter()
             .map(|row| {
-                let get = |i: usize| row.try_get::<String, _>(i).map_err(|source| Error::Query { what: "read step", source });
+                let get =
+                    |i: usize| row.try_get::<String, _>(i).map_err(|source| Error::Query { what: "read step", source });
                 let at = get(2)?;
                 Ok(Step {
                     rotation_id: get(0)?,
@@ -378,7 +386,10 @@ impl Journal {
         if taken == 1 && current == holder {
             Ok(Ok(Lease { policy: policy.to_string(), holder: holder.to_string(), fence }))
         } else {
-            Ok(Err(Holder { holder: current, expires_at: DateTime::from_timestamp_millis(expires_at).unwrap_or_default() }))
+            Ok(Err(Holder {
+                holder: current,
+                expires_at: DateTime::from_timestamp_millis(expires_at).unwrap_or_default(),
+            }))
         }
     }
 
@@ -413,7 +424,8 @@ impl Journal {
     }
 }
 
-const COLUMNS: &str = "id, policy, kind, phase, reason, compromised, credential_name, new_credential_id, new_fingerprint,
+const COLUMNS: &str =
+    "id, policy, kind, phase, reason, compromised, credential_name, new_credential_id, new_fingerprint,
     old_credentials, destinations, promoted_at, revoke_after, revoked_at, error, started_at, updated_at, finished_at";
 
 fn rotation_from_row(row: &AnyRow) -> Result<Rotation, Error> {

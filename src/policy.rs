@@ -455,7 +455,14 @@ fn valid_name(name: &str) -> bool {
 fn validate(raw: RawPolicy, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Option<Policy> {
     let before = problems.len();
     if !valid_name(&raw.name) {
-        cx.problem(problems, "name", format!("`{}` is not a valid name: use 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`", raw.name));
+        cx.problem(
+            problems,
+            "name",
+            format!(
+                "`{}` is not a valid name: use 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`",
+                raw.name
+            ),
+        );
     }
     if raw.credential.name.trim().is_empty() {
         cx.problem(problems, "credential.name", "must not be empty");
@@ -490,22 +497,38 @@ fn validate(raw: RawPolicy, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Op
         }
         (Some(_), None, Some(every)) => {
             if every < MIN_EVERY {
-                cx.problem(problems, "schedule.every", format!("`{}` is shorter than the minimum of 1h", duration::format(every)));
+                cx.problem(
+                    problems,
+                    "schedule.every",
+                    format!("`{}` is shorter than the minimum of 1h", duration::format(every)),
+                );
             }
             Some(Trigger::Every(every))
         }
         (Some(_), None, None) => None,
         (None, Some(cron), _) => {
             if cron.split_whitespace().count() != 5 {
-                cx.problem(problems, "schedule.cron", format!("`{cron}` is not a 5-field cron expression (minute hour day-of-month month day-of-week)"));
+                cx.problem(
+                    problems,
+                    "schedule.cron",
+                    format!("`{cron}` is not a 5-field cron expression (minute hour day-of-month month day-of-week)"),
+                );
             }
             Some(Trigger::Cron(cron.clone()))
         }
     };
-    if let (Some(Trigger::Every(every)), Some(grace)) = (&trigger, grace) {
-        if grace > *every {
-            cx.problem(problems, "revoke.grace", format!("grace `{}` is longer than the rotation interval `{}`", duration::format(grace), duration::format(*every)));
-        }
+    if let (Some(Trigger::Every(every)), Some(grace)) = (&trigger, grace)
+        && grace > *every
+    {
+        cx.problem(
+            problems,
+            "revoke.grace",
+            format!(
+                "grace `{}` is longer than the rotation interval `{}`",
+                duration::format(grace),
+                duration::format(*every)
+            ),
+        );
     }
     if raw.destinations.is_empty() {
         cx.problem(problems, "destinations", "at least one destination is required");
@@ -542,7 +565,9 @@ fn validate(raw: RawPolicy, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Op
     let destinations = destinations
         .into_iter()
         .map(|d| match d {
-            Destination::File(f) if f.path.is_relative() => Destination::File(FileDestination { path: base.join(f.path) }),
+            Destination::File(f) if f.path.is_relative() => {
+                Destination::File(FileDestination { path: base.join(f.path) })
+            }
             other => other,
         })
         .collect();
@@ -551,12 +576,7 @@ fn validate(raw: RawPolicy, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Op
         description: raw.description,
         labels: raw.labels,
         credential: Credential { kind: raw.credential.kind, name: raw.credential.name, scopes: raw.credential.scopes },
-        schedule: Schedule {
-            trigger: trigger?,
-            window: raw.schedule.window,
-            timezone: raw.schedule.timezone,
-            jitter,
-        },
+        schedule: Schedule { trigger: trigger?, window: raw.schedule.window, timezone: raw.schedule.timezone, jitter },
         destinations,
         revoke: Revoke { grace: grace.unwrap_or(DEFAULT_GRACE), require_idle },
         notify: raw.notify,
@@ -578,19 +598,19 @@ fn check_set(policies: &[Policy], problems: &mut Vec<Problem>) {
             continue;
         }
         for destination in &policy.destinations {
-            if let Some(other) = destinations.insert(destination.identity(), policy) {
-                if other.name != policy.name {
-                    problems.push(Problem {
-                        location: policy.source.clone(),
-                        field: "destinations".into(),
-                        message: format!(
-                            "destination `{}` is also written by policy `{}` ({})",
-                            destination.label(),
-                            other.name,
-                            other.source
-                        ),
-                    });
-                }
+            if let Some(other) = destinations.insert(destination.identity(), policy)
+                && other.name != policy.name
+            {
+                problems.push(Problem {
+                    location: policy.source.clone(),
+                    field: "destinations".into(),
+                    message: format!(
+                        "destination `{}` is also written by policy `{}` ({})",
+                        destination.label(),
+                        other.name,
+                        other.source
+                    ),
+                });
             }
         }
     }
@@ -636,7 +656,10 @@ mod tests {
         for (text, expected) in cases {
             let (_, problems) = parse(&text);
             let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-            assert!(shown.iter().any(|s| s.contains(expected)), "expected `{expected}` in {shown:#?}\n--- input ---\n{text}");
+            assert!(
+                shown.iter().any(|s| s.contains(expected)),
+                "expected `{expected}` in {shown:#?}\n--- input ---\n{text}"
+            );
         }
     }
 
@@ -645,7 +668,13 @@ mod tests {
         let text = format!("{GOOD}---\n{GOOD}");
         let (_, problems) = parse(&text);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].to_string().starts_with("p.yaml:11:1: name: duplicate policy name `ci`, first defined at p.yaml:1:1"), "{}", problems[0]);
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("p.yaml:11:1: name: duplicate policy name `ci`, first defined at p.yaml:1:1"),
+            "{}",
+            problems[0]
+        );
         let other = GOOD.replace("name: ci\n", "name: other\n");
         let (_, problems) = parse(&format!("{GOOD}---\n{other}"));
         assert!(problems.iter().any(|p| p.message.contains("also written by policy `ci`")), "{problems:?}");

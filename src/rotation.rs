@@ -105,7 +105,9 @@ pub enum Action {
     /// Revoke the old credentials now.
     RevokeOld,
     /// Nothing to do until the grace period ends.
-    WaitForGrace { until: DateTime<Utc> },
+    WaitForGrace {
+        until: DateTime<Utc>,
+    },
     RollBack,
     /// Terminal; nothing to do.
     Done,

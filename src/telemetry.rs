@@ -10,14 +10,17 @@ pub enum LogFormat {
     Json,
 }
 
-const QUIET: &str = "rustify=off,vaultrs=warn,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn,reqwest=warn";
+const QUIET: &str =
+    "rustify=off,vaultrs=warn,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn,reqwest=warn";
 
 pub fn init(format: LogFormat, verbose: bool) {
     let default = if verbose { format!("debug,{QUIET}") } else { format!("info,{QUIET}") };
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        LogFormat::Text => {
+            builder.with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+        }
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }

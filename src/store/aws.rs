@@ -33,7 +33,11 @@ impl Aws {
         if let Some(region) = &spec.region {
             config = config.region(aws_config::Region::new(region.clone()));
         } else if sdk.region().is_none() {
-            return Err(Error::new(label, ErrorKind::Permanent, "no AWS region: set `region` in the policy or AWS_REGION"));
+            return Err(Error::new(
+                label,
+                ErrorKind::Permanent,
+                "no AWS region: set `region` in the policy or AWS_REGION",
+            ));
         }
         Ok(Aws {
             client: Client::from_conf(config.build()),
@@ -58,11 +62,15 @@ impl Aws {
         let kind = match &e {
             SdkError::ServiceError(service) => match service.err().code() {
                 Some("ResourceNotFoundException") => ErrorKind::NotFound,
-                Some("InternalServiceError" | "ThrottlingException" | "RequestTimeout" | "ServiceUnavailable") => ErrorKind::Transient,
+                Some("InternalServiceError" | "ThrottlingException" | "RequestTimeout" | "ServiceUnavailable") => {
+                    ErrorKind::Transient
+                }
                 Some("ResourceExistsException") => ErrorKind::Conflict,
                 _ => ErrorKind::Permanent,
             },
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => ErrorKind::Transient,
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                ErrorKind::Transient
+            }
             _ => ErrorKind::Permanent,
         };
         self.error(kind, format!("{what}: {}", DisplayErrorContext(&e)))
@@ -112,7 +120,9 @@ impl Store for Aws {
         match self.versions().await? {
             Some(_) => self.read(None, Some(CURRENT)).await.map(|_| ()),
             None if self.create => Ok(()),
-            None => Err(self.error(ErrorKind::NotFound, "the secret does not exist and the policy does not allow `create`")),
+            None => {
+                Err(self.error(ErrorKind::NotFound, "the secret does not exist and the policy does not allow `create`"))
+            }
         }
     }
 
@@ -143,7 +153,11 @@ impl Store for Aws {
                 }
                 HashMap::new()
             }
-            None => return Err(self.error(ErrorKind::NotFound, "the secret does not exist and the policy does not allow `create`")),
+            None => {
+                return Err(
+                    self.error(ErrorKind::NotFound, "the secret does not exist and the policy does not allow `create`")
+                );
+            }
         };
         // Refuse to go on when the current value is not a credential rotator understands.
         if Self::holder(&versions, CURRENT).is_some() {
@@ -153,7 +167,10 @@ impl Store for Aws {
             // Staged before: AWS keeps versions immutable, so only compare.
             return match self.read(Some(rotation_id), None).await? {
                 Some(staged) if staged == *record => Ok(()),
-                _ => Err(self.error(ErrorKind::Unexpected, format!("version {rotation_id} exists with a different value"))),
+                _ => {
+                    Err(self
+                        .error(ErrorKind::Unexpected, format!("version {rotation_id} exists with a different value")))
+                }
             };
         }
         self.client
@@ -176,7 +193,8 @@ impl Store for Aws {
     }
 
     async fn promote(&self, rotation_id: &str) -> Result<(), Error> {
-        let versions = self.versions().await?.ok_or_else(|| self.error(ErrorKind::NotFound, "the secret no longer exists"))?;
+        let versions =
+            self.versions().await?.ok_or_else(|| self.error(ErrorKind::NotFound, "the secret no longer exists"))?;
         if !versions.contains_key(rotation_id) {
             return Err(self.error(ErrorKind::Unexpected, format!("no staged version {rotation_id}")));
         }

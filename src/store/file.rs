@@ -46,7 +46,8 @@ impl File {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
         // `mode` applies only when the file is created; a leftover temporary file gets it too.
         file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         file.write_all(record.to_json_secret().expose().as_bytes()).map_err(io)?;
@@ -77,24 +78,27 @@ impl Store for File {
     async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {
         // Refuse to overwrite a current value rotator cannot read (checked before writing).
         self.read(&self.path)?;
-        if let Some(staged) = self.read(&self.sibling(".pending"))? {
-            if staged.rotation_id.as_deref() == Some(rotation_id) {
-                return if staged == *record {
-                    Ok(())
-                } else {
-                    Err(self.error(ErrorKind::Unexpected, format!("a different value is already staged for rotation {rotation_id}")))
-                };
-            }
+        if let Some(staged) = self.read(&self.sibling(".pending"))?
+            && staged.rotation_id.as_deref() == Some(rotation_id)
+        {
+            return if staged == *record {
+                Ok(())
+            } else {
+                Err(self.error(
+                    ErrorKind::Unexpected,
+                    format!("a different value is already staged for rotation {rotation_id}"),
+                ))
+            };
         }
         self.write(&self.sibling(".pending"), record)
     }
 
     async fn staged(&self, rotation_id: &str) -> Result<Option<Record>, Error> {
         for candidate in [self.sibling(".pending"), self.path.clone()] {
-            if let Some(record) = self.read(&candidate)? {
-                if record.rotation_id.as_deref() == Some(rotation_id) {
-                    return Ok(Some(record));
-                }
+            if let Some(record) = self.read(&candidate)?
+                && record.rotation_id.as_deref() == Some(rotation_id)
+            {
+                return Ok(Some(record));
             }
         }
         Ok(None)
@@ -113,7 +117,8 @@ impl Store for File {
         if let Some(current) = current {
             self.write(&self.sibling(".previous"), &current)?;
         }
-        let io = |e: std::io::Error| self.error(ErrorKind::Permanent, format!("cannot promote {}: {e}", pending.display()));
+        let io =
+            |e: std::io::Error| self.error(ErrorKind::Permanent, format!("cannot promote {}: {e}", pending.display()));
         std::fs::rename(&pending, &self.path).map_err(io)?;
         sync_dir(self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))).map_err(io)
     }

@@ -203,14 +203,19 @@ impl Destination {
     pub fn new(spec: &policy::Destination, kind: CredentialKind, clients: &Clients) -> Result<Destination, Error> {
         Ok(match spec {
             policy::Destination::AwsSecretsManager(d) => {
-                let sdk = clients.aws.as_ref().ok_or_else(|| {
-                    Error::new(spec.label(), ErrorKind::Permanent, "AWS is not configured")
-                })?;
+                let sdk = clients
+                    .aws
+                    .as_ref()
+                    .ok_or_else(|| Error::new(spec.label(), ErrorKind::Permanent, "AWS is not configured"))?;
                 Destination::Aws(aws::Aws::new(d, kind, sdk)?)
             }
             policy::Destination::Vault(d) => {
                 let connection = clients.vault.as_ref().ok_or_else(|| {
-                    Error::new(spec.label(), ErrorKind::Permanent, "Vault is not configured: set VAULT_ADDR and VAULT_TOKEN")
+                    Error::new(
+                        spec.label(),
+                        ErrorKind::Permanent,
+                        "Vault is not configured: set VAULT_ADDR and VAULT_TOKEN",
+                    )
                 })?;
                 Destination::Vault(vault::Vault::new(d, kind, connection.clone()))
             }

@@ -34,7 +34,12 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub fn new(address: &str, token: &Secret, namespace: Option<&str>, timeout: Duration) -> Result<Connection, String> {
+    pub fn new(
+        address: &str,
+        token: &Secret,
+        namespace: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Connection, String> {
         // vaultrs panics on an address it cannot parse, so check it first.
         reqwest::Url::parse(address).map_err(|e| format!("VAULT_ADDR `{address}` is not a URL: {e}"))?;
         let mut builder = VaultClientSettingsBuilder::default();
@@ -75,7 +80,14 @@ impl Vault {
             .as_deref()
             .map(|p| p.trim_matches('/').to_string())
             .unwrap_or_else(|| format!("_rotator/staging/{path}"));
-        Vault { mount: spec.mount.trim_matches('/').to_string(), path, staging_path, create: spec.create, kind, connection }
+        Vault {
+            mount: spec.mount.trim_matches('/').to_string(),
+            path,
+            staging_path,
+            create: spec.create,
+            kind,
+            connection,
+        }
     }
 
     fn error(&self, kind: ErrorKind, detail: impl Into<String>) -> Error {
@@ -93,7 +105,13 @@ impl Vault {
                     429 | 500.. => ErrorKind::Transient,
                     _ => ErrorKind::Permanent,
                 };
-                (kind, format!("{what}: vault answered {code}{}", if text.is_empty() { String::new() } else { format!(": {text}") }))
+                (
+                    kind,
+                    format!(
+                        "{what}: vault answered {code}{}",
+                        if text.is_empty() { String::new() } else { format!(": {text}") }
+                    ),
+                )
             }
             ClientError::RestClientError { source } => match source {
                 rustify::errors::ClientError::ServerResponseError { code, .. } => {
@@ -121,7 +139,8 @@ impl Vault {
             }
         };
         let version = meta.current_version;
-        let deleted = meta.versions.get(&version.to_string()).is_some_and(|v| v.destroyed || !v.deletion_time.is_empty());
+        let deleted =
+            meta.versions.get(&version.to_string()).is_some_and(|v| v.destroyed || !v.deletion_time.is_empty());
         if version == 0 || deleted {
             return Ok(Some((Value::Null, version)));
         }
@@ -135,7 +154,8 @@ impl Vault {
     }
 
     fn parse(&self, path: &str, value: &Value) -> Result<Option<Record>, Error> {
-        Record::parse(self.kind, value).map_err(|e| self.error(ErrorKind::Unexpected, format!("{}/{path}: {e}", self.mount)))
+        Record::parse(self.kind, value)
+            .map_err(|e| self.error(ErrorKind::Unexpected, format!("{}/{path}: {e}", self.mount)))
     }
 
     async fn write(&self, path: &str, record: &Record, cas: u64) -> Result<u64, Error> {
@@ -149,10 +169,11 @@ impl Vault {
     /// Merges rotator's keys into the path's `custom_metadata` (the metadata endpoint replaces
     /// the whole map, so read it first and keep everything else).
     async fn record_rotation(&self, record: &Record, previous: Option<&str>) -> Result<(), Error> {
-        let mut map: HashMap<String, String> = match kv2::read_metadata(&*self.connection.client, &self.mount, &self.path).await {
-            Ok(meta) => meta.custom_metadata.unwrap_or_default(),
-            Err(e) => return Err(self.map("read metadata", e)),
-        };
+        let mut map: HashMap<String, String> =
+            match kv2::read_metadata(&*self.connection.client, &self.mount, &self.path).await {
+                Ok(meta) => meta.custom_metadata.unwrap_or_default(),
+                Err(e) => return Err(self.map("read metadata", e)),
+            };
         map.insert(META_ROTATION_ID.into(), record.rotation_id.clone().unwrap_or_default());
         map.insert(META_CREDENTIAL_ID.into(), record.id.clone());
         map.insert(META_ROTATED_AT.into(), Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
@@ -216,14 +237,17 @@ impl Store for Vault {
         }
         let cas = match self.read(&self.staging_path).await? {
             Some((value, version)) => {
-                if let Some(staged) = self.parse(&self.staging_path, &value)? {
-                    if staged.rotation_id.as_deref() == Some(rotation_id) {
-                        return if staged == *record {
-                            Ok(())
-                        } else {
-                            Err(self.error(ErrorKind::Unexpected, format!("a different value is already staged for rotation {rotation_id}")))
-                        };
-                    }
+                if let Some(staged) = self.parse(&self.staging_path, &value)?
+                    && staged.rotation_id.as_deref() == Some(rotation_id)
+                {
+                    return if staged == *record {
+                        Ok(())
+                    } else {
+                        Err(self.error(
+                            ErrorKind::Unexpected,
+                            format!("a different value is already staged for rotation {rotation_id}"),
+                        ))
+                    };
                 }
                 version
             }
@@ -234,12 +258,11 @@ impl Store for Vault {
 
     async fn staged(&self, rotation_id: &str) -> Result<Option<Record>, Error> {
         for path in [&self.staging_path, &self.path] {
-            if let Some((value, _)) = self.read(path).await? {
-                if let Some(record) = self.parse(path, &value)? {
-                    if record.rotation_id.as_deref() == Some(rotation_id) {
-                        return Ok(Some(record));
-                    }
-                }
+            if let Some((value, _)) = self.read(path).await?
+                && let Some(record) = self.parse(path, &value)?
+                && record.rotation_id.as_deref() == Some(rotation_id)
+            {
+                return Ok(Some(record));
             }
         }
         Ok(None)
@@ -253,7 +276,9 @@ impl Store for Vault {
         if current.as_ref().and_then(|r| r.rotation_id.as_deref()) == Some(rotation_id) {
             // Promoted before a crash; finish the bookkeeping and clean up.
             if let Some(record) = &current {
-                let meta = kv2::read_metadata(&*self.connection.client, &self.mount, &self.path).await.map_err(|e| self.map("read metadata", e))?;
+                let meta = kv2::read_metadata(&*self.connection.client, &self.mount, &self.path)
+                    .await
+                    .map_err(|e| self.map("read metadata", e))?;
                 let recorded = meta.custom_metadata.as_ref().and_then(|m| m.get(META_ROTATION_ID)).map(String::as_str);
                 if recorded != Some(rotation_id) {
                     self.record_rotation(record, None).await?;
@@ -274,12 +299,11 @@ impl Store for Vault {
     }
 
     async fn discard(&self, rotation_id: &str) -> Result<(), Error> {
-        if let Some((value, _)) = self.read(&self.staging_path).await? {
-            if let Some(staged) = self.parse(&self.staging_path, &value)? {
-                if staged.rotation_id.as_deref() == Some(rotation_id) {
-                    return self.delete_staging().await;
-                }
-            }
+        if let Some((value, _)) = self.read(&self.staging_path).await?
+            && let Some(staged) = self.parse(&self.staging_path, &value)?
+            && staged.rotation_id.as_deref() == Some(rotation_id)
+        {
+            return self.delete_staging().await;
         }
         Ok(())
     }

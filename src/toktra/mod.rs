@@ -11,7 +11,7 @@ use std::sync::Mutex as SyncMutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -270,7 +270,13 @@ impl Client {
     /// Creates a credential named `name`. A create is never retried blindly: when its answer is
     /// lost (timeout, dropped connection, 5xx), the credential is looked up by name; one that
     /// exists is revoked (its secret is gone for good) and the create is tried again.
-    pub async fn create(&self, kind: CredentialKind, name: &str, scopes: &[String], description: &str) -> Result<Minted, Error> {
+    pub async fn create(
+        &self,
+        kind: CredentialKind,
+        name: &str,
+        scopes: &[String],
+        description: &str,
+    ) -> Result<Minted, Error> {
         let what = format!("create {kind} `{name}`");
         let mut body = serde_json::json!({ "name": name, "description": description });
         if !scopes.is_empty() {
@@ -280,7 +286,10 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.request(&what, Method::POST, self.collection(kind), Body::Json(body.clone()), Auth::Management, false).await {
+            match self
+                .request(&what, Method::POST, self.collection(kind), Body::Json(body.clone()), Auth::Management, false)
+                .await
+            {
                 Ok(value) => {
                     let mut minted = parse_minted(kind, &what, value)?;
                     minted.revoked_strays = revoked_strays;
@@ -314,15 +323,15 @@ impl Client {
                 path.push_str(&url_escape(c));
             }
             let page = self.request(&what, Method::GET, &path, Body::Empty, Auth::Management, true).await?;
-            let items = page.get("items").and_then(Value::as_array).ok_or_else(|| Error::Decode {
-                what: what.clone(),
-                detail: "no `items` array in the page".into(),
-            })?;
+            let items = page
+                .get("items")
+                .and_then(Value::as_array)
+                .ok_or_else(|| Error::Decode { what: what.clone(), detail: "no `items` array in the page".into() })?;
             for item in items {
-                out.push(parse_listed(kind, item).ok_or_else(|| Error::Decode {
-                    what: what.clone(),
-                    detail: "an item has no id".into(),
-                })?);
+                out.push(
+                    parse_listed(kind, item)
+                        .ok_or_else(|| Error::Decode { what: what.clone(), detail: "an item has no id".into() })?,
+                );
             }
             let next = page.get("next_cursor").and_then(Value::as_str).filter(|c| !c.is_empty());
             let has_more = page.get("has_more").and_then(Value::as_bool).unwrap_or(next.is_some());
@@ -376,8 +385,11 @@ impl Client {
     /// client_credentials exchange; returns the token and its lifetime.
     async fn exchange(&self, client_id: &str, secret: &Secret) -> Result<(Secret, Duration), Error> {
         let what = format!("token exchange for client {client_id}");
-        let form = vec![("grant_type", "client_credentials"), ("client_id", client_id), ("client_secret", secret.expose())];
-        let value = self.request(&what, Method::POST, &self.settings.endpoints.token, Body::Form(form), Auth::None, true).await?;
+        let form =
+            vec![("grant_type", "client_credentials"), ("client_id", client_id), ("client_secret", secret.expose())];
+        let value = self
+            .request(&what, Method::POST, &self.settings.endpoints.token, Body::Form(form), Auth::None, true)
+            .await?;
         let token = value
             .get("access_token")
             .and_then(Value::as_str)
@@ -394,10 +406,11 @@ impl Client {
             ManagementAuth::Client { client_id, client_secret } => (client_id, client_secret),
         };
         let mut cached = self.token.lock().await;
-        if let Some(t) = cached.as_ref() {
-            if !force_renew && Instant::now() < t.renew_at {
-                return Ok(t.token.clone());
-            }
+        if let Some(t) = cached.as_ref()
+            && !force_renew
+            && Instant::now() < t.renew_at
+        {
+            return Ok(t.token.clone());
         }
         // Boxed: `exchange` goes through `request`, which calls this function.
         let (token, lifetime) = Box::pin(self.exchange(client_id, client_secret)).await?;
@@ -434,7 +447,15 @@ impl Client {
     /// One API call with the retry rules: `429` is waited out (never counts as a failure while
     /// the wait fits the budget), a management `401` renews the token once, and transient
     /// failures are retried with backoff when `idempotent`.
-    async fn request(&self, what: &str, method: Method, path: &str, body: Body<'_>, auth: Auth<'_>, idempotent: bool) -> Result<Value, Error> {
+    async fn request(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        body: Body<'_>,
+        auth: Auth<'_>,
+        idempotent: bool,
+    ) -> Result<Value, Error> {
         let url = self.url(path);
         let mut attempt: u32 = 0;
         let mut renewed = false;
@@ -511,15 +532,17 @@ impl Client {
                 }
                 return Err(Error::RateLimited { what: what.to_string(), retry_after: wait });
             }
-            if status == StatusCode::UNAUTHORIZED && matches!(auth, Auth::Management) && !renewed {
-                if let ManagementAuth::Client { .. } = self.settings.auth {
-                    // The token may have expired early or been revoked; a 401 means the request
-                    // was not processed, so it is safe to send again with a fresh token.
-                    renewed = true;
-                    self.management_token(true).await?;
-                    attempt -= 1;
-                    continue;
-                }
+            if status == StatusCode::UNAUTHORIZED
+                && matches!(auth, Auth::Management)
+                && !renewed
+                && let ManagementAuth::Client { .. } = self.settings.auth
+            {
+                // The token may have expired early or been revoked; a 401 means the request
+                // was not processed, so it is safe to send again with a fresh token.
+                renewed = true;
+                self.management_token(true).await?;
+                attempt -= 1;
+                continue;
             }
             if err.is_transient() && idempotent && attempt < self.settings.retry.attempts {
                 tracing::debug!(error = %err, attempt, "transient toktra failure; retrying");
@@ -561,10 +584,16 @@ fn parse_minted(kind: CredentialKind, what: &str, value: Value) -> Result<Minted
         CredentialKind::ApiKey => (field(&["id", "key_id"]), field(&["key", "api_key", "secret"])),
     };
     let id = id.ok_or_else(|| Error::Decode { what: what.into(), detail: "no id in the create response".into() })?;
-    let secret = secret
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::Decode { what: what.into(), detail: format!("no secret in the create response of {id}") })?;
-    Ok(Minted { id, name: field(&["name"]).unwrap_or_default(), secret: Secret::new(secret), revoked_strays: Vec::new() })
+    let secret = secret.filter(|s| !s.is_empty()).ok_or_else(|| Error::Decode {
+        what: what.into(),
+        detail: format!("no secret in the create response of {id}"),
+    })?;
+    Ok(Minted {
+        id,
+        name: field(&["name"]).unwrap_or_default(),
+        secret: Secret::new(secret),
+        revoked_strays: Vec::new(),
+    })
 }
 
 fn parse_listed(kind: CredentialKind, item: &Value) -> Option<Listed> {
@@ -573,7 +602,8 @@ fn parse_listed(kind: CredentialKind, item: &Value) -> Option<Listed> {
         CredentialKind::OauthClient => text("client_id").or_else(|| text("id")),
         CredentialKind::ApiKey => text("id").or_else(|| text("key_id")),
     }?;
-    let time = |name: &str| text(name).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
+    let time =
+        |name: &str| text(name).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
     Some(Listed {
         id: id.to_string(),
         name: text("name").unwrap_or_default().to_string(),

@@ -148,14 +148,8 @@ impl fmt::Debug for Config {
             .field("page_size", &self.page_size)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("faults", &self.faults)
-            .field(
-                "admin_api_key",
-                &self.admin_api_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field(
-                "admin_client",
-                &self.admin_client.as_ref().map(|(id, _)| (id, "<redacted>")),
-            )
+            .field("admin_api_key", &self.admin_api_key.as_ref().map(|_| "<redacted>"))
+            .field("admin_client", &self.admin_client.as_ref().map(|(id, _)| (id, "<redacted>")))
             .finish()
     }
 }
@@ -219,9 +213,7 @@ pub struct Simulator {
 
 impl fmt::Debug for Simulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Simulator")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("Simulator").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -246,23 +238,15 @@ impl Simulator {
             .with_state(Arc::clone(&shared));
         let server = tokio::spawn(async move {
             let mut stop = stop;
-            axum::serve(
-                SimListener(listener),
-                app.into_make_service_with_connect_info::<Conn>(),
-            )
-            // A closed channel means the `Simulator` was dropped, which also ends the server.
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            })
-            .await
+            axum::serve(SimListener(listener), app.into_make_service_with_connect_info::<Conn>())
+                // A closed channel means the `Simulator` was dropped, which also ends the server.
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                })
+                .await
         });
         tracing::info!(%addr, "toktra simulator listening");
-        Ok(Simulator {
-            addr,
-            shared,
-            shutdown,
-            server,
-        })
+        Ok(Simulator { addr, shared, shutdown, server })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -299,12 +283,7 @@ impl Simulator {
 
     /// Stop accepting connections and wait for the server task.
     pub async fn shutdown(self) {
-        let Simulator {
-            addr,
-            shutdown,
-            mut server,
-            ..
-        } = self;
+        let Simulator { addr, shutdown, mut server, .. } = self;
         shutdown.send_replace(true);
         // A client that keeps a request half-sent would hold a graceful shutdown forever.
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
@@ -319,12 +298,7 @@ impl Simulator {
     /// Wait until the server stops (for the CLI, which runs until Ctrl-C).
     pub async fn wait(self) {
         // The sender must live until the server ends: dropping it is a shutdown signal.
-        let Simulator {
-            addr,
-            shutdown: _running,
-            server,
-            ..
-        } = self;
+        let Simulator { addr, shutdown: _running, server, .. } = self;
         log_server_end(addr, server.await);
     }
 }
@@ -490,12 +464,7 @@ impl Credential {
             kind: self.kind.as_str().to_owned(),
             name: self.name.clone(),
             scopes: self.scopes.clone(),
-            state: if self.is_active() {
-                "active"
-            } else {
-                "revoked"
-            }
-            .to_owned(),
+            state: if self.is_active() { "active" } else { "revoked" }.to_owned(),
             admin: self.admin,
             created_at: self.created_at,
             revoked_at: self.revoked_at,
@@ -519,24 +488,14 @@ impl Shared {
         };
         let admin_scopes = vec!["admin".to_owned()];
         if let Some(key) = config.admin_api_key {
-            let mut cred = Credential::new(
-                Kind::ApiKey,
-                "toktra-sim admin key".to_owned(),
-                admin_scopes.clone(),
-                key,
-                now,
-            );
+            let mut cred =
+                Credential::new(Kind::ApiKey, "toktra-sim admin key".to_owned(), admin_scopes.clone(), key, now);
             cred.admin = true;
             state.insert(cred);
         }
         if let Some((client_id, secret)) = config.admin_client {
-            let mut cred = Credential::new(
-                Kind::OAuthClient,
-                "toktra-sim admin client".to_owned(),
-                admin_scopes,
-                secret,
-                now,
-            );
+            let mut cred =
+                Credential::new(Kind::OAuthClient, "toktra-sim admin client".to_owned(), admin_scopes, secret, now);
             cred.id = client_id;
             cred.admin = true;
             state.insert(cred);
@@ -557,11 +516,7 @@ impl Shared {
     }
 
     fn credentials(&self) -> Vec<Inspected> {
-        self.lock()
-            .credentials
-            .iter()
-            .map(Credential::inspected)
-            .collect()
+        self.lock().credentials.iter().map(Credential::inspected).collect()
     }
 
     /// Sleeps, but returns early once the simulator shuts down.
@@ -581,11 +536,7 @@ impl Shared {
     }
 
     fn fresh_rate(&self, now: Now) -> RateInfo {
-        RateInfo {
-            limit: self.rate_limit,
-            remaining: self.rate_limit,
-            reset: now.unix + RATE_WINDOW_SECS,
-        }
+        RateInfo { limit: self.rate_limit, remaining: self.rate_limit, reset: now.unix + RATE_WINDOW_SECS }
     }
 
     fn injected_error(&self, call: &Call) -> Reply {
@@ -612,11 +563,7 @@ impl Shared {
         self.lock().stats.injected_rate_limits += 1;
         Reply {
             outcome: Err(ApiError::rate_limited(1)),
-            rate: RateInfo {
-                limit: self.rate_limit,
-                remaining: 0,
-                reset: now.unix + 1,
-            },
+            rate: RateInfo { limit: self.rate_limit, remaining: 0, reset: now.unix + 1 },
         }
     }
 
@@ -640,9 +587,7 @@ impl Shared {
         let form = std::str::from_utf8(&call.body)
             .ok()
             .and_then(parse_pairs)
-            .ok_or_else(|| {
-                bad_request("token request body must be application/x-www-form-urlencoded")
-            })?;
+            .ok_or_else(|| bad_request("token request body must be application/x-www-form-urlencoded"))?;
         let field = |name: &str| {
             form.iter()
                 .rev()
@@ -672,9 +617,7 @@ impl Shared {
             .copied()
             .filter(|&index| {
                 let cred = &state.credentials[index];
-                cred.kind == Kind::OAuthClient
-                    && cred.is_active()
-                    && same_secret(&cred.secret, secret)
+                cred.kind == Kind::OAuthClient && cred.is_active() && same_secret(&cred.secret, secret)
             })
             .ok_or_else(|| {
                 ApiError::new(
@@ -725,14 +668,7 @@ impl Shared {
         Ok(caller)
     }
 
-    fn endpoint(
-        &self,
-        state: &mut StateInner,
-        caller: usize,
-        endpoint: &Endpoint,
-        call: &Call,
-        now: Now,
-    ) -> Outcome {
+    fn endpoint(&self, state: &mut StateInner, caller: usize, endpoint: &Endpoint, call: &Call, now: Now) -> Outcome {
         if endpoint.needs_admin() && !state.credentials[caller].admin {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -767,13 +703,7 @@ impl Shared {
             Kind::OAuthClient => format!("tcs_{}", random_alphanumeric(40)),
             Kind::ApiKey => format!("tk_live_{}", random_alphanumeric(40)),
         };
-        let mut cred = Credential::new(
-            kind,
-            body.name,
-            body.scopes.unwrap_or_default(),
-            secret,
-            now,
-        );
+        let mut cred = Credential::new(kind, body.name, body.scopes.unwrap_or_default(), secret, now);
         // The API-key contract has no description; an unknown field is accepted and ignored.
         if kind == Kind::OAuthClient {
             cred.description = body.description;
@@ -782,12 +712,7 @@ impl Shared {
         tracing::debug!(id = %cred.id, kind = kind.as_str(), name = %cred.name, "simulator created a credential");
         state.insert(cred);
         state.stats.creates += 1;
-        Ok(Done {
-            status: StatusCode::CREATED,
-            body: Some(response),
-            created: true,
-            no_store: true,
-        })
+        Ok(Done { status: StatusCode::CREATED, body: Some(response), created: true, no_store: true })
     }
 
     fn list(&self, state: &StateInner, kind: Kind, call: &Call, now: Now) -> Outcome {
@@ -798,11 +723,7 @@ impl Shared {
         let page = self.page_request(&call.query, tag, now)?;
         // The position of a credential is its index in creation order, so a cursor keeps its
         // place even when credentials before it are revoked between two pages.
-        let active = state
-            .credentials
-            .iter()
-            .enumerate()
-            .filter(|(_, cred)| cred.kind == kind && cred.is_active());
+        let active = state.credentials.iter().enumerate().filter(|(_, cred)| cred.kind == kind && cred.is_active());
         let total = active.clone().count();
         let items = active.map(|(index, cred)| (index as u64, cred.list_item()));
         Ok(Done::ok(paginate(items, page, total, tag, now)))
@@ -813,32 +734,20 @@ impl Shared {
     fn usage(&self, state: &StateInner, caller: usize, call: &Call, now: Now) -> Outcome {
         let page = self.page_request(&call.query, CursorTag::Usage, now)?;
         let usage = &state.credentials[caller].usage;
-        let items = usage
-            .iter()
-            .enumerate()
-            .map(|(position, (endpoint, usage))| {
-                let item = json!({
-                    "timestamp": usage.last,
-                    "endpoint": endpoint,
-                    "requests": usage.requests,
-                });
-                (position as u64, item)
+        let items = usage.iter().enumerate().map(|(position, (endpoint, usage))| {
+            let item = json!({
+                "timestamp": usage.last,
+                "endpoint": endpoint,
+                "requests": usage.requests,
             });
-        Ok(Done::ok(paginate(
-            items,
-            page,
-            usage.len(),
-            CursorTag::Usage,
-            now,
-        )))
+            (position as u64, item)
+        });
+        Ok(Done::ok(paginate(items, page, usage.len(), CursorTag::Usage, now)))
     }
 
     fn page_request(&self, query: &str, tag: CursorTag, now: Now) -> Result<Page, ApiError> {
         let pairs = parse_pairs(query).ok_or_else(|| bad_request("malformed query string"))?;
-        let mut page = Page {
-            after: None,
-            size: self.page_size,
-        };
+        let mut page = Page { after: None, size: self.page_size };
         for (key, value) in pairs {
             match key.as_str() {
                 "limit" => {
@@ -846,15 +755,11 @@ impl Shared {
                         .parse::<usize>()
                         .ok()
                         .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                        .ok_or_else(|| {
-                            bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
-                        })?;
+                        .ok_or_else(|| bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}")))?;
                     // The configured page size doubles as the server's maximum.
                     page.size = limit.min(self.page_size);
                 }
-                "cursor" if !value.is_empty() => {
-                    page.after = Some(decode_cursor(&value, tag, now)?)
-                }
+                "cursor" if !value.is_empty() => page.after = Some(decode_cursor(&value, tag, now)?),
                 _ => {}
             }
         }
@@ -877,8 +782,7 @@ impl StateInner {
             self.tokens.retain(|_, token| token.expires_at > now.mono);
             self.token_purge_at = (self.tokens.len() * 2).max(TOKEN_PURGE_MIN);
         }
-        self.tokens
-            .insert(token, AccessToken { client, expires_at });
+        self.tokens.insert(token, AccessToken { client, expires_at });
     }
 
     /// The credential a bearer token stands for, without side effects (injected faults use it to
@@ -921,10 +825,7 @@ impl StateInner {
     fn touch(&mut self, index: usize, endpoint: &'static str, now: Now) {
         let cred = &mut self.credentials[index];
         cred.last_used_at = Some(now.wall);
-        let usage = cred.usage.entry(endpoint).or_insert(Usage {
-            requests: 0,
-            last: now.wall,
-        });
+        let usage = cred.usage.entry(endpoint).or_insert(Usage { requests: 0, last: now.wall });
         usage.requests += 1;
         usage.last = now.wall;
     }
@@ -934,9 +835,7 @@ impl StateInner {
             .by_id
             .get(id)
             .copied()
-            .filter(|&index| {
-                self.credentials[index].kind == kind && self.credentials[index].is_active()
-            })
+            .filter(|&index| self.credentials[index].kind == kind && self.credentials[index].is_active())
             .ok_or_else(|| not_found(format!("no active {} with id {id:?}", kind.noun())))?;
         self.credentials[index].revoked_at = Some(now.wall);
         if kind == Kind::OAuthClient {
@@ -945,32 +844,18 @@ impl StateInner {
         }
         self.stats.revokes += 1;
         tracing::debug!(id, kind = kind.as_str(), "simulator revoked a credential");
-        Ok(Done {
-            status: StatusCode::NO_CONTENT,
-            body: None,
-            created: false,
-            no_store: false,
-        })
+        Ok(Done { status: StatusCode::NO_CONTENT, body: None, created: false, no_store: false })
     }
 }
 
 /// Constant-time comparison, so the simulator does not teach a timing leak by example.
 fn same_secret(stored: &str, given: &str) -> bool {
     let (stored, given) = (stored.as_bytes(), given.as_bytes());
-    stored.len() == given.len()
-        && stored
-            .iter()
-            .zip(given)
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+    stored.len() == given.len() && stored.iter().zip(given).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
 fn random_alphanumeric(len: usize) -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// Both clocks read once per request: wall time for timestamps and rate windows, monotonic time
@@ -986,11 +871,7 @@ struct Now {
 impl Now {
     fn read() -> Now {
         let wall = Utc::now().trunc_subsecs(3);
-        Now {
-            wall,
-            mono: Instant::now(),
-            unix: u64::try_from(wall.timestamp()).unwrap_or(0),
-        }
+        Now { wall, mono: Instant::now(), unix: u64::try_from(wall.timestamp()).unwrap_or(0) }
     }
 }
 
@@ -1031,43 +912,27 @@ impl Limiter {
         // Unknown client_ids sent to the token endpoint also get windows; forget stale ones
         // once there are many so that a flood of made-up ids cannot grow the map forever.
         if self.windows.len() >= 10_000 {
-            self.windows
-                .retain(|_, window| now < window.start + RATE_WINDOW_SECS);
+            self.windows.retain(|_, window| now < window.start + RATE_WINDOW_SECS);
         }
-        let window = self.windows.entry(key.to_owned()).or_insert(Window {
-            start: now,
-            used: 0,
-        });
+        let window = self.windows.entry(key.to_owned()).or_insert(Window { start: now, used: 0 });
         if now >= window.start + RATE_WINDOW_SECS {
-            *window = Window {
-                start: now,
-                used: 0,
-            };
+            *window = Window { start: now, used: 0 };
         }
         let allowed = window.used < limit;
         if allowed {
             window.used += 1;
         }
-        let info = RateInfo {
-            limit,
-            remaining: limit.saturating_sub(window.used),
-            reset: window.start + RATE_WINDOW_SECS,
-        };
+        let info =
+            RateInfo { limit, remaining: limit.saturating_sub(window.used), reset: window.start + RATE_WINDOW_SECS };
         (info, allowed)
     }
 
     fn peek(&self, key: &str, limit: u32, now: u64) -> RateInfo {
         match self.windows.get(key) {
-            Some(window) if now < window.start + RATE_WINDOW_SECS => RateInfo {
-                limit,
-                remaining: limit.saturating_sub(window.used),
-                reset: window.start + RATE_WINDOW_SECS,
-            },
-            _ => RateInfo {
-                limit,
-                remaining: limit,
-                reset: now + RATE_WINDOW_SECS,
-            },
+            Some(window) if now < window.start + RATE_WINDOW_SECS => {
+                RateInfo { limit, remaining: limit.saturating_sub(window.used), reset: window.start + RATE_WINDOW_SECS }
+            }
+            _ => RateInfo { limit, remaining: limit, reset: now + RATE_WINDOW_SECS },
         }
     }
 }
@@ -1117,9 +982,7 @@ impl Route {
             (["oauth", "token"], &Method::POST) => return Route::Token,
             (["oauth", "clients"], &Method::POST) => Endpoint::CreateClient,
             (["oauth", "clients"], &Method::GET) => Endpoint::ListClients,
-            (["oauth", "clients", client_id], &Method::DELETE) => {
-                Endpoint::RevokeClient(id(client_id))
-            }
+            (["oauth", "clients", client_id], &Method::DELETE) => Endpoint::RevokeClient(id(client_id)),
             (["api-keys"], &Method::POST) => Endpoint::CreateKey,
             (["api-keys"], &Method::GET) => Endpoint::ListKeys,
             (["api-keys", key_id], &Method::DELETE) => Endpoint::RevokeKey(id(key_id)),
@@ -1141,10 +1004,7 @@ impl Route {
 
 impl Endpoint {
     fn needs_admin(&self) -> bool {
-        !matches!(
-            self,
-            Endpoint::Usage | Endpoint::NoSuchRoute | Endpoint::WrongMethod
-        )
+        !matches!(self, Endpoint::Usage | Endpoint::NoSuchRoute | Endpoint::WrongMethod)
     }
 
     /// The endpoint name in usage records.
@@ -1186,12 +1046,7 @@ struct Done {
 
 impl Done {
     fn ok(body: Value) -> Done {
-        Done {
-            status: StatusCode::OK,
-            body: Some(body),
-            created: false,
-            no_store: false,
-        }
+        Done { status: StatusCode::OK, body: Some(body), created: false, no_store: false }
     }
 }
 
@@ -1206,22 +1061,13 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
 
     fn rate_limited(retry_after: u64) -> ApiError {
         ApiError {
             retry_after: Some(retry_after),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "rate limit exceeded",
-            )
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limit exceeded")
         }
     }
 }
@@ -1252,12 +1098,9 @@ impl Reply {
     fn into_response(self) -> Response {
         let (status, body, no_store, retry_after) = match self.outcome {
             Ok(done) => (done.status, done.body, done.no_store, None),
-            Err(error) => (
-                error.status,
-                Some(json!({ "error": error.code, "message": error.message })),
-                false,
-                error.retry_after,
-            ),
+            Err(error) => {
+                (error.status, Some(json!({ "error": error.code, "message": error.message })), false, error.retry_after)
+            }
         };
         let mut response = match body {
             Some(body) => (status, axum::Json(body)).into_response(),
@@ -1265,10 +1108,7 @@ impl Reply {
         };
         let headers = response.headers_mut();
         headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.rate.limit));
-        headers.insert(
-            X_RATELIMIT_REMAINING,
-            HeaderValue::from(self.rate.remaining),
-        );
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.rate.remaining));
         headers.insert(X_RATELIMIT_RESET, HeaderValue::from(self.rate.reset));
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -1282,11 +1122,7 @@ impl Reply {
 
 /// Every `/v1` request. Faults are decided here, in the documented order, before the request
 /// touches any state; only the create timeout comes after, because it needs a real create.
-async fn v1(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    request: Request,
-) -> Response {
+async fn v1(State(shared): State<Arc<Shared>>, ConnectInfo(conn): ConnectInfo<Conn>, request: Request) -> Response {
     let faults = {
         let mut state = shared.lock();
         state.stats.requests += 1;
@@ -1417,23 +1253,12 @@ struct Page {
 }
 
 /// Cuts one page out of `items` (ascending positions) and builds the documented envelope.
-fn paginate(
-    items: impl Iterator<Item = (u64, Value)>,
-    page: Page,
-    total: usize,
-    tag: CursorTag,
-    now: Now,
-) -> Value {
+fn paginate(items: impl Iterator<Item = (u64, Value)>, page: Page, total: usize, tag: CursorTag, now: Now) -> Value {
     let mut rest = items.filter(|(position, _)| page.after.is_none_or(|after| *position > after));
     let chunk: Vec<(u64, Value)> = rest.by_ref().take(page.size).collect();
     let has_more = rest.next().is_some();
-    let next_cursor = if has_more {
-        chunk
-            .last()
-            .map(|(position, _)| encode_cursor(tag, *position, now))
-    } else {
-        None
-    };
+    let next_cursor =
+        if has_more { chunk.last().map(|(position, _)| encode_cursor(tag, *position, now)) } else { None };
     let items: Vec<Value> = chunk.into_iter().map(|(_, item)| item).collect();
     json!({
         "items": items,
@@ -1448,12 +1273,7 @@ fn paginate(
 fn encode_cursor(tag: CursorTag, position: u64, now: Now) -> String {
     let salt: u32 = rand::random();
     let mask = mix(u64::from(salt));
-    format!(
-        "{}{salt:08x}{:016x}{:016x}",
-        tag.letter(),
-        position ^ mask,
-        now.unix ^ mix(mask)
-    )
+    format!("{}{salt:08x}{:016x}{:016x}", tag.letter(), position ^ mask, now.unix ^ mix(mask))
 }
 
 fn decode_cursor(cursor: &str, tag: CursorTag, now: Now) -> Result<u64, ApiError> {
@@ -1462,9 +1282,7 @@ fn decode_cursor(cursor: &str, tag: CursorTag, now: Now) -> Result<u64, ApiError
     if digits.len() != 40 || !digits.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return Err(invalid());
     }
-    let hex = |range: std::ops::Range<usize>| {
-        u64::from_str_radix(&digits[range], 16).map_err(|_| invalid())
-    };
+    let hex = |range: std::ops::Range<usize>| u64::from_str_radix(&digits[range], 16).map_err(|_| invalid());
     let mask = mix(hex(0..8)?);
     let position = hex(8..24)? ^ mask;
     let issued = hex(24..40)? ^ mix(mask);
@@ -1473,9 +1291,7 @@ fn decode_cursor(cursor: &str, tag: CursorTag, now: Now) -> Result<u64, ApiError
         return Err(invalid());
     }
     if now.unix.saturating_sub(issued) > CURSOR_TTL_SECS {
-        return Err(bad_request(
-            "cursor expired, restart the listing from the first page",
-        ));
+        return Err(bad_request("cursor expired, restart the listing from the first page"));
     }
     Ok(position)
 }
@@ -1508,11 +1324,9 @@ async fn replace_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
             shared.lock().faults = faults.clone();
             axum::Json(faults).into_response()
         }
-        Err(message) => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({ "error": "bad_request", "message": message })),
-        )
-            .into_response(),
+        Err(message) => {
+            (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "bad_request", "message": message }))).into_response()
+        }
     }
 }
 
@@ -1545,13 +1359,7 @@ impl axum::serve::Listener for SimListener {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY on a simulator connection");
         }
-        (
-            KillableStream {
-                inner: stream,
-                killed: Arc::default(),
-            },
-            addr,
-        )
+        (KillableStream { inner: stream, killed: Arc::default() }, addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -1578,19 +1386,14 @@ impl Conn {
 
 impl Connected<IncomingStream<'_, SimListener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, SimListener>) -> Self {
-        Conn {
-            killed: Arc::clone(&stream.io().killed),
-        }
+        Conn { killed: Arc::clone(&stream.io().killed) }
     }
 }
 
 impl KillableStream {
     fn check(&self) -> io::Result<()> {
         if self.killed.load(Ordering::SeqCst) {
-            Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection dropped by fault injection",
-            ))
+            Err(io::Error::new(io::ErrorKind::ConnectionAborted, "connection dropped by fault injection"))
         } else {
             Ok(())
         }
@@ -1598,11 +1401,7 @@ impl KillableStream {
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.check()?;
         Pin::new(&mut this.inner).poll_read(cx, buf)
@@ -1610,11 +1409,7 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.check()?;
         Pin::new(&mut this.inner).poll_write(cx, buf)
@@ -1678,16 +1473,11 @@ mod tests {
 
     impl Answer {
         fn header(&self, name: &str) -> &str {
-            self.headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("")
+            self.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("")
         }
 
         fn header_u64(&self, name: &str) -> u64 {
-            self.header(name)
-                .parse()
-                .unwrap_or_else(|_| panic!("header {name} missing or not a number"))
+            self.header(name).parse().unwrap_or_else(|_| panic!("header {name} missing or not a number"))
         }
 
         fn error(&self) -> &str {
@@ -1695,19 +1485,13 @@ mod tests {
         }
 
         fn str(&self, field: &str) -> String {
-            self.body[field]
-                .as_str()
-                .unwrap_or_else(|| panic!("no {field} in {}", self.text))
-                .to_owned()
+            self.body[field].as_str().unwrap_or_else(|| panic!("no {field} in {}", self.text)).to_owned()
         }
     }
 
     async fn spawn(config: Config) -> Harness {
         let sim = Simulator::start(0, config).await.expect("simulator starts");
-        Harness {
-            sim,
-            http: reqwest::Client::new(),
-        }
+        Harness { sim, http: reqwest::Client::new() }
     }
 
     impl Harness {
@@ -1736,24 +1520,11 @@ mod tests {
             let headers = response.headers().clone();
             let text = response.text().await?;
             let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-            Ok(Answer {
-                status,
-                headers,
-                text,
-                body,
-            })
+            Ok(Answer { status, headers, text, body })
         }
 
-        async fn call(
-            &self,
-            method: Method,
-            path: &str,
-            bearer: Option<&str>,
-            body: Option<Value>,
-        ) -> Answer {
-            self.try_call(&self.http, method, path, bearer, body)
-                .await
-                .expect("request completes")
+        async fn call(&self, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> Answer {
+            self.try_call(&self.http, method, path, bearer, body).await.expect("request completes")
         }
 
         async fn get(&self, path: &str, bearer: &str) -> Answer {
@@ -1761,11 +1532,7 @@ mod tests {
         }
 
         async fn token(&self, client_id: &str, secret: &str) -> Answer {
-            let form = [
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("client_secret", secret),
-            ];
+            let form = [("grant_type", "client_credentials"), ("client_id", client_id), ("client_secret", secret)];
             let response = self
                 .http
                 .post(format!("{}/oauth/token", self.sim.base_url()))
@@ -1777,36 +1544,22 @@ mod tests {
             let headers = response.headers().clone();
             let text = response.text().await.expect("token body");
             let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-            Answer {
-                status,
-                headers,
-                text,
-                body,
-            }
+            Answer { status, headers, text, body }
         }
 
         async fn create(&self, path: &str, bearer: &str, name: &str) -> Answer {
             let body = json!({ "name": name, "scopes": ["read"], "ignored": true });
-            self.call(Method::POST, path, Some(bearer), Some(body))
-                .await
+            self.call(Method::POST, path, Some(bearer), Some(body)).await
         }
 
         fn inspected(&self, id: &str) -> Inspected {
-            self.sim
-                .credentials()
-                .into_iter()
-                .find(|cred| cred.id == id)
-                .expect("credential is inspectable")
+            self.sim.credentials().into_iter().find(|cred| cred.id == id).expect("credential is inspectable")
         }
     }
 
     #[tokio::test]
     async fn access_token_expires_after_its_lifetime() {
-        let h = spawn(Config {
-            token_lifetime: Duration::from_secs(1),
-            ..config()
-        })
-        .await;
+        let h = spawn(Config { token_lifetime: Duration::from_secs(1), ..config() }).await;
         let token = h.token(ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET).await;
         assert_eq!(token.status, 200, "{}", token.text);
         assert_eq!(token.body["token_type"], "bearer");
@@ -1821,12 +1574,7 @@ mod tests {
 
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let expired = h.get("/usage?limit=1", &access).await;
-        assert_eq!(
-            (expired.status, expired.error()),
-            (401, "unauthorized"),
-            "{}",
-            expired.text
-        );
+        assert_eq!((expired.status, expired.error()), (401, "unauthorized"), "{}", expired.text);
         h.sim.shutdown().await;
     }
 
@@ -1834,10 +1582,7 @@ mod tests {
     async fn created_credentials_work_until_revoked() {
         let h = spawn(config()).await;
         // Manage through the admin client's token, the way the rotator does.
-        let admin = h
-            .token(ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET)
-            .await
-            .str("access_token");
+        let admin = h.token(ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET).await.str("access_token");
 
         let created = h.create("/oauth/clients", &admin, "billing").await;
         assert_eq!(created.status, 201, "{}", created.text);
@@ -1857,12 +1602,7 @@ mod tests {
         assert_eq!((forbidden.status, forbidden.error()), (403, "forbidden"));
 
         let path = format!("/oauth/clients/{client_id}");
-        assert_eq!(
-            h.call(Method::DELETE, &path, Some(&admin), None)
-                .await
-                .status,
-            204
-        );
+        assert_eq!(h.call(Method::DELETE, &path, Some(&admin), None).await.status, 204);
         let revoked = h.get("/usage", &access).await;
         assert_eq!((revoked.status, revoked.error()), (401, "unauthorized"));
         let exchange = h.token(&client_id, &secret).await;
@@ -1877,12 +1617,7 @@ mod tests {
         assert_eq!(key.str("prefix"), key_value[..12]);
         assert_eq!(h.get("/usage", &key_value).await.status, 200);
         let path = format!("/api-keys/{key_id}");
-        assert_eq!(
-            h.call(Method::DELETE, &path, Some(ADMIN_KEY), None)
-                .await
-                .status,
-            204
-        );
+        assert_eq!(h.call(Method::DELETE, &path, Some(ADMIN_KEY), None).await.status, 204);
         assert_eq!(h.get("/usage", &key_value).await.status, 401);
         assert_eq!(h.sim.stats().creates, 2);
         assert_eq!(h.sim.stats().revokes, 2);
@@ -1891,12 +1626,7 @@ mod tests {
 
     #[tokio::test]
     async fn listing_paginates_and_never_shows_secrets() {
-        let h = spawn(Config {
-            page_size: 1,
-            admin_client: None,
-            ..config()
-        })
-        .await;
+        let h = spawn(Config { page_size: 1, admin_client: None, ..config() }).await;
         let mut secrets = vec![ADMIN_KEY.to_owned()];
         for name in ["c0", "c1", "c2"] {
             let created = h.create("/oauth/clients", ADMIN_KEY, name).await;
@@ -1909,60 +1639,26 @@ mod tests {
         loop {
             let page = h.get(&path, ADMIN_KEY).await;
             assert_eq!(page.status, 200, "{}", page.text);
-            assert_eq!(
-                page.body["items"].as_array().map(Vec::len),
-                Some(1),
-                "page size is capped at 1"
-            );
+            assert_eq!(page.body["items"].as_array().map(Vec::len), Some(1), "page size is capped at 1");
             assert_eq!(page.body["total_count"], 3);
             assert!(!page.text.contains("client_secret"));
-            assert!(
-                secrets
-                    .iter()
-                    .all(|secret| !page.text.contains(secret.as_str()))
-            );
-            names.push(
-                page.body["items"][0]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
+            assert!(secrets.iter().all(|secret| !page.text.contains(secret.as_str())));
+            names.push(page.body["items"][0]["name"].as_str().unwrap_or_default().to_owned());
             if page.body["has_more"] == json!(false) {
                 assert_eq!(page.body["next_cursor"], Value::Null);
                 break;
             }
             let cursor = page.str("next_cursor");
-            assert!(
-                cursor.parse::<u64>().is_err(),
-                "cursor {cursor} should be opaque"
-            );
+            assert!(cursor.parse::<u64>().is_err(), "cursor {cursor} should be opaque");
             path = format!("/oauth/clients?limit=100&cursor={cursor}");
         }
         assert_eq!(names, ["c0", "c1", "c2"]);
 
         // A cursor keeps its place when an earlier item is revoked between pages.
         let first = h.get("/oauth/clients", ADMIN_KEY).await;
-        let c0 = first.body["items"][0]["client_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        assert_eq!(
-            h.call(
-                Method::DELETE,
-                &format!("/oauth/clients/{c0}"),
-                Some(ADMIN_KEY),
-                None
-            )
-            .await
-            .status,
-            204
-        );
-        let second = h
-            .get(
-                &format!("/oauth/clients?cursor={}", first.str("next_cursor")),
-                ADMIN_KEY,
-            )
-            .await;
+        let c0 = first.body["items"][0]["client_id"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(h.call(Method::DELETE, &format!("/oauth/clients/{c0}"), Some(ADMIN_KEY), None).await.status, 204);
+        let second = h.get(&format!("/oauth/clients?cursor={}", first.str("next_cursor")), ADMIN_KEY).await;
         assert_eq!(second.body["items"][0]["name"], "c1");
         assert_eq!(second.body["total_count"], 2);
 
@@ -1970,37 +1666,21 @@ mod tests {
         assert_eq!(keys.status, 200);
         assert!(keys.body["items"][0].get("key").is_none() && !keys.text.contains(ADMIN_KEY));
 
-        for bad in [
-            "/oauth/clients?limit=0",
-            "/oauth/clients?limit=101",
-            "/oauth/clients?limit=x",
-            "/oauth/clients?cursor=5",
-        ] {
+        for bad in
+            ["/oauth/clients?limit=0", "/oauth/clients?limit=101", "/oauth/clients?limit=x", "/oauth/clients?cursor=5"]
+        {
             let answer = h.get(bad, ADMIN_KEY).await;
-            assert_eq!(
-                (answer.status, answer.error()),
-                (400, "bad_request"),
-                "{bad}"
-            );
+            assert_eq!((answer.status, answer.error()), (400, "bad_request"), "{bad}");
         }
         // A cursor from one listing is refused by another.
-        let usage = h
-            .get(
-                &format!("/usage?cursor={}", first.str("next_cursor")),
-                ADMIN_KEY,
-            )
-            .await;
+        let usage = h.get(&format!("/usage?cursor={}", first.str("next_cursor")), ADMIN_KEY).await;
         assert_eq!(usage.status, 400);
         h.sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn rate_limit_answers_429_with_headers() {
-        let h = spawn(Config {
-            rate_limit_per_minute: 3,
-            ..config()
-        })
-        .await;
+        let h = spawn(Config { rate_limit_per_minute: 3, ..config() }).await;
         let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
         for remaining in [2, 1, 0] {
             let answer = h.get("/usage", ADMIN_KEY).await;
@@ -2027,51 +1707,28 @@ mod tests {
 
     #[tokio::test]
     async fn injected_errors_and_rate_limits_change_nothing() {
-        let faults = Faults {
-            error_rate: 1.0,
-            ..Faults::default()
-        };
+        let faults = Faults { error_rate: 1.0, ..Faults::default() };
         let h = spawn(Config { faults, ..config() }).await;
         let failed = h.create("/oauth/clients", ADMIN_KEY, "doomed").await;
         assert_eq!((failed.status, failed.error()), (500, "internal_error"));
         assert!(failed.body["message"].is_string());
         assert_eq!(failed.header_u64("x-ratelimit-limit"), 1000);
-        assert_eq!(
-            h.sim.credentials().len(),
-            2,
-            "only the admin credentials exist"
-        );
+        assert_eq!(h.sim.credentials().len(), 2, "only the admin credentials exist");
         assert_eq!(h.sim.stats().injected_errors, 1);
         assert_eq!(h.sim.stats().creates, 0);
 
         let limited_faults = json!({ "rate_limit_rate": 1.0 });
-        assert_eq!(
-            h.call(Method::PUT, "/_sim/faults", None, Some(limited_faults))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(h.call(Method::PUT, "/_sim/faults", None, Some(limited_faults)).await.status, 200);
         let limited = h.create("/oauth/clients", ADMIN_KEY, "doomed").await;
         assert_eq!((limited.status, limited.error()), (429, "rate_limited"));
         assert_eq!(limited.header("retry-after"), "1");
         assert_eq!(h.sim.stats().injected_rate_limits, 1);
 
-        h.sim.set_faults(Faults {
-            latency_ms: 150,
-            ..Faults::default()
-        });
+        h.sim.set_faults(Faults { latency_ms: 150, ..Faults::default() });
         let started = Instant::now();
-        assert_eq!(
-            h.create("/oauth/clients", ADMIN_KEY, "fine").await.status,
-            201
-        );
+        assert_eq!(h.create("/oauth/clients", ADMIN_KEY, "fine").await.status, 201);
         assert!(started.elapsed() >= Duration::from_millis(150));
-        let names: Vec<String> = h
-            .sim
-            .credentials()
-            .into_iter()
-            .map(|cred| cred.name)
-            .collect();
+        let names: Vec<String> = h.sim.credentials().into_iter().map(|cred| cred.name).collect();
         assert!(!names.iter().any(|name| name == "doomed"));
         assert_eq!(h.sim.stats().by_status.get(&201), Some(&1));
         h.sim.shutdown().await;
@@ -2079,39 +1736,16 @@ mod tests {
 
     #[tokio::test]
     async fn create_timeout_creates_but_the_client_times_out() {
-        let faults = Faults {
-            create_timeout_rate: 1.0,
-            create_timeout_delay_ms: 2000,
-            ..Faults::default()
-        };
+        let faults = Faults { create_timeout_rate: 1.0, create_timeout_delay_ms: 2000, ..Faults::default() };
         let h = spawn(Config { faults, ..config() }).await;
-        let impatient = reqwest::Client::builder()
-            .timeout(Duration::from_millis(300))
-            .build()
-            .expect("client builds");
+        let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().expect("client builds");
         let body = json!({ "name": "slow" });
-        let result = h
-            .try_call(
-                &impatient,
-                Method::POST,
-                "/api-keys",
-                Some(ADMIN_KEY),
-                Some(body),
-            )
-            .await;
+        let result = h.try_call(&impatient, Method::POST, "/api-keys", Some(ADMIN_KEY), Some(body)).await;
         let error = result.err().expect("the create times out at the client");
         assert!(error.is_timeout(), "{error}");
 
-        let slow = h
-            .sim
-            .credentials()
-            .into_iter()
-            .find(|cred| cred.name == "slow")
-            .expect("created anyway");
-        assert_eq!(
-            (slow.kind.as_str(), slow.state.as_str()),
-            ("api_key", "active")
-        );
+        let slow = h.sim.credentials().into_iter().find(|cred| cred.name == "slow").expect("created anyway");
+        assert_eq!((slow.kind.as_str(), slow.state.as_str()), ("api_key", "active"));
         assert_eq!(h.sim.stats().injected_create_timeouts, 1);
         assert_eq!(h.sim.stats().creates, 1);
 
@@ -2127,37 +1761,19 @@ mod tests {
         // A first request leaves a kept-alive connection in the client's pool, so the drop hits a
         // reused connection, where a client is most tempted to retry silently.
         assert_eq!(h.get("/usage", ADMIN_KEY).await.status, 200);
-        h.sim.set_faults(Faults {
-            drop_rate: 1.0,
-            ..Faults::default()
-        });
+        h.sim.set_faults(Faults { drop_rate: 1.0, ..Faults::default() });
         let body = json!({ "name": "dropped" });
-        let result = h
-            .try_call(
-                &h.http,
-                Method::POST,
-                "/oauth/clients",
-                Some(ADMIN_KEY),
-                Some(body),
-            )
-            .await;
+        let result = h.try_call(&h.http, Method::POST, "/oauth/clients", Some(ADMIN_KEY), Some(body)).await;
         let error = result.err().expect("the client sees no response");
         assert!(!error.is_timeout() && error.status().is_none(), "{error:?}");
         assert_eq!(h.sim.credentials().len(), 2);
         let stats = h.sim.stats();
         assert_eq!(stats.injected_drops, 1);
         assert_eq!(stats.creates, 0);
-        assert_eq!(
-            stats.by_status.values().sum::<u64>(),
-            1,
-            "only the first request got a status"
-        );
+        assert_eq!(stats.by_status.values().sum::<u64>(), 1, "only the first request got a status");
 
         h.sim.set_faults(Faults::default());
-        assert_eq!(
-            h.create("/oauth/clients", ADMIN_KEY, "kept").await.status,
-            201
-        );
+        assert_eq!(h.create("/oauth/clients", ADMIN_KEY, "kept").await.status, 201);
         h.sim.shutdown().await;
     }
 
@@ -2167,17 +1783,7 @@ mod tests {
         let key = h.create("/api-keys", ADMIN_KEY, "short-lived").await;
         let (id, value) = (key.str("id"), key.str("key"));
         assert_eq!(h.get("/usage", &value).await.status, 200);
-        assert_eq!(
-            h.call(
-                Method::DELETE,
-                &format!("/api-keys/{id}"),
-                Some(ADMIN_KEY),
-                None
-            )
-            .await
-            .status,
-            204
-        );
+        assert_eq!(h.call(Method::DELETE, &format!("/api-keys/{id}"), Some(ADMIN_KEY), None).await.status, 204);
 
         let view = h.call(Method::GET, "/_sim/credentials", None, None).await;
         assert_eq!(view.status, 200);
@@ -2185,35 +1791,18 @@ mod tests {
             assert!(!view.text.contains(secret));
         }
         let listed: Vec<Inspected> = serde_json::from_value(view.body).expect("inspected json");
-        let revoked = listed
-            .iter()
-            .find(|cred| cred.id == id)
-            .expect("revoked key is still listed");
+        let revoked = listed.iter().find(|cred| cred.id == id).expect("revoked key is still listed");
         assert_eq!(revoked.state, "revoked");
         assert!(revoked.revoked_at.is_some() && revoked.last_used_at.is_some() && !revoked.admin);
         assert_eq!(listed.iter().filter(|cred| cred.admin).count(), 2);
         assert_eq!(listed, h.sim.credentials());
 
         let stats = h.call(Method::GET, "/_sim/stats", None, None).await;
-        assert_eq!(
-            (
-                stats.body["creates"].as_u64(),
-                stats.body["revokes"].as_u64()
-            ),
-            (Some(1), Some(1))
-        );
+        assert_eq!((stats.body["creates"].as_u64(), stats.body["revokes"].as_u64()), (Some(1), Some(1)));
         for bad in [json!({ "typo_rate": 0.5 }), json!({ "error_rate": 2.0 })] {
-            assert_eq!(
-                h.call(Method::PUT, "/_sim/faults", None, Some(bad))
-                    .await
-                    .status,
-                400
-            );
+            assert_eq!(h.call(Method::PUT, "/_sim/faults", None, Some(bad)).await.status, 400);
         }
-        assert_eq!(
-            h.call(Method::GET, "/_sim/faults", None, None).await.body["error_rate"],
-            0.0
-        );
+        assert_eq!(h.call(Method::GET, "/_sim/faults", None, None).await.body["error_rate"], 0.0);
         let debug = format!("{:?}", config());
         assert!(!debug.contains(ADMIN_KEY) && !debug.contains(ADMIN_CLIENT_SECRET));
         h.sim.shutdown().await;
@@ -2223,30 +1812,17 @@ mod tests {
     async fn malformed_requests_are_rejected() {
         let h = spawn(config()).await;
         let wrong_secret = h.token(ADMIN_CLIENT_ID, "tcs_wrong").await;
-        assert_eq!(
-            (wrong_secret.status, wrong_secret.error()),
-            (401, "invalid_client")
-        );
+        assert_eq!((wrong_secret.status, wrong_secret.error()), (401, "invalid_client"));
         let no_grant = h
             .http
             .post(format!("{}/oauth/token", h.sim.base_url()))
-            .form(&[
-                ("client_id", ADMIN_CLIENT_ID),
-                ("client_secret", ADMIN_CLIENT_SECRET),
-            ])
+            .form(&[("client_id", ADMIN_CLIENT_ID), ("client_secret", ADMIN_CLIENT_SECRET)])
             .send()
             .await
             .expect("token request completes");
         assert_eq!(no_grant.status(), 400);
 
-        let no_name = h
-            .call(
-                Method::POST,
-                "/api-keys",
-                Some(ADMIN_KEY),
-                Some(json!({ "scopes": [] })),
-            )
-            .await;
+        let no_name = h.call(Method::POST, "/api-keys", Some(ADMIN_KEY), Some(json!({ "scopes": [] }))).await;
         assert_eq!((no_name.status, no_name.error()), (400, "bad_request"));
         let garbage = h
             .http
@@ -2260,12 +1836,7 @@ mod tests {
 
         assert_eq!(h.call(Method::GET, "/usage", None, None).await.status, 401);
         assert_eq!(h.get("/nothing-here", ADMIN_KEY).await.status, 404);
-        assert_eq!(
-            h.call(Method::PUT, "/usage", Some(ADMIN_KEY), None)
-                .await
-                .status,
-            405
-        );
+        assert_eq!(h.call(Method::PUT, "/usage", Some(ADMIN_KEY), None).await.status, 405);
         h.sim.shutdown().await;
     }
 }

@@ -107,11 +107,19 @@ impl Env {
             .await
             .expect("rotator ran for more than 5 minutes")
             .expect("run rotator");
-        Run { code: status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&stdout).into(), stderr: String::from_utf8_lossy(&stderr).into() }
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into(),
+            stderr: String::from_utf8_lossy(&stderr).into(),
+        }
     }
 
     pub fn toktra(&self) -> toktra::Client {
-        toktra::Client::new(toktra::Settings::new(self.sim.base_url(), toktra::ManagementAuth::ApiKey(Secret::new(&self.admin_key)))).unwrap()
+        toktra::Client::new(toktra::Settings::new(
+            self.sim.base_url(),
+            toktra::ManagementAuth::ApiKey(Secret::new(&self.admin_key)),
+        ))
+        .unwrap()
     }
 
     /// Creates a credential by hand, as a team would have before adopting rotator.
@@ -151,7 +159,8 @@ impl Env {
 
     async fn vault(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let client = reqwest::Client::new();
-        let mut request = client.request(method, format!("{}/v1/{path}", self.vault_addr)).header("X-Vault-Token", &self.vault_token);
+        let mut request =
+            client.request(method, format!("{}/v1/{path}", self.vault_addr)).header("X-Vault-Token", &self.vault_token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -172,12 +181,15 @@ impl Env {
     }
 
     pub async fn vault_version(&self, path: &str, version: u64) -> Option<Value> {
-        let (status, body) = self.vault(reqwest::Method::GET, &format!("secret/data/{path}?version={version}"), None).await;
+        let (status, body) =
+            self.vault(reqwest::Method::GET, &format!("secret/data/{path}?version={version}"), None).await;
         (status == 200).then(|| body["data"]["data"].clone())
     }
 
     pub async fn vault_put(&self, path: &str, data: Value) {
-        let (status, body) = self.vault(reqwest::Method::POST, &format!("secret/data/{path}"), Some(serde_json::json!({ "data": data }))).await;
+        let (status, body) = self
+            .vault(reqwest::Method::POST, &format!("secret/data/{path}"), Some(serde_json::json!({ "data": data })))
+            .await;
         assert_eq!(status, 200, "vault write: {body}");
     }
 }

@@ -39,9 +39,12 @@ async fn no_secret_in_output_logs_or_journal() {
     secrets.push(text(&vault, "client_secret"));
     let previous = env.aws_value(&path, "AWSPREVIOUS").await.unwrap();
     secrets.push(text(&previous, "client_secret"));
-    let key_file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(env.dir.join("policies/out/leak-key.json")).unwrap()).unwrap();
+    let key_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.dir.join("policies/out/leak-key.json")).unwrap()).unwrap();
     secrets.push(text(&key_file, "api_key"));
-    let key_previous: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(env.dir.join("policies/out/leak-key.json.previous")).unwrap()).unwrap();
+    let key_previous: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.dir.join("policies/out/leak-key.json.previous")).unwrap())
+            .unwrap();
     secrets.push(text(&key_previous, "api_key"));
     assert!(secrets.iter().all(|s| s.len() >= 16), "real secrets to look for");
 

@@ -17,7 +17,11 @@ fn assert_only_active(env: &Env, ids: &[&str]) {
 async fn oauth_client_into_vault_adopts_and_revokes_the_old_client() {
     let env = Env::start().await;
     let legacy = env.legacy(CredentialKind::OauthClient, "ci-legacy").await;
-    env.vault_put(&format!("{}/ci", env.prefix), credential_json(CredentialKind::OauthClient, &legacy.id, &legacy.secret)).await;
+    env.vault_put(
+        &format!("{}/ci", env.prefix),
+        credential_json(CredentialKind::OauthClient, &legacy.id, &legacy.secret),
+    )
+    .await;
     env.policy(
         "ci.yaml",
         "name: ci\ncredential: { kind: oauth_client, name: ci, scopes: [usage:read] }\nschedule: { every: 90d }\n\
@@ -32,8 +36,14 @@ async fn oauth_client_into_vault_adopts_and_revokes_the_old_client() {
     let current = env.vault_data(&path).await.expect("vault holds the credential");
     let new_id = text(&current, "client_id");
     assert_ne!(new_id, legacy.id);
-    assert!(env.accepted(CredentialKind::OauthClient, &new_id, &text(&current, "client_secret")).await, "the new client authenticates");
-    assert!(!env.accepted(CredentialKind::OauthClient, &legacy.id, legacy.secret.expose()).await, "the old client gets 401");
+    assert!(
+        env.accepted(CredentialKind::OauthClient, &new_id, &text(&current, "client_secret")).await,
+        "the new client authenticates"
+    );
+    assert!(
+        !env.accepted(CredentialKind::OauthClient, &legacy.id, legacy.secret.expose()).await,
+        "the old client gets 401"
+    );
     assert!(text(&current, "token_url").ends_with("/v1/oauth/token"));
     assert!(!text(&current, "rotation_id").is_empty());
     assert_only_active(&env, &[&new_id]);
@@ -125,7 +135,11 @@ async fn a_missing_destination_without_create_fails_before_minting() {
     let run = env.rotator(&["rotate", "nocreate"]).await;
     run.assert_code(1);
     assert!(run.stdout.contains("does not exist and the policy does not allow `create`"), "{}", run.stdout);
-    assert!(env.sim.credentials().iter().all(|c| c.admin), "nothing was minted, or it was revoked: {:?}", env.sim.credentials());
+    assert!(
+        env.sim.credentials().iter().all(|c| c.admin),
+        "nothing was minted, or it was revoked: {:?}",
+        env.sim.credentials()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -148,4 +162,41 @@ async fn a_rejected_mint_leaves_the_old_credential_current() {
     assert_eq!(text(&current, "key_id"), legacy.id, "the old credential is still current");
     assert!(env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await);
     assert_eq!(env.active().len(), 1, "only the legacy key is active: {:?}", env.active());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grace_keeps_the_old_credential_until_a_later_run_revokes_it() {
+    let env = Env::start().await;
+    let legacy = env.legacy(CredentialKind::ApiKey, "graceful-legacy").await;
+    let path = format!("{}/graceful", env.prefix);
+    env.vault_put(&path, credential_json(CredentialKind::ApiKey, &legacy.id, &legacy.secret)).await;
+    env.policy(
+        "graceful.yaml",
+        "name: graceful\ncredential: { kind: api_key, name: graceful }\nschedule: { every: 1h }\n\
+         destinations:\n  - vault: { mount: secret, path: '{prefix}/graceful' }\nrevoke: { grace: 3s }\n\
+         ---\nname: other\ncredential: { kind: api_key, name: other }\nschedule: { every: 1h }\n\
+         destinations:\n  - file: { path: other.json }\nrevoke: { grace: 0s }\n",
+    );
+    let run = env.rotator(&["rotate", "graceful"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("awaiting revocation"), "{}", run.stdout);
+    let new_id = text(&env.vault_data(&path).await.unwrap(), "key_id");
+    assert!(
+        env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await,
+        "the old key works during the grace"
+    );
+    assert_only_active(&env, &[&legacy.id, &new_id]);
+
+    // Any later run carries out the due revocation, here one that rotates another policy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        env.rotator(&["rotate", "other"]).await.assert_code(0);
+        if !env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the old key was never revoked");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let other = env.active().into_iter().find(|c| c.name.starts_with("other-")).expect("other was rotated").id;
+    assert_only_active(&env, &[&new_id, &other]);
 }

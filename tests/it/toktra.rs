@@ -9,7 +9,10 @@ use rotator::toktra::{self, sim};
 use crate::harness::{Env, text};
 
 fn admin_client() -> (String, String) {
-    (format!("cl_admin_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]), format!("tcs_{}", uuid::Uuid::new_v4().simple()))
+    (
+        format!("cl_admin_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        format!("tcs_{}", uuid::Uuid::new_v4().simple()),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -20,7 +23,14 @@ async fn listing_follows_cursors_with_page_size_one() {
     for i in 0..5 {
         made.push(client.create(CredentialKind::ApiKey, &format!("page-{i}"), &[], "").await.unwrap().id);
     }
-    let listed: Vec<String> = client.list(CredentialKind::ApiKey).await.unwrap().into_iter().filter(|c| c.name.starts_with("page-")).map(|c| c.id).collect();
+    let listed: Vec<String> = client
+        .list(CredentialKind::ApiKey)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.name.starts_with("page-"))
+        .map(|c| c.id)
+        .collect();
     assert_eq!(listed, made, "every page, in creation order");
     // One request per page at least.
     assert!(env.sim.stats().requests >= 6, "{:?}", env.sim.stats());
@@ -34,7 +44,10 @@ async fn rate_limits_are_waited_out_not_surfaced() {
     for i in 0..4 {
         client.create(CredentialKind::ApiKey, &format!("rl-{i}"), &[], "").await.expect("429 is waited out");
     }
-    assert_eq!(client.list(CredentialKind::ApiKey).await.unwrap().iter().filter(|c| c.name.starts_with("rl-")).count(), 4);
+    assert_eq!(
+        client.list(CredentialKind::ApiKey).await.unwrap().iter().filter(|c| c.name.starts_with("rl-")).count(),
+        4
+    );
     let stats = client.stats();
     assert!(env.sim.stats().injected_rate_limits > 0, "the simulator answered 429: {:?}", env.sim.stats());
     assert_eq!(stats.rate_limit_waits, env.sim.stats().injected_rate_limits, "every 429 was waited out: {stats:?}");
@@ -45,7 +58,12 @@ async fn rate_limits_are_waited_out_not_surfaced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn management_token_is_renewed_when_it_expires() {
     let admin = admin_client();
-    let env = Env::with(sim::Config { token_lifetime: Duration::from_secs(1), admin_client: Some(admin.clone()), ..Default::default() }).await;
+    let env = Env::with(sim::Config {
+        token_lifetime: Duration::from_secs(1),
+        admin_client: Some(admin.clone()),
+        ..Default::default()
+    })
+    .await;
     let client = toktra::Client::new(toktra::Settings::new(
         env.sim.base_url(),
         toktra::ManagementAuth::Client { client_id: admin.0, client_secret: Secret::new(admin.1) },
@@ -72,7 +90,11 @@ async fn a_rotation_outlives_the_management_token() {
     for name in ["a", "b"] {
         // Adopting existing clients makes each rotation revoke, probe and list as well.
         let legacy = env.legacy(CredentialKind::OauthClient, &format!("tok-{name}-legacy")).await;
-        env.vault_put(&format!("{}/tok-{name}", env.prefix), crate::harness::credential_json(CredentialKind::OauthClient, &legacy.id, &legacy.secret)).await;
+        env.vault_put(
+            &format!("{}/tok-{name}", env.prefix),
+            crate::harness::credential_json(CredentialKind::OauthClient, &legacy.id, &legacy.secret),
+        )
+        .await;
         env.policy(
             &format!("{name}.yaml"),
             &format!(
@@ -89,6 +111,9 @@ async fn a_rotation_outlives_the_management_token() {
     assert!(issued >= 2, "the management token was renewed mid-run ({issued} issued)");
     for name in ["a", "b"] {
         let current = env.vault_data(&format!("{}/tok-{name}", env.prefix)).await.unwrap();
-        assert!(env.accepted(CredentialKind::OauthClient, &text(&current, "client_id"), &text(&current, "client_secret")).await);
+        assert!(
+            env.accepted(CredentialKind::OauthClient, &text(&current, "client_id"), &text(&current, "client_secret"))
+                .await
+        );
     }
 }
