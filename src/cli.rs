@@ -13,7 +13,7 @@ use crate::journal::Journal;
 use crate::policy::{self, Destination, Policy};
 use crate::telemetry::LogFormat;
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "rotator", version, about = "Rotates Toktra credentials into AWS Secrets Manager and Vault")]
 pub struct Cli {
     /// Directory of rotation policy files.
@@ -29,7 +29,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Check policy files without changing anything.
     Validate(ValidateArgs),
@@ -64,9 +64,17 @@ pub struct RotateArgs {
     /// Rotate every policy.
     #[arg(long)]
     pub all: bool,
-    /// Why (recorded in the journal).
-    #[arg(long)]
+    /// Why (recorded in the journal; required with --compromised).
+    #[arg(long, required_if_eq("compromised", "true"))]
     pub reason: Option<String>,
+    /// Suspected exposure: revoke the old credential right after promotion, whatever its grace,
+    /// and report where it was held and how long containment took.
+    #[arg(long)]
+    pub compromised: bool,
+    /// With --compromised: revoke the old credential before minting the new one. Consumers fail
+    /// until the new credential is promoted (an outage, accepted to cut an attacker off first).
+    #[arg(long, requires = "compromised")]
+    pub revoke_first: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -78,16 +86,17 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+// No `Debug`: it holds the admin credentials.
+#[derive(Args)]
 pub struct SimArgs {
     /// Address to listen on (loopback only).
     #[arg(long, default_value = "127.0.0.1:8700")]
     pub listen: std::net::SocketAddr,
     /// Admin API key to accept for management calls.
-    #[arg(long, env = "TOKTRA_SIM_ADMIN_KEY")]
+    #[arg(long, env = "TOKTRA_SIM_ADMIN_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
     /// Admin OAuth client as CLIENT_ID:CLIENT_SECRET.
-    #[arg(long, env = "TOKTRA_SIM_ADMIN_CLIENT")]
+    #[arg(long, env = "TOKTRA_SIM_ADMIN_CLIENT", hide_env_values = true)]
     pub admin_client: Option<String>,
     /// Lifetime of issued access tokens, e.g. `3600s`, `2s`.
     #[arg(long, default_value = "3600s")]
@@ -237,7 +246,8 @@ async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> 
     for policy in &others {
         outcomes.push((policy.name.clone(), engine.resume(policy).await));
     }
-    let request = engine::Request { reason: args.reason, compromised: false };
+    let request =
+        engine::Request { reason: args.reason, compromised: args.compromised, revoke_first: args.revoke_first };
     outcomes.extend(rotate_policies(&engine, &selected, &request).await);
     engine.journal.close().await;
     print_outcomes(&outcomes, args.format);
@@ -302,8 +312,33 @@ pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
                                     o.old_credentials.join(",")
                                 );
                             }
+                            if let Some(waiting) = &o.waiting {
+                                println!("{:<24}   waiting: {waiting}", "");
+                            }
                             if let Some(error) = &o.error {
                                 println!("{:<24}   error: {error}", "");
+                            }
+                            if let Some(c) = &o.compromise {
+                                println!("{:<24}   compromise: exposed [{}]", "", c.exposed.join(", "));
+                                for holder in &c.held_by {
+                                    println!("{:<24}     held by {holder}", "");
+                                }
+                                match (c.revoked_at, c.seconds_to_containment) {
+                                    (Some(at), Some(seconds)) => println!(
+                                        "{:<24}     revoked at {} ({seconds:.2}s after the rotation started){}",
+                                        "",
+                                        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                                        if c.outage_accepted {
+                                            "; consumers had no valid credential until promotion"
+                                        } else {
+                                            ""
+                                        }
+                                    ),
+                                    _ => println!(
+                                        "{:<24}     NOT CONTAINED YET: the exposed credentials are still valid",
+                                        ""
+                                    ),
+                                }
                             }
                         }
                     }
@@ -359,6 +394,7 @@ async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
         faults,
         admin_api_key: args.admin_api_key,
         admin_client,
+        ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -12,7 +12,7 @@ use crate::toktra::{self, ManagementAuth};
 pub const DEFAULT_TOKTRA_URL: &str = "https://api.toktra.io/v1";
 pub const DEFAULT_DATABASE_URL: &str = "rotator.db";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub toktra_url: String,
     pub toktra_auth: Option<ManagementAuth>,
@@ -25,6 +25,19 @@ pub struct Config {
     pub vault_token: Option<Secret>,
     pub vault_namespace: Option<String>,
     pub aws_endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    // By hand: the journal URL may carry a database password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("toktra_url", &self.toktra_url)
+            .field("toktra_auth", &self.toktra_auth)
+            .field("database_url", &crate::journal::display_url(&self.database_url))
+            .field("vault_addr", &self.vault_addr)
+            .field("aws_endpoint", &self.aws_endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A configuration problem, naming the variable.

@@ -124,7 +124,7 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         options: engine::Options::default(),
     };
     let selected: Vec<&policy::Policy> = policies.iter().collect();
-    let request = engine::Request { reason: Some("demo".into()), compromised: false };
+    let request = engine::Request { reason: Some("demo".into()), ..Default::default() };
     println!("Rotating {} policies: mint -> stage -> verify -> promote -> revoke old\n", selected.len());
     let outcomes = cli::rotate_policies(&engine, &selected, &request).await;
     cli::print_outcomes(&outcomes, Format::Text);

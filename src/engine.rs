@@ -2,15 +2,18 @@
 //! under the policy's lease, persisting the intent of every side effect before it and the new
 //! phase after it. Errors before promotion roll the rotation back (staged values discarded, the
 //! new credential revoked, the old one still current); after promotion it only moves forward.
+//!
+//! The lease is renewed by a heartbeat task while a rotation runs; if it is lost, the step in
+//! flight is dropped (as a crash would) and every later journal write is refused by its fence.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::journal::{self, Journal, Rotation};
-use crate::policy::Policy;
+use crate::policy::{CredentialKind, Policy};
 use crate::rotation::{self, Action, Memory, Phase};
 use crate::secret::Secret;
 use crate::store::{self, Clients, Destination, Record, Store};
@@ -30,7 +33,10 @@ pub enum Error {
 #[derive(Debug, Clone, Default)]
 pub struct Request {
     pub reason: Option<String>,
+    /// Suspected exposure: revoke the old credentials right after promotion, whatever the grace.
     pub compromised: bool,
+    /// With `compromised`: revoke them before minting, accepting an outage until promotion.
+    pub revoke_first: bool,
 }
 
 /// How a policy's run ended.
@@ -39,12 +45,26 @@ pub struct Request {
 pub enum Status {
     /// Rotated and the old credentials revoked.
     Completed,
-    /// Rotated; the old credentials are revoked by a later run once the grace period is over.
+    /// Rotated; the old credentials are revoked by a later run (grace period, still in use).
     AwaitingRevocation,
     /// Failed and rolled back: the old credential is still current.
     Failed,
     /// Failed in a way a later run resumes (e.g. a destination did not accept promotion).
     Incomplete,
+}
+
+/// For a compromise-mode rotation: what held the exposed credentials and how fast they died.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Containment {
+    /// The exposed credentials (current when the rotation started, or still awaiting revocation).
+    pub exposed: Vec<String>,
+    /// `destination: credential` for every destination that held one of them.
+    pub held_by: Vec<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// From the start of the rotation to the revocation of the last exposed credential.
+    pub seconds_to_containment: Option<f64>,
+    /// `--revoke-first`: consumers had no valid credential between revocation and promotion.
+    pub outage_accepted: bool,
 }
 
 /// What a run did for one policy; secret-free, printed as the summary.
@@ -59,35 +79,89 @@ pub struct Outcome {
     pub revoked: Vec<String>,
     pub destinations: Vec<String>,
     pub revoke_after: Option<DateTime<Utc>>,
+    /// Why the revocation is waiting, when it is.
+    pub waiting: Option<String>,
     pub error: Option<String>,
+    pub compromise: Option<Containment>,
     pub seconds: f64,
 }
 
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Identifies this process in leases.
+    /// Identifies this process in leases: `host:pid`. Each acquisition appends a random part.
     pub holder: String,
     pub lease_ttl: Duration,
     /// Attempts per destination operation for transient failures.
     pub store_attempts: u32,
+    /// Time after which a rotation stops retrying transient failures and fails (before
+    /// promotion) or waits for the next run (after).
+    pub rotation_budget: Duration,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
-            holder: format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            lease_ttl: Duration::from_secs(300),
-            store_attempts: 5,
+            holder: format!("{}:{}", hostname(), std::process::id()),
+            lease_ttl: Duration::from_secs(120),
+            store_attempts: 6,
+            rotation_budget: Duration::from_secs(15 * 60),
         }
     }
 }
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Test hook for the crash-matrix tests: when `ROTATOR_CRASH_AT` names this point, the process
+/// dies on the spot, as a SIGKILL would (no destructors, no flushing, no lease release).
+fn crash_point(point: &str) {
+    if std::env::var("ROTATOR_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("crash point `{point}` reached (ROTATOR_CRASH_AT); aborting");
+        std::process::abort();
+    }
+}
+
+/// The crash points a rotation passes, in order (`*-N` for each destination index).
+pub const CRASH_POINTS: &[&str] = &[
+    "started",
+    "minting",
+    "minted-unrecorded",
+    "minted",
+    "staged-0",
+    "staged-1",
+    "staged",
+    "verified",
+    "promoted-0",
+    "promoted-1",
+    "promoted",
+    "revoked-0",
+    "completed",
+];
 
 pub struct Engine {
     pub toktra: Arc<toktra::Client>,
     pub journal: Journal,
     pub clients: Arc<Clients>,
     pub options: Options,
+}
+
+/// A held lease and the heartbeat that keeps it.
+struct Held {
+    lease: journal::Lease,
+    lost: tokio::sync::watch::Receiver<bool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
 }
 
 /// What one rotation holds in memory while it runs.
@@ -100,53 +174,137 @@ struct Work<'a> {
     new: Option<Record>,
     /// Secrets of the old credentials read at the start, to check they are rejected once revoked.
     old_secrets: HashMap<String, Secret>,
+    /// `destination: credential` as read at the start, for the compromise report.
+    held_by: Vec<String>,
     revoked: Vec<String>,
     lease: journal::Lease,
+    deadline: Instant,
 }
 
-/// A step failed; `before_promotion` failures roll back.
-struct StepError(String);
+/// A failed step. `rollback` overrides the default (roll back before promotion, go forward
+/// after), e.g. a promotion refused by every destination can still be rolled back.
+struct StepError {
+    message: String,
+    rollback: Option<bool>,
+}
 
 impl<E: std::fmt::Display> From<E> for StepError {
     fn from(e: E) -> StepError {
-        StepError(e.to_string())
+        StepError { message: e.to_string(), rollback: None }
     }
+}
+
+/// How an action ended, when it did not fail.
+enum Flow {
+    Continue,
+    /// Nothing more to do in this run (waiting for grace or for the old credential to go idle).
+    Wait,
 }
 
 impl Engine {
     /// Resumes this policy's unfinished rotations, then (unless one of them already rotated the
-    /// credential and this is not a compromise) runs a new rotation.
+    /// credential now, or is stuck) runs a new rotation.
     pub async fn rotate(&self, policy: &Policy, request: &Request) -> Result<Vec<Outcome>, Error> {
-        let lease = self.acquire(&policy.name).await?;
-        let result = self.rotate_locked(policy, request, &lease).await;
-        if let Err(e) = self.journal.release(&lease).await {
-            tracing::warn!(policy = %policy.name, error = %e, "could not release the lease; it expires by itself");
-        }
+        let held = self.acquire(&policy.name).await?;
+        let result = self.rotate_locked(policy, request, &held).await;
+        self.release(&held).await;
         result
     }
 
-    async fn acquire(&self, policy: &str) -> Result<journal::Lease, Error> {
-        match self.journal.acquire(policy, &self.options.holder, self.options.lease_ttl).await? {
-            Ok(lease) => Ok(lease),
-            Err(holder) => {
-                Err(Error::Busy { policy: policy.to_string(), holder: holder.holder, until: holder.expires_at })
+    /// Finishes unfinished rotations of one policy (grace periods that ended, crashed runs)
+    /// without starting a new one.
+    pub async fn resume(&self, policy: &Policy) -> Result<Vec<Outcome>, Error> {
+        let held = self.acquire(&policy.name).await?;
+        let mut outcomes = Vec::new();
+        let result = async {
+            // Read under the lease, so no other process changes them meanwhile.
+            for rotation in self.journal.unfinished(Some(&policy.name)).await? {
+                outcomes.push(
+                    self.run(policy, rotation, Memory { started_here: false, has_secret: false }, None, &held).await?,
+                );
             }
+            Ok(())
+        }
+        .await;
+        self.release(&held).await;
+        result.map(|()| outcomes)
+    }
+
+    async fn acquire(&self, policy: &str) -> Result<Held, Error> {
+        let holder = format!("{}:{}", self.options.holder, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let ttl = self.options.lease_ttl;
+        let lease = match self.journal.acquire(policy, &holder, ttl).await? {
+            Ok(lease) => lease,
+            Err(current) => {
+                // A process of this host that is gone (killed, crashed) cannot be working on the
+                // policy: take its lease now rather than after it expires.
+                let dead = dead_local_holder(&current.holder, &self.options.holder);
+                match dead {
+                    true => match self.journal.take_over(policy, &current.holder, &holder, ttl).await? {
+                        Some(lease) => {
+                            tracing::warn!(policy, previous = %current.holder, "took over the lease of a process that no longer exists");
+                            lease
+                        }
+                        None => {
+                            return Err(Error::Busy {
+                                policy: policy.into(),
+                                holder: current.holder,
+                                until: current.expires_at,
+                            });
+                        }
+                    },
+                    false => {
+                        return Err(Error::Busy {
+                            policy: policy.into(),
+                            holder: current.holder,
+                            until: current.expires_at,
+                        });
+                    }
+                }
+            }
+        };
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
+        let journal = self.journal.clone();
+        let beat = lease.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut last_ok = Instant::now();
+            loop {
+                tokio::time::sleep(ttl / 4).await;
+                match journal.renew(&beat, ttl).await {
+                    Ok(true) => last_ok = Instant::now(),
+                    Ok(false) => break,
+                    // The journal may be briefly unreachable; the lease holds until it expires.
+                    Err(e) if last_ok.elapsed() < ttl => {
+                        tracing::warn!(error = %e, "could not renew the lease; retrying")
+                    }
+                    Err(_) => break,
+                }
+            }
+            tracing::error!(policy = %beat.policy, "lost the policy's lease; stopping its rotation");
+            let _ = lost_tx.send(true);
+        });
+        Ok(Held { lease, lost, heartbeat })
+    }
+
+    async fn release(&self, held: &Held) {
+        held.heartbeat.abort();
+        if let Err(e) = self.journal.release(&held.lease).await {
+            tracing::warn!(policy = %held.lease.policy, error = %e, "could not release the lease; it expires by itself");
         }
     }
 
-    async fn rotate_locked(
-        &self,
-        policy: &Policy,
-        request: &Request,
-        lease: &journal::Lease,
-    ) -> Result<Vec<Outcome>, Error> {
+    async fn rotate_locked(&self, policy: &Policy, request: &Request, held: &Held) -> Result<Vec<Outcome>, Error> {
         let mut outcomes = Vec::new();
         let mut rotated_now = false;
-        for rotation in self.journal.unfinished(Some(&policy.name)).await? {
+        for mut rotation in self.journal.unfinished(Some(&policy.name)).await? {
             tracing::info!(policy = %policy.name, rotation = %rotation.id, phase = %rotation.phase, "resuming an unfinished rotation");
+            if request.compromised && rotation.phase == Phase::Promoted {
+                // The credentials this rotation still keeps alive may be the exposed ones too.
+                rotation.compromised = true;
+            }
             let was_promoted = rotation.phase.is_promoted();
-            let memory = Memory { started_here: false, has_secret: false };
-            let outcome = self.run(policy, rotation, memory, HashMap::new(), lease.clone()).await?;
+            let outcome =
+                self.run(policy, rotation, Memory { started_here: false, has_secret: false }, None, held).await?;
             rotated_now |= !was_promoted && outcome.phase.is_promoted();
             let stuck = outcome.status == Status::Incomplete;
             outcomes.push(outcome);
@@ -160,36 +318,13 @@ impl Engine {
             tracing::info!(policy = %policy.name, "the resumed rotation replaced the credential; not starting another");
             return Ok(outcomes);
         }
-        outcomes.push(self.start(policy, request, lease.clone()).await?);
+        outcomes.push(self.start(policy, request, held).await?);
         Ok(outcomes)
     }
 
-    /// Finishes unfinished rotations of one policy (grace periods that ended, crashed runs)
-    /// without starting a new one.
-    pub async fn resume(&self, policy: &Policy) -> Result<Vec<Outcome>, Error> {
-        let unfinished = self.journal.unfinished(Some(&policy.name)).await?;
-        if unfinished.is_empty() {
-            return Ok(Vec::new());
-        }
-        let lease = self.acquire(&policy.name).await?;
-        let mut outcomes = Vec::new();
-        for rotation in unfinished {
-            let memory = Memory { started_here: false, has_secret: false };
-            match self.run(policy, rotation, memory, HashMap::new(), lease.clone()).await {
-                Ok(outcome) => outcomes.push(outcome),
-                Err(e) => {
-                    let _ = self.journal.release(&lease).await;
-                    return Err(e);
-                }
-            }
-        }
-        let _ = self.journal.release(&lease).await;
-        Ok(outcomes)
-    }
-
-    /// Starts a new rotation: reads what the destinations hold now (the credentials to replace),
+    /// Starts a new rotation: checks and reads every destination (the credentials to replace),
     /// records the rotation, and runs it.
-    async fn start(&self, policy: &Policy, request: &Request, lease: journal::Lease) -> Result<Outcome, Error> {
+    async fn start(&self, policy: &Policy, request: &Request, held: &Held) -> Result<Outcome, Error> {
         let now = Utc::now();
         let id = uuid::Uuid::now_v7().to_string();
         let mut rotation = Rotation {
@@ -208,6 +343,8 @@ impl Engine {
             revoke_after: None,
             revoked_at: None,
             error: None,
+            revoke_first: request.compromised && request.revoke_first,
+            waiting: None,
             started_at: now,
             updated_at: now,
             finished_at: None,
@@ -215,165 +352,235 @@ impl Engine {
         // Everything that can be checked without side effects is checked before the rotation is
         // recorded, so a misconfigured destination leaves nothing behind.
         let mut old_secrets = HashMap::new();
+        let mut held_by = Vec::new();
+        let deadline = Instant::now() + self.options.rotation_budget;
         let prepared = async {
             let destinations = self.destinations(policy)?;
             for destination in &destinations {
-                self.retry(async || destination.check().await).await?;
-                if let Some(current) = self.retry(async || destination.current().await).await? {
+                self.retry(deadline, async || destination.check().await).await?;
+                if let Some(current) = self.retry(deadline, async || destination.current().await).await? {
                     tracing::info!(policy = %policy.name, destination = %destination.label(), credential = %current.id, "destination holds the current credential");
                     if !rotation.old_credentials.contains(&current.id) {
                         rotation.old_credentials.push(current.id.clone());
                     }
+                    held_by.push(format!("{}: {}", destination.label(), current.id));
                     old_secrets.insert(current.id.clone(), current.secret.clone());
                 }
             }
             Ok::<_, StepError>(())
         }
         .await;
-        if let Err(StepError(message)) = prepared {
+        if let Err(StepError { message, .. }) = prepared {
             rotation.phase = Phase::Failed;
             rotation.error = Some(message.clone());
             rotation.finished_at = Some(Utc::now());
-            self.journal.insert(&rotation).await?;
-            self.journal.step(&id, "prepare", "failed", &message).await?;
+            self.journal.insert(&rotation, &held.lease).await?;
+            self.journal.step(&id, "prepare", "failed", &message, &held.lease).await?;
             tracing::error!(policy = %policy.name, rotation = %id, error = %message, "rotation failed before any change");
-            return Ok(self.outcome(&rotation, Vec::new(), now));
+            return Ok(self.outcome(&rotation, Vec::new(), &[], now));
         }
-        self.journal.insert(&rotation).await?;
+        self.journal.insert(&rotation, &held.lease).await?;
         let detail = format!(
-            "reason={}; compromised={}; replaces [{}]",
+            "reason={}; compromised={}; revoke_first={}; replaces [{}]; held by [{}]",
             request.reason.as_deref().unwrap_or("-"),
-            request.compromised,
-            rotation.old_credentials.join(", ")
+            rotation.compromised,
+            rotation.revoke_first,
+            rotation.old_credentials.join(", "),
+            held_by.join("; ")
         );
-        self.journal.step(&id, "start", "done", &detail).await?;
-        tracing::info!(policy = %policy.name, rotation = %id, replaces = ?rotation.old_credentials, "rotation started");
-        self.run(policy, rotation, Memory { started_here: true, has_secret: false }, old_secrets, lease).await
+        self.journal.step(&id, "start", "done", &detail, &held.lease).await?;
+        tracing::info!(policy = %policy.name, rotation = %id, replaces = ?rotation.old_credentials, compromised = rotation.compromised, "rotation started");
+        crash_point("started");
+        let memory = Memory { started_here: true, has_secret: false };
+        self.run(policy, rotation, memory, Some((old_secrets, held_by)), held).await
     }
 
     fn destinations(&self, policy: &Policy) -> Result<Vec<Destination>, store::Error> {
         policy.destinations.iter().map(|d| Destination::new(d, policy.credential.kind, &self.clients)).collect()
     }
 
-    /// Drives one rotation until it is done, waits for its grace period, or fails.
+    /// Drives one rotation until it is done, waits, or fails. `fresh` carries what `start` read
+    /// (old secrets and who held them) for a rotation this process started.
     async fn run(
         &self,
         policy: &Policy,
         rotation: Rotation,
         memory: Memory,
-        old_secrets: HashMap<String, Secret>,
-        lease: journal::Lease,
+        fresh: Option<(HashMap<String, Secret>, Vec<String>)>,
+        held: &Held,
     ) -> Result<Outcome, Error> {
-        let started = Instant::now();
         let started_at = Utc::now();
-        let destinations = match self.destinations(policy) {
+        let (old_secrets, held_by) = fresh.unwrap_or_default();
+        let labels: Vec<String> = policy.destinations.iter().map(|d| d.label()).collect();
+        let destinations = if labels != rotation.destinations || rotation.kind != policy.credential.kind {
+            // Working on a different set of destinations than the rotation staged into could
+            // promote half of them or strand staged values: refuse, and say how to get out.
+            Err(format!(
+                "policy `{}` changed while rotation {} was unfinished (journal: {} [{}]; policy: {} [{}]); \
+                 restore the policy to let the rotation finish",
+                policy.name,
+                rotation.id,
+                rotation.kind,
+                rotation.destinations.join(", "),
+                policy.credential.kind,
+                labels.join(", ")
+            ))
+        } else {
+            self.destinations(policy).map_err(|e| e.to_string())
+        };
+        let destinations = match destinations {
             Ok(d) => d,
-            Err(e) => {
+            Err(message) => {
                 let mut rotation = rotation;
-                rotation.error = Some(e.to_string());
-                self.save(&mut rotation).await?;
-                return Ok(self.outcome(&rotation, Vec::new(), started_at));
+                tracing::error!(policy = %policy.name, rotation = %rotation.id, "{message}");
+                rotation.error = Some(message);
+                self.save(&mut rotation, &held.lease).await?;
+                return Ok(self.outcome(&rotation, Vec::new(), &[], started_at));
             }
         };
-        let mut work =
-            Work { policy, rotation, destinations, memory, new: None, old_secrets, revoked: Vec::new(), lease };
+        let mut work = Work {
+            policy,
+            rotation,
+            destinations,
+            memory,
+            new: None,
+            old_secrets,
+            held_by,
+            revoked: Vec::new(),
+            lease: held.lease.clone(),
+            deadline: Instant::now() + self.options.rotation_budget,
+        };
+        let mut lost = held.lost.clone();
         loop {
-            if !self.journal.renew(&work.lease, self.options.lease_ttl).await? {
-                let message = "lost the policy lease to another process; stopping".to_string();
-                work.rotation.error = Some(message.clone());
-                tracing::error!(policy = %policy.name, rotation = %work.rotation.id, "{message}");
-                return Ok(self.outcome(&work.rotation, work.revoked, started_at));
-            }
             let action = rotation::next(&work.rotation, work.memory, Utc::now());
             let phase = work.rotation.phase;
-            let result = match &action {
-                Action::Mint => self.mint(&mut work).await,
-                Action::Abandon => self.abandon(&mut work).await,
-                Action::Recover => self.recover(&mut work).await,
-                Action::Stage => self.stage(&mut work).await,
-                Action::Verify => self.verify(&mut work).await,
-                Action::Promote => self.promote(&mut work).await,
-                Action::RevokeOld => self.revoke_old(&mut work).await,
-                Action::RollBack => self.roll_back(&mut work).await,
-                Action::WaitForGrace { until } => {
-                    tracing::info!(policy = %policy.name, rotation = %work.rotation.id, until = %until, "old credentials stay valid until the grace period ends");
-                    return Ok(self.outcome(&work.rotation, work.revoked, started_at));
-                }
-                Action::Done => {
-                    tracing::info!(policy = %policy.name, rotation = %work.rotation.id, phase = %work.rotation.phase, seconds = started.elapsed().as_secs_f64(), "rotation finished");
-                    return Ok(self.outcome(&work.rotation, work.revoked, started_at));
+            let step = async {
+                match &action {
+                    Action::RevokeFirst => self.revoke_first(&mut work).await,
+                    Action::Mint => self.mint(&mut work).await,
+                    Action::Abandon => self.abandon(&mut work).await,
+                    Action::Recover => self.recover(&mut work).await,
+                    Action::Stage => self.stage(&mut work).await,
+                    Action::Verify => self.verify(&mut work).await,
+                    Action::Promote => self.promote(&mut work).await,
+                    Action::RevokeOld => self.revoke_old(&mut work).await,
+                    Action::RollBack => self.roll_back(&mut work).await,
+                    Action::WaitForGrace { until } => self.wait_for_grace(&mut work, *until).await,
+                    Action::Done => Ok(Flow::Wait),
                 }
             };
-            if let Err(StepError(message)) = result {
-                tracing::error!(policy = %policy.name, rotation = %work.rotation.id, phase = %phase, error = %message, "rotation step failed");
-                work.rotation.error = Some(message);
-                match phase {
-                    // Before promotion nothing a consumer reads has changed: undo.
-                    Phase::Started | Phase::Minted | Phase::Staged | Phase::Verified if action != Action::Promote => {
-                        work.rotation.phase = Phase::RollingBack;
-                        self.save(&mut work.rotation).await?;
+            let result = tokio::select! {
+                result = step => Some(result),
+                _ = lost.wait_for(|lost| *lost) => None,
+            };
+            let result = match result {
+                Some(result) => result,
+                None => {
+                    // As if the process had crashed mid-step: the new holder resumes it.
+                    work.rotation.error = Some("lost the policy's lease to another process mid-step".into());
+                    return Ok(self.outcome(&work.rotation, work.revoked, &work.held_by, started_at));
+                }
+            };
+            match result {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Wait) => {
+                    if action == Action::Done {
+                        tracing::info!(policy = %policy.name, rotation = %work.rotation.id, phase = %work.rotation.phase, "rotation finished");
                     }
-                    // A failed promotion or revocation, or a failed rollback: a later run resumes.
-                    _ => {
-                        self.save(&mut work.rotation).await?;
-                        return Ok(self.outcome(&work.rotation, work.revoked, started_at));
+                    return Ok(self.outcome(&work.rotation, work.revoked, &work.held_by, started_at));
+                }
+                Err(StepError { message, rollback }) => {
+                    tracing::error!(policy = %policy.name, rotation = %work.rotation.id, phase = %phase, error = %message, "rotation step failed");
+                    work.rotation.error = Some(message);
+                    let before_promotion = matches!(phase, Phase::Started | Phase::Minted | Phase::Staged);
+                    if rollback.unwrap_or(before_promotion) && phase != Phase::RollingBack {
+                        // Nothing a consumer reads has changed: undo.
+                        work.rotation.phase = Phase::RollingBack;
+                        self.save(&mut work.rotation, &work.lease).await?;
+                    } else {
+                        // A failed promotion or revocation, or a failed rollback: a later run
+                        // resumes from the journal.
+                        self.save(&mut work.rotation, &work.lease).await?;
+                        return Ok(self.outcome(&work.rotation, work.revoked, &work.held_by, started_at));
                     }
                 }
             }
         }
     }
 
-    async fn save(&self, rotation: &mut Rotation) -> Result<(), journal::Error> {
+    async fn save(&self, rotation: &mut Rotation, lease: &journal::Lease) -> Result<(), journal::Error> {
         rotation.updated_at = Utc::now();
         if rotation.phase.is_terminal() && rotation.finished_at.is_none() {
             rotation.finished_at = Some(rotation.updated_at);
         }
-        self.journal.update(rotation).await
+        self.journal.update(rotation, lease).await
     }
 
-    /// Sets the phase after a side effect and records the step as done.
-    async fn advance(&self, work: &mut Work<'_>, phase: Phase, step: &str, detail: &str) -> Result<(), StepError> {
+    /// Sets the phase after a side effect and records the step as done. A successful step
+    /// clears the last error, except on the way to `failed`, which keeps the reason.
+    async fn advance(&self, work: &mut Work<'_>, phase: Phase, step: &str, detail: &str) -> Result<Flow, StepError> {
         work.rotation.phase = phase;
-        self.save(&mut work.rotation).await?;
-        self.journal.step(&work.rotation.id, step, "done", detail).await?;
+        work.rotation.waiting = None;
+        if phase != Phase::Failed {
+            work.rotation.error = None;
+        }
+        self.save(&mut work.rotation, &work.lease).await?;
+        self.journal.step(&work.rotation.id, step, "done", detail, &work.lease).await?;
         tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, step, phase = %phase, "{detail}");
-        Ok(())
+        crash_point(phase.as_str());
+        Ok(Flow::Continue)
     }
 
-    async fn intent(&self, work: &Work<'_>, step: &str, detail: &str) -> Result<(), StepError> {
-        self.journal.step(&work.rotation.id, step, "intent", detail).await?;
+    async fn note(&self, work: &Work<'_>, step: &str, status: &str, detail: &str) -> Result<(), StepError> {
+        self.journal.step(&work.rotation.id, step, status, detail, &work.lease).await?;
         Ok(())
     }
 
     async fn failed(&self, work: &Work<'_>, step: &str, message: String) -> StepError {
-        if let Err(e) = self.journal.step(&work.rotation.id, step, "failed", &message).await {
+        if let Err(e) = self.journal.step(&work.rotation.id, step, "failed", &message, &work.lease).await {
             tracing::warn!(error = %e, "could not record a failed step");
         }
-        StepError(message)
+        StepError { message, rollback: None }
     }
 
-    async fn mint(&self, work: &mut Work<'_>) -> Result<(), StepError> {
+    async fn revoke_first(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+        let kind = work.rotation.kind;
+        for id in work.rotation.old_credentials.clone() {
+            self.note(work, "revoke-first", "intent", &format!("revoke {id} before minting (outage accepted)")).await?;
+            if let Err(e) = self.toktra.revoke(kind, &id).await {
+                return Err(self.failed(work, "revoke-first", e.to_string()).await);
+            }
+            work.revoked.push(id.clone());
+            self.note(work, "revoke-first", "done", &format!("revoked {id}")).await?;
+        }
+        work.rotation.revoked_at = Some(Utc::now());
+        self.save(&mut work.rotation, &work.lease).await?;
+        tracing::warn!(policy = %work.policy.name, rotation = %work.rotation.id, "exposed credentials revoked before minting; consumers fail until promotion");
+        Ok(Flow::Continue)
+    }
+
+    async fn mint(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let policy = work.policy;
+        let kind = work.rotation.kind;
         let name = work.rotation.credential_name.clone();
-        self.intent(work, "mint", &format!("create {} `{name}`", policy.credential.kind)).await?;
+        self.note(work, "mint", "intent", &format!("create {kind} `{name}`")).await?;
+        crash_point("minting");
         let description = format!("rotator policy {} rotation {}", policy.name, work.rotation.id);
-        let minted =
-            match self.toktra.create(policy.credential.kind, &name, &policy.credential.scopes, &description).await {
-                Ok(minted) => minted,
-                Err(e) => return Err(self.failed(work, "mint", e.to_string()).await),
-            };
+        let minted = match self.toktra.create(kind, &name, &policy.credential.scopes, &description).await {
+            Ok(minted) => minted,
+            Err(e) => return Err(self.failed(work, "mint", e.to_string()).await),
+        };
+        crash_point("minted-unrecorded");
         for stray in &minted.revoked_strays {
-            self.journal
-                .step(&work.rotation.id, "mint", "done", &format!("revoked {stray}: its create answer was lost"))
-                .await?;
+            self.note(work, "mint", "done", &format!("revoked {stray}: its create answer was lost")).await?;
         }
         let record = Record {
-            kind: policy.credential.kind,
+            kind,
             id: minted.id.clone(),
             secret: minted.secret,
-            token_url: (policy.credential.kind == crate::policy::CredentialKind::OauthClient)
-                .then(|| self.toktra.token_url()),
-            rotated_at: Some(Utc::now()),
+            token_url: (kind == CredentialKind::OauthClient).then(|| self.toktra.token_url()),
+            // Whole seconds, as written to destinations, so a re-staged value compares equal.
+            rotated_at: Some(Utc::now().trunc_subsecs(0)),
             rotation_id: Some(work.rotation.id.clone()),
         };
         work.rotation.new_credential_id = Some(minted.id.clone());
@@ -385,16 +592,12 @@ impl Engine {
     }
 
     /// A rotation left in `Started` by an earlier process: whatever it minted is unrecoverable.
-    async fn abandon(&self, work: &mut Work<'_>) -> Result<(), StepError> {
+    async fn abandon(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let name = work.rotation.credential_name.clone();
-        self.intent(work, "abandon", &format!("look up `{name}`")).await?;
-        let mut revoked = Vec::new();
-        for found in self.toktra.list(work.policy.credential.kind).await?.into_iter().filter(|c| c.name == name) {
-            self.toktra.revoke(work.policy.credential.kind, &found.id).await?;
-            revoked.push(found.id);
-        }
+        self.note(work, "abandon", "intent", &format!("look up `{name}`")).await?;
+        let revoked = self.revoke_named(work, None).await?;
         for destination in &work.destinations {
-            self.retry(async || destination.discard(&work.rotation.id).await).await?;
+            self.retry(work.deadline, async || destination.discard(&work.rotation.id).await).await?;
         }
         work.rotation.error.get_or_insert_with(|| "interrupted before the new credential was staged".into());
         let detail = if revoked.is_empty() {
@@ -406,45 +609,68 @@ impl Engine {
         self.advance(work, Phase::Failed, "abandon", &detail).await
     }
 
+    /// Revokes every active credential named after this rotation except `keep`; returns them.
+    async fn revoke_named(&self, work: &Work<'_>, keep: Option<&str>) -> Result<Vec<String>, StepError> {
+        let kind = work.rotation.kind;
+        let mut revoked = Vec::new();
+        let listed = self.toktra.list(kind).await?;
+        for stray in
+            listed.into_iter().filter(|c| c.name == work.rotation.credential_name && Some(c.id.as_str()) != keep)
+        {
+            self.toktra.revoke(kind, &stray.id).await?;
+            self.note(
+                work,
+                "sweep",
+                "done",
+                &format!("revoked {} (named after this rotation, not its credential)", stray.id),
+            )
+            .await?;
+            revoked.push(stray.id);
+        }
+        Ok(revoked)
+    }
+
     /// After a crash the new secret exists only in staged copies; read one back.
-    async fn recover(&self, work: &mut Work<'_>) -> Result<(), StepError> {
+    async fn recover(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let expected = work.rotation.new_fingerprint.clone();
         for destination in &work.destinations {
-            if let Some(record) = self.retry(async || destination.staged(&work.rotation.id).await).await?
+            if let Some(record) =
+                self.retry(work.deadline, async || destination.staged(&work.rotation.id).await).await?
                 && Some(record.secret.fingerprint()) == expected
             {
                 tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, destination = %destination.label(), "recovered the new credential from its staged copy");
                 work.new = Some(record);
                 work.memory.has_secret = true;
-                return Ok(());
+                return Ok(Flow::Continue);
             }
         }
         // Never staged anywhere: the secret is lost, so the credential must go.
         work.rotation.error.get_or_insert_with(|| "interrupted before the new credential was staged".into());
         work.rotation.phase = Phase::RollingBack;
-        self.save(&mut work.rotation).await?;
-        self.journal
-            .step(&work.rotation.id, "recover", "failed", "no staged copy of the new credential; rolling back")
-            .await?;
-        Ok(())
+        self.save(&mut work.rotation, &work.lease).await?;
+        self.note(work, "recover", "failed", "no staged copy of the new credential; rolling back").await?;
+        Ok(Flow::Continue)
     }
 
-    async fn stage(&self, work: &mut Work<'_>) -> Result<(), StepError> {
-        let Some(record) = work.new.clone() else { return Err(StepError("internal: no secret to stage".into())) };
-        for destination in &work.destinations {
+    async fn stage(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+        let Some(record) = work.new.clone() else { return Err("internal: no secret to stage".into()) };
+        for (i, destination) in work.destinations.iter().enumerate() {
             let label = destination.label();
-            self.intent(work, "stage", &format!("stage {} in {label}", record.id)).await?;
-            if let Err(e) = self.retry(async || destination.stage(&work.rotation.id, &record).await).await {
+            self.note(work, "stage", "intent", &format!("stage {} in {label}", record.id)).await?;
+            if let Err(e) =
+                self.retry(work.deadline, async || destination.stage(&work.rotation.id, &record).await).await
+            {
                 return Err(self.failed(work, "stage", e.to_string()).await);
             }
-            self.journal.step(&work.rotation.id, "stage", "done", &format!("staged in {label}")).await?;
+            self.note(work, "stage", "done", &format!("staged in {label}")).await?;
+            crash_point(&format!("staged-{i}"));
         }
         self.advance(work, Phase::Staged, "stage", "staged in every destination").await
     }
 
-    async fn verify(&self, work: &mut Work<'_>) -> Result<(), StepError> {
-        let Some(record) = work.new.clone() else { return Err(StepError("internal: no secret to verify".into())) };
-        self.intent(work, "verify", &format!("authenticate as {}", record.id)).await?;
+    async fn verify(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+        let Some(record) = work.new.clone() else { return Err("internal: no secret to verify".into()) };
+        self.note(work, "verify", "intent", &format!("authenticate as {}", record.id)).await?;
         match self.toktra.probe(record.kind, &record.id, &record.secret).await {
             Ok(Probe::Accepted) => {}
             Ok(Probe::Rejected) => {
@@ -455,7 +681,7 @@ impl Engine {
             Err(e) => return Err(self.failed(work, "verify", e.to_string()).await),
         }
         for destination in &work.destinations {
-            let staged = self.retry(async || destination.staged(&work.rotation.id).await).await?;
+            let staged = self.retry(work.deadline, async || destination.staged(&work.rotation.id).await).await?;
             if staged.as_ref().map(Record::fingerprint) != Some(record.fingerprint()) {
                 let message = format!("{}: the staged value read back does not match", destination.label());
                 return Err(self.failed(work, "verify", message).await);
@@ -470,15 +696,38 @@ impl Engine {
         .await
     }
 
-    async fn promote(&self, work: &mut Work<'_>) -> Result<(), StepError> {
+    async fn promote(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let new_id = work.rotation.new_credential_id.clone().unwrap_or_default();
-        for destination in &work.destinations {
+        let mut promoted = 0;
+        for (i, destination) in work.destinations.iter().enumerate() {
             let label = destination.label();
-            self.intent(work, "promote", &format!("promote {new_id} in {label}")).await?;
-            if let Err(e) = self.retry(async || destination.promote(&work.rotation.id).await).await {
-                return Err(self.failed(work, "promote", e.to_string()).await);
+            // Promote only over what this rotation set out to replace: a destination changed by
+            // hand since the start holds a credential nobody would revoke.
+            let current = match self.retry(work.deadline, async || destination.current().await).await {
+                Ok(current) => current,
+                Err(e) => return Err(self.promote_failed(work, promoted, e.is_transient(), e.to_string()).await),
+            };
+            if let Some(current) = &current {
+                let ours = current.rotation_id.as_deref() == Some(work.rotation.id.as_str());
+                if ours {
+                    promoted += 1;
+                } else if !work.rotation.old_credentials.contains(&current.id) {
+                    let message = format!(
+                        "{label} now holds credential {}, which this rotation did not set out to replace (changed by hand?)",
+                        current.id
+                    );
+                    return Err(self.promote_failed(work, promoted, false, message).await);
+                }
             }
-            self.journal.step(&work.rotation.id, "promote", "done", &format!("current in {label}")).await?;
+            self.note(work, "promote", "intent", &format!("promote {new_id} in {label}")).await?;
+            if let Err(e) = self.retry(work.deadline, async || destination.promote(&work.rotation.id).await).await {
+                return Err(self.promote_failed(work, promoted, e.is_transient(), e.to_string()).await);
+            }
+            if current.as_ref().and_then(|c| c.rotation_id.as_deref()) != Some(work.rotation.id.as_str()) {
+                promoted += 1;
+            }
+            self.note(work, "promote", "done", &format!("current in {label}")).await?;
+            crash_point(&format!("promoted-{i}"));
         }
         let now = Utc::now();
         work.rotation.promoted_at = Some(now);
@@ -487,17 +736,73 @@ impl Engine {
         self.advance(work, Phase::Promoted, "promote", &format!("{new_id} is current in every destination")).await
     }
 
-    async fn revoke_old(&self, work: &mut Work<'_>) -> Result<(), StepError> {
-        let kind = work.policy.credential.kind;
+    /// A promotion failed after `promoted` destinations took the new value. While none has,
+    /// consumers still read the old credential everywhere, so a permanent failure rolls back;
+    /// otherwise the rotation waits to be resumed forward.
+    async fn promote_failed(&self, work: &Work<'_>, promoted: usize, transient: bool, message: String) -> StepError {
+        let mut error = self.failed(work, "promote", message).await;
+        error.rollback = Some(promoted == 0 && !transient);
+        error
+    }
+
+    async fn wait_for_grace(&self, work: &mut Work<'_>, until: DateTime<Utc>) -> Result<Flow, StepError> {
+        let waiting = format!("grace period until {}", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, "old credentials stay valid: {waiting}");
+        self.set_waiting(work, waiting).await
+    }
+
+    async fn set_waiting(&self, work: &mut Work<'_>, waiting: String) -> Result<Flow, StepError> {
+        if work.rotation.waiting.as_deref() != Some(waiting.as_str()) {
+            work.rotation.waiting = Some(waiting);
+            self.save(&mut work.rotation, &work.lease).await?;
+        }
+        Ok(Flow::Wait)
+    }
+
+    async fn revoke_old(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+        let kind = work.rotation.kind;
         let new_id = work.rotation.new_credential_id.clone();
         let old: Vec<String> =
             work.rotation.old_credentials.iter().filter(|id| Some(*id) != new_id.as_ref()).cloned().collect();
-        for id in &old {
-            self.intent(work, "revoke", &format!("revoke {id}")).await?;
+        // A create whose answer was lost may have made a second credential under this
+        // rotation's name; it is not the new credential, so it goes.
+        let swept = self.revoke_named(work, new_id.as_deref()).await?;
+        work.revoked.extend(swept);
+        if !old.is_empty()
+            && !work.rotation.compromised
+            && let Some(idle) = work.policy.revoke.require_idle
+        {
+            let listed = self.toktra.list(kind).await?;
+            let now = Utc::now();
+            let busy: Vec<String> = listed
+                .iter()
+                .filter(|c| old.contains(&c.id))
+                .filter_map(|c| {
+                    c.last_used_at
+                        .filter(|used| now - *used < chrono::Duration::from_std(idle).unwrap_or_default())
+                        .map(|used| (c, used))
+                })
+                .map(|(c, used)| {
+                    format!("{} last used at {}", c.id, used.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                })
+                .collect();
+            if !busy.is_empty() {
+                let waiting = format!(
+                    "still in use: {}; revoked once idle for {}",
+                    busy.join(", "),
+                    crate::duration::format(idle)
+                );
+                tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, "{waiting}");
+                return self.set_waiting(work, waiting).await;
+            }
+        }
+        for (i, id) in old.iter().enumerate() {
+            self.note(work, "revoke", "intent", &format!("revoke {id}")).await?;
             let result = match self.toktra.revoke(kind, id).await {
                 Ok(r) => r,
                 Err(e) => return Err(self.failed(work, "revoke", e.to_string()).await),
             };
+            crash_point(&format!("revoked-{i}"));
             // Check the revocation took: the old secret (when this process read it) must now be
             // rejected, and the credential must no longer be listed.
             if let Some(secret) = work.old_secrets.get(id) {
@@ -511,16 +816,15 @@ impl Engine {
                     Err(e) => return Err(self.failed(work, "revoke", e.to_string()).await),
                 }
             }
-            let still_listed = self.toktra.list(kind).await?.iter().any(|c| &c.id == id);
-            if still_listed {
+            if self.toktra.list(kind).await?.iter().any(|c| &c.id == id) {
                 return Err(self.failed(work, "revoke", format!("{id} is still listed after revocation")).await);
             }
-            self.journal
-                .step(&work.rotation.id, "revoke", "done", &format!("revoked {id} ({result:?}); it is rejected now"))
-                .await?;
+            self.note(work, "revoke", "done", &format!("revoked {id} ({result:?}); it is rejected now")).await?;
             work.revoked.push(id.clone());
         }
-        work.rotation.revoked_at = Some(Utc::now());
+        if work.rotation.revoked_at.is_none() || !old.is_empty() {
+            work.rotation.revoked_at = Some(Utc::now());
+        }
         let detail = if old.is_empty() {
             "no old credential to revoke".to_string()
         } else {
@@ -529,14 +833,14 @@ impl Engine {
         self.advance(work, Phase::Completed, "complete", &detail).await
     }
 
-    async fn roll_back(&self, work: &mut Work<'_>) -> Result<(), StepError> {
-        self.intent(work, "rollback", "discard staged values and revoke the new credential").await?;
+    async fn roll_back(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+        self.note(work, "rollback", "intent", "discard staged values and revoke the new credential").await?;
         for destination in &work.destinations {
-            if let Err(e) = self.retry(async || destination.discard(&work.rotation.id).await).await {
+            if let Err(e) = self.retry(work.deadline, async || destination.discard(&work.rotation.id).await).await {
                 return Err(self.failed(work, "rollback", e.to_string()).await);
             }
         }
-        let kind = work.policy.credential.kind;
+        let kind = work.rotation.kind;
         let mut revoked = Vec::new();
         if let Some(id) = work.rotation.new_credential_id.clone() {
             if let Err(e) = self.toktra.revoke(kind, &id).await {
@@ -545,29 +849,27 @@ impl Engine {
             revoked.push(id);
         }
         // A mint whose answer never arrived is found by the rotation's name.
-        match self.toktra.list(kind).await {
-            Ok(listed) => {
-                for stray in listed.into_iter().filter(|c| c.name == work.rotation.credential_name) {
-                    if let Err(e) = self.toktra.revoke(kind, &stray.id).await {
-                        return Err(self.failed(work, "rollback", e.to_string()).await);
-                    }
-                    revoked.push(stray.id);
-                }
-            }
-            Err(e) => return Err(self.failed(work, "rollback", e.to_string()).await),
+        match self.revoke_named(work, None).await {
+            Ok(strays) => revoked.extend(strays),
+            Err(e) => return Err(self.failed(work, "rollback", e.message).await),
         }
         let detail = format!("rolled back; revoked [{}]; the old credential stays current", revoked.join(", "));
         work.revoked.extend(revoked);
         self.advance(work, Phase::Failed, "rollback", &detail).await
     }
 
-    /// Retries a destination operation on transient errors with exponential backoff and jitter.
-    async fn retry<T>(&self, mut op: impl AsyncFnMut() -> Result<T, store::Error>) -> Result<T, store::Error> {
+    /// Retries a destination operation on transient errors with exponential backoff and full
+    /// jitter, within the attempt limit and the rotation's time budget.
+    async fn retry<T>(
+        &self,
+        deadline: Instant,
+        mut op: impl AsyncFnMut() -> Result<T, store::Error>,
+    ) -> Result<T, store::Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match op().await {
-                Err(e) if e.is_transient() && attempt < self.options.store_attempts => {
+                Err(e) if e.is_transient() && attempt < self.options.store_attempts && Instant::now() < deadline => {
                     let delay =
                         Duration::from_millis(100 * (1 << attempt.min(6))).mul_f64(rand::random::<f64>().max(0.2));
                     tracing::warn!(error = %e, attempt, "transient destination failure; retrying");
@@ -578,13 +880,29 @@ impl Engine {
         }
     }
 
-    fn outcome(&self, rotation: &Rotation, revoked: Vec<String>, started_at: DateTime<Utc>) -> Outcome {
+    fn outcome(
+        &self,
+        rotation: &Rotation,
+        revoked: Vec<String>,
+        held_by: &[String],
+        started_at: DateTime<Utc>,
+    ) -> Outcome {
         let status = match rotation.phase {
             Phase::Completed => Status::Completed,
             Phase::Promoted if rotation.error.is_none() => Status::AwaitingRevocation,
             Phase::Failed => Status::Failed,
             _ => Status::Incomplete,
         };
+        let compromise = rotation.compromised.then(|| Containment {
+            exposed: rotation.old_credentials.clone(),
+            held_by: held_by.to_vec(),
+            revoked_at: rotation.revoked_at,
+            seconds_to_containment: rotation
+                .revoked_at
+                .filter(|_| rotation.phase == Phase::Completed || rotation.revoke_first)
+                .map(|at| (at - rotation.started_at).num_milliseconds() as f64 / 1000.0),
+            outage_accepted: rotation.revoke_first,
+        });
         Outcome {
             policy: rotation.policy.clone(),
             rotation_id: rotation.id.clone(),
@@ -595,8 +913,19 @@ impl Engine {
             revoked,
             destinations: rotation.destinations.clone(),
             revoke_after: rotation.revoke_after,
+            waiting: rotation.waiting.clone(),
             error: rotation.error.clone(),
+            compromise,
             seconds: (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0,
         }
     }
+}
+
+/// Whether `holder` (`host:pid:random`) is a process of this host (`this` is `host:pid`) that no
+/// longer runs. PIDs can be reused; a reused PID only delays the takeover until the lease expires.
+fn dead_local_holder(holder: &str, this: &str) -> bool {
+    let mut parts = holder.split(':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else { return false };
+    let this_host = this.split(':').next().unwrap_or_default();
+    host == this_host && pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }

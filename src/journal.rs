@@ -31,6 +31,9 @@ pub enum Error {
     },
     #[error("journal: corrupt row for rotation {id}: {detail}")]
     Corrupt { id: String, detail: String },
+    /// A write under a lease that another process has taken since: this process must stop.
+    #[error("journal: {what}: the policy's lease was taken over by another process")]
+    LeaseLost { what: &'static str },
 }
 
 /// One rotation as the journal keeps it.
@@ -59,6 +62,10 @@ pub struct Rotation {
     pub revoked_at: Option<DateTime<Utc>>,
     /// The last failure, for status and retries.
     pub error: Option<String>,
+    /// Compromise mode with an accepted outage: the old credentials are revoked before minting.
+    pub revoke_first: bool,
+    /// Why the rotation is waiting (grace period, the old credential still in use), for status.
+    pub waiting: Option<String>,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -76,8 +83,9 @@ pub struct Step {
     pub detail: String,
 }
 
-/// A held lease; `fence` increases with every new holder, so a late write of an expired holder
-/// can be told apart.
+/// A held lease. `fence` increases with every acquisition (released leases are expired, not
+/// deleted), and every journal write of a rotation checks holder and fence, so a process whose
+/// lease was taken over cannot write any more.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
     pub policy: String,
@@ -111,7 +119,9 @@ const SCHEMA: &[&str] = &[
         error TEXT,
         started_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
-        finished_at TEXT
+        finished_at TEXT,
+        revoke_first BIGINT NOT NULL,
+        waiting TEXT
     )",
     "CREATE INDEX IF NOT EXISTS rotations_by_policy ON rotations (policy, started_at)",
     "CREATE TABLE IF NOT EXISTS steps (
@@ -191,41 +201,63 @@ impl Journal {
         let full = normalize_url(url);
         let shown = display_url(url);
         let sqlite = full.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 1 } else { 8 })
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(&full)
-            .await
-            .map_err(|source| Error::Open { url: shown.clone(), source })?;
-        let journal = Journal { pool, url: shown };
+        let mut options =
+            AnyPoolOptions::new().max_connections(if sqlite { 1 } else { 8 }).acquire_timeout(Duration::from_secs(30));
         if sqlite {
-            // WAL lets `status` read while a rotation writes; a busy timeout lets two processes
-            // on one file wait for each other instead of failing.
-            for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000", "PRAGMA synchronous = FULL"] {
-                journal.exec("configure sqlite", pragma).await?;
-            }
+            // Per connection, so a recycled connection gets them too. WAL lets `status` read while
+            // a rotation writes; the busy timeout lets two processes on one file wait for each
+            // other instead of failing; FULL makes every committed step survive a power cut.
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in
+                        ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000", "PRAGMA synchronous = FULL"]
+                    {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&full).await.map_err(|source| Error::Open { url: shown.clone(), source })?;
+        let journal = Journal { pool, url: shown };
+        let mut tx = journal.pool.begin().await.map_err(|source| Error::Query { what: "create schema", source })?;
+        if !sqlite {
+            // Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
+            sqlx::query("SELECT pg_advisory_xact_lock(7263_7061_7469)")
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| Error::Query { what: "lock schema", source })?;
         }
         for statement in SCHEMA {
-            journal.exec("create schema", statement).await?;
+            sqlx::query(*statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| Error::Query { what: "create schema", source })?;
         }
+        tx.commit().await.map_err(|source| Error::Query { what: "create schema", source })?;
         Ok(journal)
     }
 
-    async fn exec(&self, what: &'static str, sql: &'static str) -> Result<(), Error> {
-        sqlx::query(sql).execute(&self.pool).await.map(|_| ()).map_err(|source| Error::Query { what, source })
-    }
-
     pub async fn ping(&self) -> Result<(), Error> {
-        self.exec("ping", "SELECT 1").await
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Query { what: "ping", source })
     }
 
-    /// Records a new rotation. Called before any side effect.
-    pub async fn insert(&self, r: &Rotation) -> Result<(), Error> {
-        sqlx::query(
+    fn fenced(n: u64, what: &'static str) -> Result<(), Error> {
+        if n == 1 { Ok(()) } else { Err(Error::LeaseLost { what }) }
+    }
+
+    /// Records a new rotation. Called before any side effect, under the policy's lease.
+    pub async fn insert(&self, r: &Rotation, lease: &Lease) -> Result<(), Error> {
+        let n = sqlx::query(
             "INSERT INTO rotations (id, policy, kind, phase, reason, compromised, credential_name, new_credential_id,
                 new_fingerprint, old_credentials, destinations, promoted_at, revoke_after, revoked_at, error,
-                started_at, updated_at, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                started_at, updated_at, finished_at, revoke_first, waiting)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20
+             WHERE EXISTS (SELECT 1 FROM leases WHERE policy = $2 AND holder = $21 AND fence = $22)",
         )
         .bind(&r.id)
         .bind(&r.policy)
@@ -245,18 +277,24 @@ impl Journal {
         .bind(ts(r.started_at))
         .bind(ts(r.updated_at))
         .bind(r.finished_at.map(ts))
+        .bind(r.revoke_first as i64)
+        .bind(r.waiting.clone())
+        .bind(&lease.holder)
+        .bind(lease.fence)
         .execute(&self.pool)
         .await
-        .map(|_| ())
-        .map_err(|source| Error::Query { what: "insert rotation", source })
+        .map_err(|source| Error::Query { what: "insert rotation", source })?
+        .rows_affected();
+        Self::fenced(n, "insert rotation")
     }
 
-    /// Saves a rotation's mutable fields.
-    pub async fn update(&self, r: &Rotation) -> Result<(), Error> {
-        sqlx::query(
+    /// Saves a rotation's mutable fields, only while `lease` is still the policy's lease.
+    pub async fn update(&self, r: &Rotation, lease: &Lease) -> Result<(), Error> {
+        let n = sqlx::query(
             "UPDATE rotations SET phase = $2, new_credential_id = $3, new_fingerprint = $4, old_credentials = $5,
-                promoted_at = $6, revoke_after = $7, revoked_at = $8, error = $9, updated_at = $10, finished_at = $11
-             WHERE id = $1",
+                promoted_at = $6, revoke_after = $7, revoked_at = $8, error = $9, updated_at = $10, finished_at = $11,
+                compromised = $12, waiting = $13
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM leases WHERE policy = $14 AND holder = $15 AND fence = $16)",
         )
         .bind(&r.id)
         .bind(r.phase.as_str())
@@ -269,27 +307,46 @@ impl Journal {
         .bind(r.error.clone())
         .bind(ts(r.updated_at))
         .bind(r.finished_at.map(ts))
+        .bind(r.compromised as i64)
+        .bind(r.waiting.clone())
+        .bind(&r.policy)
+        .bind(&lease.holder)
+        .bind(lease.fence)
         .execute(&self.pool)
         .await
-        .map(|_| ())
-        .map_err(|source| Error::Query { what: "update rotation", source })
+        .map_err(|source| Error::Query { what: "update rotation", source })?
+        .rows_affected();
+        Self::fenced(n, "update rotation")
     }
 
-    /// Appends a step record (`intent`, `done` or `failed`). `detail` holds IDs and messages only.
-    pub async fn step(&self, rotation_id: &str, step: &str, status: &str, detail: &str) -> Result<(), Error> {
-        sqlx::query(
+    /// Appends a step record (`intent`, `done` or `failed`), only while `lease` is still the
+    /// policy's lease (which also keeps `seq` free of races). `detail` holds IDs and messages only.
+    pub async fn step(
+        &self,
+        rotation_id: &str,
+        step: &str,
+        status: &str,
+        detail: &str,
+        lease: &Lease,
+    ) -> Result<(), Error> {
+        let n = sqlx::query(
             "INSERT INTO steps (rotation_id, seq, at, step, status, detail)
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM steps WHERE rotation_id = $1",
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM steps WHERE rotation_id = $1
+             AND EXISTS (SELECT 1 FROM leases WHERE policy = $6 AND holder = $7 AND fence = $8)",
         )
         .bind(rotation_id)
         .bind(ts(Utc::now()))
         .bind(step)
         .bind(status)
         .bind(detail)
+        .bind(&lease.policy)
+        .bind(&lease.holder)
+        .bind(lease.fence)
         .execute(&self.pool)
         .await
-        .map(|_| ())
-        .map_err(|source| Error::Query { what: "insert step", source })
+        .map_err(|source| Error::Query { what: "insert step", source })?
+        .rows_affected();
+        Self::fenced(n, "insert step")
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Rotation>, Error> {
@@ -306,7 +363,7 @@ impl Journal {
         let terminal: Vec<String> =
             Phase::ALL.iter().filter(|p| p.is_terminal()).map(|p| format!("'{}'", p.as_str())).collect();
         let sql = format!(
-            "SELECT {COLUMNS} FROM rotations WHERE phase NOT IN ({}) AND ($1 = '' OR policy = $1) ORDER BY started_at",
+            "SELECT {COLUMNS} FROM rotations WHERE phase NOT IN ({}) AND ($1 = '' OR policy = $1) ORDER BY started_at, id",
             terminal.join(", ")
         );
         self.fetch(sql, policy.unwrap_or(""), "read unfinished rotations").await
@@ -315,7 +372,7 @@ impl Journal {
     /// Most recent rotations first; all policies when `policy` is `None`.
     pub async fn history(&self, policy: Option<&str>, limit: i64) -> Result<Vec<Rotation>, Error> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM rotations WHERE ($1 = '' OR policy = $1) ORDER BY started_at DESC LIMIT {}",
+            "SELECT {COLUMNS} FROM rotations WHERE ($1 = '' OR policy = $1) ORDER BY started_at DESC, id DESC LIMIT {}",
             limit.max(1)
         );
         self.fetch(sql, policy.unwrap_or(""), "read history").await
@@ -393,6 +450,40 @@ impl Journal {
         }
     }
 
+    /// Takes the lease from `dead`, a holder known to be gone (a process of this host that no
+    /// longer exists), without waiting for it to expire.
+    pub async fn take_over(
+        &self,
+        policy: &str,
+        dead: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, Error> {
+        let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let n = sqlx::query(
+            "UPDATE leases SET holder = $1, expires_at = $2, fence = fence + 1 WHERE policy = $3 AND holder = $4",
+        )
+        .bind(holder)
+        .bind(expires.timestamp_millis())
+        .bind(policy)
+        .bind(dead)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| Error::Query { what: "take over lease", source })?
+        .rows_affected();
+        if n != 1 {
+            return Ok(None);
+        }
+        let fence: i64 = sqlx::query("SELECT fence FROM leases WHERE policy = $1 AND holder = $2")
+            .bind(policy)
+            .bind(holder)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|source| Error::Query { what: "read lease", source })?;
+        Ok(Some(Lease { policy: policy.to_string(), holder: holder.to_string(), fence }))
+    }
+
     /// Extends a held lease; `false` if it was lost (expired and taken by someone else).
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, Error> {
         let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
@@ -408,8 +499,9 @@ impl Journal {
         Ok(n == 1)
     }
 
+    /// Gives the lease up by expiring it; the row stays, so the fence keeps growing.
     pub async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        sqlx::query("DELETE FROM leases WHERE policy = $1 AND holder = $2 AND fence = $3")
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE policy = $1 AND holder = $2 AND fence = $3")
             .bind(&lease.policy)
             .bind(&lease.holder)
             .bind(lease.fence)
@@ -426,7 +518,8 @@ impl Journal {
 
 const COLUMNS: &str =
     "id, policy, kind, phase, reason, compromised, credential_name, new_credential_id, new_fingerprint,
-    old_credentials, destinations, promoted_at, revoke_after, revoked_at, error, started_at, updated_at, finished_at";
+    old_credentials, destinations, promoted_at, revoke_after, revoked_at, error, started_at, updated_at, finished_at,
+    revoke_first, waiting";
 
 fn rotation_from_row(row: &AnyRow) -> Result<Rotation, Error> {
     let q = |source| Error::Query { what: "read rotation", source };
@@ -457,6 +550,8 @@ fn rotation_from_row(row: &AnyRow) -> Result<Rotation, Error> {
         started_at: parse_ts(&id, Some(text(15)?))?.unwrap_or_default(),
         updated_at: parse_ts(&id, Some(text(16)?))?.unwrap_or_default(),
         finished_at: parse_ts(&id, opt(17)?)?,
+        revoke_first: row.try_get::<i64, _>(18).map_err(q)? != 0,
+        waiting: opt(19)?,
         id,
     })
 }

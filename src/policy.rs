@@ -153,14 +153,30 @@ impl Destination {
         }
     }
 
-    /// Identity used to reject two policies writing the same place.
-    fn identity(&self) -> String {
+    /// Every place the destination writes, to reject two policies writing the same place.
+    fn identities(&self) -> Vec<String> {
         match self {
             Destination::AwsSecretsManager(d) => {
-                format!("aws:{}:{}", d.region.as_deref().unwrap_or("(default)"), d.secret_id)
+                vec![format!("aws:{}:{}", d.region.as_deref().unwrap_or("(default)"), d.secret_id)]
             }
-            Destination::Vault(d) => format!("vault:{}/{}", d.mount.trim_matches('/'), d.path.trim_matches('/')),
-            Destination::File(d) => format!("file:{}", d.path.display()),
+            Destination::Vault(d) => {
+                let mount = d.mount.trim_matches('/');
+                vec![
+                    format!("vault:{mount}/{}", d.path.trim_matches('/')),
+                    format!("vault:{mount}/{}", d.staging_path()),
+                ]
+            }
+            Destination::File(d) => vec![format!("file:{}", d.path.display())],
+        }
+    }
+}
+
+impl VaultDestination {
+    /// Where the pending value waits: `staging_path`, else `_rotator/staging/<path>`.
+    pub fn staging_path(&self) -> String {
+        match &self.staging_path {
+            Some(p) => p.trim_matches('/').to_string(),
+            None => format!("_rotator/staging/{}", self.path.trim_matches('/')),
         }
     }
 }
@@ -549,6 +565,12 @@ fn validate(raw: RawPolicy, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Op
             Destination::Vault(d) if d.mount.trim_matches('/').is_empty() || d.path.trim_matches('/').is_empty() => {
                 cx.problem(problems, &format!("{field}.path"), "mount and path must not be empty")
             }
+            Destination::Vault(d) if d.staging_path() == d.path.trim_matches('/') || d.staging_path().is_empty() => cx
+                .problem(
+                    problems,
+                    &format!("{field}.staging_path"),
+                    "must be a path of its own: consumers would read the unverified value",
+                ),
             Destination::File(d) if d.path.as_os_str().is_empty() => {
                 cx.problem(problems, &format!("{field}.path"), "must not be empty")
             }
@@ -597,8 +619,10 @@ fn check_set(policies: &[Policy], problems: &mut Vec<Problem>) {
             });
             continue;
         }
-        for destination in &policy.destinations {
-            if let Some(other) = destinations.insert(destination.identity(), policy)
+        for (destination, identity) in
+            policy.destinations.iter().flat_map(|d| d.identities().into_iter().map(move |i| (d, i)))
+        {
+            if let Some(other) = destinations.insert(identity, policy)
                 && other.name != policy.name
             {
                 problems.push(Problem {

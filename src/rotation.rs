@@ -93,6 +93,9 @@ pub struct Memory {
 /// The next thing to do for a rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Compromise mode with `--revoke-first`: revoke the exposed credentials before minting,
+    /// accepting an outage until the new credential is promoted.
+    RevokeFirst,
     Mint,
     /// A `Started` rotation from an earlier process: its mint may have happened with the answer
     /// lost, so find credentials by the rotation's name, revoke them, and fail the rotation.
@@ -116,6 +119,14 @@ pub enum Action {
 /// Decides the next action. Pure: same input, same answer.
 pub fn next(rotation: &Rotation, memory: Memory, now: DateTime<Utc>) -> Action {
     match rotation.phase {
+        Phase::Started
+            if memory.started_here
+                && rotation.revoke_first
+                && rotation.revoked_at.is_none()
+                && !rotation.old_credentials.is_empty() =>
+        {
+            Action::RevokeFirst
+        }
         Phase::Started if memory.started_here => Action::Mint,
         Phase::Started => Action::Abandon,
         Phase::Minted | Phase::Staged if !memory.has_secret => Action::Recover,
@@ -155,6 +166,8 @@ mod tests {
             revoke_after: Some("2026-11-30T00:00:00Z".parse().unwrap()),
             revoked_at: None,
             error: None,
+            revoke_first: false,
+            waiting: None,
             started_at: t,
             updated_at: t,
             finished_at: None,
@@ -186,6 +199,12 @@ mod tests {
         for (phase, memory, now, expected) in table {
             assert_eq!(next(&rotation(phase), memory, now), expected, "{phase} {memory:?} {now}");
         }
+        let mut first = rotation(Phase::Started);
+        first.revoke_first = true;
+        assert_eq!(next(&first, Memory { started_here: true, has_secret: false }, before), Action::RevokeFirst);
+        first.revoked_at = Some(before);
+        assert_eq!(next(&first, Memory { started_here: true, has_secret: false }, before), Action::Mint);
+        assert_eq!(next(&first, resumed, before), Action::Abandon);
         let mut compromised = rotation(Phase::Promoted);
         compromised.compromised = true;
         assert_eq!(next(&compromised, resumed, before), Action::RevokeOld);

@@ -2,8 +2,9 @@
 //! put as a version whose ID is the rotation ID (`ClientRequestToken`) with the `AWSPENDING`
 //! label, promoted by moving `AWSCURRENT` to it (AWS then labels the replaced version
 //! `AWSPREVIOUS`), and `AWSPENDING` is cleared afterwards, since only AWS's managed rotation
-//! does that by itself. A secret that does not exist is created without a value when the policy
-//! says `create: true`, so consumers never see a value before it is verified.
+//! does that by itself. A secret that does not exist is created when the policy
+//! says `create: true`, holding an empty placeholder (`{}`), so consumers never see a value
+//! before it is verified.
 
 use std::collections::HashMap;
 
@@ -16,6 +17,8 @@ use crate::policy::{AwsDestination, CredentialKind};
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
+/// What a secret holds before its first rotation; `Record::parse` reads it as empty.
+const PLACEHOLDER: &str = "{}";
 
 pub struct Aws {
     client: Client,
@@ -66,6 +69,7 @@ impl Aws {
                     ErrorKind::Transient
                 }
                 Some("ResourceExistsException") => ErrorKind::Conflict,
+                Some("AccessDeniedException") => ErrorKind::Permanent,
                 _ => ErrorKind::Permanent,
             },
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
@@ -97,6 +101,9 @@ impl Aws {
             request = request.version_stage(stage);
         }
         match request.send().await {
+            Ok(out) if out.secret_string().is_none() && out.secret_binary().is_some() => {
+                Err(self.error(ErrorKind::Unexpected, "the secret holds a binary value, not a credential"))
+            }
             Ok(out) => Record::parse_text(self.kind, out.secret_string().unwrap_or_default())
                 .map_err(|e| self.error(ErrorKind::Unexpected, e)),
             Err(e) => {
@@ -135,10 +142,14 @@ impl Store for Aws {
         let versions = match self.versions().await? {
             Some(versions) => versions,
             None if self.create => {
+                // Created with an empty placeholder as its first (AWSCURRENT) version: AWS labels
+                // the first version of a secret AWSCURRENT whatever the request asks, so staging
+                // into a secret without versions would make the unverified value current.
                 let mut request = self
                     .client
                     .create_secret()
                     .name(&self.secret_id)
+                    .secret_string(PLACEHOLDER)
                     .description("Toktra credential managed by rotator")
                     .tags(Tag::builder().key("managed-by").value("rotator").build());
                 if let Some(key) = &self.kms_key_id {

@@ -3,7 +3,7 @@
 //! `discard`); [`Destination`] is the closed enum the policy chooses, delegating with one
 //! `match`. Every implementation keeps two places apart: the *current* value consumers read,
 //! and a *staged* value keyed by rotation ID that consumers never read. Every operation is safe
-//! to repeat after a crash.
+//! to repeat after a crash or a lost answer: it first looks at what is already there.
 
 pub mod aws;
 pub mod file;
@@ -143,8 +143,10 @@ impl Error {
         Error { destination: destination.into(), kind, detail: detail.into() }
     }
 
+    /// A conflict is not transient: a check-and-set failed because someone else wrote the
+    /// destination, and the engine must look again at what is there before writing.
     pub fn is_transient(&self) -> bool {
-        matches!(self.kind, ErrorKind::Transient | ErrorKind::Conflict)
+        self.kind == ErrorKind::Transient
     }
 }
 

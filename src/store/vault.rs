@@ -75,11 +75,7 @@ const META_PREVIOUS_ID: &str = "rotator_previous_credential_id";
 impl Vault {
     pub fn new(spec: &VaultDestination, kind: CredentialKind, connection: Connection) -> Vault {
         let path = spec.path.trim_matches('/').to_string();
-        let staging_path = spec
-            .staging_path
-            .as_deref()
-            .map(|p| p.trim_matches('/').to_string())
-            .unwrap_or_else(|| format!("_rotator/staging/{path}"));
+        let staging_path = spec.staging_path();
         Vault {
             mount: spec.mount.trim_matches('/').to_string(),
             path,
@@ -122,7 +118,10 @@ impl Vault {
                     };
                     (kind, format!("{what}: vault answered {code}"))
                 }
-                other => (ErrorKind::Transient, format!("{what}: {other}")),
+                rustify::errors::ClientError::RequestError { .. } => {
+                    (ErrorKind::Transient, format!("{what}: {source}"))
+                }
+                other => (ErrorKind::Permanent, format!("{what}: {other}")),
             },
             other => (ErrorKind::Permanent, format!("{what}: {other}")),
         };

@@ -95,7 +95,8 @@ impl Settings {
 }
 
 /// What went wrong talking to Toktra. Messages never contain secret values: request bodies are
-/// never echoed, and server messages are only kept for management endpoints.
+/// never echoed, and server messages are kept only where they cannot echo a secret (see
+/// `Client::request`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what}: could not reach toktra: {source}")]
@@ -191,12 +192,25 @@ pub struct Stats {
     pub by_status: BTreeMap<String, u64>,
     pub retries: u64,
     pub rate_limit_waits: u64,
+    /// Times a management call waited because the budget was spent, before any `429`.
+    pub paced_waits: u64,
     pub token_renewals: u64,
 }
 
 struct CachedToken {
     token: Secret,
     renew_at: Instant,
+}
+
+/// The management credential's rate-limit budget as Toktra's `X-RateLimit-*` headers last
+/// reported it, less the requests sent since. Shared by every rotation using this client, so
+/// concurrent rotations slow down together instead of all running into `429`s.
+#[derive(Default)]
+struct Budget {
+    remaining: Option<u64>,
+    reset_at: Option<Instant>,
+    /// While the budget is unknown, one request goes first to learn it; this is when it went.
+    probing_since: Option<Instant>,
 }
 
 /// How a request authenticates.
@@ -218,6 +232,7 @@ pub struct Client {
     http: reqwest::Client,
     settings: Settings,
     token: tokio::sync::Mutex<Option<CachedToken>>,
+    budget: SyncMutex<Budget>,
     stats: SyncMutex<Stats>,
 }
 
@@ -240,7 +255,13 @@ impl Client {
             .user_agent(concat!("rotator/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Settings(format!("http client: {e}")))?;
-        Ok(Client { http, settings, token: tokio::sync::Mutex::new(None), stats: SyncMutex::new(Stats::default()) })
+        Ok(Client {
+            http,
+            settings,
+            token: tokio::sync::Mutex::new(None),
+            budget: SyncMutex::new(Budget::default()),
+            stats: SyncMutex::new(Stats::default()),
+        })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -424,6 +445,58 @@ impl Client {
         Ok(token)
     }
 
+    /// Waits while the management credential's budget is spent, then takes one request from it.
+    async fn pace(&self) {
+        loop {
+            let wait = {
+                let Ok(mut budget) = self.budget.lock() else { return };
+                let now = Instant::now();
+                if budget.reset_at.is_some_and(|reset| reset <= now) {
+                    // A new window began; the next response tells the new budget.
+                    *budget = Budget::default();
+                }
+                match (budget.remaining, budget.reset_at) {
+                    (Some(0), Some(reset)) => reset - now,
+                    (Some(n), _) => {
+                        budget.remaining = Some(n - 1);
+                        return;
+                    }
+                    // Unknown budget: let one request learn it, the others wait a moment (unless
+                    // its answer is slow to come, or never carries the headers).
+                    (None, _) => match budget.probing_since {
+                        Some(since) if now - since < Duration::from_secs(2) => Duration::from_millis(20),
+                        _ => {
+                            budget.probing_since = Some(now);
+                            return;
+                        }
+                    },
+                }
+            };
+            if wait > Duration::from_millis(20) {
+                tracing::info!(wait_ms = wait.as_millis() as u64, "toktra rate budget spent; pacing requests");
+                if let Ok(mut s) = self.stats.lock() {
+                    s.paced_waits += 1;
+                }
+            }
+            tokio::time::sleep(wait.min(self.settings.retry.max_rate_limit_wait)).await;
+        }
+    }
+
+    fn update_budget(&self, headers: &HeaderMap) {
+        let number =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
+        let (Some(remaining), Some(reset)) = (number("x-ratelimit-remaining"), number("x-ratelimit-reset")) else {
+            return;
+        };
+        let until = Duration::from_secs((reset - Utc::now().timestamp()).clamp(0, 3_600) as u64);
+        if let Ok(mut budget) = self.budget.lock() {
+            budget.probing_since = None;
+            budget.remaining = Some(remaining.max(0) as u64);
+            // A reset that is already due would never pause; keep at least a second.
+            budget.reset_at = Some(Instant::now() + until.max(Duration::from_secs(1)));
+        }
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let retry = &self.settings.retry;
         let exp = retry.base_delay.saturating_mul(1u32 << attempt.min(16)).min(retry.max_delay);
@@ -459,17 +532,20 @@ impl Client {
         let url = self.url(path);
         let mut attempt: u32 = 0;
         let mut renewed = false;
-        let mut rate_limit_waits = 0u32;
+        let mut rate_limited_for = Duration::ZERO;
         loop {
             attempt += 1;
+            if matches!(auth, Auth::Management) {
+                self.pace().await;
+            }
             let mut req = self.http.request(method.clone(), &url);
-            match auth {
-                Auth::Management => {
-                    let token = self.management_token(false).await?;
-                    req = req.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
-                }
-                Auth::Bearer(secret) => req = req.header(AUTHORIZATION, format!("Bearer {}", secret.expose())),
-                Auth::None => {}
+            let sent = match auth {
+                Auth::Management => Some(self.management_token(false).await?),
+                Auth::Bearer(secret) => Some(secret.clone()),
+                Auth::None => None,
+            };
+            if let Some(token) = &sent {
+                req = req.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
             }
             req = match &body {
                 Body::Empty => req,
@@ -493,6 +569,9 @@ impl Client {
             let status = response.status();
             self.count_status(status.as_str());
             let headers = response.headers().clone();
+            if matches!(auth, Auth::Management) {
+                self.update_budget(&headers);
+            }
             let bytes = match response.bytes().await {
                 Ok(b) => b,
                 Err(source) => {
@@ -513,15 +592,24 @@ impl Client {
                     .map_err(|e| Error::Decode { what: what.to_string(), detail: format!("invalid JSON: {e}") });
             }
             let (code, message) = error_body(&bytes);
-            // The token endpoint's messages are not kept: they answer a request that carried a
-            // secret, and nothing guarantees a server never echoes it.
-            let message = if matches!(auth, Auth::None) { None } else { message };
+            // Every request carries a secret (a token, a key, or a client secret in the form), and
+            // nothing guarantees a server never echoes it: the token endpoint's messages and
+            // answers about credentials (401, 403) are dropped, and any other message is kept only
+            // if it does not contain the secret that was sent.
+            let message = message.filter(|m| {
+                !matches!(auth, Auth::None)
+                    && !matches!(status.as_u16(), 401 | 403)
+                    && sent.as_ref().is_none_or(|s| !m.contains(s.expose()))
+            });
             let err = Error::Api { what: what.to_string(), status: status.as_u16(), code, message };
             if status == StatusCode::TOO_MANY_REQUESTS {
                 // 429 means the request was not processed, so even a create may be sent again.
                 let wait = retry_after(&headers).unwrap_or_else(|| self.backoff(attempt));
-                rate_limit_waits += 1;
-                if wait <= self.settings.retry.max_rate_limit_wait && rate_limit_waits <= 20 {
+                rate_limited_for += wait;
+                // Bounded twice over: one wait, and all waits of this call together.
+                if wait <= self.settings.retry.max_rate_limit_wait
+                    && rate_limited_for <= self.settings.retry.max_rate_limit_wait * 2
+                {
                     tracing::info!(wait_ms = wait.as_millis() as u64, "toktra rate limit reached; waiting");
                     if let Ok(mut s) = self.stats.lock() {
                         s.rate_limit_waits += 1;

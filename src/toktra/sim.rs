@@ -117,8 +117,11 @@ pub struct Config {
     /// Page size when the client gives no `limit`, and also the largest page served when it is
     /// below 100 (so tests can force one item per page whatever `limit` the client sends).
     pub page_size: usize,
-    /// Requests per credential per one-minute window.
+    /// Requests per credential per rate-limit window.
     pub rate_limit_per_minute: u32,
+    /// Length of a rate-limit window: one minute as Toktra documents; tests shorten it so that
+    /// waiting for a window to reset takes seconds.
+    pub rate_limit_window: Duration,
     /// Faults active from the first request on.
     pub faults: Faults,
     /// A pre-existing API key with management rights, e.g. `tk_admin_...`.
@@ -133,6 +136,7 @@ impl Default for Config {
             token_lifetime: Duration::from_secs(3600),
             page_size: 25,
             rate_limit_per_minute: 1000,
+            rate_limit_window: Duration::from_secs(RATE_WINDOW_SECS),
             faults: Faults::default(),
             admin_api_key: None,
             admin_client: None,
@@ -320,6 +324,7 @@ struct Shared {
     /// `Config::page_size` clamped to 1..=100; both the default and the largest page.
     page_size: usize,
     rate_limit: u32,
+    rate_window_secs: u64,
     state: Mutex<StateInner>,
     /// Lets injected delays end early when the simulator shuts down.
     shutdown: watch::Receiver<bool>,
@@ -483,7 +488,7 @@ impl Shared {
             by_key: HashMap::new(),
             tokens: HashMap::new(),
             token_purge_at: TOKEN_PURGE_MIN,
-            limiter: Limiter::default(),
+            limiter: Limiter { windows: HashMap::new(), window_secs: config.rate_limit_window.as_secs().max(1) },
             stats: Stats::default(),
         };
         let admin_scopes = vec!["admin".to_owned()];
@@ -504,6 +509,7 @@ impl Shared {
             token_lifetime: config.token_lifetime,
             page_size: config.page_size.clamp(1, MAX_LIMIT),
             rate_limit: config.rate_limit_per_minute,
+            rate_window_secs: config.rate_limit_window.as_secs().max(1),
             state: Mutex::new(state),
             shutdown,
         }
@@ -536,7 +542,7 @@ impl Shared {
     }
 
     fn fresh_rate(&self, now: Now) -> RateInfo {
-        RateInfo { limit: self.rate_limit, remaining: self.rate_limit, reset: now.unix + RATE_WINDOW_SECS }
+        RateInfo { limit: self.rate_limit, remaining: self.rate_limit, reset: now.unix + self.rate_window_secs }
     }
 
     fn injected_error(&self, call: &Call) -> Reply {
@@ -878,12 +884,12 @@ impl Now {
 // ---------------------------------------------------------------------------------------------
 // Rate limiting
 
-/// Fixed one-minute windows per key. A window starts at a key's first request after the
+/// Fixed windows (one minute unless configured) per key. A window starts at a key's first request after the
 /// previous window ended (not at wall-clock minute boundaries), so a burst is never split
 /// across two windows by accident, which keeps tests deterministic.
-#[derive(Default)]
 struct Limiter {
     windows: HashMap<String, Window>,
+    window_secs: u64,
 }
 
 struct Window {
@@ -912,10 +918,10 @@ impl Limiter {
         // Unknown client_ids sent to the token endpoint also get windows; forget stale ones
         // once there are many so that a flood of made-up ids cannot grow the map forever.
         if self.windows.len() >= 10_000 {
-            self.windows.retain(|_, window| now < window.start + RATE_WINDOW_SECS);
+            self.windows.retain(|_, window| now < window.start + self.window_secs);
         }
         let window = self.windows.entry(key.to_owned()).or_insert(Window { start: now, used: 0 });
-        if now >= window.start + RATE_WINDOW_SECS {
+        if now >= window.start + self.window_secs {
             *window = Window { start: now, used: 0 };
         }
         let allowed = window.used < limit;
@@ -923,16 +929,16 @@ impl Limiter {
             window.used += 1;
         }
         let info =
-            RateInfo { limit, remaining: limit.saturating_sub(window.used), reset: window.start + RATE_WINDOW_SECS };
+            RateInfo { limit, remaining: limit.saturating_sub(window.used), reset: window.start + self.window_secs };
         (info, allowed)
     }
 
     fn peek(&self, key: &str, limit: u32, now: u64) -> RateInfo {
         match self.windows.get(key) {
-            Some(window) if now < window.start + RATE_WINDOW_SECS => {
-                RateInfo { limit, remaining: limit.saturating_sub(window.used), reset: window.start + RATE_WINDOW_SECS }
+            Some(window) if now < window.start + self.window_secs => {
+                RateInfo { limit, remaining: limit.saturating_sub(window.used), reset: window.start + self.window_secs }
             }
-            _ => RateInfo { limit, remaining: limit, reset: now + RATE_WINDOW_SECS },
+            _ => RateInfo { limit, remaining: limit, reset: now + self.window_secs },
         }
     }
 }

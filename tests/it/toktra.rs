@@ -117,3 +117,29 @@ async fn a_rotation_outlives_the_management_token() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_paces_itself_by_the_rate_limit_headers() {
+    // 4 requests per 2-second window: without pacing, the fifth request would get a 429.
+    let env = Env::with(sim::Config {
+        rate_limit_per_minute: 4,
+        rate_limit_window: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let client = std::sync::Arc::new(env.toktra());
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client.create(CredentialKind::ApiKey, &format!("paced-{i}"), &[], "").await.map(|m| m.id)
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().expect("every create succeeds");
+    }
+    let stats = client.stats();
+    assert!(stats.paced_waits > 0, "the client waited for the budget: {stats:?}");
+    assert_eq!(env.sim.stats().real_rate_limits, 0, "pacing kept the client under the limit: {:?}", env.sim.stats());
+    assert_eq!(env.active().len(), 10);
+}
