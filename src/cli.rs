@@ -35,6 +35,14 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Rotate the named policies now.
     Rotate(RotateArgs),
+    /// Each policy's current credential, its age, pending revocations and the last error (from
+    /// the journal; calls nothing else).
+    Status(FormatArgs),
+    /// Past rotations, most recent first.
+    History(HistoryArgs),
+    /// Compare Toktra's credentials, the destinations and the journal: orphans, drift, stale
+    /// staged values. `--fix` revokes orphans rotator minted and discards stale staged values.
+    Reconcile(ReconcileArgs),
     /// Show the whole flow on this machine: an in-process Toktra simulator, file destinations and
     /// a local journal; no account and no servers needed.
     Demo(DemoArgs),
@@ -75,6 +83,35 @@ pub struct RotateArgs {
     /// until the new credential is promoted (an outage, accepted to cut an attacker off first).
     #[arg(long, requires = "compromised")]
     pub revoke_first: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this policy.
+    pub name: Option<String>,
+    /// At most this many rotations.
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+    /// Include every journal step.
+    #[arg(long)]
+    pub steps: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Revoke orphans rotator minted and discard stale staged values.
+    #[arg(long)]
+    pub fix: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -138,6 +175,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Validate(args) => validate(&cli.policies, args),
         Command::Rotate(args) => rotate(&cli.policies, args).await,
+        Command::Status(args) => status(&cli.policies, args).await,
+        Command::History(args) => history(args).await,
+        Command::Reconcile(args) => reconcile(&cli.policies, args).await,
         Command::Demo(args) => crate::demo::run(args.dir).await.map_err(Failure::Other),
         Command::ToktraSim(args) => toktra_sim(args).await,
     }
@@ -229,7 +269,7 @@ async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> 
     let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
     let policies = load_policies(dir)?;
     let selected = select(&policies, &args.names, args.all)?;
-    let journal = Journal::open(&config.database_url).await.map_err(|e| Failure::Other(e.into()))?;
+    let journal = open_journal(&config).await?;
     // Every run first finishes what earlier runs left: crashed rotations and revocations whose
     // grace period is over, for every policy (the selected ones resume inside `rotate`).
     let unfinished = journal.unfinished(None).await.map_err(|e| Failure::Other(e.into()))?;
@@ -250,6 +290,15 @@ async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> 
         engine::Request { reason: args.reason, compromised: args.compromised, revoke_first: args.revoke_first };
     outcomes.extend(rotate_policies(&engine, &selected, &request).await);
     engine.journal.close().await;
+    let stats = engine.toktra.stats();
+    tracing::info!(
+        requests = stats.requests,
+        retries = stats.retries,
+        rate_limit_waits = stats.rate_limit_waits,
+        paced_waits = stats.paced_waits,
+        token_renewals = stats.token_renewals,
+        "toktra calls of this run"
+    );
     print_outcomes(&outcomes, args.format);
     check_outcomes(&outcomes)
 }
@@ -289,11 +338,13 @@ pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
                 match result {
                     Ok(list) => {
                         for o in list {
-                            let status = match o.status {
-                                Status::Completed => "completed",
-                                Status::AwaitingRevocation => "awaiting revocation",
-                                Status::Failed => "failed, rolled back",
-                                Status::Incomplete => "incomplete",
+                            let status = match (o.status, o.resumed) {
+                                (Status::Completed, false) => "completed",
+                                (Status::Completed, true) => "completed (resumed)",
+                                (Status::AwaitingRevocation, _) => "awaiting revocation",
+                                (Status::Failed, false) => "failed, rolled back",
+                                (Status::Failed, true) => "rolled back (resumed)",
+                                (Status::Incomplete, _) => "incomplete",
                             };
                             let revoked = if o.revoked.is_empty() { "-".to_string() } else { o.revoked.join(",") };
                             println!(
@@ -354,13 +405,153 @@ pub fn check_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|(_, r)| match r {
-            // The last outcome is where the policy stands (an earlier one may be a resumed rotation).
-            Ok(list) => list.last().is_some_and(|o| matches!(o.status, Status::Failed | Status::Incomplete)),
+            // The last outcome is where the policy stands (an earlier one may be a resumed
+            // rotation). A resumed rotation that finished rolling back failed in an earlier run,
+            // which reported it; finishing its clean-up is not a new failure.
+            Ok(list) => list
+                .last()
+                .is_some_and(|o| o.status == Status::Incomplete || (o.status == Status::Failed && !o.resumed)),
             Err(_) => true,
         })
         .map(|(p, _)| p.as_str())
         .collect();
     if failed.is_empty() { Ok(()) } else { Err(Failure::Failed(format!("rotation failed for: {}", failed.join(", ")))) }
+}
+
+async fn open_journal(config: &Config) -> Result<Journal, Failure> {
+    Journal::open(&config.database_url).await.map_err(|e| Failure::Other(e.into()))
+}
+
+async fn status(dir: &std::path::Path, args: FormatArgs) -> Result<(), Failure> {
+    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let policies = load_policies(dir)?;
+    let journal = open_journal(&config).await?;
+    let history = journal.history(None, 100_000).await.map_err(|e| Failure::Other(e.into()))?;
+    journal.close().await;
+    let now = chrono::Utc::now();
+    let rows = crate::status::status(&policies, &history, now);
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
+        Format::Text => {
+            println!(
+                "{:<24} {:<20} {:<26} {:>8}  PENDING REVOCATION / LAST ERROR",
+                "POLICY", "STATE", "CURRENT CREDENTIAL", "AGE"
+            );
+            for r in &rows {
+                println!(
+                    "{:<24} {:<20} {:<26} {:>8}",
+                    r.policy,
+                    r.state,
+                    r.current_credential.as_deref().unwrap_or("-"),
+                    r.age_seconds.map(crate::status::age).unwrap_or_else(|| "-".into())
+                );
+                for p in &r.pending_revocations {
+                    println!("{:<24}   revoke [{}]: {}", "", p.credentials.join(", "), p.why);
+                }
+                if let Some(f) = &r.in_flight {
+                    println!("{:<24}   in flight: {f}", "");
+                }
+                if let Some(e) = &r.last_error {
+                    println!("{:<24}   last error: {e}", "");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn history(args: HistoryArgs) -> Result<(), Failure> {
+    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let journal = open_journal(&config).await?;
+    let other = |e: crate::journal::Error| Failure::Other(e.into());
+    let rotations = journal.history(args.name.as_deref(), args.limit).await.map_err(other)?;
+    let mut steps = Vec::new();
+    if args.steps {
+        for r in &rotations {
+            steps.push(journal.steps(&r.id).await.map_err(other)?);
+        }
+    }
+    journal.close().await;
+    match args.format {
+        Format::Json => {
+            let rows: Vec<_> = rotations
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    if let Some(s) = steps.get(i) {
+                        v["steps"] = serde_json::to_value(s).unwrap_or_default();
+                    }
+                    v
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        }
+        Format::Text => {
+            println!(
+                "{:<20} {:<20} {:<36} {:<12} {:<26} REASON",
+                "STARTED", "POLICY", "ROTATION", "PHASE", "NEW CREDENTIAL"
+            );
+            for (i, r) in rotations.iter().enumerate() {
+                println!(
+                    "{:<20} {:<20} {:<36} {:<12} {:<26} {}{}",
+                    r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                    r.policy,
+                    r.id,
+                    r.phase,
+                    r.new_credential_id.as_deref().unwrap_or("-"),
+                    r.reason.as_deref().unwrap_or("-"),
+                    if r.compromised { " [compromised]" } else { "" }
+                );
+                if !r.old_credentials.is_empty() {
+                    println!("{:<20}   replaced [{}]", "", r.old_credentials.join(", "));
+                }
+                if let Some(e) = &r.error {
+                    println!("{:<20}   error: {e}", "");
+                }
+                for s in steps.get(i).into_iter().flatten() {
+                    println!(
+                        "{:<20}   {}  {:<12} {:<7} {}",
+                        "",
+                        s.at.format("%H:%M:%S%.3f"),
+                        s.step,
+                        s.status,
+                        s.detail
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile(dir: &std::path::Path, args: ReconcileArgs) -> Result<(), Failure> {
+    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let policies = load_policies(dir)?;
+    let all: Vec<&Policy> = policies.iter().collect();
+    let journal = open_journal(&config).await?;
+    let engine = engine(&config, &all, journal).await?;
+    let report = engine.reconcile(&all, args.fix).await.map_err(|e| Failure::Other(e.into()))?;
+    engine.journal.close().await;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Format::Text => {
+            if report.findings.is_empty() {
+                println!("no drift, no orphans, no stale staged values");
+            }
+            for f in &report.findings {
+                println!("{:<14} {:<24} {}", f.kind, f.policy, f.detail);
+            }
+            println!("{} credential(s) at toktra are not rotator's and were left alone", report.unmanaged);
+        }
+    }
+    match report.open() {
+        0 => Ok(()),
+        n => Err(Failure::Failed(format!(
+            "{n} finding(s) need attention{}",
+            if args.fix { "" } else { " (--fix repairs orphans and stale staging)" }
+        ))),
+    }
 }
 
 async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {

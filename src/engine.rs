@@ -83,6 +83,8 @@ pub struct Outcome {
     pub waiting: Option<String>,
     pub error: Option<String>,
     pub compromise: Option<Containment>,
+    /// An unfinished rotation of an earlier run, resumed by this one.
+    pub resumed: bool,
     pub seconds: f64,
 }
 
@@ -152,7 +154,7 @@ pub struct Engine {
 }
 
 /// A held lease and the heartbeat that keeps it.
-struct Held {
+pub(crate) struct Held {
     lease: journal::Lease,
     lost: tokio::sync::watch::Receiver<bool>,
     heartbeat: tokio::task::JoinHandle<()>,
@@ -230,7 +232,7 @@ impl Engine {
         result.map(|()| outcomes)
     }
 
-    async fn acquire(&self, policy: &str) -> Result<Held, Error> {
+    pub(crate) async fn acquire(&self, policy: &str) -> Result<Held, Error> {
         let holder = format!("{}:{}", self.options.holder, &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let ttl = self.options.lease_ttl;
         let lease = match self.journal.acquire(policy, &holder, ttl).await? {
@@ -286,7 +288,7 @@ impl Engine {
         Ok(Held { lease, lost, heartbeat })
     }
 
-    async fn release(&self, held: &Held) {
+    pub(crate) async fn release(&self, held: &Held) {
         held.heartbeat.abort();
         if let Err(e) = self.journal.release(&held.lease).await {
             tracing::warn!(policy = %held.lease.policy, error = %e, "could not release the lease; it expires by itself");
@@ -402,6 +404,19 @@ impl Engine {
     /// Drives one rotation until it is done, waits, or fails. `fresh` carries what `start` read
     /// (old secrets and who held them) for a rotation this process started.
     async fn run(
+        &self,
+        policy: &Policy,
+        rotation: Rotation,
+        memory: Memory,
+        fresh: Option<(HashMap<String, Secret>, Vec<String>)>,
+        held: &Held,
+    ) -> Result<Outcome, Error> {
+        let mut outcome = self.drive(policy, rotation, memory, fresh, held).await?;
+        outcome.resumed = !memory.started_here;
+        Ok(outcome)
+    }
+
+    async fn drive(
         &self,
         policy: &Policy,
         rotation: Rotation,
@@ -916,6 +931,7 @@ impl Engine {
             waiting: rotation.waiting.clone(),
             error: rotation.error.clone(),
             compromise,
+            resumed: false,
             seconds: (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0,
         }
     }

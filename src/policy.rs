@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::duration;
 
 /// What a policy rotates at Toktra.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     OauthClient,

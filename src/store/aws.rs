@@ -250,4 +250,13 @@ impl Store for Aws {
         }
         Ok(())
     }
+
+    async fn pending(&self) -> Result<Vec<String>, Error> {
+        let Some(versions) = self.versions().await? else { return Ok(Vec::new()) };
+        Ok(versions
+            .iter()
+            .filter(|(_, labels)| labels.iter().any(|l| l == PENDING) && !labels.iter().any(|l| l == CURRENT))
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
 }

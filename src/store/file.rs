@@ -133,4 +133,8 @@ impl Store for File {
             Err(e) => Err(e),
         }
     }
+
+    async fn pending(&self) -> Result<Vec<String>, Error> {
+        Ok(self.read(&self.sibling(".pending"))?.and_then(|r| r.rotation_id).into_iter().collect())
+    }
 }

@@ -178,6 +178,9 @@ pub trait Store {
 
     /// Removes the staged value of `rotation_id` if it was never promoted.
     async fn discard(&self, rotation_id: &str) -> Result<(), Error>;
+
+    /// Rotation IDs of staged values that are not current (for `reconcile`).
+    async fn pending(&self) -> Result<Vec<String>, Error>;
 }
 
 /// The destinations rotator can write, chosen by the policy.
@@ -258,6 +261,9 @@ impl Store for Destination {
     async fn discard(&self, rotation_id: &str) -> Result<(), Error> {
         delegate!(self, d => d.discard(rotation_id).await)
     }
+    async fn pending(&self) -> Result<Vec<String>, Error> {
+        delegate!(self, d => d.pending().await)
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +282,7 @@ mod tests {
         };
         let json = Value::Object(record.to_json());
         assert_eq!(json["api_key"], "tk_live_abc");
+        assert!(!format!("{record:?} {:?}", record.to_json_secret()).contains("tk_live_abc"), "Debug redacts");
         assert_eq!(Record::parse(CredentialKind::ApiKey, &json).unwrap(), Some(record));
         assert_eq!(Record::parse(CredentialKind::ApiKey, &serde_json::json!({})).unwrap(), None);
         assert_eq!(Record::parse_text(CredentialKind::ApiKey, "").unwrap(), None);

@@ -306,4 +306,13 @@ impl Store for Vault {
         }
         Ok(())
     }
+
+    async fn pending(&self) -> Result<Vec<String>, Error> {
+        match self.read(&self.staging_path).await? {
+            Some((value, _)) => {
+                Ok(self.parse(&self.staging_path, &value)?.and_then(|r| r.rotation_id).into_iter().collect())
+            }
+            None => Ok(Vec::new()),
+        }
+    }
 }

@@ -211,6 +211,9 @@ struct Budget {
     reset_at: Option<Instant>,
     /// While the budget is unknown, one request goes first to learn it; this is when it went.
     probing_since: Option<Instant>,
+    /// The `X-RateLimit-Reset` the budget belongs to: answers of one window arrive out of
+    /// order, so within a window only a lower `remaining` is believed.
+    window: Option<i64>,
 }
 
 /// How a request authenticates.
@@ -491,7 +494,12 @@ impl Client {
         let until = Duration::from_secs((reset - Utc::now().timestamp()).clamp(0, 3_600) as u64);
         if let Ok(mut budget) = self.budget.lock() {
             budget.probing_since = None;
-            budget.remaining = Some(remaining.max(0) as u64);
+            let remaining = remaining.max(0) as u64;
+            if budget.window == Some(reset) && budget.remaining.is_some_and(|known| known < remaining) {
+                return;
+            }
+            budget.window = Some(reset);
+            budget.remaining = Some(remaining);
             // A reset that is already due would never pause; keep at least a second.
             budget.reset_at = Some(Instant::now() + until.max(Duration::from_secs(1)));
         }

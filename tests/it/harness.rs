@@ -78,7 +78,8 @@ impl Env {
         self.dir.join("journal.db")
     }
 
-    pub async fn rotator(&self, args: &[&str]) -> Run {
+    /// The `rotator` command with this test's environment, not yet started.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rotator"));
         command
             .args(args)
@@ -103,6 +104,13 @@ impl Env {
         for (k, v) in &self.env {
             command.env(k, v);
         }
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+        command
+    }
+
+    pub async fn rotator(&self, args: &[&str]) -> Run {
+        let mut command = self.command(args);
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         let Output { status, stdout, stderr } = tokio::time::timeout(Duration::from_secs(300), command.output())
             .await
             .expect("rotator ran for more than 5 minutes")
@@ -204,4 +212,158 @@ pub fn credential_json(kind: CredentialKind, id: &str, secret: &Secret) -> Value
 
 pub fn text(value: &Value, field: &str) -> String {
     value[field].as_str().unwrap_or_else(|| panic!("no `{field}` in {value}")).to_string()
+}
+
+/// A destination as the tests read it back.
+#[derive(Debug, Clone)]
+pub enum Dest {
+    /// A path under `secret/`.
+    Vault(String),
+    /// A secret ID in moto.
+    Aws(String),
+    /// A file path.
+    File(PathBuf),
+}
+
+impl Dest {
+    /// The policy YAML line for this destination.
+    pub fn yaml(&self) -> String {
+        match self {
+            Dest::Vault(path) => format!("  - vault: {{ mount: secret, path: '{path}', create: true }}\n"),
+            Dest::Aws(id) => format!("  - aws_secrets_manager: {{ secret_id: '{id}', create: true }}\n"),
+            Dest::File(path) => format!("  - file: {{ path: '{}' }}\n", path.display()),
+        }
+    }
+}
+
+/// A policy as a test describes it.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    pub kind: CredentialKind,
+    pub dests: Vec<Dest>,
+    pub grace: &'static str,
+}
+
+impl Spec {
+    pub fn yaml(&self) -> String {
+        let dests: String = self.dests.iter().map(Dest::yaml).collect();
+        format!(
+            "name: {name}\ncredential: {{ kind: {kind}, name: {name} }}\nschedule: {{ every: 90d }}\ndestinations:\n{dests}revoke: {{ grace: {grace} }}\n",
+            name = self.name,
+            kind = self.kind,
+            grace = self.grace
+        )
+    }
+
+    pub fn secret_field(&self) -> &'static str {
+        match self.kind {
+            CredentialKind::OauthClient => "client_secret",
+            CredentialKind::ApiKey => "api_key",
+        }
+    }
+
+    pub fn id_field(&self) -> &'static str {
+        match self.kind {
+            CredentialKind::OauthClient => "client_id",
+            CredentialKind::ApiKey => "key_id",
+        }
+    }
+}
+
+impl Env {
+    /// What a destination serves now.
+    pub async fn served(&self, dest: &Dest) -> Option<Value> {
+        match dest {
+            Dest::Vault(path) => self.vault_data(path).await.filter(|v| v.as_object().is_some_and(|o| !o.is_empty())),
+            Dest::Aws(id) => {
+                self.aws_value(id, "AWSCURRENT").await.filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+            }
+            Dest::File(path) => std::fs::read_to_string(self.dir.join("policies").join(path))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
+        }
+    }
+
+    /// Writes a hand-made credential into every destination of `spec`, as before adoption.
+    pub async fn seed(&self, spec: &Spec, minted: &toktra::Minted) {
+        let value = credential_json(spec.kind, &minted.id, &minted.secret);
+        for dest in &spec.dests {
+            match dest {
+                Dest::Vault(path) => self.vault_put(path, value.clone()).await,
+                Dest::Aws(id) => {
+                    self.aws().create_secret().name(id).secret_string(value.to_string()).send().await.unwrap();
+                }
+                Dest::File(path) => {
+                    let full = self.dir.join("policies").join(path);
+                    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+                    std::fs::write(full, value.to_string()).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The invariants after a run converged: every policy's destinations serve one working
+    /// credential; nothing else rotator minted is active; no staged value is left; the given
+    /// old credentials are rejected; reconcile finds nothing and status says ok.
+    pub async fn assert_converged(&self, specs: &[Spec], old: &[(CredentialKind, String, String)]) {
+        let mut served_ids = Vec::new();
+        for spec in specs {
+            let mut ids = Vec::new();
+            for dest in &spec.dests {
+                let value = self.served(dest).await.unwrap_or_else(|| panic!("{}: {dest:?} serves nothing", spec.name));
+                let id = text(&value, spec.id_field());
+                assert!(
+                    self.accepted(spec.kind, &id, &text(&value, spec.secret_field())).await,
+                    "{}: {id} in {dest:?} authenticates",
+                    spec.name
+                );
+                ids.push(id);
+                match dest {
+                    Dest::Aws(secret_id) => {
+                        let stages = self.aws_stages(secret_id).await;
+                        assert!(
+                            !stages.values().flatten().any(|s| s == "AWSPENDING"),
+                            "{}: AWSPENDING left in {secret_id}: {stages:?}",
+                            spec.name
+                        );
+                    }
+                    Dest::Vault(path) => {
+                        assert!(
+                            self.vault_metadata(&format!("_rotator/staging/{path}")).await.is_none(),
+                            "{}: staging left for {path}",
+                            spec.name
+                        );
+                    }
+                    Dest::File(path) => {
+                        let pending = self.dir.join("policies").join(format!("{}.pending", path.display()));
+                        assert!(!pending.exists(), "{}: {} left", spec.name, pending.display());
+                    }
+                }
+            }
+            ids.dedup();
+            assert_eq!(ids.len(), 1, "{}: destinations agree on one credential: {ids:?}", spec.name);
+            served_ids.extend(ids);
+        }
+        let mut active: Vec<String> = self.active().into_iter().map(|c| c.id).collect();
+        active.sort();
+        served_ids.sort();
+        assert_eq!(
+            active,
+            served_ids,
+            "the only active credentials are the ones the destinations serve: {:#?}",
+            self.sim.credentials()
+        );
+        for (kind, id, secret) in old {
+            assert!(!self.accepted(*kind, id, secret).await, "old credential {id} is rejected");
+        }
+        let reconcile = self.rotator(&["reconcile"]).await;
+        reconcile.assert_code(0);
+        let status = self.rotator(&["status", "--format", "json"]).await;
+        status.assert_code(0);
+        let rows: Value = serde_json::from_str(&status.stdout).unwrap();
+        for row in rows.as_array().unwrap() {
+            assert_eq!(row["state"], "ok", "status: {row}");
+        }
+    }
 }

@@ -4,6 +4,8 @@
 mod harness;
 
 mod cli;
+mod crash;
+mod engine;
 mod leak;
 mod rotate;
 mod toktra;

@@ -1,0 +1,248 @@
+//! `rotator reconcile`: compares what Toktra has, what the destinations hold and what the journal
+//! says, and reports the differences: orphans (credentials rotator minted that nothing uses and
+//! nothing will revoke), drift (destinations that disagree, or hold a credential rotator did not
+//! put there, or one Toktra no longer accepts), and stale staged values. With `fix`, it revokes
+//! the orphans and discards the stale staged values, each under the policy's lease so that it
+//! never races a rotation; drift needs a person and is only reported.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::engine::Engine;
+use crate::journal::Rotation;
+use crate::policy::{CredentialKind, Policy};
+use crate::rotation::Phase;
+use crate::store::{Destination, Store};
+use crate::toktra::Listed;
+
+/// One difference found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Finding {
+    /// `orphan`, `drift`, `broken`, `stale_staging` or `error`.
+    pub kind: String,
+    pub policy: String,
+    pub detail: String,
+    /// Whether `--fix` repaired it in this run.
+    pub fixed: bool,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    /// Active credentials at Toktra not named like a rotator mint of any policy: left alone.
+    pub unmanaged: usize,
+}
+
+impl Report {
+    /// Problems that remain after this run.
+    pub fn open(&self) -> usize {
+        self.findings.iter().filter(|f| !f.fixed).count()
+    }
+}
+
+/// The rotation a minted credential's name points to, if it is `<base>-<rotation uuid>`.
+fn minted_by<'a>(name: &'a str, base: &str) -> Option<&'a str> {
+    let id = name.strip_prefix(base)?.strip_prefix('-')?;
+    uuid::Uuid::parse_str(id).is_ok().then_some(id)
+}
+
+impl Engine {
+    /// Compares Toktra, the destinations and the journal for `policies`; with `fix`, revokes
+    /// orphans and discards stale staged values.
+    pub async fn reconcile(&self, policies: &[&Policy], fix: bool) -> Result<Report, crate::engine::Error> {
+        let mut report = Report::default();
+        let mut listed: HashMap<CredentialKind, Vec<Listed>> = HashMap::new();
+        for kind in [CredentialKind::OauthClient, CredentialKind::ApiKey] {
+            match self.toktra.list(kind).await {
+                Ok(items) => {
+                    listed.insert(kind, items);
+                }
+                Err(e) => report.findings.push(Finding {
+                    kind: "error".into(),
+                    policy: "-".into(),
+                    detail: format!("cannot list {kind}s at toktra: {e}"),
+                    fixed: false,
+                }),
+            }
+        }
+        let history = self.journal.history(None, 100_000).await?;
+        let mut claimed: BTreeSet<(CredentialKind, String)> = BTreeSet::new();
+        for policy in policies {
+            let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == policy.name).collect();
+            let findings = self.reconcile_policy(policy, &rotations, &listed, fix, &mut claimed).await?;
+            report.findings.extend(findings);
+        }
+        report.unmanaged = listed
+            .iter()
+            .flat_map(|(kind, items)| items.iter().map(move |c| (*kind, c)))
+            .filter(|(kind, c)| !claimed.contains(&(*kind, c.id.clone())))
+            .filter(|(kind, c)| {
+                !policies.iter().any(|p| p.credential.kind == *kind && minted_by(&c.name, &p.credential.name).is_some())
+            })
+            .count();
+        Ok(report)
+    }
+
+    async fn reconcile_policy(
+        &self,
+        policy: &Policy,
+        rotations: &[&Rotation],
+        listed: &HashMap<CredentialKind, Vec<Listed>>,
+        fix: bool,
+        claimed: &mut BTreeSet<(CredentialKind, String)>,
+    ) -> Result<Vec<Finding>, crate::engine::Error> {
+        let kind = policy.credential.kind;
+        let mut findings = Vec::new();
+        let finding = |kind: &str, detail: String| Finding {
+            kind: kind.into(),
+            policy: policy.name.clone(),
+            detail,
+            fixed: false,
+        };
+        let destinations: Vec<Destination> =
+            match policy.destinations.iter().map(|d| Destination::new(d, kind, &self.clients)).collect() {
+                Ok(d) => d,
+                Err(e) => return Ok(vec![finding("error", e.to_string())]),
+            };
+
+        // What every destination serves now, and what waits staged there.
+        let mut current: Vec<(String, Option<String>)> = Vec::new();
+        let mut staged: Vec<(usize, String)> = Vec::new();
+        for (i, destination) in destinations.iter().enumerate() {
+            match destination.current().await {
+                Ok(record) => current.push((destination.label(), record.map(|r| r.id))),
+                Err(e) => findings.push(finding("error", e.to_string())),
+            }
+            match destination.pending().await {
+                Ok(ids) => staged.extend(ids.into_iter().map(|id| (i, id))),
+                Err(e) => findings.push(finding("error", e.to_string())),
+            }
+        }
+        let served: BTreeSet<&str> = current.iter().filter_map(|(_, id)| id.as_deref()).collect();
+        if served.len() > 1 {
+            let detail = current
+                .iter()
+                .map(|(d, id)| format!("{d}: {}", id.as_deref().unwrap_or("(empty)")))
+                .collect::<Vec<_>>();
+            findings.push(finding(
+                "drift",
+                format!("destinations disagree on the current credential: {}", detail.join("; ")),
+            ));
+        }
+        let unfinished: Vec<&&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
+        let journal_current =
+            rotations.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.new_credential_id.as_deref());
+        if unfinished.iter().all(|r| r.phase.is_promoted())
+            && let Some(expected) = journal_current
+        {
+            for (label, id) in &current {
+                if id.as_deref() != Some(expected) {
+                    findings.push(finding(
+                        "drift",
+                        format!(
+                            "{label} holds {}, but rotator last made {expected} current (changed by hand?)",
+                            id.as_deref().unwrap_or("nothing")
+                        ),
+                    ));
+                }
+            }
+        }
+        let active: Vec<&Listed> = listed.get(&kind).map(|l| l.iter().collect()).unwrap_or_default();
+        if listed.contains_key(&kind) {
+            for id in &served {
+                if !active.iter().any(|c| c.id == *id) {
+                    findings.push(finding(
+                        "broken",
+                        format!(
+                            "the destinations serve {id}, which toktra does not list as active: consumers are failing"
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // Credentials this policy's rotations still legitimately keep alive.
+        let mut keep: BTreeSet<String> = served.iter().map(|s| s.to_string()).collect();
+        for r in &unfinished {
+            keep.extend(r.new_credential_id.clone());
+            if r.phase == Phase::Promoted {
+                keep.extend(r.old_credentials.iter().cloned());
+            }
+        }
+        for id in &keep {
+            claimed.insert((kind, id.clone()));
+        }
+        let in_flight: BTreeSet<&str> = unfinished.iter().map(|r| r.id.as_str()).collect();
+        let orphans: Vec<&Listed> = active
+            .iter()
+            .filter(|c| !keep.contains(&c.id))
+            .filter(|c| minted_by(&c.name, &policy.credential.name).is_some_and(|r| !in_flight.contains(r)))
+            .copied()
+            .collect();
+        let stale: Vec<(usize, String)> = staged.into_iter().filter(|(_, r)| !in_flight.contains(r.as_str())).collect();
+        if orphans.is_empty() && stale.is_empty() {
+            return Ok(findings);
+        }
+
+        let held = if fix { Some(self.acquire(&policy.name).await?) } else { None };
+        for orphan in orphans {
+            let mut f = finding(
+                "orphan",
+                format!(
+                    "{} `{}` is active, minted by rotator, and neither current nor awaiting revocation",
+                    orphan.id, orphan.name
+                ),
+            );
+            if held.is_some() {
+                match self.toktra.revoke(kind, &orphan.id).await {
+                    Ok(_) => {
+                        f.fixed = true;
+                        f.detail.push_str("; revoked");
+                        tracing::info!(policy = %policy.name, credential = %orphan.id, "revoked an orphaned credential");
+                    }
+                    Err(e) => f.detail.push_str(&format!("; revoking failed: {e}")),
+                }
+            }
+            claimed.insert((kind, orphan.id.clone()));
+            findings.push(f);
+        }
+        for (i, rotation_id) in stale {
+            let destination = &destinations[i];
+            let mut f = finding(
+                "stale_staging",
+                format!(
+                    "{} holds a staged value of rotation {rotation_id}, which is not in flight",
+                    destination.label()
+                ),
+            );
+            if held.is_some() {
+                match destination.discard(&rotation_id).await {
+                    Ok(()) => {
+                        f.fixed = true;
+                        f.detail.push_str("; discarded");
+                    }
+                    Err(e) => f.detail.push_str(&format!("; discarding failed: {e}")),
+                }
+            }
+            findings.push(f);
+        }
+        if let Some(held) = held {
+            self.release(&held).await;
+        }
+        Ok(findings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minted_by;
+
+    #[test]
+    fn recognises_minted_names() {
+        let id = "01a224bc-043a-737f-b000-614b0dd979c1";
+        assert_eq!(minted_by(&format!("ci-{id}"), "ci"), Some(id));
+        assert_eq!(minted_by(&format!("ci-pipeline-{id}"), "ci"), None);
+        assert_eq!(minted_by("ci-legacy", "ci"), None);
+        assert_eq!(minted_by(id, "ci"), None);
+    }
+}

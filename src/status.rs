@@ -1,0 +1,167 @@
+//! `rotator status` and `rotator history`: what the journal says about each policy, without
+//! calling Toktra or any destination. Pure functions over journal rows and `now`, so they are
+//! cheap, safe to run at any time, and tested without servers.
+
+use chrono::{DateTime, Utc};
+
+use crate::journal::Rotation;
+use crate::policy::Policy;
+use crate::rotation::Phase;
+
+/// One policy's standing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PolicyStatus {
+    pub policy: String,
+    /// The credential rotator last made current, if it has rotated this policy.
+    pub current_credential: Option<String>,
+    pub promoted_at: Option<DateTime<Utc>>,
+    pub age_seconds: Option<i64>,
+    /// `ok`, `never_rotated`, `in_flight`, `awaiting_revocation`, `stuck` or `failed`.
+    pub state: String,
+    /// Old credentials still valid, with why their revocation waits.
+    pub pending_revocations: Vec<PendingRevocation>,
+    /// The rotation not yet finished, if any, and its phase.
+    pub in_flight: Option<String>,
+    /// The error of the most recent rotation, if it failed or is stuck.
+    pub last_error: Option<String>,
+    pub last_rotation: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PendingRevocation {
+    pub rotation: String,
+    pub credentials: Vec<String>,
+    pub revoke_after: Option<DateTime<Utc>>,
+    pub why: String,
+}
+
+/// Computes every policy's status from its rotations (most recent first, as
+/// `Journal::history` returns them).
+pub fn status(policies: &[Policy], history: &[Rotation], now: DateTime<Utc>) -> Vec<PolicyStatus> {
+    policies
+        .iter()
+        .map(|p| {
+            let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == p.name).collect();
+            policy_status(&p.name, &rotations, now)
+        })
+        .collect()
+}
+
+fn policy_status(policy: &str, rotations: &[&Rotation], now: DateTime<Utc>) -> PolicyStatus {
+    let current = rotations.iter().find(|r| r.phase.is_promoted());
+    let pending_revocations: Vec<PendingRevocation> = rotations
+        .iter()
+        .filter(|r| r.phase == Phase::Promoted)
+        .map(|r| PendingRevocation {
+            rotation: r.id.clone(),
+            credentials: r
+                .old_credentials
+                .iter()
+                .filter(|c| Some(*c) != r.new_credential_id.as_ref())
+                .cloned()
+                .collect(),
+            revoke_after: r.revoke_after,
+            why: match (&r.waiting, &r.error, r.revoke_after) {
+                (_, Some(error), _) => format!("revocation failed: {error}"),
+                (Some(waiting), _, _) => waiting.clone(),
+                (None, None, Some(at)) if at > now => {
+                    format!("grace period until {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                }
+                _ => "due: the next run revokes it".to_string(),
+            },
+        })
+        .collect();
+    let in_flight = rotations.iter().find(|r| !r.phase.is_terminal() && !r.phase.is_promoted());
+    let latest = rotations.first();
+    let state = match (latest, in_flight) {
+        (None, _) => "never_rotated",
+        (_, Some(r)) if r.error.is_some() => "stuck",
+        (_, Some(_)) => "in_flight",
+        (Some(r), None) if r.phase == Phase::Failed => "failed",
+        _ if !pending_revocations.is_empty() => "awaiting_revocation",
+        _ => "ok",
+    };
+    PolicyStatus {
+        policy: policy.to_string(),
+        current_credential: current.and_then(|r| r.new_credential_id.clone()),
+        promoted_at: current.and_then(|r| r.promoted_at),
+        age_seconds: current.and_then(|r| r.promoted_at).map(|at| (now - at).num_seconds()),
+        state: state.to_string(),
+        pending_revocations,
+        in_flight: in_flight.map(|r| format!("{} ({})", r.id, r.phase)),
+        last_error: latest.filter(|r| !matches!(r.phase, Phase::Completed)).and_then(|r| r.error.clone()),
+        last_rotation: latest.map(|r| r.id.clone()),
+    }
+}
+
+/// `3d4h`-style age for tables.
+pub fn age(seconds: i64) -> String {
+    crate::duration::format(std::time::Duration::from_secs(seconds.max(0) as u64)).chars().take(8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::CredentialKind;
+
+    fn rotation(id: &str, phase: Phase, started: &str) -> Rotation {
+        let t: DateTime<Utc> = started.parse().unwrap();
+        Rotation {
+            id: id.into(),
+            policy: "p".into(),
+            kind: CredentialKind::ApiKey,
+            phase,
+            reason: None,
+            compromised: false,
+            credential_name: format!("p-{id}"),
+            new_credential_id: Some(format!("key-{id}")),
+            new_fingerprint: None,
+            old_credentials: vec!["key-old".into()],
+            destinations: vec![],
+            promoted_at: phase.is_promoted().then_some(t),
+            revoke_after: Some(t + chrono::Duration::hours(24)),
+            revoked_at: None,
+            error: None,
+            revoke_first: false,
+            waiting: None,
+            started_at: t,
+            updated_at: t,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn states_from_the_journal() {
+        let now: DateTime<Utc> = "2026-11-29T12:00:00Z".parse().unwrap();
+        assert_eq!(policy_status("p", &[], now).state, "never_rotated");
+
+        let done = rotation("a", Phase::Completed, "2026-11-20T12:00:00Z");
+        let s = policy_status("p", &[&done], now);
+        assert_eq!(
+            (s.state.as_str(), s.current_credential.as_deref(), s.age_seconds),
+            ("ok", Some("key-a"), Some(9 * 86_400))
+        );
+
+        let waiting = rotation("b", Phase::Promoted, "2026-11-29T06:00:00Z");
+        let s = policy_status("p", &[&waiting, &done], now);
+        assert_eq!(s.state, "awaiting_revocation");
+        assert_eq!(s.current_credential.as_deref(), Some("key-b"));
+        assert_eq!(s.pending_revocations[0].why, "grace period until 2026-11-30T06:00:00Z");
+        assert_eq!(s.pending_revocations[0].credentials, vec!["key-old".to_string()]);
+
+        let mut idle = waiting.clone();
+        idle.waiting = Some("still in use: key-old last used at 2026-11-29T11:59:00Z".into());
+        assert!(policy_status("p", &[&idle], now).pending_revocations[0].why.starts_with("still in use"));
+
+        let mut stuck = rotation("c", Phase::Verified, "2026-11-29T11:00:00Z");
+        stuck.error = Some("vault: denied".into());
+        let s = policy_status("p", &[&stuck, &done], now);
+        assert_eq!((s.state.as_str(), s.last_error.as_deref()), ("stuck", Some("vault: denied")));
+        assert_eq!(s.current_credential.as_deref(), Some("key-a"));
+
+        let mut failed = rotation("d", Phase::Failed, "2026-11-29T11:00:00Z");
+        failed.error = Some("toktra rejected".into());
+        let s = policy_status("p", &[&failed, &done], now);
+        assert_eq!((s.state.as_str(), s.last_error.as_deref()), ("failed", Some("toktra rejected")));
+    }
+}

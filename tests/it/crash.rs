@@ -1,0 +1,118 @@
+//! Crash safety: the process dies after each persisted step (a crash point, `abort()`), or is
+//! killed with SIGKILL at random moments; a normal run afterwards must converge with no orphans.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::Rng;
+use rotator::engine::CRASH_POINTS;
+use rotator::policy::CredentialKind;
+use rotator::toktra::sim;
+
+use crate::harness::{Dest, Env, Spec};
+
+async fn crash_matrix(kind: CredentialKind, two_destinations: bool) -> usize {
+    let mut covered = 0;
+    for point in CRASH_POINTS {
+        if !two_destinations && point.ends_with("-1") {
+            continue;
+        }
+        let env = Env::start().await;
+        let name = "crashy".to_string();
+        let mut dests = vec![Dest::Vault(format!("{}/crashy", env.prefix))];
+        if two_destinations {
+            dests.push(Dest::Aws(format!("{}/crashy", env.prefix)));
+        }
+        let spec = Spec { name, kind, dests, grace: "0s" };
+        env.policy("crashy.yaml", &spec.yaml());
+        let legacy = env.legacy(kind, "crashy-legacy").await;
+        env.seed(&spec, &legacy).await;
+
+        let mut crashing = Env { env: vec![("ROTATOR_CRASH_AT".into(), point.to_string())], ..env };
+        let run = crashing.rotator(&["rotate", "crashy"]).await;
+        assert_eq!(run.code, -1, "{point}: the process died at the crash point\n{}", run.stderr);
+        assert!(run.stderr.contains(&format!("crash point `{point}` reached")), "{point}: {}", run.stderr);
+        crashing.env.clear();
+        let env = crashing;
+
+        let run = env.rotator(&["rotate", "crashy"]).await;
+        assert_eq!(run.code, 0, "{point}: the next run converges\n{}\n{}", run.stdout, run.stderr);
+        env.assert_converged(&[spec], &[(kind, legacy.id.clone(), legacy.secret.expose().to_string())]).await;
+        covered += 1;
+    }
+    println!(
+        "crash matrix {kind} with {} destination(s): {covered} crash points converged",
+        if two_destinations { 2 } else { 1 }
+    );
+    covered
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_matrix_api_key_one_destination() {
+    assert_eq!(crash_matrix(CredentialKind::ApiKey, false).await, CRASH_POINTS.len() - 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_matrix_api_key_two_destinations() {
+    assert_eq!(crash_matrix(CredentialKind::ApiKey, true).await, CRASH_POINTS.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_matrix_oauth_client_one_destination() {
+    assert_eq!(crash_matrix(CredentialKind::OauthClient, false).await, CRASH_POINTS.len() - 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_matrix_oauth_client_two_destinations() {
+    assert_eq!(crash_matrix(CredentialKind::OauthClient, true).await, CRASH_POINTS.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_kills_then_one_clean_run_converge() {
+    // Latency stretches a run to a couple of seconds so that kills land in every phase.
+    let env =
+        Env::with(sim::Config { faults: sim::Faults { latency_ms: 40, ..Default::default() }, ..Default::default() })
+            .await;
+    let specs = vec![
+        Spec {
+            name: "rk-vault".into(),
+            kind: CredentialKind::OauthClient,
+            dests: vec![Dest::Vault(format!("{}/rk-vault", env.prefix))],
+            grace: "0s",
+        },
+        Spec {
+            name: "rk-both".into(),
+            kind: CredentialKind::ApiKey,
+            dests: vec![Dest::Aws(format!("{}/rk-both", env.prefix)), Dest::Vault(format!("{}/rk-both", env.prefix))],
+            grace: "0s",
+        },
+        Spec {
+            name: "rk-file".into(),
+            kind: CredentialKind::ApiKey,
+            dests: vec![Dest::File(PathBuf::from("out/rk-file.json"))],
+            grace: "0s",
+        },
+    ];
+    let mut old = Vec::new();
+    for spec in &specs {
+        env.policy(&format!("{}.yaml", spec.name), &spec.yaml());
+        let legacy = env.legacy(spec.kind, &format!("{}-legacy", spec.name)).await;
+        env.seed(spec, &legacy).await;
+        old.push((spec.kind, legacy.id.clone(), legacy.secret.expose().to_string()));
+    }
+    let mut kills = Vec::new();
+    for _ in 0..6 {
+        let delay = Duration::from_millis(rand::rng().random_range(50..1500));
+        let mut child = env.command(&["rotate", "--all"]).spawn().unwrap();
+        tokio::time::sleep(delay).await;
+        let _ = child.start_kill();
+        // A run killed by the signal has no exit code; one that finished first has one.
+        let killed = child.wait().await.unwrap().code().is_none();
+        kills.push((delay.as_millis(), killed));
+    }
+    println!("random kills (ms after start, killed mid-run): {kills:?}");
+    assert!(kills.iter().filter(|(_, killed)| *killed).count() >= 3, "most kills landed mid-run: {kills:?}");
+    let run = env.rotator(&["rotate", "--all"]).await;
+    run.assert_code(0);
+    env.assert_converged(&specs, &old).await;
+}
