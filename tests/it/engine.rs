@@ -222,3 +222,49 @@ async fn a_second_run_on_the_same_policy_is_refused_while_one_is_in_flight() {
     assert_eq!(status.status.code(), Some(0));
     env.assert_converged(&[spec], &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_finds_orphans_drift_and_stale_staging_and_fixes_what_it_may() {
+    let env = Env::start().await;
+    let spec = Spec { name: "rec".into(), kind: CredentialKind::ApiKey, dests: vec![Dest::Vault(format!("{}/rec", env.prefix))], grace: "0s" };
+    env.policy("rec.yaml", &spec.yaml());
+    env.rotator(&["rotate", "rec"]).await.assert_code(0);
+    env.rotator(&["reconcile"]).await.assert_code(0);
+
+    // An orphan: named like a mint of this policy, active, used by nothing.
+    let orphan = env.toktra().create(CredentialKind::ApiKey, &format!("rec-{}", uuid::Uuid::now_v7()), &[], "").await.unwrap();
+    // A hand-made key nobody claims is not rotator's to touch.
+    let unmanaged = env.legacy(CredentialKind::ApiKey, "someone-elses").await;
+    // A staged value of a rotation that is not in flight.
+    let stale_id = uuid::Uuid::now_v7().to_string();
+    let mut stale = crate::harness::credential_json(CredentialKind::ApiKey, &orphan.id, &orphan.secret);
+    stale["rotation_id"] = serde_json::json!(stale_id);
+    env.vault_put(&format!("_rotator/staging/{}/rec", env.prefix), stale).await;
+
+    let run = env.rotator(&["reconcile", "--format", "json"]).await;
+    run.assert_code(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let kinds: Vec<&str> = report["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"orphan") && kinds.contains(&"stale_staging"), "{report}");
+    // The hand-made key and the admin key rotator itself uses.
+    assert_eq!(report["unmanaged"], 2, "{report}");
+
+    let run = env.rotator(&["reconcile", "--fix"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("revoked") && run.stdout.contains("discarded"), "{}", run.stdout);
+    assert!(env.active().iter().all(|c| c.id != orphan.id), "the orphan is revoked");
+    assert!(env.active().iter().any(|c| c.id == unmanaged.id), "the unmanaged key is left alone");
+    assert!(env.vault_metadata(&format!("_rotator/staging/{}/rec", env.prefix)).await.is_none());
+    env.rotator(&["reconcile"]).await.assert_code(0);
+
+    // Drift: someone writes another key into the destination by hand; it is reported, not fixed.
+    env.vault_put(&format!("{}/rec", env.prefix), crate::harness::credential_json(CredentialKind::ApiKey, &unmanaged.id, &unmanaged.secret)).await;
+    let run = env.rotator(&["reconcile", "--fix"]).await;
+    run.assert_code(1);
+    assert!(run.stdout.contains("drift") && run.stdout.contains("changed by hand"), "{}", run.stdout);
+    // The next rotation adopts what the destination serves (SPEC section 2): it replaces the
+    // hand-written key and revokes it, and everything agrees again.
+    env.rotator(&["rotate", "rec"]).await.assert_code(0);
+    assert_ne!(text(&env.served(&spec.dests[0]).await.unwrap(), "key_id"), unmanaged.id);
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, unmanaged.id.clone(), unmanaged.secret.expose().to_string())]).await;
+}
