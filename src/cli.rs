@@ -33,6 +33,9 @@ pub struct Cli {
 pub enum Command {
     /// Check policy files without changing anything.
     Validate(ValidateArgs),
+    /// For each policy: the current credential, its age, when it is next due and why, what a
+    /// rotation would do, and preflight checks of Toktra and every destination. Changes nothing.
+    Plan(PlanArgs),
     /// Rotate the named policies now.
     Rotate(RotateArgs),
     /// Each policy's current credential, its age, pending revocations and the last error (from
@@ -46,6 +49,8 @@ pub enum Command {
     /// Show the whole flow on this machine: an in-process Toktra simulator, file destinations and
     /// a local journal; no account and no servers needed.
     Demo(DemoArgs),
+    /// Print the JSON Schema of policy files (`--markdown`: the policy reference).
+    Schema(SchemaArgs),
     /// Run the Toktra simulator as a server (for local experiments and tests).
     ToktraSim(SimArgs),
 }
@@ -56,22 +61,48 @@ pub enum Format {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LintFormat {
+    Text,
+    Json,
+    /// GitHub Actions annotations (`::error file=…,line=…,col=…::message`).
+    Github,
+}
+
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// Files or directories to check (default: the policy directory).
     pub paths: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = LintFormat::Text)]
+    pub format: LintFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Only these policies (default: all).
+    pub names: Vec<String>,
+    /// Only policies with these labels, `key=value` (repeat or separate with commas).
+    #[arg(long, value_parser = parse_selector, action = clap::ArgAction::Append)]
+    pub selector: Vec<Vec<(String, String)>>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["names", "all", "selector"])))]
 pub struct RotateArgs {
     /// Policies to rotate.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(conflicts_with = "all")]
     pub names: Vec<String>,
     /// Rotate every policy.
     #[arg(long)]
     pub all: bool,
+    /// Rotate the policies with these labels, `key=value` (repeat or separate with commas).
+    #[arg(long, value_parser = parse_selector, action = clap::ArgAction::Append)]
+    pub selector: Vec<Vec<(String, String)>>,
+    /// Show the plan for these policies instead, changing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Why (recorded in the journal; required with --compromised).
     #[arg(long, required_if_eq("compromised", "true"))]
     pub reason: Option<String>,
@@ -117,6 +148,13 @@ pub struct ReconcileArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// The policy reference in Markdown instead (docs/policy-reference.md).
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Keep the demo's files in this directory instead of a temporary one.
     #[arg(long)]
@@ -149,6 +187,15 @@ pub struct SimArgs {
     pub faults: Option<String>,
 }
 
+fn parse_selector(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(format!("`{pair}` is not `key=value`")),
+        })
+        .collect()
+}
+
 /// A command's failure, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -174,11 +221,19 @@ impl Failure {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Validate(args) => validate(&cli.policies, args),
+        Command::Plan(args) => plan(&cli.policies, &args.names, &args.selector.concat(), args.format).await,
         Command::Rotate(args) => rotate(&cli.policies, args).await,
         Command::Status(args) => status(&cli.policies, args).await,
         Command::History(args) => history(args).await,
         Command::Reconcile(args) => reconcile(&cli.policies, args).await,
         Command::Demo(args) => crate::demo::run(args.dir).await.map_err(Failure::Other),
+        Command::Schema(args) => {
+            print!(
+                "{}",
+                if args.markdown { crate::policy::reference_markdown() } else { crate::policy::json_schema() }
+            );
+            Ok(())
+        }
         Command::ToktraSim(args) => toktra_sim(args).await,
     }
 }
@@ -200,25 +255,19 @@ fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<(), Failure> {
     } else {
         policy::load_paths(&args.paths)
     };
-    match (result, args.format) {
-        (Ok(policies), Format::Text) => {
-            println!("{} policies valid", policies.len());
-            Ok(())
-        }
-        (Ok(policies), Format::Json) => {
-            let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
-            println!("{}", serde_json::json!({ "valid": true, "policies": names, "problems": [] }));
-            Ok(())
-        }
-        (Err(invalid), Format::Text) => {
-            for problem in &invalid.0 {
-                println!("{problem}");
-            }
-            Err(Failure::Invalid(format!("{} problem(s); nothing was changed", invalid.0.len())))
-        }
-        (Err(invalid), Format::Json) => {
-            let problems: Vec<_> = invalid
-                .0
+    let problems = match &result {
+        Ok(_) => &[][..],
+        Err(invalid) => &invalid.0[..],
+    };
+    match args.format {
+        LintFormat::Text => match &result {
+            Ok(policies) => println!("{} policies valid", policies.len()),
+            Err(invalid) => invalid.0.iter().for_each(|p| println!("{p}")),
+        },
+        LintFormat::Json => {
+            let names: Vec<&str> =
+                result.as_ref().map(|ps| ps.iter().map(|p| p.name.as_str()).collect()).unwrap_or_default();
+            let rows: Vec<_> = problems
                 .iter()
                 .map(|p| {
                     serde_json::json!({
@@ -230,27 +279,58 @@ fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<(), Failure> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::json!({ "valid": false, "policies": [], "problems": problems }));
-            Err(Failure::Invalid(format!("{} problem(s); nothing was changed", invalid.0.len())))
+            println!("{}", serde_json::json!({ "valid": result.is_ok(), "policies": names, "problems": rows }));
         }
+        LintFormat::Github => {
+            for p in problems {
+                // Workflow-command escaping: %, CR and LF in data; also , and : in properties.
+                let data = |t: &str| t.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
+                let property = |t: &str| data(t).replace(':', "%3A").replace(',', "%2C");
+                let message =
+                    if p.field.is_empty() { p.message.clone() } else { format!("{}: {}", p.field, p.message) };
+                println!(
+                    "::error file={},line={},col={},title={}::{}",
+                    property(&p.location.file.display().to_string()),
+                    p.location.line,
+                    p.location.column,
+                    property("rotator policy"),
+                    data(&message)
+                );
+            }
+        }
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(invalid) => Err(Failure::Invalid(format!("{} problem(s); nothing was changed", invalid.0.len()))),
     }
 }
 
-/// Picks the policies a rotate command names; unknown names are a usage error.
-fn select<'a>(policies: &'a [Policy], names: &[String], all: bool) -> Result<Vec<&'a Policy>, Failure> {
-    if all {
-        return Ok(policies.iter().collect());
-    }
-    let mut selected = Vec::new();
+/// Picks the policies named, or carrying every label of `selector`, or all. Unknown names, and a
+/// selector that matches nothing, are usage errors.
+fn select<'a>(
+    policies: &'a [Policy],
+    names: &[String],
+    all: bool,
+    selector: &[(String, String)],
+) -> Result<Vec<&'a Policy>, Failure> {
+    let mut selected: Vec<&Policy> = Vec::new();
     for name in names {
         match policies.iter().find(|p| &p.name == name) {
-            Some(p) if !selected.iter().any(|s: &&Policy| s.name == p.name) => selected.push(p),
+            Some(p) if !selected.iter().any(|s| s.name == p.name) => selected.push(p),
             Some(_) => {}
             None => {
                 let known: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
                 return Err(Failure::Invalid(format!("unknown policy `{name}`; known: {}", known.join(", "))));
             }
         }
+    }
+    if names.is_empty() && (all || !selector.is_empty()) {
+        selected = policies.iter().collect();
+    }
+    selected.retain(|p| p.matches(selector));
+    if selected.is_empty() && !selector.is_empty() {
+        let wanted: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        return Err(Failure::Invalid(format!("no policy matches --selector {}", wanted.join(","))));
     }
     Ok(selected)
 }
@@ -268,7 +348,13 @@ pub async fn engine(config: &Config, policies: &[&Policy], journal: Journal) -> 
 async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> {
     let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
     let policies = load_policies(dir)?;
-    let selected = select(&policies, &args.names, args.all)?;
+    let selector = args.selector.concat();
+    if args.dry_run {
+        let names: Vec<String> =
+            select(&policies, &args.names, args.all, &selector)?.iter().map(|p| p.name.clone()).collect();
+        return plan(dir, &names, &[], args.format).await;
+    }
+    let selected = select(&policies, &args.names, args.all, &selector)?;
     let journal = open_journal(&config).await?;
     // Every run first finishes what earlier runs left: crashed rotations and revocations whose
     // grace period is over, for every policy (the selected ones resume inside `rotate`).
@@ -416,6 +502,70 @@ pub fn check_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
         .map(|(p, _)| p.as_str())
         .collect();
     if failed.is_empty() { Ok(()) } else { Err(Failure::Failed(format!("rotation failed for: {}", failed.join(", ")))) }
+}
+
+async fn plan(
+    dir: &std::path::Path,
+    names: &[String],
+    selector: &[(String, String)],
+    format: Format,
+) -> Result<(), Failure> {
+    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let policies = load_policies(dir)?;
+    let selected = select(&policies, names, names.is_empty(), selector)?;
+    let destinations = || selected.iter().flat_map(|p| p.destinations.iter());
+    let need_aws = destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
+    let need_vault = destinations().any(|d| matches!(d, Destination::Vault(_)));
+    let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+    let journal = Journal::open_read_only(&config.database_url).await.map_err(|e| Failure::Other(e.into()))?;
+    let plan = crate::plan::plan(&toktra, &clients, journal.as_ref(), &selected, chrono::Utc::now()).await;
+    if let Some(j) = journal {
+        j.close().await;
+    }
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default()),
+        Format::Text => print_plan(&plan),
+    }
+    if plan.ok() { Ok(()) } else { Err(Failure::Failed("a preflight check failed; see above".into())) }
+}
+
+fn print_plan(plan: &crate::plan::Plan) {
+    let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
+    for c in &plan.management {
+        println!("{} {}: {}", mark(c.ok), c.target, c.detail);
+    }
+    for p in &plan.policies {
+        let due = if p.due.overdue {
+            "OVERDUE".to_string()
+        } else if p.due.next_start <= plan.at {
+            "due now".to_string()
+        } else {
+            format!("next {}", p.due.next_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        };
+        println!(
+            "\n{} ({}): current {}, age {}, {due}",
+            p.policy,
+            p.kind,
+            p.current_credential.as_deref().unwrap_or("none"),
+            p.credential_age_seconds.map(crate::status::age).unwrap_or_else(|| "-".into())
+        );
+        for why in &p.due.why {
+            println!("    why:   {why}");
+        }
+        if let Some(f) = &p.in_flight {
+            println!("    note:  unfinished rotation {f} is resumed first");
+        }
+        for r in &p.pending_revocations {
+            println!("    note:  awaiting revocation {r}");
+        }
+        for (i, step) in p.steps.iter().enumerate() {
+            println!("    {}.    {step}", i + 1);
+        }
+        for c in &p.checks {
+            println!("    {} {}: {}", mark(c.ok), c.target, c.detail);
+        }
+    }
 }
 
 async fn open_journal(config: &Config) -> Result<Journal, Failure> {

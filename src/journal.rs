@@ -100,6 +100,10 @@ pub struct Holder {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Columns added to `rotations` after its first version, with their SQL definitions; new
+/// journals get them from `SCHEMA`, older ones from `Journal::migrate`.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("revoke_first", "BIGINT NOT NULL DEFAULT 0"), ("waiting", "TEXT")];
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS rotations (
         id TEXT PRIMARY KEY,
@@ -235,7 +239,52 @@ impl Journal {
                 .map_err(|source| Error::Query { what: "create schema", source })?;
         }
         tx.commit().await.map_err(|source| Error::Query { what: "create schema", source })?;
+        journal.migrate().await?;
         Ok(journal)
+    }
+
+    /// Brings a journal made by an earlier version up to date: columns added since are added
+    /// with their defaults (each step checks first, so it is safe to repeat and to race).
+    async fn migrate(&self) -> Result<(), Error> {
+        for (column, definition) in ADDED_COLUMNS {
+            let probe = format!("SELECT {column} FROM rotations WHERE 1 = 0");
+            if sqlx::query(AssertSqlSafe(probe)).execute(&self.pool).await.is_err() {
+                let alter = format!("ALTER TABLE rotations ADD COLUMN {column} {definition}");
+                if let Err(source) = sqlx::query(AssertSqlSafe(alter)).execute(&self.pool).await {
+                    // Another process may have added it meanwhile.
+                    let probe = format!("SELECT {column} FROM rotations WHERE 1 = 0");
+                    if sqlx::query(AssertSqlSafe(probe)).execute(&self.pool).await.is_err() {
+                        return Err(Error::Query { what: "migrate schema", source });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens an existing journal for reading only, creating nothing: `None` when a SQLite
+    /// journal file does not exist yet (nothing has been rotated). For `plan` and dry runs.
+    pub async fn open_read_only(url: &str) -> Result<Option<Journal>, Error> {
+        sqlx::any::install_default_drivers();
+        let full = normalize_url(url);
+        let shown = display_url(url);
+        let full = match full.strip_prefix("sqlite://") {
+            Some(rest) => {
+                let path = rest.split('?').next().unwrap_or(rest);
+                if path == ":memory:" || !std::path::Path::new(path).exists() {
+                    return Ok(None);
+                }
+                format!("sqlite://{path}?mode=ro")
+            }
+            None => full,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&full)
+            .await
+            .map_err(|source| Error::Open { url: shown.clone(), source })?;
+        Ok(Some(Journal { pool, url: shown }))
     }
 
     pub async fn ping(&self) -> Result<(), Error> {

@@ -1,22 +1,28 @@
-//! Rotation policies: YAML files under the policy directory, parsed strictly into a raw form and
-//! validated into [`Policy`] values the rest of the program trusts. A policy set is accepted or
-//! rejected as a whole: [`load_dir`] returns every problem it found, each naming the file, the
-//! line and the field, and the caller runs nothing when there is one.
+//! Rotation policies: YAML files under the policy directory, parsed strictly into the raw
+//! [`Document`] form (which also generates the JSON Schema), then validated into [`Policy`] values
+//! the rest of the program trusts. A policy set is accepted or rejected as a whole: loading
+//! returns every problem it found, each as `file:line:col: field.path: message`, and the caller
+//! runs nothing when there is one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::duration;
+use crate::schedule::{Cron, Schedule, Trigger, Window};
 
 /// What a policy rotates at Toktra.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
+    /// An OAuth client (client_credentials). Toktra cannot regenerate a client's secret, so each
+    /// rotation creates a new client: consumers get a new `client_id` with the new secret.
     OauthClient,
+    /// An API key.
     ApiKey,
 }
 
@@ -35,6 +41,14 @@ impl CredentialKind {
             _ => None,
         }
     }
+
+    /// Whether Toktra lets this kind carry scopes. Both do, per the vendor contract
+    /// (toktra-api.md); the check stays so that a kind without scopes is one line to add.
+    pub fn has_scopes(self) -> bool {
+        match self {
+            CredentialKind::OauthClient | CredentialKind::ApiKey => true,
+        }
+    }
 }
 
 impl fmt::Display for CredentialKind {
@@ -42,6 +56,159 @@ impl fmt::Display for CredentialKind {
         f.write_str(self.as_str())
     }
 }
+
+// ---- the raw form: exactly what a policy file may say (and the JSON Schema) ----
+
+/// A rotation policy: one YAML document of a policy file. A file may hold several, separated
+/// by `---`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "rotator policy")]
+pub struct Document {
+    /// Unique across the policy set: 1-63 characters of a-z, 0-9 and `-`, not starting or
+    /// ending with `-`.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub name: String,
+    /// What the credential is for.
+    pub description: Option<String>,
+    /// Labels to select policies by (`rotator rotate --selector team=payments`). Keys and values:
+    /// 1-63 characters of letters, digits, `-`, `_`, `.` and `/`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The credential at Toktra and how it is minted.
+    pub credential: CredentialSpec,
+    /// When the policy is due.
+    pub schedule: ScheduleSpec,
+    /// Where the credential is written; at least one. Each item names exactly one kind.
+    #[schemars(length(min = 1))]
+    pub destinations: Vec<DestinationSpec>,
+    /// How and when old credentials are revoked.
+    #[serde(default)]
+    pub revoke: RevokeSpec,
+    /// Notification channels, by name, from the service configuration.
+    #[serde(default)]
+    pub notify: Vec<String>,
+}
+
+/// The credential at Toktra.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSpec {
+    /// `oauth_client` or `api_key`.
+    pub kind: CredentialKind,
+    /// Base name at Toktra; each minted credential is named `<name>-<rotation id>`.
+    #[schemars(length(min = 1, max = 100))]
+    pub name: String,
+    /// Scopes of the minted credential.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// When the policy is due. Exactly one of `every` and `cron`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Rotate this long after the last rotation, e.g. `90d`; at least `1h`.
+    #[schemars(regex(pattern = r"^([0-9]+[wdhms])+$"))]
+    pub every: Option<String>,
+    /// Rotate at the first firing of this 5-field cron expression after the last rotation,
+    /// e.g. `0 3 * * SUN` (minute hour day-of-month month day-of-week), in `timezone`.
+    pub cron: Option<String>,
+    /// Rotations only start inside this window; a due rotation waits for the next opening.
+    pub window: Option<WindowSpec>,
+    /// IANA time zone of `cron` and `window`, e.g. `Europe/Berlin`; default `UTC`.
+    pub timezone: Option<String>,
+    /// Spread: each policy is due up to this much later, by a fixed offset derived from its
+    /// name (stable across runs, different between policies).
+    #[schemars(regex(pattern = r"^([0-9]+[wdhms])+$"))]
+    pub jitter: Option<String>,
+}
+
+/// A recurring window.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// Days on which the window opens (`mon` … `sun`); every day when left out.
+    pub days: Option<Vec<String>>,
+    /// Local time the window opens, `HH:MM`.
+    #[schemars(regex(pattern = r"^[0-2][0-9]:[0-5][0-9]$"))]
+    pub start: String,
+    /// How long it stays open, e.g. `4h` (more than 0s, at most 7d). A window may cross
+    /// midnight.
+    #[schemars(regex(pattern = r"^([0-9]+[wdhms])+$"))]
+    pub duration: String,
+}
+
+/// One destination: a map with exactly one key naming its kind, e.g.
+/// `- vault: { mount: secret, path: toktra/ci }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct DestinationSpec {
+    /// AWS Secrets Manager.
+    pub aws_secrets_manager: Option<AwsDestination>,
+    /// Vault or OpenBao KV v2.
+    pub vault: Option<VaultDestination>,
+    /// A local JSON file.
+    pub file: Option<FileDestination>,
+}
+
+/// How and when old credentials are revoked.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeSpec {
+    /// How long the old credential stays valid after the new one is promoted; default `24h`,
+    /// `0s` revokes at once. At most the rotation interval.
+    #[schemars(regex(pattern = r"^([0-9]+[wdhms])+$"))]
+    pub grace: Option<String>,
+    /// Revoke only once Toktra reports the old credential unused for this long.
+    #[schemars(regex(pattern = r"^([0-9]+[wdhms])+$"))]
+    pub require_idle: Option<String>,
+}
+
+/// AWS Secrets Manager: consumers read `AWSCURRENT`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsDestination {
+    /// Secret name or ARN.
+    #[schemars(length(min = 1))]
+    pub secret_id: String,
+    /// Region; default from the AWS configuration (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// Create the secret (holding `{}` until the first promotion) when it does not exist.
+    #[serde(default)]
+    pub create: bool,
+    /// KMS key for a secret rotator creates.
+    pub kms_key_id: Option<String>,
+}
+
+/// Vault or OpenBao KV v2: consumers read the latest version of `<mount>/<path>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultDestination {
+    /// KV v2 mount, e.g. `secret`.
+    #[schemars(length(min = 1))]
+    pub mount: String,
+    /// Path consumers read, e.g. `toktra/ci-pipeline`.
+    #[schemars(length(min = 1))]
+    pub path: String,
+    /// Where the pending value waits before promotion; default `_rotator/staging/<path>`,
+    /// outside the consumers' path so their ACLs need not (and should not) cover it.
+    pub staging_path: Option<String>,
+    /// Create the path on first rotation when it does not exist.
+    #[serde(default)]
+    pub create: bool,
+}
+
+/// A local JSON file (mode 0600), for local use and demos.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileDestination {
+    /// The file consumers read; relative paths are relative to the policy file's directory.
+    pub path: PathBuf,
+}
+
+// ---- the validated form ----
 
 /// A validated rotation policy.
 #[derive(Debug, Clone)]
@@ -67,29 +234,6 @@ pub struct Credential {
 }
 
 #[derive(Debug, Clone)]
-pub struct Schedule {
-    pub trigger: Trigger,
-    pub window: Option<Window>,
-    pub timezone: Option<String>,
-    pub jitter: Option<Duration>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Trigger {
-    Every(Duration),
-    Cron(String),
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Window {
-    #[serde(default)]
-    pub days: Vec<String>,
-    pub start: String,
-    pub duration: String,
-}
-
-#[derive(Debug, Clone)]
 pub struct Revoke {
     /// How long the old credential stays valid after promotion.
     pub grace: Duration,
@@ -98,46 +242,12 @@ pub struct Revoke {
 }
 
 /// Where a policy's credential is written. Adding a destination kind is one variant here, one
-/// field in `RawDestination`, and one file under `store/`.
+/// field in [`DestinationSpec`], and one file under `store/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     AwsSecretsManager(AwsDestination),
     Vault(VaultDestination),
     File(FileDestination),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsDestination {
-    pub secret_id: String,
-    pub region: Option<String>,
-    /// Create the secret (with no value until promotion) when it does not exist.
-    #[serde(default)]
-    pub create: bool,
-    pub kms_key_id: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaultDestination {
-    /// KV v2 mount, e.g. `secret`.
-    pub mount: String,
-    /// Path consumers read, e.g. `toktra/ci-pipeline`.
-    pub path: String,
-    /// Where the pending value waits before promotion; default `_rotator/staging/<path>`, outside
-    /// the consumers' path so that their ACLs need not (and should not) cover it.
-    pub staging_path: Option<String>,
-    /// Create the path on first rotation when it does not exist.
-    #[serde(default)]
-    pub create: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileDestination {
-    /// JSON file (mode 0600) holding the current value; relative paths are relative to the
-    /// policy file's directory.
-    pub path: PathBuf,
 }
 
 impl Destination {
@@ -181,6 +291,13 @@ impl VaultDestination {
     }
 }
 
+impl Policy {
+    /// Whether the policy carries every `key=value` label of `selector`.
+    pub fn matches(&self, selector: &[(String, String)]) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
 /// A place in a policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -199,7 +316,7 @@ impl fmt::Display for Location {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub location: Location,
-    /// Dotted path of the field, e.g. `schedule.every`; empty for whole-file problems.
+    /// Dotted path of the field, e.g. `schedule.every`; empty for whole-document problems.
     pub field: String,
     pub message: String,
 }
@@ -219,102 +336,18 @@ impl fmt::Display for Problem {
 #[error("{} problem(s) in the policy set:\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct Invalid(pub Vec<Problem>);
 
-// ---- raw form, exactly as written ----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    name: String,
-    description: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    credential: RawCredential,
-    schedule: RawSchedule,
-    #[serde(default)]
-    destinations: Vec<RawDestination>,
-    #[serde(default)]
-    revoke: RawRevoke,
-    #[serde(default)]
-    notify: Vec<String>,
-}
-
-/// A destination as written: a map with exactly one key naming the kind, e.g.
-/// `- vault: { mount: secret, path: toktra/ci }`. (yaml_serde reads externally tagged enums only
-/// from YAML tags such as `!vault`, which nobody writes.)
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDestination {
-    aws_secrets_manager: Option<AwsDestination>,
-    vault: Option<VaultDestination>,
-    file: Option<FileDestination>,
-}
-
-impl RawDestination {
-    fn into_destination(self) -> Result<Destination, String> {
-        let mut kinds = Vec::new();
-        if let Some(d) = self.aws_secrets_manager {
-            kinds.push(Destination::AwsSecretsManager(d));
-        }
-        if let Some(d) = self.vault {
-            kinds.push(Destination::Vault(d));
-        }
-        if let Some(d) = self.file {
-            kinds.push(Destination::File(d));
-        }
-        match kinds.len() {
-            1 => Ok(kinds.remove(0)),
-            0 => Err("a destination needs one of `aws_secrets_manager`, `vault`, `file`".into()),
-            _ => Err("a destination names exactly one kind; write each as its own list item".into()),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCredential {
-    kind: CredentialKind,
-    name: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSchedule {
-    every: Option<String>,
-    cron: Option<String>,
-    window: Option<Window>,
-    timezone: Option<String>,
-    jitter: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRevoke {
-    grace: Option<String>,
-    require_idle: Option<String>,
-}
-
 /// Default grace when a policy names none (SPEC section 2).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3_600);
-const MIN_EVERY: Duration = Duration::from_secs(3_600);
+/// Rotations at least this far apart.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(3_600);
 
 /// Loads every `*.yaml` / `*.yml` file under `dir` (recursively, in path order). Returns the
 /// whole set or every problem found.
 pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, Invalid> {
-    let mut files = Vec::new();
-    if let Err(e) = collect_files(dir, &mut files) {
-        return Err(Invalid(vec![Problem {
-            location: Location { file: dir.to_path_buf(), line: 0, column: 0 },
-            field: String::new(),
-            message: format!("cannot read policy directory: {e}"),
-        }]));
-    }
-    files.sort();
-    load_files(&files)
+    load_paths(&[dir.to_path_buf()])
 }
 
-/// Loads the given files (or directories) as one policy set.
+/// Loads the given files and directories as one policy set.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
     let mut files = Vec::new();
     let mut problems = Vec::new();
@@ -332,10 +365,15 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
             files.push(path.clone());
         }
     }
-    if !problems.is_empty() {
-        return Err(Invalid(problems));
+    let mut policies = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => parse_file(file, &text, &mut policies, &mut problems),
+            Err(e) => problems.push(file_problem(file, format!("cannot read file: {e}"))),
+        }
     }
-    load_files(&files)
+    check_set(&policies, &mut problems);
+    if problems.is_empty() { Ok(policies) } else { Err(Invalid(problems)) }
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -354,44 +392,35 @@ fn file_problem(file: &Path, message: String) -> Problem {
     Problem { location: Location { file: file.to_path_buf(), line: 0, column: 0 }, field: String::new(), message }
 }
 
-fn load_files(files: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
-    let mut problems = Vec::new();
-    let mut policies = Vec::new();
-    for file in files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => parse_file(file, &text, &mut policies, &mut problems),
-            Err(e) => problems.push(file_problem(file, format!("cannot read file: {e}"))),
-        }
-    }
-    check_set(&policies, &mut problems);
-    if problems.is_empty() { Ok(policies) } else { Err(Invalid(problems)) }
-}
-
 /// Parses one file's text (one or more YAML documents) into policies, adding problems.
 pub fn parse_file(file: &Path, text: &str, policies: &mut Vec<Policy>, problems: &mut Vec<Problem>) {
     let starts = document_starts(text);
     for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let start_line = starts.get(index).copied().unwrap_or(1);
-        let doc_text = document_text(text, &starts, index);
-        match RawPolicy::deserialize(document) {
-            Ok(raw) => {
-                let cx = Context { file, doc_text, start_line };
-                if let Some(policy) = validate(raw, &cx, problems) {
-                    policies.push(policy);
-                }
-            }
+        let cx = Context { file, doc_text: document_text(text, &starts, index), start_line };
+        let value = match yaml_serde::Value::deserialize(document) {
+            Ok(value) => value,
             Err(e) => {
+                // A syntax error: the deserializer cannot go on with this file.
                 let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((start_line, 1));
                 problems.push(Problem {
                     location: Location { file: file.to_path_buf(), line, column },
                     field: String::new(),
                     message: clean_yaml_message(&e.to_string()),
                 });
-                // The deserializer cannot go on after a syntax error.
-                if e.location().is_none() || e.to_string().contains("did not find expected") {
-                    break;
+                break;
+            }
+        };
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        match Document::deserialize(&value) {
+            Ok(doc) => {
+                if let Some(policy) = validate(doc, &cx, problems) {
+                    policies.push(policy);
                 }
             }
+            Err(_) => diagnose(&value, &cx, problems),
         }
     }
 }
@@ -404,16 +433,90 @@ fn clean_yaml_message(message: &str) -> String {
     }
 }
 
+/// Reports every structural problem of a document that did not parse, one per field (serde
+/// stops at the first error, so each top-level field and destination is checked on its own).
+fn diagnose(value: &yaml_serde::Value, cx: &Context<'_>, problems: &mut Vec<Problem>) {
+    let Some(map) = value.as_mapping() else {
+        cx.problem(problems, "", "a policy is a mapping with `name`, `credential`, `schedule` and `destinations`");
+        return;
+    };
+    let mut seen = Vec::new();
+    for (key, item) in map {
+        let Some(key) = key.as_str() else {
+            cx.problem(problems, "", format!("a key must be a string, not {key:?}"));
+            continue;
+        };
+        seen.push(key.to_string());
+        let check = |result: Result<(), yaml_serde::Error>, field: &str, problems: &mut Vec<Problem>| {
+            if let Err(e) = result {
+                let message = clean_yaml_message(&e.to_string());
+                // `unknown field `x`` inside a section: point at `x`.
+                let inner = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+                let path = match inner {
+                    Some(name) => format!("{field}.{name}"),
+                    None => field.to_string(),
+                };
+                cx.problem_at(problems, &path, field, message);
+            }
+        };
+        let ok = |r: Result<serde::de::IgnoredAny, yaml_serde::Error>| r.map(|_| ());
+        match key {
+            "name" => check(String::deserialize(item).map(|_| ()), key, problems),
+            "description" => check(Option::<String>::deserialize(item).map(|_| ()), key, problems),
+            "labels" => check(BTreeMap::<String, String>::deserialize(item).map(|_| ()), key, problems),
+            "credential" => check(CredentialSpec::deserialize(item).map(|_| ()), key, problems),
+            "schedule" => check(ScheduleSpec::deserialize(item).map(|_| ()), key, problems),
+            "revoke" => check(RevokeSpec::deserialize(item).map(|_| ()), key, problems),
+            "notify" => check(Vec::<String>::deserialize(item).map(|_| ()), key, problems),
+            "destinations" => match item.as_sequence() {
+                Some(items) => {
+                    for (i, d) in items.iter().enumerate() {
+                        check(DestinationSpec::deserialize(d).map(|_| ()), &format!("destinations[{i}]"), problems);
+                    }
+                }
+                None => check(
+                    ok(serde::de::IgnoredAny::deserialize(item))
+                        .and(Err(serde::de::Error::custom("expected a list of destinations"))),
+                    key,
+                    problems,
+                ),
+            },
+            other => cx.problem(
+                problems,
+                other,
+                format!(
+                    "unknown field `{other}`, expected one of {}",
+                    FIELDS.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        }
+    }
+    for required in ["name", "credential", "schedule", "destinations"] {
+        if !seen.iter().any(|s| s == required) {
+            cx.problem(problems, "", format!("missing field `{required}`"));
+        }
+    }
+}
+
+/// Top-level fields of a policy, as [`diagnose`] knows them (a test keeps this in step with
+/// [`Document`] and the JSON Schema).
+pub const FIELDS: [&str; 8] =
+    ["name", "description", "labels", "credential", "schedule", "destinations", "revoke", "notify"];
+
 /// 1-based line numbers where each YAML document begins.
 fn document_starts(text: &str) -> Vec<usize> {
     let mut starts = vec![1];
+    let mut content_seen = false;
     for (i, line) in text.lines().enumerate() {
         if line.starts_with("---") {
-            if i == 0 || text.lines().take(i).all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-                starts[0] = i + 2;
-            } else {
+            if content_seen {
                 starts.push(i + 2);
+            } else {
+                starts[0] = i + 2;
             }
+            content_seen = false;
+        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            content_seen = true;
         }
     }
     starts
@@ -425,7 +528,7 @@ fn document_text<'a>(text: &'a str, starts: &[usize], index: usize) -> Vec<&'a s
     text.lines().enumerate().filter(|(i, _)| *i >= first && *i < end).map(|(_, l)| l).collect()
 }
 
-/// Where a document came from, to point semantic problems at the right line.
+/// Where a document came from, to point problems at the right line.
 struct Context<'a> {
     file: &'a Path,
     doc_text: Vec<&'a str>,
@@ -433,22 +536,42 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Finds the line of the last key of a dotted field path, searching after the line of each
-    /// earlier key; falls back to the document start. yaml_serde gives no spans for values that
-    /// parsed, so this is a best-effort text search, good for the block-style files people write.
+    /// Finds the line and column of a dotted field path (`destinations[1].vault.path`): each key
+    /// is searched after the line of the one before it, and `[i]` picks the i-th list item.
+    /// yaml_serde gives no spans for values that parsed, so this searches the text; it is exact
+    /// for the block and flow styles people write, and falls back to the nearest parent.
     fn locate(&self, field: &str) -> Location {
         let mut from = 0;
-        let mut found = None;
-        for key in field.split('.').filter(|k| !k.is_empty() && !k.starts_with('[')) {
-            let key = key.split('[').next().unwrap_or(key);
+        let mut found: Option<(usize, usize)> = None;
+        for segment in field.split('.').filter(|s| !s.is_empty()) {
+            let (key, index) = match segment.split_once('[') {
+                Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+                None => (segment, None),
+            };
             let hit = self.doc_text.iter().enumerate().skip(from).find_map(|(i, line)| {
-                let trimmed = line.trim_start().trim_start_matches("- ").trim_start_matches('{').trim_start();
-                let column = line.len() - line.trim_start().len() + 1;
-                (trimmed.starts_with(&format!("{key}:")) || line.contains(&format!(" {key}:"))).then_some((i, column))
+                let code = line.split(" #").next().unwrap_or(line);
+                let at = code
+                    .find(&format!("{key}:"))
+                    .filter(|&at| at == 0 || matches!(code.as_bytes()[at - 1], b' ' | b'{' | b',' | b'-' | b'\t'))?;
+                Some((i, at + 1))
             });
-            if let Some((i, column)) = hit {
-                from = i;
-                found = Some((i, column));
+            let Some((line, column)) = hit else { break };
+            found = Some((line, column));
+            from = line;
+            if let Some(index) = index {
+                // The i-th `- ` item after the key (on the key's line for flow lists: stay).
+                let items: Vec<(usize, usize)> = self
+                    .doc_text
+                    .iter()
+                    .enumerate()
+                    .skip(line + 1)
+                    .take_while(|(_, l)| l.trim().is_empty() || l.starts_with([' ', '\t', '-']))
+                    .filter(|&(i, l)| l.trim_start().starts_with("- ")).map(|(i, l)| (i, l.len() - l.trim_start().len() + 3))
+                    .collect();
+                if let Some(&(item_line, item_column)) = items.get(index) {
+                    found = Some((item_line, item_column));
+                    from = item_line;
+                }
             }
         }
         let (line, column) = found.map(|(i, c)| (self.start_line + i, c)).unwrap_or((self.start_line, 1));
@@ -456,7 +579,12 @@ impl Context<'_> {
     }
 
     fn problem(&self, problems: &mut Vec<Problem>, field: &str, message: impl Into<String>) {
-        problems.push(Problem { location: self.locate(field), field: field.to_string(), message: message.into() });
+        self.problem_at(problems, field, field, message);
+    }
+
+    /// A problem located at `at` but reported as `field`.
+    fn problem_at(&self, problems: &mut Vec<Problem>, at: &str, field: &str, message: impl Into<String>) {
+        problems.push(Problem { location: self.locate(at), field: field.to_string(), message: message.into() });
     }
 }
 
@@ -468,26 +596,67 @@ fn valid_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-fn validate(raw: RawPolicy, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Option<Policy> {
+fn valid_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+}
+
+/// The shortest gap between consecutive firings of `cron` (over its next 60 firings from a
+/// fixed date, so validation does not depend on the clock), to compare with `grace`.
+fn shortest_gap(cron: &Cron, tz: chrono_tz::Tz) -> Option<Duration> {
+    let start: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().ok()?;
+    let mut previous = cron.next_after(start, tz)?;
+    let mut shortest: Option<Duration> = None;
+    for _ in 0..60 {
+        let next = cron.next_after(previous, tz)?;
+        let gap = (next - previous).to_std().ok()?;
+        shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+        previous = next;
+    }
+    shortest
+}
+
+fn validate(doc: Document, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Option<Policy> {
     let before = problems.len();
-    if !valid_name(&raw.name) {
+    if !valid_name(&doc.name) {
         cx.problem(
             problems,
             "name",
             format!(
                 "`{}` is not a valid name: use 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`",
-                raw.name
+                doc.name
             ),
         );
     }
-    if raw.credential.name.trim().is_empty() {
+    for (key, value) in &doc.labels {
+        if !valid_label(key) || !valid_label(value) {
+            cx.problem(
+                problems,
+                &format!("labels.{key}"),
+                format!("`{key}: {value}`: keys and values are 1-63 characters of letters, digits, `-`, `_`, `.`, `/`"),
+            );
+        }
+    }
+    if doc.credential.name.trim().is_empty() {
         cx.problem(problems, "credential.name", "must not be empty");
-    } else if raw.credential.name.len() > 100 {
+    } else if doc.credential.name.len() > 100 {
         cx.problem(problems, "credential.name", "must be at most 100 characters (minted names add a rotation ID)");
     }
-    let mut duration_field = |field: &str, text: &Option<String>| -> Option<Duration> {
-        let text = text.as_ref()?;
-        match duration::parse(text) {
+    if !doc.credential.scopes.is_empty() && !doc.credential.kind.has_scopes() {
+        cx.problem(problems, "credential.scopes", format!("a {} has no scopes", doc.credential.kind));
+    }
+    for (i, scope) in doc.credential.scopes.iter().enumerate() {
+        if scope.trim().is_empty() || scope.contains(char::is_whitespace) {
+            cx.problem(
+                problems,
+                &format!("credential.scopes[{i}]"),
+                format!("`{scope}` is not a scope: one word such as `usage:read`"),
+            );
+        }
+    }
+    let mut duration_field = |field: &str, text: Option<&str>| -> Option<Duration> {
+        match duration::parse(text?) {
             Ok(d) => Some(d),
             Err(message) => {
                 cx.problem(problems, field, message);
@@ -495,89 +664,185 @@ fn validate(raw: RawPolicy, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Op
             }
         }
     };
-    let every = duration_field("schedule.every", &raw.schedule.every);
-    let jitter = duration_field("schedule.jitter", &raw.schedule.jitter);
-    let grace = duration_field("revoke.grace", &raw.revoke.grace);
-    let require_idle = duration_field("revoke.require_idle", &raw.revoke.require_idle);
-    if let Some(window) = &raw.schedule.window {
-        duration_field("schedule.window.duration", &Some(window.duration.clone()));
-    }
-    let trigger = match (&raw.schedule.every, &raw.schedule.cron, every) {
-        (Some(_), Some(_), _) => {
+    let every = duration_field("schedule.every", doc.schedule.every.as_deref());
+    let jitter = duration_field("schedule.jitter", doc.schedule.jitter.as_deref());
+    let grace = duration_field("revoke.grace", doc.revoke.grace.as_deref());
+    let require_idle = duration_field("revoke.require_idle", doc.revoke.require_idle.as_deref());
+    let window_duration =
+        doc.schedule.window.as_ref().and_then(|w| duration_field("schedule.window.duration", Some(&w.duration)));
+
+    let timezone = match doc.schedule.timezone.as_deref() {
+        None => Some(chrono_tz::Tz::UTC),
+        Some(name) => match name.parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                cx.problem(
+                    problems,
+                    "schedule.timezone",
+                    format!("`{name}` is not an IANA time zone (e.g. `Europe/Berlin`, `UTC`)"),
+                );
+                None
+            }
+        },
+    };
+    let trigger = match (&doc.schedule.every, &doc.schedule.cron) {
+        (Some(_), Some(_)) => {
             cx.problem(problems, "schedule", "give exactly one of `every` and `cron`, not both");
             None
         }
-        (None, None, _) => {
-            cx.problem(problems, "schedule", "give exactly one of `every` (e.g. `90d`) and `cron`");
+        (None, None) => {
+            cx.problem(
+                problems,
+                "schedule",
+                "give exactly one of `every` (e.g. `90d`) and `cron` (e.g. `0 3 * * SUN`)",
+            );
             None
         }
-        (Some(_), None, Some(every)) => {
-            if every < MIN_EVERY {
+        (Some(_), None) => match every {
+            Some(every) if every < MIN_INTERVAL => {
                 cx.problem(
                     problems,
                     "schedule.every",
                     format!("`{}` is shorter than the minimum of 1h", duration::format(every)),
                 );
+                None
             }
-            Some(Trigger::Every(every))
-        }
-        (Some(_), None, None) => None,
-        (None, Some(cron), _) => {
-            if cron.split_whitespace().count() != 5 {
+            Some(every) => Some(Trigger::Every(every)),
+            None => None,
+        },
+        (None, Some(text)) => match Cron::parse(text) {
+            Ok(cron) => Some(Trigger::Cron(cron)),
+            Err(message) => {
+                cx.problem(problems, "schedule.cron", message);
+                None
+            }
+        },
+    };
+    // The interval a grace is compared with: `every`, or the shortest gap between cron firings.
+    let interval = match (&trigger, timezone) {
+        (Some(Trigger::Every(every)), _) => Some(*every),
+        (Some(Trigger::Cron(cron)), Some(tz)) => {
+            let gap = shortest_gap(cron, tz);
+            if let Some(gap) = gap.filter(|g| *g < MIN_INTERVAL) {
                 cx.problem(
                     problems,
                     "schedule.cron",
-                    format!("`{cron}` is not a 5-field cron expression (minute hour day-of-month month day-of-week)"),
+                    format!(
+                        "`{}` fires every {}; rotations must be at least 1h apart",
+                        cron.text(),
+                        duration::format(gap)
+                    ),
                 );
             }
-            Some(Trigger::Cron(cron.clone()))
+            gap
         }
+        _ => None,
     };
-    if let (Some(Trigger::Every(every)), Some(grace)) = (&trigger, grace)
-        && grace > *every
+    if let (Some(interval), Some(grace)) = (interval, grace)
+        && grace > interval
     {
         cx.problem(
             problems,
             "revoke.grace",
             format!(
-                "grace `{}` is longer than the rotation interval `{}`",
+                "grace `{}` is longer than the rotation interval `{}`: credentials would pile up",
                 duration::format(grace),
-                duration::format(*every)
+                duration::format(interval)
             ),
         );
     }
-    if raw.destinations.is_empty() {
+    if let (Some(interval), Some(jitter)) = (interval, jitter)
+        && jitter >= interval
+    {
+        cx.problem(
+            problems,
+            "schedule.jitter",
+            format!(
+                "jitter `{}` must be shorter than the rotation interval `{}`",
+                duration::format(jitter),
+                duration::format(interval)
+            ),
+        );
+    }
+    let window = match (&doc.schedule.window, window_duration) {
+        (Some(w), Some(length)) => {
+            let days = w.days.clone();
+            if days.as_ref().is_some_and(|d| d.is_empty()) {
+                cx.problem(
+                    problems,
+                    "schedule.window.days",
+                    "an empty list of days never opens; leave `days` out for every day",
+                );
+                None
+            } else {
+                match Window::parse(&days.unwrap_or_default(), &w.start, length) {
+                    Ok(window) => Some(window),
+                    Err((field, message)) => {
+                        let field = format!("schedule.window.{field}");
+                        cx.problem_at(problems, field.split('[').next().unwrap_or(&field), &field, message);
+                        None
+                    }
+                }
+            }
+        }
+        _ => None,
+    };
+    if doc.destinations.is_empty() {
         cx.problem(problems, "destinations", "at least one destination is required");
     }
     let mut destinations = Vec::new();
-    for (i, raw_destination) in raw.destinations.into_iter().enumerate() {
-        match raw_destination.into_destination() {
-            Ok(d) => destinations.push(d),
-            Err(message) => cx.problem(problems, &format!("destinations[{i}]"), message),
-        }
-    }
-    for (i, destination) in destinations.iter().enumerate() {
+    for (i, spec) in doc.destinations.into_iter().enumerate() {
         let field = format!("destinations[{i}]");
-        match destination {
-            Destination::AwsSecretsManager(d) if d.secret_id.trim().is_empty() => {
-                cx.problem(problems, &format!("{field}.secret_id"), "must not be empty")
+        let mut kinds = Vec::new();
+        if let Some(d) = spec.aws_secrets_manager {
+            kinds.push(Destination::AwsSecretsManager(d));
+        }
+        if let Some(d) = spec.vault {
+            kinds.push(Destination::Vault(d));
+        }
+        if let Some(d) = spec.file {
+            kinds.push(Destination::File(d));
+        }
+        let destination = match kinds.len() {
+            1 => kinds.remove(0),
+            0 => {
+                cx.problem(problems, &field, "a destination needs one of `aws_secrets_manager`, `vault`, `file`");
+                continue;
             }
-            Destination::Vault(d) if d.mount.trim_matches('/').is_empty() || d.path.trim_matches('/').is_empty() => {
-                cx.problem(problems, &format!("{field}.path"), "mount and path must not be empty")
+            _ => {
+                cx.problem(problems, &field, "a destination names exactly one kind; write each as its own list item");
+                continue;
+            }
+        };
+        match &destination {
+            Destination::AwsSecretsManager(d) if d.secret_id.trim().is_empty() => {
+                cx.problem(problems, &format!("{field}.aws_secrets_manager.secret_id"), "must not be empty")
+            }
+            Destination::Vault(d) if d.mount.trim_matches('/').is_empty() => {
+                cx.problem(problems, &format!("{field}.vault.mount"), "must not be empty")
+            }
+            Destination::Vault(d) if d.path.trim_matches('/').is_empty() => {
+                cx.problem(problems, &format!("{field}.vault.path"), "must not be empty")
             }
             Destination::Vault(d) if d.staging_path() == d.path.trim_matches('/') || d.staging_path().is_empty() => cx
                 .problem(
                     problems,
-                    &format!("{field}.staging_path"),
+                    &format!("{field}.vault.staging_path"),
                     "must be a path of its own: consumers would read the unverified value",
                 ),
             Destination::File(d) if d.path.as_os_str().is_empty() => {
-                cx.problem(problems, &format!("{field}.path"), "must not be empty")
+                cx.problem(problems, &format!("{field}.file.path"), "must not be empty")
             }
             _ => {}
         }
-        if destinations[..i].contains(destination) {
+        if destinations.contains(&destination) {
             cx.problem(problems, &field, format!("destination `{}` is listed twice", destination.label()));
+        }
+        destinations.push(destination);
+    }
+    for (i, channel) in doc.notify.iter().enumerate() {
+        if !valid_name(channel) {
+            cx.problem(problems, &format!("notify[{i}]"), format!("`{channel}` is not a channel name (a-z, 0-9, `-`)"));
         }
     }
     if problems.len() > before {
@@ -594,14 +859,14 @@ fn validate(raw: RawPolicy, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Op
         })
         .collect();
     Some(Policy {
-        name: raw.name,
-        description: raw.description,
-        labels: raw.labels,
-        credential: Credential { kind: raw.credential.kind, name: raw.credential.name, scopes: raw.credential.scopes },
-        schedule: Schedule { trigger: trigger?, window: raw.schedule.window, timezone: raw.schedule.timezone, jitter },
+        name: doc.name,
+        description: doc.description,
+        labels: doc.labels,
+        credential: Credential { kind: doc.credential.kind, name: doc.credential.name, scopes: doc.credential.scopes },
+        schedule: Schedule { trigger: trigger?, window, timezone: timezone?, jitter: jitter.unwrap_or_default() },
         destinations,
         revoke: Revoke { grace: grace.unwrap_or(DEFAULT_GRACE), require_idle },
-        notify: raw.notify,
+        notify: doc.notify,
         source: cx.locate("name"),
     })
 }
@@ -640,6 +905,102 @@ fn check_set(policies: &[Policy], problems: &mut Vec<Problem>) {
     }
 }
 
+/// The JSON Schema of a policy document, as committed in `schema/policy.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Document);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The policy reference in Markdown, generated from the JSON Schema (`docs/policy-reference.md`),
+/// so the reference cannot drift from what the parser accepts.
+pub fn reference_markdown() -> String {
+    use serde_json::Value;
+    let schema: Value = serde_json::from_str(&json_schema()).unwrap_or_default();
+    let one_line = |v: &Value| v.as_str().unwrap_or_default().replace('\n', " ");
+    let anchor = |name: &str| name.to_ascii_lowercase();
+    fn type_of(v: &Value, anchor: &dyn Fn(&str) -> String) -> String {
+        if let Some(r) = v.get("$ref").and_then(Value::as_str) {
+            let name = r.rsplit('/').next().unwrap_or(r);
+            return format!("[{name}](#{})", anchor(name));
+        }
+        if let Some(options) = v.get("anyOf").and_then(Value::as_array) {
+            let types: Vec<String> = options
+                .iter()
+                .filter(|o| o.get("type") != Some(&Value::from("null")))
+                .map(|o| type_of(o, anchor))
+                .collect();
+            return types.join(" or ");
+        }
+        if let Some(options) = v.get("oneOf").and_then(Value::as_array) {
+            let consts: Vec<String> = options
+                .iter()
+                .filter_map(|o| o.get("const"))
+                .map(|c| format!("`{}`", c.as_str().unwrap_or_default()))
+                .collect();
+            return format!("one of {}", consts.join(", "));
+        }
+        let base = match v.get("type") {
+            Some(Value::Array(types)) => {
+                types.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect::<Vec<_>>().join(" or ")
+            }
+            Some(Value::String(t)) => t.clone(),
+            _ => "any".into(),
+        };
+        match base.as_str() {
+            "array" => format!("list of {}", v.get("items").map(|i| type_of(i, anchor)).unwrap_or_default()),
+            "object" if v.get("additionalProperties").is_some_and(Value::is_object) => {
+                format!("map of {}", type_of(&v["additionalProperties"], anchor))
+            }
+            _ => base,
+        }
+    }
+    let section = |out: &mut String, title: &str, def: &Value| {
+        out.push_str(&format!("## {title}\n\n{}\n\n", one_line(&def["description"])));
+        if let Some(options) = def.get("oneOf").and_then(Value::as_array) {
+            out.push_str("| value | meaning |\n| --- | --- |\n");
+            for o in options {
+                out.push_str(&format!(
+                    "| `{}` | {} |\n",
+                    o["const"].as_str().unwrap_or_default(),
+                    one_line(&o["description"])
+                ));
+            }
+            out.push('\n');
+            return;
+        }
+        let required: Vec<&str> =
+            def["required"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        out.push_str("| field | type | required | description |\n| --- | --- | --- | --- |\n");
+        for (name, field) in def["properties"].as_object().into_iter().flatten() {
+            let mut description = one_line(&field["description"]);
+            if let Some(pattern) = field.get("pattern").and_then(Value::as_str) {
+                description.push_str(&format!(" Pattern: `{pattern}`."));
+            }
+            if let Some(default) = field.get("default") {
+                description.push_str(&format!(" Default: `{default}`."));
+            }
+            out.push_str(&format!(
+                "| `{name}` | {} | {} | {} |\n",
+                type_of(field, &anchor),
+                if required.contains(&name.as_str()) { "yes" } else { "no" },
+                description.trim()
+            ));
+        }
+        out.push('\n');
+    };
+    let mut out = String::from(
+        "# Policy reference\n\nGenerated from the JSON Schema (`schema/policy.schema.json`) by `rotator schema --markdown`; \
+         a test fails when this file is stale (regenerate with `UPDATE_EXPECT=1 cargo test --lib schema`).\n\n",
+    );
+    section(&mut out, "Policy", &schema);
+    for (name, def) in schema["$defs"].as_object().into_iter().flatten() {
+        section(&mut out, name, def);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,30 +1022,139 @@ mod tests {
         let p = &policies[0];
         assert_eq!(p.credential.kind, CredentialKind::OauthClient);
         assert_eq!(p.schedule.trigger, Trigger::Every(Duration::from_secs(90 * 86_400)));
+        assert_eq!(p.schedule.timezone, chrono_tz::Tz::UTC);
         assert_eq!(p.revoke.grace, Duration::ZERO);
         assert_eq!(p.destinations.len(), 2);
         assert_eq!(p.destinations[0].label(), "vault:secret/toktra/ci");
     }
 
+    /// One row per kind of bad input: the replacement applied to GOOD and the exact
+    /// `file:line:col: field: message` prefix expected.
     #[test]
     fn rejects_with_file_line_and_field() {
-        let cases = [
-            (GOOD.replace("every: 90d", "every: 90days"), "p.yaml:4:3: schedule.every: duration `90days` has unknown unit"),
-            (GOOD.replace("every: 90d", "every: 30m"), "schedule.every: `30m` is shorter than the minimum of 1h"),
-            (GOOD.replace("kind: oauth_client", "kind: password"), "p.yaml:2:"),
-            (GOOD.replace("name: ci\n", "name: ci\ncolour: red\n"), "unknown field `colour`"),
-            (GOOD.replace("  - vault: { mount: secret, path: toktra/ci }\n  - aws_secrets_manager: { secret_id: prod/ci, create: true }\n", "  []\n").replace("destinations:\n  []", "destinations: []"), "destinations: at least one destination is required"),
-            (GOOD.replace("grace: 0s", "grace: 100d"), "revoke.grace: grace `100d` is longer than the rotation interval `90d`"),
-            (GOOD.replace("name: ci\n", "name: Bad_Name\n"), "p.yaml:1:1: name: `Bad_Name` is not a valid name"),
+        let cases: &[(&str, &str, &str)] = &[
+            ("every: 90d", "every: 90days", "p.yaml:4:3: schedule.every: duration `90days` has unknown unit `days`"),
+            ("every: 90d", "every: 30m", "p.yaml:4:3: schedule.every: `30m` is shorter than the minimum of 1h"),
+            ("every: 90d", "cron: \"0 3 * *\"", "p.yaml:4:3: schedule.cron: `0 3 * *` has 4 fields"),
+            ("every: 90d", "cron: \"*/10 * * * *\"", "p.yaml:4:3: schedule.cron: `*/10 * * * *` fires every 10m"),
+            (
+                "every: 90d",
+                "every: 90d\n  timezone: Mars/Olympus",
+                "p.yaml:5:3: schedule.timezone: `Mars/Olympus` is not an IANA time zone",
+            ),
+            (
+                "every: 90d",
+                "every: 90d\n  window: { start: \"02:00\", duration: 0s }",
+                "p.yaml:5:29: schedule.window.duration: a window of 0s never opens",
+            ),
+            (
+                "every: 90d",
+                "every: 90d\n  window: { days: [], start: \"02:00\", duration: 1h }",
+                "p.yaml:5:13: schedule.window.days: an empty list of days never opens",
+            ),
+            (
+                "every: 90d",
+                "every: 90d\n  window: { days: [caturday], start: \"02:00\", duration: 1h }",
+                "p.yaml:5:13: schedule.window.days[0]: `caturday` is not a day",
+            ),
+            (
+                "every: 90d",
+                "every: 90d\n  window: { start: \"2am\", duration: 1h }",
+                "p.yaml:5:13: schedule.window.start: `2am` is not a time of day",
+            ),
+            (
+                "every: 90d",
+                "every: 90d\n  cron: \"0 3 * * *\"",
+                "p.yaml:3:1: schedule: give exactly one of `every` and `cron`, not both",
+            ),
+            ("every: 90d", "jitter: 1h", "p.yaml:3:1: schedule: give exactly one of `every`"),
+            (
+                "grace: 0s",
+                "grace: 100d",
+                "p.yaml:9:3: revoke.grace: grace `100d` is longer than the rotation interval `90d`",
+            ),
+            (
+                "grace: 0s",
+                "grace: 0s\n  require_idle: soon",
+                "p.yaml:10:3: revoke.require_idle: malformed duration `soon`",
+            ),
+            ("name: ci\n", "name: Bad_Name\n", "p.yaml:1:1: name: `Bad_Name` is not a valid name"),
+            (
+                "name: ci\n",
+                "name: ci\nlabels: { \"team=x\": a }\n",
+                "p.yaml:2:1: labels.team=x: `team=x: a`: keys and values are",
+            ),
+            (
+                "kind: oauth_client",
+                "kind: password",
+                "p.yaml:2:1: credential: unknown variant `password`, expected `oauth_client` or `api_key`",
+            ),
+            (
+                "name: ci\n",
+                "name: ci\ncolour: red\n",
+                "p.yaml:2:1: colour: unknown field `colour`, expected one of `name`",
+            ),
+            ("  grace: 0s", "  grace: 0s\n  later: 1d", "p.yaml:10:3: revoke: unknown field `later`"),
+            (
+                "  - vault: { mount: secret, path: toktra/ci }\n",
+                "  - s3: { bucket: b }\n",
+                "p.yaml:6:5: destinations[0]: unknown field `s3`",
+            ),
+            (
+                "  - vault: { mount: secret, path: toktra/ci }\n",
+                "  - vault: { mount: secret, path: toktra/ci, staging_path: toktra/ci }\n",
+                "p.yaml:6:46: destinations[0].vault.staging_path: must be a path of its own",
+            ),
+            (
+                "  - vault: { mount: secret, path: toktra/ci }\n",
+                "  - {}\n",
+                "p.yaml:6:5: destinations[0]: a destination needs one of",
+            ),
+            (
+                "  - vault: { mount: secret, path: toktra/ci }\n  - aws_secrets_manager: { secret_id: prod/ci, create: true }\n",
+                "  []\n",
+                "p.yaml:5:1: destinations: at least one destination is required",
+            ),
+            (
+                "  - aws_secrets_manager: { secret_id: prod/ci, create: true }\n",
+                "  - vault: { mount: secret, path: toktra/ci }\n",
+                "p.yaml:7:5: destinations[1]: destination `vault:secret/toktra/ci` is listed twice",
+            ),
+            (
+                "scopes: [usage:read]",
+                "scopes: [\"usage read\"]",
+                "p.yaml:2:45: credential.scopes[0]: `usage read` is not a scope",
+            ),
+            ("every: 90d", "every: [90d]", "p.yaml:3:1: schedule: invalid type: sequence, expected a string"),
         ];
-        for (text, expected) in cases {
+        for (from, to, expected) in cases {
+            let text = GOOD.replace(from, to).replace("destinations:\n  []", "destinations: []");
             let (_, problems) = parse(&text);
             let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             assert!(
-                shown.iter().any(|s| s.contains(expected)),
+                shown.iter().any(|s| s.starts_with(expected)),
                 "expected `{expected}` in {shown:#?}\n--- input ---\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn reports_every_problem_of_a_document_at_once() {
+        let text = "name: Bad\ncolour: red\ncredential: { kind: api_key, name: x, extra: 1 }\nschedule: { every: 5m, timezone: Nowhere }\ndestinations: []\n";
+        let (_, problems) = parse(text);
+        let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        for expected in ["p.yaml:2:1: colour: unknown field", "p.yaml:3:39: credential: unknown field `extra`"] {
+            assert!(shown.iter().any(|s| s.starts_with(expected)), "{expected} in {shown:#?}");
+        }
+        // Once structurally sound, every semantic problem is reported together.
+        let text = "name: Bad\ncredential: { kind: api_key, name: x }\nschedule: { every: 5m, timezone: Nowhere }\ndestinations: []\nrevoke: { grace: 1x }\n";
+        let (_, problems) = parse(text);
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["name", "revoke.grace", "schedule.timezone", "schedule.every", "destinations"],
+            "{problems:#?}"
+        );
     }
 
     #[test]
@@ -702,5 +1172,51 @@ mod tests {
         let other = GOOD.replace("name: ci\n", "name: other\n");
         let (_, problems) = parse(&format!("{GOOD}---\n{other}"));
         assert!(problems.iter().any(|p| p.message.contains("also written by policy `ci`")), "{problems:?}");
+        // A staging path is a destination too.
+        let staged = other.replace("  - vault: { mount: secret, path: toktra/ci }\n  - aws_secrets_manager: { secret_id: prod/ci, create: true }\n", "  - vault: { mount: secret, path: elsewhere, staging_path: toktra/ci }\n");
+        let (_, problems) = parse(&format!("{GOOD}---\n{staged}"));
+        assert!(problems.iter().any(|p| p.message.contains("also written by policy `ci`")), "{problems:?}");
+    }
+
+    #[test]
+    fn the_schema_and_the_diagnosis_know_the_same_fields() {
+        let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
+        let mut properties: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        properties.sort();
+        let mut fields = FIELDS.to_vec();
+        fields.sort();
+        assert_eq!(properties, fields);
+        assert_eq!(schema["additionalProperties"], false);
+    }
+
+    /// The committed schema and reference are what the code generates; `UPDATE_EXPECT=1`
+    /// rewrites them.
+    #[test]
+    fn schema_and_reference_are_current() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (file, generated) in
+            [("schema/policy.schema.json", json_schema()), ("docs/policy-reference.md", reference_markdown())]
+        {
+            let path = root.join(file);
+            if std::env::var("UPDATE_EXPECT").is_ok() {
+                std::fs::write(&path, &generated).unwrap();
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "{file} is stale: run `UPDATE_EXPECT=1 cargo test --lib schema` and commit it"
+            );
+        }
+    }
+
+    #[test]
+    fn selectors_match_labels() {
+        let (policies, _) = parse(&GOOD.replace("name: ci\n", "name: ci\nlabels: { team: payments, env: prod }\n"));
+        let sel =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert!(policies[0].matches(&sel(&[("team", "payments")])));
+        assert!(policies[0].matches(&sel(&[("team", "payments"), ("env", "prod")])));
+        assert!(!policies[0].matches(&sel(&[("team", "platform")])));
+        assert!(policies[0].matches(&[]));
     }
 }

@@ -133,6 +133,17 @@ impl Store for Aws {
         }
     }
 
+    async fn preflight(&self) -> Result<String, Error> {
+        self.check().await?;
+        // AWS has no dry run for PutSecretValue or UpdateSecretVersionStage: describe and read
+        // are what can be checked without changing anything.
+        Ok(match (self.versions().await?, self.current().await?) {
+            (None, _) => "will be created (create permission not checked)".into(),
+            (Some(_), Some(r)) => format!("described and read; holds {} (write permission not checked)", r.id),
+            (Some(_), None) => "described and read; empty (write permission not checked)".into(),
+        })
+    }
+
     async fn current(&self) -> Result<Option<Record>, Error> {
         // By label, not the default read: emulators (moto) do not always move the default.
         self.read(None, Some(CURRENT)).await

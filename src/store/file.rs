@@ -71,6 +71,27 @@ impl Store for File {
         self.read(&self.path).map(|_| ())
     }
 
+    async fn preflight(&self) -> Result<String, Error> {
+        let current = self.read(&self.path)?;
+        // The nearest existing directory must be writable (checked by its mode, not by writing).
+        let mut dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        while !dir.exists() {
+            match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => dir = parent.to_path_buf(),
+                _ => break,
+            }
+        }
+        let meta =
+            std::fs::metadata(&dir).map_err(|e| self.error(ErrorKind::Permanent, format!("{}: {e}", dir.display())))?;
+        if meta.permissions().mode() & 0o200 == 0 {
+            return Err(self.error(ErrorKind::Permanent, format!("{} is not writable", dir.display())));
+        }
+        Ok(match current {
+            Some(r) => format!("readable; holds {}", r.id),
+            None => "writable; will be created".into(),
+        })
+    }
+
     async fn current(&self) -> Result<Option<Record>, Error> {
         self.read(&self.path)
     }

@@ -162,6 +162,11 @@ pub trait Store {
     /// Checks, without changing anything, that the destination is reachable and readable.
     async fn check(&self) -> Result<(), Error>;
 
+    /// `rotator plan`'s check, without changing anything: reachable, readable, holding a value
+    /// rotator understands, and writable as far as the destination can tell without a write.
+    /// Returns what it found.
+    async fn preflight(&self) -> Result<String, Error>;
+
     /// The value consumers read now, if any.
     async fn current(&self) -> Result<Option<Record>, Error>;
 
@@ -245,6 +250,9 @@ impl Store for Destination {
     }
     async fn check(&self) -> Result<(), Error> {
         delegate!(self, d => d.check().await)
+    }
+    async fn preflight(&self) -> Result<String, Error> {
+        delegate!(self, d => d.preflight().await)
     }
     async fn current(&self) -> Result<Option<Record>, Error> {
         delegate!(self, d => d.current().await)

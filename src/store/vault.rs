@@ -25,6 +25,10 @@ use crate::secret::Secret;
 pub struct Connection {
     client: Arc<VaultClient>,
     address: String,
+    /// For the calls vaultrs does not have (`sys/capabilities-self`).
+    http: reqwest::Client,
+    token: Secret,
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -49,11 +53,44 @@ impl Connection {
         }
         let settings = builder.build().map_err(|e| format!("vault settings: {e}"))?;
         let client = VaultClient::new(settings).map_err(|e| format!("vault client: {e}"))?;
-        Ok(Connection { client: Arc::new(client), address: address.to_string() })
+        let http = reqwest::Client::builder().timeout(timeout).build().map_err(|e| format!("http client: {e}"))?;
+        Ok(Connection {
+            client: Arc::new(client),
+            address: address.trim_end_matches('/').to_string(),
+            http,
+            token: token.clone(),
+            namespace: namespace.filter(|n| !n.is_empty()).map(str::to_string),
+        })
     }
 
-    pub fn address(&self) -> &str {
-        &self.address
+    /// What the token may do on each path (`sys/capabilities-self`).
+    pub async fn capabilities(&self, paths: &[String]) -> Result<HashMap<String, Vec<String>>, String> {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/sys/capabilities-self", self.address))
+            .header("X-Vault-Token", self.token.expose())
+            .json(&serde_json::json!({ "paths": paths }));
+        if let Some(ns) = &self.namespace {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        let response = request.send().await.map_err(|e| format!("capabilities-self: {}", e.without_url()))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| format!("capabilities-self: {}", e.without_url()))?;
+        if !status.is_success() {
+            return Err(format!("capabilities-self: vault answered {status}"));
+        }
+        let data = body.get("data").unwrap_or(&body);
+        Ok(paths
+            .iter()
+            .map(|p| {
+                let caps = data
+                    .get(p)
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                    .unwrap_or_default();
+                (p.clone(), caps)
+            })
+            .collect())
     }
 }
 
@@ -211,6 +248,44 @@ impl Store for Vault {
             )),
             _ => Ok(()),
         }
+    }
+
+    async fn preflight(&self) -> Result<String, Error> {
+        self.check().await?;
+        let current = self.current().await?;
+        let exists = self.read(&self.path).await?.is_some();
+        let (m, p, s) = (&self.mount, &self.path, &self.staging_path);
+        let needs: [(String, &[&str]); 4] = [
+            (format!("{m}/data/{p}"), if exists { &["read", "update"] } else { &["create", "read"] }),
+            (format!("{m}/metadata/{p}"), &["read", "update"]),
+            (format!("{m}/data/{s}"), &["create", "update", "read"]),
+            (format!("{m}/metadata/{s}"), &["read", "delete"]),
+        ];
+        let paths: Vec<String> = needs.iter().map(|(path, _)| path.clone()).collect();
+        let granted = self.connection.capabilities(&paths).await.map_err(|e| self.error(ErrorKind::Transient, e))?;
+        let mut missing = Vec::new();
+        for (path, wanted) in &needs {
+            let caps = granted.get(path).cloned().unwrap_or_default();
+            if caps.iter().any(|c| c == "root") {
+                continue;
+            }
+            let lacking: Vec<&str> = wanted.iter().copied().filter(|w| !caps.iter().any(|c| c == w)).collect();
+            if !lacking.is_empty() {
+                missing.push(format!(
+                    "{path}: {} (has {})",
+                    lacking.join(", "),
+                    if caps.is_empty() { "nothing".into() } else { caps.join(", ") }
+                ));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(self.error(ErrorKind::Permanent, format!("the token may not {}", missing.join("; "))));
+        }
+        Ok(match current {
+            Some(r) => format!("readable and writable; holds {}", r.id),
+            None if exists => "readable and writable; empty".into(),
+            None => "writable; will be created".into(),
+        })
     }
 
     async fn current(&self) -> Result<Option<Record>, Error> {

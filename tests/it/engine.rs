@@ -226,13 +226,19 @@ async fn a_second_run_on_the_same_policy_is_refused_while_one_is_in_flight() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reconcile_finds_orphans_drift_and_stale_staging_and_fixes_what_it_may() {
     let env = Env::start().await;
-    let spec = Spec { name: "rec".into(), kind: CredentialKind::ApiKey, dests: vec![Dest::Vault(format!("{}/rec", env.prefix))], grace: "0s" };
+    let spec = Spec {
+        name: "rec".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/rec", env.prefix))],
+        grace: "0s",
+    };
     env.policy("rec.yaml", &spec.yaml());
     env.rotator(&["rotate", "rec"]).await.assert_code(0);
     env.rotator(&["reconcile"]).await.assert_code(0);
 
     // An orphan: named like a mint of this policy, active, used by nothing.
-    let orphan = env.toktra().create(CredentialKind::ApiKey, &format!("rec-{}", uuid::Uuid::now_v7()), &[], "").await.unwrap();
+    let orphan =
+        env.toktra().create(CredentialKind::ApiKey, &format!("rec-{}", uuid::Uuid::now_v7()), &[], "").await.unwrap();
     // A hand-made key nobody claims is not rotator's to touch.
     let unmanaged = env.legacy(CredentialKind::ApiKey, "someone-elses").await;
     // A staged value of a rotation that is not in flight.
@@ -258,7 +264,11 @@ async fn reconcile_finds_orphans_drift_and_stale_staging_and_fixes_what_it_may()
     env.rotator(&["reconcile"]).await.assert_code(0);
 
     // Drift: someone writes another key into the destination by hand; it is reported, not fixed.
-    env.vault_put(&format!("{}/rec", env.prefix), crate::harness::credential_json(CredentialKind::ApiKey, &unmanaged.id, &unmanaged.secret)).await;
+    env.vault_put(
+        &format!("{}/rec", env.prefix),
+        crate::harness::credential_json(CredentialKind::ApiKey, &unmanaged.id, &unmanaged.secret),
+    )
+    .await;
     let run = env.rotator(&["reconcile", "--fix"]).await;
     run.assert_code(1);
     assert!(run.stdout.contains("drift") && run.stdout.contains("changed by hand"), "{}", run.stdout);
@@ -266,5 +276,9 @@ async fn reconcile_finds_orphans_drift_and_stale_staging_and_fixes_what_it_may()
     // hand-written key and revokes it, and everything agrees again.
     env.rotator(&["rotate", "rec"]).await.assert_code(0);
     assert_ne!(text(&env.served(&spec.dests[0]).await.unwrap(), "key_id"), unmanaged.id);
-    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, unmanaged.id.clone(), unmanaged.secret.expose().to_string())]).await;
+    env.assert_converged(
+        &[spec],
+        &[(CredentialKind::ApiKey, unmanaged.id.clone(), unmanaged.secret.expose().to_string())],
+    )
+    .await;
 }

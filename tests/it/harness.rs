@@ -165,7 +165,7 @@ impl Env {
         out.version_ids_to_stages().cloned().unwrap_or_default()
     }
 
-    async fn vault(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn vault(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let client = reqwest::Client::new();
         let mut request =
             client.request(method, format!("{}/v1/{path}", self.vault_addr)).header("X-Vault-Token", &self.vault_token);

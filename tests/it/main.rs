@@ -7,5 +7,6 @@ mod cli;
 mod crash;
 mod engine;
 mod leak;
+mod plan;
 mod rotate;
 mod toktra;

@@ -1,0 +1,149 @@
+//! `rotator plan`, `rotate --dry-run`, selectors and `validate` formats: what platform teams run
+//! in pull requests and before changes. Against real OpenBao and moto; nothing may change.
+
+use rotator::policy::CredentialKind;
+
+use crate::harness::{Dest, Env, Spec, text};
+
+/// A Vault token that may only read `secret/<prefix>/readonly`.
+async fn read_only_token(env: &Env) -> String {
+    let policy = format!(
+        "path \"secret/data/{p}/readonly\" {{ capabilities = [\"read\"] }}\npath \"secret/metadata/{p}/readonly\" {{ capabilities = [\"read\"] }}\n",
+        p = env.prefix
+    );
+    let (status, _) = env
+        .vault(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{}", env.prefix),
+            Some(serde_json::json!({ "policy": policy })),
+        )
+        .await;
+    assert!(status < 300, "write ACL policy: {status}");
+    let (status, body) = env
+        .vault(
+            reqwest::Method::POST,
+            "auth/token/create",
+            Some(serde_json::json!({ "policies": [env.prefix], "ttl": "10m" })),
+        )
+        .await;
+    assert_eq!(status, 200, "create token: {body}");
+    text(&body["auth"], "client_token")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_checks_destinations_and_changes_nothing() {
+    let mut env = Env::start().await;
+    let writable = Spec {
+        name: "writable".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/writable", env.prefix)), Dest::Aws(format!("{}/writable", env.prefix))],
+        grace: "1h",
+    };
+    env.policy(
+        "writable.yaml",
+        &writable.yaml().replace("name: writable\n", "name: writable\nlabels: { team: payments }\n"),
+    );
+    let legacy = env.legacy(CredentialKind::ApiKey, "writable-legacy").await;
+    env.seed(&writable, &legacy).await;
+    let before_vault = env.vault_metadata(&format!("{}/writable", env.prefix)).await.unwrap();
+    let before_aws = env.aws_stages(&format!("{}/writable", env.prefix)).await;
+
+    let run = env.rotator(&["plan", "--format", "json"]).await;
+    run.assert_code(0);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let p = &plan["policies"][0];
+    assert_eq!(p["current_credential"], legacy.id.as_str());
+    // The adopted key is days from due (its age counts from its creation), not due now.
+    assert_eq!(p["due"]["basis"], "credential");
+    assert_eq!(p["due"]["overdue"], false);
+    let next: chrono::DateTime<chrono::Utc> = p["due"]["next_start"].as_str().unwrap().parse().unwrap();
+    assert!(next > chrono::Utc::now() + chrono::Duration::days(89), "{p}");
+    assert!(p["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true), "{p}");
+    assert!(p["steps"].as_array().unwrap().len() >= 5, "{p}");
+
+    // Text form, and the same through `rotate --dry-run` with a selector.
+    let text_plan = env.rotator(&["plan"]).await;
+    text_plan.assert_code(0);
+    assert!(text_plan.stdout.contains("why:") && text_plan.stdout.contains("every 90d"), "{}", text_plan.stdout);
+    let dry = env.rotator(&["rotate", "--selector", "team=payments", "--dry-run"]).await;
+    dry.assert_code(0);
+    assert!(dry.stdout.contains("writable (api_key)"), "{}", dry.stdout);
+    env.rotator(&["rotate", "--selector", "team=nobody", "--dry-run"]).await.assert_code(2);
+
+    // A Vault path the token may only read fails the preflight (exit 1) and names what is missing.
+    let readonly = Spec {
+        name: "readonly".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/readonly", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("readonly.yaml", &readonly.yaml());
+    env.seed(&readonly, &env.legacy(CredentialKind::ApiKey, "readonly-legacy").await).await;
+    env.env.push(("VAULT_TOKEN".into(), read_only_token(&env).await));
+    let run = env.rotator(&["plan", "readonly"]).await;
+    run.assert_code(1);
+    assert!(run.stdout.contains("FAIL vault:secret/") && run.stdout.contains("the token may not"), "{}", run.stdout);
+    assert!(run.stdout.contains("update"), "names the missing capability: {}", run.stdout);
+
+    // Nothing changed anywhere: no mint, no write, no journal.
+    assert!(
+        env.sim.credentials().iter().filter(|c| !c.admin).all(|c| c.name.ends_with("-legacy")),
+        "{:?}",
+        env.sim.credentials()
+    );
+    assert_eq!(env.sim.stats().creates, 2, "only the two legacy keys were ever created");
+    assert_eq!(
+        env.vault_metadata(&format!("{}/writable", env.prefix)).await.unwrap()["current_version"],
+        before_vault["current_version"]
+    );
+    assert_eq!(env.aws_stages(&format!("{}/writable", env.prefix)).await, before_aws);
+    assert!(!env.journal_path().exists(), "plan created no journal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_reports_overdue_and_the_journal_basis() {
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "old".into(),
+        kind: CredentialKind::OauthClient,
+        dests: vec![Dest::File("old.json".into())],
+        grace: "0s",
+    };
+    // An adopted value whose own `rotated_at` is 200 days ago: overdue.
+    env.policy("old.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::OauthClient, "old-legacy").await;
+    let mut value = crate::harness::credential_json(CredentialKind::OauthClient, &legacy.id, &legacy.secret);
+    value["rotated_at"] = serde_json::json!((chrono::Utc::now() - chrono::Duration::days(200)).to_rfc3339());
+    std::fs::write(env.dir.join("policies/old.json"), value.to_string()).unwrap();
+    let run = env.rotator(&["plan", "--format", "json"]).await;
+    run.assert_code(0);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["policies"][0]["due"]["overdue"], true, "{plan}");
+    assert!(plan["policies"][0]["credential_age_seconds"].as_i64().unwrap() >= 200 * 86_400);
+    let text_plan = env.rotator(&["plan"]).await;
+    assert!(text_plan.stdout.contains("OVERDUE") && text_plan.stdout.contains("overdue by"), "{}", text_plan.stdout);
+
+    // After a rotation, the journal is the basis and the next one is 90 days out.
+    env.rotator(&["rotate", "old"]).await.assert_code(0);
+    let run = env.rotator(&["plan", "--format", "json"]).await;
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["policies"][0]["due"]["basis"], "journal", "{plan}");
+    assert_eq!(plan["policies"][0]["due"]["overdue"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_speaks_json_and_github_annotations() {
+    let env = Env::start().await;
+    env.policy("bad.yaml", "name: bad\ncredential: { kind: api_key, name: bad }\nschedule: { every: 10m }\ndestinations:\n  - file: { path: b.json }\n");
+    let run = env.rotator(&["validate", "--format", "github"]).await;
+    run.assert_code(2);
+    assert!(run.stdout.starts_with("::error file="), "{}", run.stdout);
+    assert!(run.stdout.contains("bad.yaml,line=3,col="), "{}", run.stdout);
+    assert!(run.stdout.contains("::schedule.every: `10m` is shorter than the minimum of 1h"), "{}", run.stdout);
+    let run = env.rotator(&["validate", "--format", "json"]).await;
+    run.assert_code(2);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["problems"][0]["line"], 3);
+    assert_eq!(report["problems"][0]["field"], "schedule.every");
+}
