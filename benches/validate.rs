@@ -14,7 +14,9 @@ fn policy(i: usize) -> String {
     };
     let mut destinations = format!("  - vault: {{ mount: secret, path: toktra/p{i} }}\n");
     if i % 3 != 0 {
-        destinations.push_str(&format!("  - aws_secrets_manager: {{ secret_id: prod/toktra/p{i}, region: eu-central-1, create: true }}\n"));
+        destinations.push_str(&format!(
+            "  - aws_secrets_manager: {{ secret_id: prod/toktra/p{i}, region: eu-central-1, create: true }}\n"
+        ));
     }
     if i % 5 == 0 {
         destinations.push_str(&format!("  - file: {{ path: out/p{i}.json }}\n"));

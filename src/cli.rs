@@ -19,9 +19,13 @@ pub struct Cli {
     /// Directory of rotation policy files.
     #[arg(long, global = true, default_value = "policies", env = "ROTATOR_POLICIES")]
     pub policies: PathBuf,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ROTATOR_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    /// Configuration file (TOML); default `rotator.toml` if it exists. The environment
+    /// overrides it.
+    #[arg(long, global = true, env = "ROTATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr (default: JSON lines for `serve`, text otherwise).
+    #[arg(long, global = true, value_enum, env = "ROTATOR_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// More detail on stderr (same as RUST_LOG=debug for rotator).
     #[arg(long, short, global = true)]
     pub verbose: bool,
@@ -49,6 +53,9 @@ pub enum Command {
     /// Show the whole flow on this machine: an in-process Toktra simulator, file destinations and
     /// a local journal; no account and no servers needed.
     Demo(DemoArgs),
+    /// Run the service: the scheduler that rotates due policies, the HTTP API, metrics and
+    /// notifications. SIGHUP reloads policies; SIGTERM stops after the steps in flight.
+    Serve(ServeArgs),
     /// Print the JSON Schema of policy files (`--markdown`: the policy reference).
     Schema(SchemaArgs),
     /// Run the Toktra simulator as a server (for local experiments and tests).
@@ -148,6 +155,16 @@ pub struct ReconcileArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP API (default from the configuration, else 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Serve the API without a token. Allowed on a loopback address only.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct SchemaArgs {
     /// The policy reference in Markdown instead (docs/policy-reference.md).
     #[arg(long)]
@@ -218,15 +235,34 @@ impl Failure {
     }
 }
 
+/// What every command gets from the global options.
+pub struct Ctx {
+    pub policies: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+impl Ctx {
+    pub fn config(&self) -> Result<Config, Failure> {
+        if let Some(path) = &self.config
+            && !path.exists()
+        {
+            return Err(Failure::Invalid(format!("--config {}: no such file", path.display())));
+        }
+        Config::load(self.config.as_deref()).map_err(|e| Failure::Invalid(e.to_string()))
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Ctx { policies: cli.policies.clone(), config: cli.config.clone() };
     match cli.command {
-        Command::Validate(args) => validate(&cli.policies, args),
-        Command::Plan(args) => plan(&cli.policies, &args.names, &args.selector.concat(), args.format).await,
-        Command::Rotate(args) => rotate(&cli.policies, args).await,
-        Command::Status(args) => status(&cli.policies, args).await,
-        Command::History(args) => history(args).await,
-        Command::Reconcile(args) => reconcile(&cli.policies, args).await,
+        Command::Validate(args) => validate(&ctx.policies, args),
+        Command::Plan(args) => plan(&ctx, &args.names, &args.selector.concat(), args.format).await,
+        Command::Rotate(args) => rotate(&ctx, args).await,
+        Command::Status(args) => status(&ctx, args).await,
+        Command::History(args) => history(&ctx, args).await,
+        Command::Reconcile(args) => reconcile(&ctx, args).await,
         Command::Demo(args) => crate::demo::run(args.dir).await.map_err(Failure::Other),
+        Command::Serve(args) => serve(&ctx, args).await,
         Command::Schema(args) => {
             print!(
                 "{}",
@@ -342,17 +378,23 @@ pub async fn engine(config: &Config, policies: &[&Policy], journal: Journal) -> 
     let need_vault = destinations().any(|d| matches!(d, Destination::Vault(_)));
     let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
     let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
-    Ok(Engine { toktra: Arc::new(toktra), journal, clients: Arc::new(clients), options: engine::Options::default() })
+    Ok(Engine {
+        toktra: Arc::new(toktra),
+        journal,
+        clients: Arc::new(clients),
+        options: engine::Options::default(),
+        stop: None,
+    })
 }
 
-async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> {
-    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
-    let policies = load_policies(dir)?;
+async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
+    let config = ctx.config()?;
+    let policies = load_policies(&ctx.policies)?;
     let selector = args.selector.concat();
     if args.dry_run {
         let names: Vec<String> =
             select(&policies, &args.names, args.all, &selector)?.iter().map(|p| p.name.clone()).collect();
-        return plan(dir, &names, &[], args.format).await;
+        return plan(ctx, &names, &[], args.format).await;
     }
     let selected = select(&policies, &args.names, args.all, &selector)?;
     let journal = open_journal(&config).await?;
@@ -372,8 +414,12 @@ async fn rotate(dir: &std::path::Path, args: RotateArgs) -> Result<(), Failure> 
     for policy in &others {
         outcomes.push((policy.name.clone(), engine.resume(policy).await));
     }
-    let request =
-        engine::Request { reason: args.reason, compromised: args.compromised, revoke_first: args.revoke_first };
+    let request = engine::Request {
+        reason: args.reason,
+        compromised: args.compromised,
+        revoke_first: args.revoke_first,
+        id: None,
+    };
     outcomes.extend(rotate_policies(&engine, &selected, &request).await);
     engine.journal.close().await;
     let stats = engine.toktra.stats();
@@ -504,14 +550,9 @@ pub fn check_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
     if failed.is_empty() { Ok(()) } else { Err(Failure::Failed(format!("rotation failed for: {}", failed.join(", ")))) }
 }
 
-async fn plan(
-    dir: &std::path::Path,
-    names: &[String],
-    selector: &[(String, String)],
-    format: Format,
-) -> Result<(), Failure> {
-    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
-    let policies = load_policies(dir)?;
+async fn plan(ctx: &Ctx, names: &[String], selector: &[(String, String)], format: Format) -> Result<(), Failure> {
+    let config = ctx.config()?;
+    let policies = load_policies(&ctx.policies)?;
     let selected = select(&policies, names, names.is_empty(), selector)?;
     let destinations = || selected.iter().flat_map(|p| p.destinations.iter());
     let need_aws = destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
@@ -568,13 +609,96 @@ fn print_plan(plan: &crate::plan::Plan) {
     }
 }
 
+async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
+    let config = ctx.config()?;
+    let listen = args.listen.unwrap_or(config.listen);
+    let token = config.api_token.clone();
+    match (&token, args.insecure_no_auth) {
+        (Some(_), _) => {}
+        (None, true) if listen.ip().is_loopback() => {
+            tracing::warn!(%listen, "serving the API WITHOUT authentication (--insecure-no-auth, loopback only)")
+        }
+        (None, true) => {
+            return Err(Failure::Invalid(format!(
+                "--insecure-no-auth is only allowed on a loopback address, not {listen}"
+            )));
+        }
+        (None, false) => {
+            return Err(Failure::Invalid(
+                "no API token: set ROTATOR_API_TOKEN or `api_token_file` in the configuration (or --insecure-no-auth on loopback)".into(),
+            ));
+        }
+    }
+    let policies = load_policies(&ctx.policies)?;
+    for p in &policies {
+        if let Some(channel) = p.notify.iter().find(|c| !config.channels.contains_key(*c)) {
+            return Err(Failure::Invalid(format!(
+                "{}: notify: channel `{channel}` is not defined in the configuration",
+                p.source
+            )));
+        }
+    }
+    // Clients for whatever the configuration provides, so a reload may add policies using them.
+    let need_vault = config.vault_addr.is_some()
+        || policies.iter().flat_map(|p| &p.destinations).any(|d| matches!(d, Destination::Vault(_)));
+    let need_aws = config.aws_region.is_some()
+        || config.aws_endpoint.is_some()
+        || policies.iter().flat_map(|p| &p.destinations).any(|d| matches!(d, Destination::AwsSecretsManager(_)));
+    let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+    let journal = open_journal(&config).await?;
+    let engine = Engine {
+        toktra: Arc::new(toktra),
+        journal,
+        clients: Arc::new(clients),
+        options: engine::Options::default(),
+        stop: None,
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (notifier, notifications) = crate::notify::Notifier::start(config.channels.clone(), metrics.clone());
+    let count = policies.len();
+    let daemon = crate::daemon::Daemon::new(&config, ctx.policies.clone(), policies, engine, metrics, notifier);
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::Invalid(format!("listen {listen}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| Failure::Other(e.into()))?;
+    tracing::info!(%addr, policies = count, concurrency = config.concurrency, tick = %crate::duration::format(config.tick), "rotator serving");
+
+    let reloader = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading policies");
+                let _ = daemon.reload();
+            }
+        })
+    };
+    let reconciler = tokio::spawn(daemon.clone().run(config.tick, config.shutdown_timeout));
+    let stopper = daemon.clone();
+    let shutdown = async move {
+        crate::telemetry::shutdown_signal().await;
+        tracing::info!("stopping: no new work; letting the steps in flight finish");
+        stopper.stop();
+    };
+    axum::serve(listener, crate::server::router(daemon.clone(), token))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Failure::Other(e.into()))?;
+    reloader.abort();
+    let _ = tokio::time::timeout(config.shutdown_timeout + std::time::Duration::from_secs(5), reconciler).await;
+    notifications.abort();
+    daemon.engine.journal.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 async fn open_journal(config: &Config) -> Result<Journal, Failure> {
     Journal::open(&config.database_url).await.map_err(|e| Failure::Other(e.into()))
 }
 
-async fn status(dir: &std::path::Path, args: FormatArgs) -> Result<(), Failure> {
-    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
-    let policies = load_policies(dir)?;
+async fn status(ctx: &Ctx, args: FormatArgs) -> Result<(), Failure> {
+    let config = ctx.config()?;
+    let policies = load_policies(&ctx.policies)?;
     let journal = open_journal(&config).await?;
     let history = journal.history(None, 100_000).await.map_err(|e| Failure::Other(e.into()))?;
     journal.close().await;
@@ -610,8 +734,8 @@ async fn status(dir: &std::path::Path, args: FormatArgs) -> Result<(), Failure> 
     Ok(())
 }
 
-async fn history(args: HistoryArgs) -> Result<(), Failure> {
-    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
+async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure> {
+    let config = ctx.config()?;
     let journal = open_journal(&config).await?;
     let other = |e: crate::journal::Error| Failure::Other(e.into());
     let rotations = journal.history(args.name.as_deref(), args.limit).await.map_err(other)?;
@@ -675,9 +799,9 @@ async fn history(args: HistoryArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn reconcile(dir: &std::path::Path, args: ReconcileArgs) -> Result<(), Failure> {
-    let config = Config::from_env().map_err(|e| Failure::Invalid(e.to_string()))?;
-    let policies = load_policies(dir)?;
+async fn reconcile(ctx: &Ctx, args: ReconcileArgs) -> Result<(), Failure> {
+    let config = ctx.config()?;
+    let policies = load_policies(&ctx.policies)?;
     let all: Vec<&Policy> = policies.iter().collect();
     let journal = open_journal(&config).await?;
     let engine = engine(&config, &all, journal).await?;

@@ -1,8 +1,15 @@
-//! Run-time configuration from the environment (SPEC section 6): Toktra's URL and the rotator's
-//! management credential, the journal URL, Vault, and the standard AWS chain. Secrets are held
-//! as [`Secret`] and none has a default.
+//! Run-time configuration (SPEC section 6): one TOML file (`--config`, default `rotator.toml` if
+//! present) with every value overridable from the environment, where the usual variables work as
+//! users expect (`TOKTRA_*`, `VAULT_*`, the standard AWS chain, `ROTATOR_*`). Secrets are held as
+//! [`Secret`] and none has a default; a secret may also be read from a file (`*_file`), so it
+//! need not sit in the configuration file itself.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use crate::duration;
 use crate::secret::Secret;
@@ -11,140 +18,404 @@ use crate::toktra::{self, ManagementAuth};
 
 pub const DEFAULT_TOKTRA_URL: &str = "https://api.toktra.io/v1";
 pub const DEFAULT_DATABASE_URL: &str = "rotator.db";
+pub const DEFAULT_CONFIG_FILE: &str = "rotator.toml";
+
+/// A notification channel.
+#[derive(Clone)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// Incoming-webhook URLs carry their own credential, so they are secrets.
+    pub url: Secret,
+    /// Also notify successful rotations (failures, overdue policies, orphans and compromise
+    /// rotations are always sent).
+    pub on_success: bool,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("name", &self.name).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// A Slack-compatible incoming webhook (`{"text": …}`).
+    Slack,
+    /// A generic JSON webhook (the event as a JSON object).
+    Webhook,
+}
+
+/// How rotator logs in to Vault when no token is given.
+#[derive(Clone)]
+pub enum VaultAuth {
+    Token(Secret),
+    AppRole { mount: String, role_id: String, secret_id: Secret },
+}
 
 #[derive(Clone)]
 pub struct Config {
+    /// The file this came from, if any.
+    pub file: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub api_token: Option<Secret>,
+    pub database_url: String,
+    /// Rotations run at the same time by `serve` (and `rotate --all`).
+    pub concurrency: usize,
+    /// How often `serve` looks for due work without being asked.
+    pub tick: Duration,
+    /// How long SIGTERM waits for the steps in flight.
+    pub shutdown_timeout: Duration,
     pub toktra_url: String,
     pub toktra_auth: Option<ManagementAuth>,
     pub toktra_timeout: Duration,
     pub toktra_page_size: u32,
     /// Endpoint paths below the base URL (undocumented at Toktra, so overridable).
     pub toktra_endpoints: toktra::Endpoints,
-    pub database_url: String,
     pub vault_addr: Option<String>,
-    pub vault_token: Option<Secret>,
+    pub vault_auth: Option<VaultAuth>,
     pub vault_namespace: Option<String>,
+    pub aws_region: Option<String>,
     pub aws_endpoint: Option<String>,
+    pub aws_profile: Option<String>,
+    pub channels: BTreeMap<String, Channel>,
 }
 
 impl std::fmt::Debug for Config {
-    // By hand: the journal URL may carry a database password.
+    // By hand: secrets are redacted by their type, and the journal URL may carry a password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
+            .field("file", &self.file)
+            .field("listen", &self.listen)
+            .field("database_url", &crate::journal::display_url(&self.database_url))
             .field("toktra_url", &self.toktra_url)
             .field("toktra_auth", &self.toktra_auth)
-            .field("database_url", &crate::journal::display_url(&self.database_url))
             .field("vault_addr", &self.vault_addr)
             .field("aws_endpoint", &self.aws_endpoint)
+            .field("channels", &self.channels)
             .finish_non_exhaustive()
     }
 }
 
-/// A configuration problem, naming the variable.
+/// A configuration problem, naming the variable or the file and key.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]
 pub struct Error {
-    pub variable: &'static str,
+    pub variable: String,
     pub message: String,
+}
+
+fn error(variable: impl Into<String>, message: impl Into<String>) -> Error {
+    Error { variable: variable.into(), message: message.into() }
+}
+
+// ---- the file ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    api_token_file: Option<PathBuf>,
+    database_url: Option<String>,
+    concurrency: Option<usize>,
+    tick: Option<String>,
+    shutdown_timeout: Option<String>,
+    #[serde(default)]
+    toktra: ToktraFile,
+    #[serde(default)]
+    vault: VaultFile,
+    #[serde(default)]
+    aws: AwsFile,
+    #[serde(default)]
+    notifications: BTreeMap<String, ChannelFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToktraFile {
+    api_url: Option<String>,
+    api_key_file: Option<PathBuf>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    timeout: Option<String>,
+    page_size: Option<u32>,
+    token_path: Option<String>,
+    oauth_clients_path: Option<String>,
+    api_keys_path: Option<String>,
+    usage_path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VaultFile {
+    addr: Option<String>,
+    token_file: Option<PathBuf>,
+    namespace: Option<String>,
+    approle: Option<AppRoleFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppRoleFile {
+    #[serde(default = "default_approle_mount")]
+    mount: String,
+    role_id: String,
+    secret_id_file: PathBuf,
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AwsFile {
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    profile: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelFile {
+    kind: ChannelKind,
+    /// Better from the environment (`ROTATOR_NOTIFY_<NAME>_URL`) or a file: the URL is a secret.
+    url: Option<String>,
+    url_file: Option<PathBuf>,
+    #[serde(default)]
+    on_success: bool,
 }
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// Reads a secret from a file (trailing newline removed), naming the key on failure.
+fn read_secret(key: &str, path: &Path) -> Result<Secret, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| error(key, format!("cannot read {}: {e}", path.display())))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.is_empty() {
+        return Err(error(key, format!("{} is empty", path.display())));
+    }
+    Ok(Secret::new(text))
+}
+
+fn parse_duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, Error> {
+    match text {
+        Some(t) => duration::parse(&t).map_err(|m| error(key, m)),
+        None => Ok(default),
+    }
+}
+
 impl Config {
+    /// Only the environment (no file): for commands run where no `rotator.toml` is wanted.
     pub fn from_env() -> Result<Config, Error> {
-        let toktra_auth = match (var("TOKTRA_API_KEY"), var("TOKTRA_CLIENT_ID"), var("TOKTRA_CLIENT_SECRET")) {
-            (Some(_), Some(_), _) => {
-                return Err(Error {
-                    variable: "TOKTRA_API_KEY",
-                    message: "set either TOKTRA_API_KEY or TOKTRA_CLIENT_ID/TOKTRA_CLIENT_SECRET, not both".into(),
-                });
+        Config::load(None)
+    }
+
+    /// The file at `path`, else `rotator.toml` if it exists, overridden by the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        let default = Path::new(DEFAULT_CONFIG_FILE);
+        let path = path.map(Path::to_path_buf).or_else(|| default.exists().then(|| default.to_path_buf()));
+        let file: File = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| error(p.display().to_string(), format!("cannot read: {e}")))?;
+                toml::from_str(&text).map_err(|e| {
+                    let (line, column) = e
+                        .span()
+                        .map(|span| {
+                            let before = &text[..span.start.min(text.len())];
+                            (before.matches('\n').count() + 1, span.start - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+                        })
+                        .unwrap_or((0, 0));
+                    error(format!("{}:{line}:{column}", p.display()), e.message().to_string())
+                })?
             }
-            (Some(key), None, _) => Some(ManagementAuth::ApiKey(Secret::new(key))),
-            (None, Some(client_id), Some(secret)) => {
-                Some(ManagementAuth::Client { client_id, client_secret: Secret::new(secret) })
-            }
-            (None, Some(_), None) => {
-                return Err(Error {
-                    variable: "TOKTRA_CLIENT_SECRET",
-                    message: "TOKTRA_CLIENT_ID is set but TOKTRA_CLIENT_SECRET is not".into(),
-                });
-            }
-            (None, None, Some(_)) => {
-                return Err(Error {
-                    variable: "TOKTRA_CLIENT_ID",
-                    message: "TOKTRA_CLIENT_SECRET is set but TOKTRA_CLIENT_ID is not".into(),
-                });
-            }
-            (None, None, None) => None,
+            None => File::default(),
         };
-        let toktra_timeout = match var("TOKTRA_TIMEOUT") {
-            Some(text) => duration::parse(&text).map_err(|message| Error { variable: "TOKTRA_TIMEOUT", message })?,
-            None => Duration::from_secs(30),
+        let source = |key: &str| match &path {
+            Some(p) => format!("{} ({key})", p.display()),
+            None => key.to_string(),
         };
+
+        let listen_text = var("ROTATOR_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| error("ROTATOR_LISTEN", format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
+        let api_token = match (var("ROTATOR_API_TOKEN"), &file.api_token_file) {
+            (Some(t), _) => Some(Secret::new(t)),
+            (None, Some(p)) => Some(read_secret(&source("api_token_file"), p)?),
+            (None, None) => None,
+        };
+        let concurrency = match var("ROTATOR_CONCURRENCY") {
+            Some(t) => t
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| error("ROTATOR_CONCURRENCY", format!("`{t}` is not a positive number")))?,
+            None => file.concurrency.unwrap_or(4).max(1),
+        };
+        let tick = parse_duration("ROTATOR_TICK", var("ROTATOR_TICK").or(file.tick), Duration::from_secs(30))?;
+        if tick.is_zero() {
+            return Err(error("ROTATOR_TICK", "must be at least 1s"));
+        }
+        let shutdown_timeout = parse_duration(
+            "ROTATOR_SHUTDOWN_TIMEOUT",
+            var("ROTATOR_SHUTDOWN_TIMEOUT").or(file.shutdown_timeout),
+            Duration::from_secs(60),
+        )?;
+
+        let toktra_auth = match (var("TOKTRA_API_KEY"), var("TOKTRA_CLIENT_ID").or(file.toktra.client_id.clone())) {
+            (Some(_), Some(_)) if var("TOKTRA_CLIENT_ID").is_some() => {
+                return Err(error(
+                    "TOKTRA_API_KEY",
+                    "set either TOKTRA_API_KEY or TOKTRA_CLIENT_ID/TOKTRA_CLIENT_SECRET, not both",
+                ));
+            }
+            (Some(key), _) => Some(ManagementAuth::ApiKey(Secret::new(key))),
+            (None, Some(client_id)) => {
+                let secret = match (var("TOKTRA_CLIENT_SECRET"), &file.toktra.client_secret_file) {
+                    (Some(s), _) => Secret::new(s),
+                    (None, Some(p)) => read_secret(&source("toktra.client_secret_file"), p)?,
+                    (None, None) => {
+                        return Err(error(
+                            "TOKTRA_CLIENT_SECRET",
+                            "TOKTRA_CLIENT_ID is set but TOKTRA_CLIENT_SECRET is not",
+                        ));
+                    }
+                };
+                Some(ManagementAuth::Client { client_id, client_secret: secret })
+            }
+            (None, None) => match (&file.toktra.api_key_file, var("TOKTRA_CLIENT_SECRET")) {
+                (Some(p), _) => Some(ManagementAuth::ApiKey(read_secret(&source("toktra.api_key_file"), p)?)),
+                (None, Some(_)) => {
+                    return Err(error("TOKTRA_CLIENT_ID", "TOKTRA_CLIENT_SECRET is set but TOKTRA_CLIENT_ID is not"));
+                }
+                (None, None) => None,
+            },
+        };
+        let toktra_timeout =
+            parse_duration("TOKTRA_TIMEOUT", var("TOKTRA_TIMEOUT").or(file.toktra.timeout), Duration::from_secs(30))?;
         let toktra_page_size = match var("TOKTRA_PAGE_SIZE") {
-            Some(text) => text.parse::<u32>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| Error {
-                variable: "TOKTRA_PAGE_SIZE",
-                message: format!("`{text}` is not a number from 1 to 100"),
-            })?,
-            None => 100,
+            Some(t) => t
+                .parse::<u32>()
+                .map_err(|_| error("TOKTRA_PAGE_SIZE", format!("`{t}` is not a number from 1 to 100")))?,
+            None => file.toktra.page_size.unwrap_or(100),
         };
+        if !(1..=100).contains(&toktra_page_size) {
+            return Err(error("TOKTRA_PAGE_SIZE", format!("{toktra_page_size} is not a number from 1 to 100")));
+        }
         let mut toktra_endpoints = toktra::Endpoints::default();
-        for (variable, path) in [
-            ("TOKTRA_TOKEN_PATH", &mut toktra_endpoints.token),
-            ("TOKTRA_OAUTH_CLIENTS_PATH", &mut toktra_endpoints.oauth_clients),
-            ("TOKTRA_API_KEYS_PATH", &mut toktra_endpoints.api_keys),
-            ("TOKTRA_USAGE_PATH", &mut toktra_endpoints.usage),
+        for (variable, from_file, path) in [
+            ("TOKTRA_TOKEN_PATH", file.toktra.token_path, &mut toktra_endpoints.token),
+            ("TOKTRA_OAUTH_CLIENTS_PATH", file.toktra.oauth_clients_path, &mut toktra_endpoints.oauth_clients),
+            ("TOKTRA_API_KEYS_PATH", file.toktra.api_keys_path, &mut toktra_endpoints.api_keys),
+            ("TOKTRA_USAGE_PATH", file.toktra.usage_path, &mut toktra_endpoints.usage),
         ] {
-            if let Some(value) = var(variable) {
+            if let Some(value) = var(variable).or(from_file) {
                 *path = value;
             }
         }
+
+        let vault_auth = match (var("VAULT_TOKEN"), &file.vault.token_file, &file.vault.approle) {
+            (Some(t), _, _) => Some(VaultAuth::Token(Secret::new(t))),
+            (None, Some(p), _) => Some(VaultAuth::Token(read_secret(&source("vault.token_file"), p)?)),
+            (None, None, Some(a)) => Some(VaultAuth::AppRole {
+                mount: a.mount.clone(),
+                role_id: a.role_id.clone(),
+                secret_id: read_secret(&source("vault.approle.secret_id_file"), &a.secret_id_file)?,
+            }),
+            (None, None, None) => None,
+        };
+
+        let mut channels = BTreeMap::new();
+        for (name, channel) in file.notifications {
+            let env_name = format!("ROTATOR_NOTIFY_{}_URL", name.to_ascii_uppercase().replace('-', "_"));
+            let url = match (var(&env_name), &channel.url, &channel.url_file) {
+                (Some(u), _, _) => Secret::new(u),
+                (None, Some(u), _) => Secret::new(u.clone()),
+                (None, None, Some(p)) => read_secret(&source(&format!("notifications.{name}.url_file")), p)?,
+                (None, None, None) => {
+                    return Err(error(
+                        source(&format!("notifications.{name}")),
+                        format!("no url: set `url`, `url_file` or {env_name}"),
+                    ));
+                }
+            };
+            if reqwest::Url::parse(url.expose()).is_err() {
+                // The URL is not printed: it is a secret.
+                return Err(error(source(&format!("notifications.{name}.url")), "not a URL"));
+            }
+            channels.insert(name.clone(), Channel { name, kind: channel.kind, url, on_success: channel.on_success });
+        }
+
         Ok(Config {
-            toktra_endpoints,
-            toktra_url: var("TOKTRA_API_URL").unwrap_or_else(|| DEFAULT_TOKTRA_URL.into()),
+            file: path,
+            listen,
+            api_token,
+            database_url: var("ROTATOR_DATABASE_URL")
+                .or(file.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            concurrency,
+            tick,
+            shutdown_timeout,
+            toktra_url: var("TOKTRA_API_URL").or(file.toktra.api_url).unwrap_or_else(|| DEFAULT_TOKTRA_URL.into()),
             toktra_auth,
             toktra_timeout,
             toktra_page_size,
-            database_url: var("ROTATOR_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
-            vault_addr: var("VAULT_ADDR"),
-            vault_token: var("VAULT_TOKEN").map(Secret::new),
-            vault_namespace: var("VAULT_NAMESPACE"),
-            aws_endpoint: var("AWS_ENDPOINT_URL"),
+            toktra_endpoints,
+            vault_addr: var("VAULT_ADDR").or(file.vault.addr),
+            vault_auth,
+            vault_namespace: var("VAULT_NAMESPACE").or(file.vault.namespace),
+            aws_region: var("AWS_REGION").or(var("AWS_DEFAULT_REGION")).or(file.aws.region),
+            aws_endpoint: var("AWS_ENDPOINT_URL").or(file.aws.endpoint_url),
+            aws_profile: var("AWS_PROFILE").or(file.aws.profile),
+            channels,
         })
     }
 
     /// The Toktra client; errors when no management credential is configured.
     pub fn toktra(&self) -> Result<toktra::Client, Error> {
-        let auth = self.toktra_auth.clone().ok_or_else(|| Error {
-            variable: "TOKTRA_API_KEY",
-            message:
-                "no Toktra management credential: set TOKTRA_API_KEY, or TOKTRA_CLIENT_ID and TOKTRA_CLIENT_SECRET"
-                    .into(),
+        let auth = self.toktra_auth.clone().ok_or_else(|| {
+            error(
+                "TOKTRA_API_KEY",
+                "no Toktra management credential: set TOKTRA_API_KEY, or TOKTRA_CLIENT_ID and TOKTRA_CLIENT_SECRET",
+            )
         })?;
         let mut settings = toktra::Settings::new(self.toktra_url.clone(), auth);
         settings.timeout = self.toktra_timeout;
         settings.page_size = self.toktra_page_size;
         settings.endpoints = self.toktra_endpoints.clone();
-        toktra::Client::new(settings).map_err(|e| Error { variable: "TOKTRA_API_URL", message: e.to_string() })
+        toktra::Client::new(settings).map_err(|e| error("TOKTRA_API_URL", e.to_string()))
     }
 
     /// Destination clients for the destinations the policies use (AWS and Vault are only
     /// configured when needed, so a file-only setup never touches the AWS credential chain).
     pub async fn clients(&self, need_aws: bool, need_vault: bool) -> Result<store::Clients, Error> {
         let vault = if need_vault {
-            let addr = self.vault_addr.as_deref().ok_or_else(|| Error {
-                variable: "VAULT_ADDR",
-                message: "a policy writes to Vault but VAULT_ADDR is not set".into(),
-            })?;
-            let token = self.vault_token.as_ref().ok_or_else(|| Error {
-                variable: "VAULT_TOKEN",
-                message: "a policy writes to Vault but VAULT_TOKEN is not set".into(),
-            })?;
+            let addr = self
+                .vault_addr
+                .as_deref()
+                .ok_or_else(|| error("VAULT_ADDR", "a policy writes to Vault but VAULT_ADDR is not set"))?;
+            let token = match &self.vault_auth {
+                Some(VaultAuth::Token(token)) => token.clone(),
+                Some(VaultAuth::AppRole { mount, role_id, secret_id }) => {
+                    vault::approle_login(addr, self.vault_namespace.as_deref(), mount, role_id, secret_id)
+                        .await
+                        .map_err(|m| error("vault.approle", m))?
+                }
+                None => {
+                    return Err(error(
+                        "VAULT_TOKEN",
+                        "a policy writes to Vault but neither VAULT_TOKEN nor [vault] token_file/approle is set",
+                    ));
+                }
+            };
             Some(
-                vault::Connection::new(addr, token, self.vault_namespace.as_deref(), Duration::from_secs(15))
-                    .map_err(|message| Error { variable: "VAULT_ADDR", message })?,
+                vault::Connection::new(addr, &token, self.vault_namespace.as_deref(), Duration::from_secs(15))
+                    .map_err(|message| error("VAULT_ADDR", message))?,
             )
         } else {
             None
@@ -153,6 +424,12 @@ impl Config {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(endpoint) = &self.aws_endpoint {
                 loader = loader.endpoint_url(endpoint);
+            }
+            if let Some(region) = &self.aws_region {
+                loader = loader.region(aws_config::Region::new(region.clone()));
+            }
+            if let Some(profile) = &self.aws_profile {
+                loader = loader.profile_name(profile);
             }
             Some(loader.load().await)
         } else {

@@ -122,6 +122,7 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         journal: journal.clone(),
         clients: Arc::new(store::Clients { aws: None, vault: None }),
         options: engine::Options::default(),
+        stop: None,
     };
     let selected: Vec<&policy::Policy> = policies.iter().collect();
     let request = engine::Request { reason: Some("demo".into()), ..Default::default() };

@@ -37,6 +37,9 @@ pub struct Request {
     pub compromised: bool,
     /// With `compromised`: revoke them before minting, accepting an outage until promotion.
     pub revoke_first: bool,
+    /// The ID of the new rotation, when the caller must know it in advance (the HTTP API
+    /// answers with it before the rotation starts). Must be a UUID.
+    pub id: Option<String>,
 }
 
 /// How a policy's run ended.
@@ -85,6 +88,8 @@ pub struct Outcome {
     pub compromise: Option<Containment>,
     /// An unfinished rotation of an earlier run, resumed by this one.
     pub resumed: bool,
+    /// Stopped between steps by a shutdown; the next run resumes it.
+    pub interrupted: bool,
     pub seconds: f64,
 }
 
@@ -151,6 +156,9 @@ pub struct Engine {
     pub journal: Journal,
     pub clients: Arc<Clients>,
     pub options: Options,
+    /// Set by a graceful shutdown: rotations stop after the step in flight (they stay
+    /// resumable from the journal).
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// A held lease and the heartbeat that keeps it.
@@ -328,7 +336,7 @@ impl Engine {
     /// records the rotation, and runs it.
     async fn start(&self, policy: &Policy, request: &Request, held: &Held) -> Result<Outcome, Error> {
         let now = Utc::now();
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = request.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let mut rotation = Rotation {
             id: id.clone(),
             policy: policy.name.clone(),
@@ -359,8 +367,8 @@ impl Engine {
         let prepared = async {
             let destinations = self.destinations(policy)?;
             for destination in &destinations {
-                self.retry(deadline, async || destination.check().await).await?;
-                if let Some(current) = self.retry(deadline, async || destination.current().await).await? {
+                self.retry(deadline, || destination.check()).await?;
+                if let Some(current) = self.retry(deadline, || destination.current()).await? {
                     tracing::info!(policy = %policy.name, destination = %destination.label(), credential = %current.id, "destination holds the current credential");
                     if !rotation.old_credentials.contains(&current.id) {
                         rotation.old_credentials.push(current.id.clone());
@@ -468,6 +476,13 @@ impl Engine {
         let mut lost = held.lost.clone();
         loop {
             let action = rotation::next(&work.rotation, work.memory, Utc::now());
+            let stopping = self.stop.as_ref().is_some_and(|s| *s.borrow());
+            if stopping && !matches!(action, Action::Done | Action::WaitForGrace { .. }) {
+                tracing::info!(policy = %policy.name, rotation = %work.rotation.id, phase = %work.rotation.phase, "shutting down between steps; the next run resumes this rotation");
+                let mut outcome = self.outcome(&work.rotation, work.revoked, &work.held_by, started_at);
+                outcome.interrupted = true;
+                return Ok(outcome);
+            }
             let phase = work.rotation.phase;
             let step = async {
                 match &action {
@@ -612,7 +627,7 @@ impl Engine {
         self.note(work, "abandon", "intent", &format!("look up `{name}`")).await?;
         let revoked = self.revoke_named(work, None).await?;
         for destination in &work.destinations {
-            self.retry(work.deadline, async || destination.discard(&work.rotation.id).await).await?;
+            self.retry(work.deadline, || destination.discard(&work.rotation.id)).await?;
         }
         work.rotation.error.get_or_insert_with(|| "interrupted before the new credential was staged".into());
         let detail = if revoked.is_empty() {
@@ -649,8 +664,7 @@ impl Engine {
     async fn recover(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let expected = work.rotation.new_fingerprint.clone();
         for destination in &work.destinations {
-            if let Some(record) =
-                self.retry(work.deadline, async || destination.staged(&work.rotation.id).await).await?
+            if let Some(record) = self.retry(work.deadline, || destination.staged(&work.rotation.id)).await?
                 && Some(record.secret.fingerprint()) == expected
             {
                 tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, destination = %destination.label(), "recovered the new credential from its staged copy");
@@ -672,9 +686,7 @@ impl Engine {
         for (i, destination) in work.destinations.iter().enumerate() {
             let label = destination.label();
             self.note(work, "stage", "intent", &format!("stage {} in {label}", record.id)).await?;
-            if let Err(e) =
-                self.retry(work.deadline, async || destination.stage(&work.rotation.id, &record).await).await
-            {
+            if let Err(e) = self.retry(work.deadline, || destination.stage(&work.rotation.id, &record)).await {
                 return Err(self.failed(work, "stage", e.to_string()).await);
             }
             self.note(work, "stage", "done", &format!("staged in {label}")).await?;
@@ -696,7 +708,7 @@ impl Engine {
             Err(e) => return Err(self.failed(work, "verify", e.to_string()).await),
         }
         for destination in &work.destinations {
-            let staged = self.retry(work.deadline, async || destination.staged(&work.rotation.id).await).await?;
+            let staged = self.retry(work.deadline, || destination.staged(&work.rotation.id)).await?;
             if staged.as_ref().map(Record::fingerprint) != Some(record.fingerprint()) {
                 let message = format!("{}: the staged value read back does not match", destination.label());
                 return Err(self.failed(work, "verify", message).await);
@@ -718,7 +730,7 @@ impl Engine {
             let label = destination.label();
             // Promote only over what this rotation set out to replace: a destination changed by
             // hand since the start holds a credential nobody would revoke.
-            let current = match self.retry(work.deadline, async || destination.current().await).await {
+            let current = match self.retry(work.deadline, || destination.current()).await {
                 Ok(current) => current,
                 Err(e) => return Err(self.promote_failed(work, promoted, e.is_transient(), e.to_string()).await),
             };
@@ -735,7 +747,7 @@ impl Engine {
                 }
             }
             self.note(work, "promote", "intent", &format!("promote {new_id} in {label}")).await?;
-            if let Err(e) = self.retry(work.deadline, async || destination.promote(&work.rotation.id).await).await {
+            if let Err(e) = self.retry(work.deadline, || destination.promote(&work.rotation.id)).await {
                 return Err(self.promote_failed(work, promoted, e.is_transient(), e.to_string()).await);
             }
             if current.as_ref().and_then(|c| c.rotation_id.as_deref()) != Some(work.rotation.id.as_str()) {
@@ -851,7 +863,7 @@ impl Engine {
     async fn roll_back(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         self.note(work, "rollback", "intent", "discard staged values and revoke the new credential").await?;
         for destination in &work.destinations {
-            if let Err(e) = self.retry(work.deadline, async || destination.discard(&work.rotation.id).await).await {
+            if let Err(e) = self.retry(work.deadline, || destination.discard(&work.rotation.id)).await {
                 return Err(self.failed(work, "rollback", e.to_string()).await);
             }
         }
@@ -875,11 +887,11 @@ impl Engine {
 
     /// Retries a destination operation on transient errors with exponential backoff and full
     /// jitter, within the attempt limit and the rotation's time budget.
-    async fn retry<T>(
-        &self,
-        deadline: Instant,
-        mut op: impl AsyncFnMut() -> Result<T, store::Error>,
-    ) -> Result<T, store::Error> {
+    async fn retry<T, F, Fut>(&self, deadline: Instant, mut op: F) -> Result<T, store::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, store::Error>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -932,6 +944,7 @@ impl Engine {
             error: rotation.error.clone(),
             compromise,
             resumed: false,
+            interrupted: false,
             seconds: (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0,
         }
     }

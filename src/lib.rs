@@ -3,16 +3,20 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod duration;
 pub mod engine;
 pub mod journal;
+pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
 pub mod rotation;
 pub mod schedule;
 pub mod secret;
+pub mod server;
 pub mod status;
 pub mod store;
 pub mod telemetry;

@@ -6,7 +6,11 @@ fn main() -> ExitCode {
     // One TLS crypto provider for the whole process (notes/stack.md section 2).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = rotator::cli::Cli::parse();
-    rotator::telemetry::init(cli.log_format, cli.verbose);
+    let format = cli.log_format.unwrap_or(match cli.command {
+        rotator::cli::Command::Serve(_) => rotator::telemetry::LogFormat::Json,
+        _ => rotator::telemetry::LogFormat::Text,
+    });
+    rotator::telemetry::init(format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

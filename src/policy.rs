@@ -566,7 +566,8 @@ impl Context<'_> {
                     .enumerate()
                     .skip(line + 1)
                     .take_while(|(_, l)| l.trim().is_empty() || l.starts_with([' ', '\t', '-']))
-                    .filter(|&(_, l)| l.trim_start().starts_with("- ")).map(|(i, l)| (i, l.len() - l.trim_start().len() + 3))
+                    .filter(|&(_, l)| l.trim_start().starts_with("- "))
+                    .map(|(i, l)| (i, l.len() - l.trim_start().len() + 3))
                     .collect();
                 if let Some(&(item_line, item_column)) = items.get(index) {
                     found = Some((item_line, item_column));

@@ -369,12 +369,13 @@ pub fn due(policy: &str, schedule: &Schedule, last: Option<(DateTime<Utc>, Basis
     }
     let mut next_start = at.max(now);
     if let Some(window) = &schedule.window
-        && let Some((open, _)) = window.next_open(next_start, schedule.timezone) {
-            if open > next_start {
-                why.push(format!("window opens {}", fmt(open)));
-            }
-            next_start = open;
+        && let Some((open, _)) = window.next_open(next_start, schedule.timezone)
+    {
+        if open > next_start {
+            why.push(format!("window opens {}", fmt(open)));
         }
+        next_start = open;
+    }
     let overdue = now > at + Span::from_std(OVERDUE_AFTER).unwrap_or_default();
     if overdue {
         why.push(format!(

@@ -37,6 +37,32 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// Logs in with AppRole and returns the client token.
+pub async fn approle_login(
+    address: &str,
+    namespace: Option<&str>,
+    mount: &str,
+    role_id: &str,
+    secret_id: &Secret,
+) -> Result<Secret, String> {
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| format!("http client: {e}"))?;
+    let mut request = http
+        .post(format!("{}/v1/auth/{}/login", address.trim_end_matches('/'), mount.trim_matches('/')))
+        .json(&serde_json::json!({ "role_id": role_id, "secret_id": secret_id.expose() }));
+    if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+        request = request.header("X-Vault-Namespace", ns);
+    }
+    let response = request.send().await.map_err(|e| format!("approle login: {}", e.without_url()))?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| format!("approle login: {}", e.without_url()))?;
+    // The error body may echo nothing secret, but it is not needed: the status says enough.
+    match body["auth"]["client_token"].as_str() {
+        Some(token) if status.is_success() => Ok(Secret::new(token)),
+        _ => Err(format!("approle login at auth/{mount} failed: vault answered {status}")),
+    }
+}
+
 impl Connection {
     pub fn new(
         address: &str,

@@ -100,9 +100,13 @@ async fn random_kills_then_one_clean_run_converge() {
         env.seed(spec, &legacy).await;
         old.push((spec.kind, legacy.id.clone(), legacy.secret.expose().to_string()));
     }
+    // One undisturbed run to learn how long a run takes, then kills at random points of it.
+    let timed = std::time::Instant::now();
+    env.rotator(&["rotate", "--all"]).await.assert_code(0);
+    let length = timed.elapsed().as_millis() as u64;
     let mut kills = Vec::new();
     for _ in 0..6 {
-        let delay = Duration::from_millis(rand::rng().random_range(50..1500));
+        let delay = Duration::from_millis(rand::rng().random_range(length / 20..length * 9 / 10));
         let mut child = env.command(&["rotate", "--all"]).spawn().unwrap();
         tokio::time::sleep(delay).await;
         let _ = child.start_kill();

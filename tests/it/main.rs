@@ -9,4 +9,5 @@ mod engine;
 mod leak;
 mod plan;
 mod rotate;
+mod serve;
 mod toktra;

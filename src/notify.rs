@@ -1,0 +1,165 @@
+//! Notifications: events of `rotator serve` (rotation failed, succeeded, policy overdue, orphan
+//! found, compromise rotation done) sent to the channels a policy names. Delivery happens on a
+//! background task with a bounded queue and retries, so it never blocks or fails a rotation;
+//! events are built from IDs and messages only, never from a secret, and webhook URLs (which are
+//! credentials themselves) are never logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::config::{Channel, ChannelKind};
+use crate::metrics::Metrics;
+
+/// What happened.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    RotationFailed {
+        policy: String,
+        rotation_id: String,
+        error: String,
+    },
+    RotationSucceeded {
+        policy: String,
+        rotation_id: String,
+        new_credential: Option<String>,
+    },
+    PolicyOverdue {
+        policy: String,
+        due_since: DateTime<Utc>,
+    },
+    OrphanFound {
+        policy: String,
+        detail: String,
+    },
+    CompromiseContained {
+        policy: String,
+        rotation_id: String,
+        exposed: Vec<String>,
+        held_by: Vec<String>,
+        seconds_to_containment: Option<f64>,
+    },
+}
+
+impl Event {
+    fn policy(&self) -> &str {
+        match self {
+            Event::RotationFailed { policy, .. }
+            | Event::RotationSucceeded { policy, .. }
+            | Event::PolicyOverdue { policy, .. }
+            | Event::OrphanFound { policy, .. }
+            | Event::CompromiseContained { policy, .. } => policy,
+        }
+    }
+
+    /// One line for humans (Slack).
+    fn text(&self) -> String {
+        match self {
+            Event::RotationFailed { policy, rotation_id, error } => {
+                format!(":x: rotator: rotation of `{policy}` failed ({rotation_id}): {error}")
+            }
+            Event::RotationSucceeded { policy, new_credential, .. } => {
+                format!(
+                    ":white_check_mark: rotator: `{policy}` rotated; current credential {}",
+                    new_credential.as_deref().unwrap_or("-")
+                )
+            }
+            Event::PolicyOverdue { policy, due_since } => {
+                format!(":warning: rotator: `{policy}` is overdue since {due_since}")
+            }
+            Event::OrphanFound { policy, detail } => {
+                format!(":warning: rotator: orphaned credential for `{policy}`: {detail}")
+            }
+            Event::CompromiseContained { policy, exposed, held_by, seconds_to_containment, .. } => format!(
+                ":rotating_light: rotator: compromise of `{policy}` contained: revoked [{}] held by [{}] in {}",
+                exposed.join(", "),
+                held_by.join("; "),
+                seconds_to_containment.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "?".into())
+            ),
+        }
+    }
+
+    fn always(&self) -> bool {
+        !matches!(self, Event::RotationSucceeded { .. })
+    }
+}
+
+/// Sends events to channels from a background task.
+#[derive(Clone)]
+pub struct Notifier {
+    tx: mpsc::Sender<(Channel, Event)>,
+    channels: Arc<std::collections::BTreeMap<String, Channel>>,
+}
+
+const QUEUE: usize = 1_000;
+const ATTEMPTS: u32 = 4;
+
+impl Notifier {
+    pub fn start(
+        channels: std::collections::BTreeMap<String, Channel>,
+        metrics: Arc<Metrics>,
+    ) -> (Notifier, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<(Channel, Event)>(QUEUE);
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+            while let Some((channel, event)) = rx.recv().await {
+                let body = match channel.kind {
+                    ChannelKind::Slack => serde_json::json!({ "text": event.text() }),
+                    ChannelKind::Webhook => {
+                        let mut v = serde_json::to_value(&event).unwrap_or_default();
+                        v["at"] = serde_json::json!(Utc::now());
+                        v["source"] = serde_json::json!("rotator");
+                        v
+                    }
+                };
+                let mut delivered = false;
+                for attempt in 1..=ATTEMPTS {
+                    match http.post(channel.url.expose()).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            delivered = true;
+                            break;
+                        }
+                        // The URL is a secret: log the channel's name and the status only.
+                        Ok(r) => {
+                            tracing::warn!(channel = %channel.name, status = %r.status(), attempt, "notification refused")
+                        }
+                        Err(e) => {
+                            tracing::warn!(channel = %channel.name, error = %e.without_url(), attempt, "notification not delivered")
+                        }
+                    }
+                    if attempt < ATTEMPTS {
+                        tokio::time::sleep(Duration::from_millis(500 * (1 << attempt))).await;
+                    }
+                }
+                metrics.notification(&channel.name, if delivered { "delivered" } else { "failed" });
+                if !delivered {
+                    tracing::error!(channel = %channel.name, policy = %event.policy(), "notification dropped after {ATTEMPTS} attempts");
+                }
+            }
+        });
+        (Notifier { tx, channels: Arc::new(channels) }, task)
+    }
+
+    /// Queues `event` for each named channel that wants it; never waits.
+    pub fn send(&self, names: &[String], event: Event) {
+        for name in names {
+            let Some(channel) = self.channels.get(name) else {
+                tracing::warn!(channel = %name, "policy names a notification channel the configuration does not define");
+                continue;
+            };
+            if !event.always() && !channel.on_success {
+                continue;
+            }
+            if self.tx.try_send((channel.clone(), event.clone())).is_err() {
+                tracing::error!(channel = %name, "notification queue full; event dropped");
+            }
+        }
+    }
+
+    pub fn knows(&self, name: &str) -> bool {
+        self.channels.contains_key(name)
+    }
+}

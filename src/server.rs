@@ -1,0 +1,238 @@
+//! The HTTP API of `rotator serve` (axum): health, readiness, Prometheus metrics, and the `/v1`
+//! routes to list policies and rotations and to request a rotation. Every `/v1` route needs the
+//! bearer token (compared in constant time). Errors are JSON `{"error", "message"}`; an internal
+//! error carries a request ID and its detail goes to the log only. No response holds a secret:
+//! everything served is built from policies, journal rows and outcomes, which hold none.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, Refused};
+use crate::journal::Rotation;
+use crate::secret::Secret;
+
+#[derive(Clone)]
+struct AppState {
+    daemon: Arc<Daemon>,
+    token: Option<Arc<Secret>>,
+}
+
+/// An API error: a status, a code, a message for the client.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// An internal error: the detail is logged with a request ID; the client gets only the ID.
+    fn internal(detail: impl std::fmt::Display) -> ApiError {
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::error!(request_id = %request_id, error = %detail, "internal error answering an API request");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("internal error; request id {request_id}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths, so a caller cannot
+/// learn the token a byte at a time from response times.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(state): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else { return next.run(request).await };
+    let presented =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if constant_time_eq(p.trim().as_bytes(), token.expose().as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid bearer token").into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <token>`")
+            .into_response(),
+    }
+}
+
+/// The router; `token` is `None` only when the operator chose to serve without authentication
+/// on loopback.
+pub fn router(daemon: Arc<Daemon>, token: Option<Secret>) -> axum::Router {
+    let state = AppState { daemon, token: token.map(Arc::new) };
+    let v1 = axum::Router::new()
+        .route("/policies", get(list_policies))
+        .route("/policies/{name}", get(get_policy))
+        .route("/policies/{name}/rotate", post(rotate))
+        .route("/rotations", get(list_rotations))
+        .route("/rotations/{id}", get(get_rotation))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    axum::Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let journal = state.daemon.engine.journal.ping().await;
+    let policies = state.daemon.policies().len();
+    match journal {
+        Ok(()) if !state.daemon.is_stopping() => {
+            Json(json!({ "status": "ready", "policies": policies })).into_response()
+        }
+        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "stopping" }))).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: journal unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "journal unreachable" }))).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let snapshot = state.daemon.snapshot().await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.daemon.metrics.render(&snapshot))
+        .into_response()
+}
+
+async fn policy_json(state: &AppState, name: &str, history: &[Rotation]) -> Option<Value> {
+    let policies = state.daemon.policies();
+    let policy = policies.iter().find(|p| p.name == name)?;
+    let now = Utc::now();
+    let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == name).collect();
+    let status = crate::status::status(std::slice::from_ref(policy), history, now).pop();
+    let due = state.daemon.due(policy, &rotations, now).await;
+    Some(json!({
+        "name": policy.name,
+        "description": policy.description,
+        "labels": policy.labels,
+        "kind": policy.credential.kind,
+        "destinations": policy.destinations.iter().map(|d| d.label()).collect::<Vec<_>>(),
+        "status": status,
+        "due": due,
+    }))
+}
+
+async fn list_policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let history = state.daemon.engine.journal.history(None, 1_000_000).await.map_err(ApiError::internal)?;
+    let mut out = Vec::new();
+    for policy in state.daemon.policies().iter() {
+        if let Some(v) = policy_json(&state, &policy.name, &history).await {
+            out.push(v);
+        }
+    }
+    Ok(Json(json!({ "policies": out })))
+}
+
+async fn get_policy(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let history = state.daemon.engine.journal.history(Some(&name), 1_000).await.map_err(ApiError::internal)?;
+    policy_json(&state, &name, &history)
+        .await
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no policy `{name}`")))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    reason: Option<String>,
+    #[serde(default)]
+    compromised: bool,
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid body: {e}")))?
+    };
+    if body.compromised && body.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "a compromised rotation needs a `reason`"));
+    }
+    match state.daemon.request(&name, body.reason, body.compromised).await {
+        Ok(id) => {
+            Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "policy": name, "status": "queued" }))).into_response())
+        }
+        Err(Refused::UnknownPolicy) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no policy `{name}`")))
+        }
+        Err(Refused::InFlight(why)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
+        Err(Refused::ShuttingDown) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is stopping"))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RotationsQuery {
+    policy: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_rotations(
+    State(state): State<AppState>,
+    Query(q): Query<RotationsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = state
+        .daemon
+        .engine
+        .journal
+        .history(q.policy.as_deref(), q.limit.unwrap_or(50).clamp(1, 1_000))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "rotations": rows })))
+}
+
+async fn get_rotation(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    if let Some(rotation) = state.daemon.engine.journal.get(&id).await.map_err(ApiError::internal)? {
+        let steps = state.daemon.engine.journal.steps(&id).await.map_err(ApiError::internal)?;
+        let mut v = serde_json::to_value(&rotation).map_err(ApiError::internal)?;
+        v["steps"] = serde_json::to_value(steps).map_err(ApiError::internal)?;
+        return Ok(Json(v));
+    }
+    match state.daemon.queued(&id) {
+        Some(q) => Ok(Json(json!({ "id": q.id, "policy": q.policy, "phase": "queued", "requested_at": q.at }))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no rotation `{id}`"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,356 @@
+//! `rotator serve` through HTTP and signals, against real OpenBao and the simulator: the API,
+//! the scheduler, metrics, reloads, graceful shutdown and notifications.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rotator::policy::CredentialKind;
+use rotator::toktra::sim;
+use serde_json::Value;
+
+use crate::harness::{Dest, Env, Spec, text};
+
+/// A running `rotator serve`.
+struct Service {
+    child: tokio::process::Child,
+    base: String,
+    token: String,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Env {
+    async fn serve(&self, extra: &[&str]) -> Service {
+        let port = free_port();
+        let token = format!("api-{}", uuid::Uuid::new_v4().simple());
+        let log = self.dir.join(format!("serve-{port}.log"));
+        let mut args = vec!["serve", "--listen"];
+        let listen = format!("127.0.0.1:{port}");
+        args.push(&listen);
+        args.extend_from_slice(extra);
+        let mut command = self.command(&args);
+        command.env("ROTATOR_API_TOKEN", &token).env("ROTATOR_TICK", "1s").env("ROTATOR_SHUTDOWN_TIMEOUT", "20s");
+        command.stderr(std::fs::File::create(&log).unwrap());
+        let child = command.spawn().unwrap();
+        let service =
+            Service { child, base: format!("http://127.0.0.1:{port}"), token, log, http: reqwest::Client::new() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if service.http.get(format!("{}/healthz", service.base)).send().await.is_ok_and(|r| r.status() == 200) {
+                return service;
+            }
+            assert!(Instant::now() < deadline, "serve did not come up:\n{}", service.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Service {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r =
+            self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
+    }
+
+    /// Polls until `check` holds for the rotation, or fails after `secs`.
+    async fn wait_rotation(&self, id: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (status, body) = self.get(&format!("/v1/rotations/{id}")).await;
+            if status == 200 && check(&body) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "rotation {id} never got there: {body}\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_needs_a_token_and_rotates_on_demand() {
+    let env =
+        Env::with(sim::Config { faults: sim::Faults { latency_ms: 150, ..Default::default() }, ..Default::default() })
+            .await;
+    let spec = Spec {
+        name: "api".into(),
+        kind: CredentialKind::OauthClient,
+        dests: vec![Dest::Vault(format!("{}/api", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("api.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::OauthClient, "api-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let service = env.serve(&[]).await;
+
+    let plain = reqwest::Client::new();
+    assert_eq!(plain.get(format!("{}/healthz", service.base)).send().await.unwrap().status(), 200);
+    assert_eq!(plain.get(format!("{}/readyz", service.base)).send().await.unwrap().status(), 200);
+    for auth in [None, Some("wrong-token")] {
+        let mut r = plain.get(format!("{}/v1/policies", service.base));
+        if let Some(t) = auth {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized", "{body}");
+        assert!(body["message"].is_string());
+    }
+    let (status, body) = service.get("/v1/policies").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["policies"][0]["name"], "api");
+    assert_eq!(body["policies"][0]["due"]["basis"], "credential", "the adopted client is not due now: {body}");
+    let (status, _) = service.get("/v1/policies/nosuch").await;
+    assert_eq!(status, 404);
+    let (status, body) = service.post("/v1/policies/nosuch/rotate", serde_json::json!({})).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+
+    let (status, body) = service.post("/v1/policies/api/rotate", serde_json::json!({ "reason": "api test" })).await;
+    assert_eq!(status, 202, "{body}");
+    let id = text(&body, "id");
+    let (status, body) = service.post("/v1/policies/api/rotate", serde_json::json!({ "reason": "again" })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("conflict")),
+        "a second request while one is in flight: {body}"
+    );
+
+    let done = service.wait_rotation(&id, 30, |r| r["phase"] == "completed").await;
+    assert_eq!(done["reason"], "api test");
+    assert!(done["steps"].as_array().unwrap().len() > 5);
+    let current = env.served(&spec.dests[0]).await.unwrap();
+    assert_eq!(text(&current, "rotation_id"), id, "the rotation the API answered with is the one that landed");
+    assert!(
+        env.accepted(CredentialKind::OauthClient, &text(&current, "client_id"), &text(&current, "client_secret")).await
+    );
+    assert!(!env.accepted(CredentialKind::OauthClient, &legacy.id, legacy.secret.expose()).await);
+
+    // Metrics parse as Prometheus text and counted the rotation.
+    let metrics = plain.get(format!("{}/metrics", service.base)).send().await.unwrap().text().await.unwrap();
+    for line in metrics.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(rest.starts_with("HELP rotator_") || rest.starts_with("TYPE rotator_"), "{line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(series.starts_with("rotator_"), "{line}");
+        assert!(value.parse::<f64>().is_ok(), "value of {line}");
+        if let Some((_, labels)) = series.split_once('{') {
+            assert!(labels.ends_with('}') && labels.contains("=\""), "{line}");
+        }
+    }
+    assert!(metrics.contains("rotator_rotations_total{policy=\"api\",outcome=\"completed\"} 1"), "{metrics}");
+    assert!(metrics.contains("rotator_credential_age_seconds{policy=\"api\"}"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("rotator_toktra_requests_total{status=\"201\"}")), "{metrics}");
+    let (status, body) = service.get("/v1/rotations?policy=api").await;
+    assert_eq!((status, body["rotations"][0]["id"].as_str()), (200, Some(id.as_str())));
+
+    service.signal("TERM");
+    let mut child = service.child;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_rotates_a_due_policy_without_a_request() {
+    let env = Env::start().await;
+    // No credential at all: due now. The adopted one is 90 days from due and must be left alone.
+    let due = Spec {
+        name: "due-now".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("due.json".into())],
+        grace: "0s",
+    };
+    let later = Spec {
+        name: "not-due".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/later", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("due.yaml", &due.yaml().replace("every: 90d", "every: 1h"));
+    env.policy("later.yaml", &later.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "not-due-legacy").await;
+    env.seed(&later, &legacy).await;
+    let service = env.serve(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.served(&due.dests[0]).await.is_none() {
+        assert!(Instant::now() < deadline, "the scheduler never rotated the due policy:\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let value = env.served(&due.dests[0]).await.unwrap();
+    assert!(env.accepted(CredentialKind::ApiKey, &text(&value, "key_id"), &text(&value, "api_key")).await);
+    let (_, body) = service.get("/v1/rotations?policy=due-now").await;
+    assert_eq!(body["rotations"][0]["reason"], "scheduled", "{body}");
+    // Give the scheduler a few more ticks: the fresh credential is not due again, the other
+    // policy never was.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, body) = service.get("/v1/rotations").await;
+    assert_eq!(body["rotations"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(text(&env.served(&later.dests[0]).await.unwrap(), "key_id"), legacy.id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_keeps_the_old_set_when_the_new_one_is_broken() {
+    let env = Env::start().await;
+    let first = Spec {
+        name: "first".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/first", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("first.yaml", &first.yaml());
+    env.seed(&first, &env.legacy(CredentialKind::ApiKey, "first-legacy").await).await;
+    let service = env.serve(&[]).await;
+    let names = async || -> Vec<String> {
+        let (_, body) = service.get("/v1/policies").await;
+        body["policies"].as_array().unwrap().iter().map(|p| text(p, "name")).collect()
+    };
+    assert_eq!(names().await, ["first"]);
+
+    env.policy(
+        "second.yaml",
+        "name: second\ncredential: { kind: api_key, name: second }\nschedule: { every: 10m }\ndestinations: []\n",
+    );
+    service.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !service.log_text().contains("reload rejected") {
+        assert!(Instant::now() < deadline, "no rejection logged:\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(service.log_text().contains("second.yaml:3:"), "the problem names file and line:\n{}", service.log_text());
+    assert_eq!(names().await, ["first"], "the old set keeps running");
+
+    let second = Spec {
+        name: "second".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/second", env.prefix))],
+        grace: "0s",
+    };
+    env.seed(&second, &env.legacy(CredentialKind::ApiKey, "second-legacy").await).await;
+    env.policy("second.yaml", &second.yaml());
+    service.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while names().await != ["first", "second"] {
+        assert!(Instant::now() < deadline, "the valid set was never loaded:\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_zero_and_leaves_the_rotation_in_flight_resumable() {
+    let env =
+        Env::with(sim::Config { faults: sim::Faults { latency_ms: 400, ..Default::default() }, ..Default::default() })
+            .await;
+    let spec = Spec {
+        name: "term".into(),
+        kind: CredentialKind::OauthClient,
+        dests: vec![Dest::Vault(format!("{}/term", env.prefix)), Dest::Aws(format!("{}/term", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("term.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::OauthClient, "term-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let service = env.serve(&[]).await;
+    let (status, body) =
+        service.post("/v1/policies/term/rotate", serde_json::json!({ "reason": "shutdown test" })).await;
+    assert_eq!(status, 202, "{body}");
+    let id = text(&body, "id");
+    service.wait_rotation(&id, 20, |r| r["phase"] == "minted" || r["phase"] == "staged").await;
+    let started = Instant::now();
+    service.signal("TERM");
+    let mut child = service.child;
+    let status =
+        tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits within the timeout").unwrap();
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&service.log).unwrap_or_default());
+    println!("serve stopped {:.1?} after SIGTERM", started.elapsed());
+    // Whatever phase it stopped in, the next run converges.
+    env.rotator(&["rotate", "term"]).await.assert_code(0);
+    env.assert_converged(
+        &[spec],
+        &[(CredentialKind::OauthClient, legacy.id.clone(), legacy.secret.expose().to_string())],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_hears_about_failures_and_no_payload_holds_a_secret() {
+    // A local receiver for both channel kinds.
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/{hook}",
+        axum::routing::post(move |axum::extract::Path(hook): axum::extract::Path<String>, body: String| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(format!("{hook} {body}"));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let env =
+        Env::with(sim::Config { faults: sim::Faults { error_rate: 1.0, ..Default::default() }, ..Default::default() })
+            .await;
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        format!(
+            "[notifications.ops]\nkind = \"webhook\"\nurl = \"http://{hook}/webhook\"\n\n[notifications.chat]\nkind = \"slack\"\nurl = \"http://{hook}/slack\"\non_success = true\n"
+        ),
+    )
+    .unwrap();
+    let spec = Spec {
+        name: "hooked".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("hooked.json".into())],
+        grace: "0s",
+    };
+    env.policy("hooked.yaml", &format!("{}notify: [ops, chat]\n", spec.yaml()));
+    let service = env.serve(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = received.lock().unwrap().clone();
+        if got.iter().any(|b| b.starts_with("webhook ") && b.contains("\"event\":\"rotation_failed\""))
+            && got.iter().any(|b| b.starts_with("slack ") && b.contains("\"text\""))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failure notification arrived: {got:?}\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    let failure = got.iter().find(|b| b.starts_with("webhook ")).unwrap();
+    let payload: Value = serde_json::from_str(failure.trim_start_matches("webhook ")).unwrap();
+    assert_eq!(payload["policy"], "hooked");
+    assert!(payload["error"].as_str().unwrap().contains("500"), "{payload}");
+    for body in &got {
+        for secret in [&env.admin_key, &env.vault_token, &service.token] {
+            assert!(!body.contains(secret.as_str()), "a secret in a notification: {body}");
+        }
+    }
+    for secret in [&env.admin_key, &service.token] {
+        assert!(!service.log_text().contains(secret.as_str()), "a secret in the service log");
+    }
+    assert!(!service.log_text().contains(&format!("{hook}/webhook")), "webhook URLs are secrets and stay out of logs");
+}
