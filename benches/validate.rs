@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 fn policy(i: usize) -> String {
-    let kind = if i % 2 == 0 { "oauth_client" } else { "api_key" };
+    let kind = if i.is_multiple_of(2) { "oauth_client" } else { "api_key" };
     let schedule = match i % 4 {
         0 => "every: 90d".to_string(),
         1 => "every: 30d\n  jitter: 2h".to_string(),
@@ -13,12 +13,12 @@ fn policy(i: usize) -> String {
         _ => format!("cron: \"{} 4 1 * *\"\n  timezone: America/New_York", i % 60),
     };
     let mut destinations = format!("  - vault: {{ mount: secret, path: toktra/p{i} }}\n");
-    if i % 3 != 0 {
+    if !i.is_multiple_of(3) {
         destinations.push_str(&format!(
             "  - aws_secrets_manager: {{ secret_id: prod/toktra/p{i}, region: eu-central-1, create: true }}\n"
         ));
     }
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         destinations.push_str(&format!("  - file: {{ path: out/p{i}.json }}\n"));
     }
     format!(

@@ -117,18 +117,19 @@ async fn plan_policy(
             }
         };
         match destination.preflight().await {
-            Ok(detail) => {
-                checks.push(Check { target: label.clone(), ok: true, detail });
-                if current.is_none() {
-                    current = destination.current().await.ok().flatten();
-                }
-            }
+            Ok(detail) => checks.push(Check { target: label.clone(), ok: true, detail }),
             Err(e) => checks.push(Check { target: label.clone(), ok: false, detail: e.detail }),
+        }
+        // Read what is served even where a write check failed: the age and the revocation
+        // step depend on it.
+        if current.is_none() {
+            current = destination.current().await.ok().flatten();
         }
         notes.insert(label, stage_note(spec));
     }
 
     // When the current credential came to be: the journal, else the credential itself.
+    let mut unknown_age = false;
     let promoted = rotations.iter().find(|r| r.phase.is_promoted());
     let (current_id, last) = match (promoted, &current) {
         (Some(r), _) => (r.new_credential_id.clone(), r.promoted_at.map(|t| (t, Basis::Journal))),
@@ -136,12 +137,23 @@ async fn plan_policy(
             let created = listed.and_then(|l| l.iter().find(|c| c.id == record.id)).and_then(|c| c.created_at);
             // Age from the value's `rotated_at`, else Toktra's `created_at`; failing both, count
             // from now, so a newly adopted credential is never "due immediately".
-            let since = record.rotated_at.or(created).unwrap_or(now);
-            (Some(record.id.clone()), Some((since, Basis::Credential)))
+            match record.rotated_at.or(created) {
+                Some(since) => (Some(record.id.clone()), Some((since, Basis::Credential))),
+                None => {
+                    unknown_age = true;
+                    (Some(record.id.clone()), Some((now, Basis::Credential)))
+                }
+            }
         }
         (None, None) => (None, None),
     };
-    let due = schedule::due(&policy.name, &policy.schedule, last, now);
+    let mut due = schedule::due(&policy.name, &policy.schedule, last, now);
+    if unknown_age {
+        due.why.insert(
+            0,
+            "the current credential's age is unknown (no rotated_at, not listed at Toktra): counted from now".into(),
+        );
+    }
     let in_flight = rotations
         .iter()
         .find(|r| !r.phase.is_terminal() && !r.phase.is_promoted())
@@ -186,7 +198,9 @@ async fn plan_policy(
     PolicyPlan {
         policy: policy.name.clone(),
         kind,
-        credential_age_seconds: last.filter(|(_, b)| *b != Basis::Nothing).map(|(t, _)| (now - t).num_seconds()),
+        credential_age_seconds: last
+            .filter(|(_, b)| *b != Basis::Nothing && !unknown_age)
+            .map(|(t, _)| (now - t).num_seconds()),
         current_credential: current_id,
         due,
         in_flight,

@@ -340,6 +340,8 @@ pub struct Invalid(pub Vec<Problem>);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3_600);
 /// Rotations at least this far apart.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(3_600);
+/// Longest duration a policy may give (ten years): longer ones overflow date arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
 
 /// Loads every `*.yaml` / `*.yml` file under `dir` (recursively, in path order). Returns the
 /// whole set or every problem found.
@@ -376,9 +378,14 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
     if problems.is_empty() { Ok(policies) } else { Err(Invalid(problems)) }
 }
 
+/// Policy files under `dir`. Hidden entries are skipped: a Kubernetes ConfigMap mount holds
+/// every file twice more under `..data/` and `..<timestamp>/`.
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue;
+        }
         if path.is_dir() {
             collect_files(&path, out)?;
         } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
@@ -503,21 +510,25 @@ fn diagnose(value: &yaml_serde::Value, cx: &Context<'_>, problems: &mut Vec<Prob
 pub const FIELDS: [&str; 8] =
     ["name", "description", "labels", "credential", "schedule", "destinations", "revoke", "notify"];
 
-/// 1-based line numbers where each YAML document begins.
+/// 1-based line numbers where each YAML document begins, one per document yaml_serde yields:
+/// every `---` starts one, and the text before the first `---` is one if it has content.
 fn document_starts(text: &str) -> Vec<usize> {
-    let mut starts = vec![1];
-    let mut content_seen = false;
+    let mut starts = Vec::new();
+    let mut content_before_marker = false;
+    let mut marker_seen = false;
     for (i, line) in text.lines().enumerate() {
         if line.starts_with("---") {
-            if content_seen {
-                starts.push(i + 2);
-            } else {
-                starts[0] = i + 2;
+            if !marker_seen && content_before_marker {
+                starts.push(1);
             }
-            content_seen = false;
-        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
-            content_seen = true;
+            marker_seen = true;
+            starts.push(i + 2);
+        } else if !marker_seen && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            content_before_marker = true;
         }
+    }
+    if !marker_seen {
+        starts.push(1);
     }
     starts
 }
@@ -543,16 +554,20 @@ impl Context<'_> {
     fn locate(&self, field: &str) -> Location {
         let mut from = 0;
         let mut found: Option<(usize, usize)> = None;
-        for segment in field.split('.').filter(|s| !s.is_empty()) {
+        for (depth, segment) in field.split('.').filter(|s| !s.is_empty()).enumerate() {
             let (key, index) = match segment.split_once('[') {
                 Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
                 None => (segment, None),
             };
+            let pattern = format!("{key}:");
             let hit = self.doc_text.iter().enumerate().skip(from).find_map(|(i, line)| {
                 let code = line.split(" #").next().unwrap_or(line);
-                let at = code
-                    .find(&format!("{key}:"))
-                    .filter(|&at| at == 0 || matches!(code.as_bytes()[at - 1], b' ' | b'{' | b',' | b'-' | b'\t'))?;
+                // A top-level key starts its line; a nested one follows a space, `{`, `,` or `-`
+                // (so `path:` inside `staging_path:` does not count).
+                let at = code.match_indices(&pattern).map(|(at, _)| at).find(|&at| match depth {
+                    0 => at == 0,
+                    _ => at > 0 && matches!(code.as_bytes()[at - 1], b' ' | b'{' | b',' | b'-' | b'\t'),
+                })?;
                 Some((i, at + 1))
             });
             let Some((line, column)) = hit else { break };
@@ -658,6 +673,14 @@ fn validate(doc: Document, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Opt
     }
     let mut duration_field = |field: &str, text: Option<&str>| -> Option<Duration> {
         match duration::parse(text?) {
+            Ok(d) if d > MAX_DURATION => {
+                cx.problem(
+                    problems,
+                    field,
+                    format!("`{}` is longer than the maximum of 10 years", text.unwrap_or_default()),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(message) => {
                 cx.problem(problems, field, message);
@@ -739,18 +762,24 @@ fn validate(doc: Document, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Opt
         }
         _ => None,
     };
-    if let (Some(interval), Some(grace)) = (interval, grace)
-        && grace > interval
-    {
-        cx.problem(
-            problems,
-            "revoke.grace",
-            format!(
-                "grace `{}` is longer than the rotation interval `{}`: credentials would pile up",
-                duration::format(grace),
-                duration::format(interval)
-            ),
-        );
+    if let Some(interval) = interval {
+        // The default grace counts too: `every: 1h` without a `revoke` section would keep a
+        // day's worth of credentials alive.
+        let (effective, field, note) = match doc.revoke.grace.is_some() {
+            true => (grace, "revoke.grace", ""),
+            false => (Some(DEFAULT_GRACE), "schedule", " (the default); set `revoke.grace`"),
+        };
+        if let Some(grace) = effective.filter(|g| *g > interval) {
+            cx.problem(
+                problems,
+                field,
+                format!(
+                    "grace `{}`{note} is longer than the rotation interval `{}`: credentials would pile up",
+                    duration::format(grace),
+                    duration::format(interval)
+                ),
+            );
+        }
     }
     if let (Some(interval), Some(jitter)) = (interval, jitter)
         && jitter >= interval
@@ -875,6 +904,7 @@ fn validate(doc: Document, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Opt
 /// Checks that span policies: unique names, no destination written by two policies.
 fn check_set(policies: &[Policy], problems: &mut Vec<Problem>) {
     let mut names: HashMap<&str, &Policy> = HashMap::new();
+    let mut credentials: HashMap<(CredentialKind, &str), &Policy> = HashMap::new();
     let mut destinations: HashMap<String, &Policy> = HashMap::new();
     for policy in policies {
         if let Some(first) = names.insert(&policy.name, policy) {
@@ -884,6 +914,18 @@ fn check_set(policies: &[Policy], problems: &mut Vec<Problem>) {
                 message: format!("duplicate policy name `{}`, first defined at {}", policy.name, first.source),
             });
             continue;
+        }
+        // Mints are recognised by their name: two policies minting under one base name would
+        // take each other's credentials for orphans.
+        if let Some(first) = credentials.insert((policy.credential.kind, &policy.credential.name), policy) {
+            problems.push(Problem {
+                location: policy.source.clone(),
+                field: "credential.name".into(),
+                message: format!(
+                    "{} `{}` is also the credential name of policy `{}` ({})",
+                    policy.credential.kind, policy.credential.name, first.name, first.source
+                ),
+            });
         }
         for (destination, identity) in
             policy.destinations.iter().flat_map(|d| d.identities().into_iter().map(move |i| (d, i)))
@@ -1208,6 +1250,43 @@ mod tests {
                 "{file} is stale: run `UPDATE_EXPECT=1 cargo test --lib schema` and commit it"
             );
         }
+    }
+
+    #[test]
+    fn review_regressions() {
+        // The default grace counts against the interval.
+        let hourly = GOOD.replace("every: 90d", "every: 1h").replace("revoke:\n  grace: 0s\n", "");
+        let (_, problems) = parse(&hourly);
+        assert!(
+            problems.iter().any(|p| p.to_string().contains("schedule: grace `1d` (the default); set `revoke.grace`")),
+            "{problems:#?}"
+        );
+        // Empty documents before the first policy keep line numbers right.
+        let text = format!("---\n# nothing\n---\n{}", GOOD.replace("every: 90d", "every: 5m"));
+        let (_, problems) = parse(&text);
+        assert!(problems[0].to_string().starts_with("p.yaml:7:3: schedule.every"), "{problems:#?}");
+        // A top-level key is found at the start of its line, not inside another.
+        let text = format!(
+            "credential: {{ kind: api_key, name: x }}\nname: Bad\n{}",
+            GOOD.lines().skip(2).collect::<Vec<_>>().join("\n")
+        );
+        let (_, problems) = parse(&text);
+        assert!(problems.iter().any(|p| p.to_string().starts_with("p.yaml:2:1: name:")), "{problems:#?}");
+        // Two policies minting under one name.
+        let other = GOOD
+            .replace("name: ci\n", "name: other\n")
+            .replace("path: toktra/ci", "path: toktra/other")
+            .replace("prod/ci", "prod/other");
+        let (_, problems) = parse(&format!("{GOOD}---\n{other}"));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.field == "credential.name" && p.message.contains("also the credential name of policy `ci`")),
+            "{problems:#?}"
+        );
+        // Absurd durations are refused rather than overflowing later.
+        let (_, problems) = parse(&GOOD.replace("every: 90d", "every: 14000000w"));
+        assert!(problems.iter().any(|p| p.message.contains("longer than the maximum of 10 years")), "{problems:#?}");
     }
 
     #[test]

@@ -65,11 +65,9 @@ impl Engine {
                 }),
             }
         }
-        let history = self.journal.history(None, 100_000).await?;
         let mut claimed: BTreeSet<(CredentialKind, String)> = BTreeSet::new();
         for policy in policies {
-            let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == policy.name).collect();
-            let findings = self.reconcile_policy(policy, &rotations, &listed, fix, &mut claimed).await?;
+            let findings = self.reconcile_policy(policy, &listed, fix, &mut claimed).await?;
             report.findings.extend(findings);
         }
         report.unmanaged = listed
@@ -83,10 +81,45 @@ impl Engine {
         Ok(report)
     }
 
+    /// One policy. With `fix`, the policy's lease is taken first and everything is read under
+    /// it, so no rotation can change what the decisions are based on.
     async fn reconcile_policy(
         &self,
         policy: &Policy,
-        rotations: &[&Rotation],
+        listed: &HashMap<CredentialKind, Vec<Listed>>,
+        fix: bool,
+        claimed: &mut BTreeSet<(CredentialKind, String)>,
+    ) -> Result<Vec<Finding>, crate::engine::Error> {
+        let finding = |kind: &str, detail: String| Finding {
+            kind: kind.into(),
+            policy: policy.name.clone(),
+            detail,
+            fixed: false,
+        };
+        let held = if fix {
+            match self.acquire(&policy.name).await {
+                Ok(held) => Some(held),
+                Err(crate::engine::Error::Busy { holder, .. }) => {
+                    return Ok(vec![finding(
+                        "busy",
+                        format!("a rotation is in flight ({holder}); not checked, nothing fixed"),
+                    )]);
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let result = self.inspect_policy(policy, listed, held.is_some(), claimed).await;
+        if let Some(held) = held {
+            self.release(&held).await;
+        }
+        result
+    }
+
+    async fn inspect_policy(
+        &self,
+        policy: &Policy,
         listed: &HashMap<CredentialKind, Vec<Listed>>,
         fix: bool,
         claimed: &mut BTreeSet<(CredentialKind, String)>,
@@ -99,6 +132,7 @@ impl Engine {
             detail,
             fixed: false,
         };
+        let rotations = self.journal.history(Some(&policy.name), 100_000).await?;
         let destinations: Vec<Destination> =
             match policy.destinations.iter().map(|d| Destination::new(d, kind, &self.clients)).collect() {
                 Ok(d) => d,
@@ -108,10 +142,14 @@ impl Engine {
         // What every destination serves now, and what waits staged there.
         let mut current: Vec<(String, Option<String>)> = Vec::new();
         let mut staged: Vec<(usize, String)> = Vec::new();
+        let mut unreadable = false;
         for (i, destination) in destinations.iter().enumerate() {
             match destination.current().await {
                 Ok(record) => current.push((destination.label(), record.map(|r| r.id))),
-                Err(e) => findings.push(finding("error", e.to_string())),
+                Err(e) => {
+                    unreadable = true;
+                    findings.push(finding("error", e.to_string()));
+                }
             }
             match destination.pending().await {
                 Ok(ids) => staged.extend(ids.into_iter().map(|id| (i, id))),
@@ -129,7 +167,7 @@ impl Engine {
                 format!("destinations disagree on the current credential: {}", detail.join("; ")),
             ));
         }
-        let unfinished: Vec<&&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
+        let unfinished: Vec<&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
         let journal_current =
             rotations.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.new_credential_id.as_deref());
         if unfinished.iter().all(|r| r.phase.is_promoted())
@@ -161,7 +199,10 @@ impl Engine {
             }
         }
 
-        // Credentials this policy's rotations still legitimately keep alive.
+        // Credentials this policy legitimately keeps alive: what the destinations serve and what
+        // unfinished rotations hold. (The journal's last current credential, if no readable
+        // destination serves it any more, was replaced by hand: it is an orphan too. When a
+        // destination cannot be read, nothing is revoked below.)
         let mut keep: BTreeSet<String> = served.iter().map(|s| s.to_string()).collect();
         for r in &unfinished {
             keep.extend(r.new_credential_id.clone());
@@ -180,11 +221,6 @@ impl Engine {
             .copied()
             .collect();
         let stale: Vec<(usize, String)> = staged.into_iter().filter(|(_, r)| !in_flight.contains(r.as_str())).collect();
-        if orphans.is_empty() && stale.is_empty() {
-            return Ok(findings);
-        }
-
-        let held = if fix { Some(self.acquire(&policy.name).await?) } else { None };
         for orphan in orphans {
             let mut f = finding(
                 "orphan",
@@ -193,7 +229,10 @@ impl Engine {
                     orphan.id, orphan.name
                 ),
             );
-            if held.is_some() {
+            if fix && unreadable {
+                // What an unreadable destination serves is unknown: it may be this credential.
+                f.detail.push_str("; not revoked while a destination cannot be read");
+            } else if fix {
                 match self.toktra.revoke(kind, &orphan.id).await {
                     Ok(_) => {
                         f.fixed = true;
@@ -215,7 +254,7 @@ impl Engine {
                     destination.label()
                 ),
             );
-            if held.is_some() {
+            if fix {
                 match destination.discard(&rotation_id).await {
                     Ok(()) => {
                         f.fixed = true;
@@ -225,9 +264,6 @@ impl Engine {
                 }
             }
             findings.push(f);
-        }
-        if let Some(held) = held {
-            self.release(&held).await;
         }
         Ok(findings)
     }

@@ -62,8 +62,10 @@ impl Cron {
             days: days as u32,
             months: months as u16,
             weekdays,
-            days_restricted: fields[2] != "*",
-            weekdays_restricted: fields[4] != "*",
+            // As in Vixie cron and cronie: a field starting with `*` (also `*/2`) is unrestricted
+            // for the "either day field" rule.
+            days_restricted: !fields[2].starts_with('*'),
+            weekdays_restricted: !fields[4].starts_with('*'),
             text: text.trim().to_string(),
         };
         if !(1..=12).any(|m| cron.months & (1 << m) != 0 && (1..=max_day(m)).any(|d| cron.days & (1 << d) != 0))
@@ -95,16 +97,25 @@ impl Cron {
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(&tz).naive_local();
         let first_day = local.date();
-        // Eight years covers every leap-day-only expression.
-        for offset in 0..(366 * 8) {
-            let date = first_day + Span::days(offset);
-            if !self.matches_date(date) {
+        // Eight years covers every leap-day-only expression. Months that cannot match are
+        // skipped whole, so rare expressions (yearly, leap day) stay cheap.
+        let last_day = first_day + Span::days(366 * 8);
+        let mut date = first_day;
+        while date <= last_day {
+            if self.months & (1 << date.month()) == 0 {
+                let (y, m) = if date.month() == 12 { (date.year() + 1, 1) } else { (date.year(), date.month() + 1) };
+                date = NaiveDate::from_ymd_opt(y, m, 1)?;
+                continue;
+            }
+            let today = date;
+            date = date.succ_opt()?;
+            if !self.matches_date(today) {
                 continue;
             }
             for hour in (0..24).filter(|h| self.hours & (1 << h) != 0) {
                 for minute in (0..60).filter(|m| self.minutes & (1u64 << m) != 0) {
-                    let naive = date.and_hms_opt(hour, minute, 0)?;
-                    if offset == 0 && naive + Span::hours(3) < local {
+                    let naive = today.and_hms_opt(hour, minute, 0)?;
+                    if today == first_day && naive + Span::hours(3) < local {
                         // Well before `after` even allowing for a DST shift; skip quickly.
                         continue;
                     }
@@ -146,8 +157,11 @@ fn field(text: &str, name: &str, min: u32, max: u32, names: &[&str]) -> Result<u
     for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let step: u32 =
-                    s.parse().ok().filter(|s| *s > 0).ok_or_else(|| format!("{name} field: bad step `{s}`"))?;
+                let step: u32 = s
+                    .parse()
+                    .ok()
+                    .filter(|s| *s > 0 && *s <= max)
+                    .ok_or_else(|| format!("{name} field: bad step `{s}` (1-{max})"))?;
                 (r, step)
             }
             None => (part, 1),
@@ -362,26 +376,42 @@ pub fn due(policy: &str, schedule: &Schedule, last: Option<(DateTime<Utc>, Basis
             }
         }
     };
-    let offset = jitter_offset(policy, schedule.jitter);
+    let offset = Span::from_std(jitter_offset(policy, schedule.jitter)).unwrap_or_default();
     if !offset.is_zero() && basis != Basis::Nothing {
-        at += Span::from_std(offset).unwrap_or_default();
-        why.push(format!("jitter +{} → {}", crate::duration::format(offset), fmt(at)));
+        at += offset;
+        why.push(format!("jitter +{} → {}", crate::duration::format(offset.to_std().unwrap_or_default()), fmt(at)));
     }
     let mut next_start = at.max(now);
-    if let Some(window) = &schedule.window
-        && let Some((open, _)) = window.next_open(next_start, schedule.timezone)
-    {
-        if open > next_start {
-            why.push(format!("window opens {}", fmt(open)));
+    // When the policy first could start: `at`, or the first window opening after it. A policy
+    // waiting for its window is not overdue.
+    let mut first_chance = at;
+    if let Some(window) = &schedule.window {
+        if let Some((open, _)) = window.next_open(at, schedule.timezone) {
+            // Policies due outside the window would all start at its opening; their jitter
+            // spreads them inside it instead (within the window's length).
+            let spread = if open > at && basis != Basis::Nothing {
+                offset.min(Span::from_std(window.duration).unwrap_or_default() - Span::minutes(1)).max(Span::zero())
+            } else {
+                Span::zero()
+            };
+            first_chance = open + spread;
         }
-        next_start = open;
+        if let Some((open, end)) = window.next_open(next_start, schedule.timezone) {
+            let start = if open > next_start && basis != Basis::Nothing {
+                (open + offset.min(end - open - Span::minutes(1)).max(Span::zero())).max(open)
+            } else {
+                open
+            };
+            if start > next_start {
+                why.push(format!("window opens {}", fmt(start)));
+            }
+            next_start = start;
+        }
     }
-    let overdue = now > at + Span::from_std(OVERDUE_AFTER).unwrap_or_default();
+    let overdue = now > first_chance + Span::from_std(OVERDUE_AFTER).unwrap_or_default();
     if overdue {
-        why.push(format!(
-            "overdue by {}",
-            crate::duration::format(Duration::from_secs((now - at).num_seconds().max(0) as u64))
-        ));
+        let late = Duration::from_secs((now - first_chance).num_seconds().max(0) as u64);
+        why.push(format!("overdue by {}", crate::duration::format(late)));
     }
     Due { at, next_start, overdue, basis, why }
 }
@@ -516,6 +546,44 @@ mod tests {
         let d = due("p", &windowed, Some((utc("2026-08-21T12:00:00Z"), Basis::Journal)), now);
         assert_eq!(d.next_start, utc("2026-12-05T02:00:00Z"));
         assert!(d.why.iter().any(|w| w.starts_with("window opens")), "{:?}", d.why);
+    }
+
+    #[test]
+    fn review_regressions() {
+        // Vixie: `*/2` counts as unrestricted, so day-of-month AND day-of-week apply.
+        let c = Cron::parse("0 0 */2 * mon").unwrap();
+        // 2026-11-30 is an even-day Monday (not matched: */2 starts at 1), 2026-12-07 is odd.
+        assert_eq!(c.next_after(utc("2026-11-29T00:00:00Z"), Tz::UTC), Some(utc("2026-12-07T00:00:00Z")));
+        assert!(Cron::parse("5/4294967295 3 * * *").unwrap_err().contains("bad step"));
+        // Rare expressions are cheap: a yearly cron, many times.
+        let yearly = Cron::parse("0 3 1 1 *").unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..1_000 {
+            yearly.next_after(utc("2026-01-02T00:00:00Z"), Tz::UTC).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        // Waiting for a window is not overdue; jitter spreads policies inside the window.
+        let mut windowed = sched(Trigger::Every(Duration::from_secs(86_400)), "UTC");
+        windowed.window = Some(Window::parse(&["sat".into()], "02:00", Duration::from_secs(4 * 3600)).unwrap());
+        let d = due("p", &windowed, Some((utc("2026-11-23T00:00:00Z"), Basis::Journal)), utc("2026-11-25T12:00:00Z"));
+        assert!(!d.overdue, "{d:?}");
+        windowed.jitter = Duration::from_secs(3 * 3600);
+        let starts: std::collections::BTreeSet<_> = (0..8)
+            .map(|i| {
+                due(
+                    &format!("p{i}"),
+                    &windowed,
+                    Some((utc("2026-11-23T00:00:00Z"), Basis::Journal)),
+                    utc("2026-11-25T12:00:00Z"),
+                )
+                .next_start
+            })
+            .collect();
+        assert!(starts.len() > 4, "jittered starts inside the window: {starts:?}");
+        assert!(
+            starts.iter().all(|s| *s >= utc("2026-11-28T02:00:00Z") && *s < utc("2026-11-28T06:00:00Z")),
+            "{starts:?}"
+        );
     }
 
     #[test]

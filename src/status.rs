@@ -96,7 +96,20 @@ fn policy_status(policy: &str, rotations: &[&Rotation], now: DateTime<Utc>) -> P
 
 /// `3d4h`-style age for tables.
 pub fn age(seconds: i64) -> String {
-    crate::duration::format(std::time::Duration::from_secs(seconds.max(0) as u64)).chars().take(8).collect()
+    // The two largest units: `100d23h`, `5m12s`.
+    let full = crate::duration::format(std::time::Duration::from_secs(seconds.max(0) as u64));
+    let mut units = 0;
+    let mut out = String::new();
+    for c in full.chars() {
+        out.push(c);
+        if c.is_ascii_alphabetic() {
+            units += 1;
+            if units == 2 {
+                break;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -128,6 +141,13 @@ mod tests {
             updated_at: t,
             finished_at: None,
         }
+    }
+
+    #[test]
+    fn ages_keep_two_units() {
+        assert_eq!(age(100 * 86_400 + 23 * 3_600 + 59 * 60), "100d23h");
+        assert_eq!(age(312), "5m12s");
+        assert_eq!(age(0), "0s");
     }
 
     #[test]

@@ -282,7 +282,9 @@ impl Store for Vault {
         let exists = self.read(&self.path).await?.is_some();
         let (m, p, s) = (&self.mount, &self.path, &self.staging_path);
         let needs: [(String, &[&str]); 4] = [
-            (format!("{m}/data/{p}"), if exists { &["read", "update"] } else { &["create", "read"] }),
+            // A path that does not exist yet is created by the first rotation and updated by
+            // every later one.
+            (format!("{m}/data/{p}"), if exists { &["read", "update"] } else { &["create", "read", "update"] }),
             (format!("{m}/metadata/{p}"), &["read", "update"]),
             (format!("{m}/data/{s}"), &["create", "update", "read"]),
             (format!("{m}/metadata/{s}"), &["read", "delete"]),
