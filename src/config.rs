@@ -438,3 +438,18 @@ impl Config {
         Ok(store::Clients { aws, vault })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rotator.example.toml")).unwrap();
+        let file: File = toml::from_str(&text).unwrap();
+        assert_eq!(file.notifications.len(), 2);
+        assert!(file.vault.addr.is_some() && file.toktra.client_id.is_some());
+        let bad = toml::from_str::<File>("listen = \"x\"\n[toktra]\napi_key = \"plain\"\n").unwrap_err();
+        assert!(bad.message().contains("unknown field `api_key`"), "{bad}");
+    }
+}

@@ -147,3 +147,53 @@ async fn validate_speaks_json_and_github_annotations() {
     assert_eq!(report["problems"][0]["line"], 3);
     assert_eq!(report["problems"][0]["field"], "schedule.every");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_approle_login_from_the_configuration_file() {
+    let mut env = Env::start().await;
+    let mount = format!("approle-{}", env.prefix);
+    let acl = format!(
+        "path \"secret/data/{p}/*\" {{ capabilities = [\"create\", \"read\", \"update\", \"delete\"] }}\n\
+         path \"secret/metadata/{p}/*\" {{ capabilities = [\"create\", \"read\", \"update\", \"delete\"] }}\n\
+         path \"secret/data/_rotator/staging/{p}/*\" {{ capabilities = [\"create\", \"read\", \"update\", \"delete\"] }}\n\
+         path \"secret/metadata/_rotator/staging/{p}/*\" {{ capabilities = [\"create\", \"read\", \"update\", \"delete\"] }}\n",
+        p = env.prefix
+    );
+    let put = |path: String, body: serde_json::Value| {
+        let env = &env;
+        async move {
+            let (status, body) = env.vault(reqwest::Method::POST, &path, Some(body)).await;
+            assert!(status < 300, "{path}: {status} {body}");
+            body
+        }
+    };
+    put(format!("sys/policies/acl/{}-rw", env.prefix), serde_json::json!({ "policy": acl })).await;
+    put(format!("sys/auth/{mount}"), serde_json::json!({ "type": "approle" })).await;
+    put(
+        format!("auth/{mount}/role/rotator"),
+        serde_json::json!({ "token_policies": [format!("{}-rw", env.prefix)], "token_ttl": "10m" }),
+    )
+    .await;
+    let (_, role) = env.vault(reqwest::Method::GET, &format!("auth/{mount}/role/rotator/role-id"), None).await;
+    let secret = put(format!("auth/{mount}/role/rotator/secret-id"), serde_json::json!({})).await;
+    std::fs::write(env.dir.join("secret-id"), text(&secret["data"], "secret_id")).unwrap();
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        format!(
+            "[vault.approle]\nmount = \"{mount}\"\nrole_id = \"{}\"\nsecret_id_file = \"secret-id\"\n",
+            text(&role["data"], "role_id")
+        ),
+    )
+    .unwrap();
+    env.env.push(("VAULT_TOKEN".into(), String::new()));
+    let spec = Spec {
+        name: "approle".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/approle", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("approle.yaml", &spec.yaml());
+    env.rotator(&["plan"]).await.assert_code(0);
+    env.rotator(&["rotate", "approle"]).await.assert_code(0);
+    env.assert_converged(&[spec], &[]).await;
+}
