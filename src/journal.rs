@@ -71,6 +71,37 @@ pub struct Rotation {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl Rotation {
+    /// A rotation of policy `p` started at `started`, replacing `key-old` with `key-<id>`, for
+    /// the pure modules' table tests.
+    #[cfg(test)]
+    pub(crate) fn example(id: &str, phase: Phase, started: &str) -> Rotation {
+        let t: DateTime<Utc> = started.parse().unwrap_or_default();
+        Rotation {
+            id: id.into(),
+            policy: "p".into(),
+            kind: CredentialKind::ApiKey,
+            phase,
+            reason: None,
+            compromised: false,
+            credential_name: format!("p-{id}"),
+            new_credential_id: Some(format!("key-{id}")),
+            new_fingerprint: None,
+            old_credentials: vec!["key-old".into()],
+            destinations: vec![],
+            promoted_at: phase.is_promoted().then_some(t),
+            revoke_after: Some(t + chrono::Duration::hours(24)),
+            revoked_at: None,
+            error: None,
+            revoke_first: false,
+            waiting: None,
+            started_at: t,
+            updated_at: t,
+            finished_at: None,
+        }
+    }
+}
+
 /// One step record.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Step {

@@ -33,6 +33,12 @@ pub struct Report {
     pub unmanaged: usize,
 }
 
+impl Finding {
+    fn new(kind: &str, policy: &str, detail: String) -> Finding {
+        Finding { kind: kind.into(), policy: policy.into(), detail, fixed: false }
+    }
+}
+
 impl Report {
     /// Problems that remain after this run.
     pub fn open(&self) -> usize {
@@ -90,12 +96,7 @@ impl Engine {
         fix: bool,
         claimed: &mut BTreeSet<(CredentialKind, String)>,
     ) -> Result<Vec<Finding>, crate::engine::Error> {
-        let finding = |kind: &str, detail: String| Finding {
-            kind: kind.into(),
-            policy: policy.name.clone(),
-            detail,
-            fixed: false,
-        };
+        let finding = |kind: &str, detail: String| Finding::new(kind, &policy.name, detail);
         let held = if fix {
             match self.acquire(&policy.name).await {
                 Ok(held) => Some(held),
@@ -126,12 +127,7 @@ impl Engine {
     ) -> Result<Vec<Finding>, crate::engine::Error> {
         let kind = policy.credential.kind;
         let mut findings = Vec::new();
-        let finding = |kind: &str, detail: String| Finding {
-            kind: kind.into(),
-            policy: policy.name.clone(),
-            detail,
-            fixed: false,
-        };
+        let finding = |kind: &str, detail: String| Finding::new(kind, &policy.name, detail);
         let rotations = self.journal.history(Some(&policy.name), 100_000).await?;
         let destinations: Vec<Destination> =
             match policy.destinations.iter().map(|d| Destination::new(d, kind, &self.clients)).collect() {

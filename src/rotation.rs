@@ -146,32 +146,12 @@ pub fn next(rotation: &Rotation, memory: Memory, now: DateTime<Utc>) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::CredentialKind;
 
+    /// Replacing `key-old`, started 2026-11-29, revocable from 2026-11-30.
     fn rotation(phase: Phase) -> Rotation {
-        let t = "2026-11-29T00:00:00Z".parse().unwrap();
-        Rotation {
-            id: "r1".into(),
-            policy: "p".into(),
-            kind: CredentialKind::ApiKey,
-            phase,
-            reason: None,
-            compromised: false,
-            credential_name: "p-r1".into(),
-            new_credential_id: None,
-            new_fingerprint: None,
-            old_credentials: vec!["old".into()],
-            destinations: vec![],
-            promoted_at: None,
-            revoke_after: Some("2026-11-30T00:00:00Z".parse().unwrap()),
-            revoked_at: None,
-            error: None,
-            revoke_first: false,
-            waiting: None,
-            started_at: t,
-            updated_at: t,
-            finished_at: None,
-        }
+        let mut r = Rotation::example("r1", phase, "2026-11-29T00:00:00Z");
+        r.promoted_at = None;
+        r
     }
 
     #[test]

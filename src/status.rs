@@ -115,32 +115,9 @@ pub fn age(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::CredentialKind;
 
     fn rotation(id: &str, phase: Phase, started: &str) -> Rotation {
-        let t: DateTime<Utc> = started.parse().unwrap();
-        Rotation {
-            id: id.into(),
-            policy: "p".into(),
-            kind: CredentialKind::ApiKey,
-            phase,
-            reason: None,
-            compromised: false,
-            credential_name: format!("p-{id}"),
-            new_credential_id: Some(format!("key-{id}")),
-            new_fingerprint: None,
-            old_credentials: vec!["key-old".into()],
-            destinations: vec![],
-            promoted_at: phase.is_promoted().then_some(t),
-            revoke_after: Some(t + chrono::Duration::hours(24)),
-            revoked_at: None,
-            error: None,
-            revoke_first: false,
-            waiting: None,
-            started_at: t,
-            updated_at: t,
-            finished_at: None,
-        }
+        Rotation::example(id, phase, started)
     }
 
     #[test]

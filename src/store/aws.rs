@@ -113,6 +113,19 @@ impl Aws {
         }
     }
 
+    /// Takes `AWSPENDING` off the version of `rotation_id`.
+    async fn clear_pending(&self, rotation_id: &str) -> Result<(), Error> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(&self.secret_id)
+            .version_stage(PENDING)
+            .remove_from_version_id(rotation_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map("clear AWSPENDING", e))
+    }
+
     fn holder<'a>(versions: &'a HashMap<String, Vec<String>>, stage: &str) -> Option<&'a str> {
         versions.iter().find(|(_, stages)| stages.iter().any(|s| s == stage)).map(|(id, _)| id.as_str())
     }
@@ -234,14 +247,7 @@ impl Store for Aws {
             request.send().await.map_err(|e| self.map("move AWSCURRENT", e))?;
         }
         if Self::holder(&versions, PENDING) == Some(rotation_id) {
-            self.client
-                .update_secret_version_stage()
-                .secret_id(&self.secret_id)
-                .version_stage(PENDING)
-                .remove_from_version_id(rotation_id)
-                .send()
-                .await
-                .map_err(|e| self.map("clear AWSPENDING", e))?;
+            self.clear_pending(rotation_id).await?;
         }
         Ok(())
     }
@@ -250,14 +256,7 @@ impl Store for Aws {
         let Some(versions) = self.versions().await? else { return Ok(()) };
         let labels = versions.get(rotation_id).cloned().unwrap_or_default();
         if labels.iter().any(|l| l == PENDING) && !labels.iter().any(|l| l == CURRENT) {
-            self.client
-                .update_secret_version_stage()
-                .secret_id(&self.secret_id)
-                .version_stage(PENDING)
-                .remove_from_version_id(rotation_id)
-                .send()
-                .await
-                .map_err(|e| self.map("clear AWSPENDING", e))?;
+            self.clear_pending(rotation_id).await?;
         }
         Ok(())
     }
