@@ -623,12 +623,17 @@ fn valid_label(text: &str) -> bool {
 fn shortest_gap(cron: &Cron, tz: chrono_tz::Tz) -> Option<Duration> {
     let start: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().ok()?;
     let mut previous = cron.next_after(start, tz)?;
+    let first = previous;
     let mut shortest: Option<Duration> = None;
+    // Sixty firings, or a year of them for rare expressions, whichever comes first.
     for _ in 0..60 {
         let next = cron.next_after(previous, tz)?;
         let gap = (next - previous).to_std().ok()?;
         shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
         previous = next;
+        if next - first > chrono::Duration::days(366) {
+            break;
+        }
     }
     shortest
 }
