@@ -66,6 +66,10 @@ pub struct Daemon {
     basis: Mutex<HashMap<String, Option<Since>>>,
     /// Policies already reported overdue for their current due time.
     overdue_sent: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Policies whose last attempt failed: how many times in a row, and when to try again.
+    /// Scheduled work backs off exponentially (1 min doubling up to 1 h) instead of retrying a
+    /// failing rotation on every pass; on-demand requests are not held back.
+    backoff: Mutex<HashMap<String, (u32, DateTime<Utc>)>>,
     /// Failures already notified (rotation and error), so a stuck rotation retried on every pass
     /// is reported once per distinct error, not once per pass.
     failure_sent: Mutex<BTreeSet<(String, String)>>,
@@ -105,6 +109,7 @@ impl Daemon {
             basis: Mutex::new(HashMap::new()),
             overdue_sent: Mutex::new(HashMap::new()),
             failure_sent: Mutex::new(BTreeSet::new()),
+            backoff: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             semaphore: Arc::new(Semaphore::new(config.concurrency)),
             concurrency: config.concurrency,
@@ -323,6 +328,9 @@ impl Daemon {
                 id: Some(q.id),
             }));
         }
+        if self.backoff.lock().ok().and_then(|b| b.get(&policy.name).map(|(_, next)| *next > now)).unwrap_or(false) {
+            return None;
+        }
         let unfinished: Vec<&&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
         if unfinished.iter().any(|r| r.phase != Phase::Promoted) {
             return Some(Work::Resume);
@@ -421,6 +429,21 @@ impl Daemon {
                 }
                 if let Ok(mut b) = self.basis.lock() {
                     b.remove(&policy.name);
+                }
+                let failed = outcomes
+                    .last()
+                    .is_some_and(|o| !o.interrupted && matches!(o.status, Status::Failed | Status::Incomplete));
+                if let Ok(mut backoff) = self.backoff.lock() {
+                    if failed {
+                        let entry = backoff.entry(policy.name.clone()).or_insert((0, Utc::now()));
+                        entry.0 += 1;
+                        let wait =
+                            Duration::from_secs(60 * (1u64 << (entry.0 - 1).min(6))).min(Duration::from_secs(3_600));
+                        entry.1 = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                        tracing::warn!(policy = %policy.name, failures = entry.0, retry_in = %crate::duration::format(wait), "rotation failed; backing off");
+                    } else {
+                        backoff.remove(&policy.name);
+                    }
                 }
                 for outcome in outcomes {
                     self.report(policy, &outcome);

@@ -1,6 +1,6 @@
 //! Logging setup and process signals. Logs go to stderr (stdout carries command output), as
 //! human-readable text or JSON lines. Libraries that log every non-2xx answer at ERROR level
-//! (vaultrs, rustify: expected check-and-set conflicts included) are turned down by default.
+//! (vaultrs, rustify: expected 404s and check-and-set conflicts included) are silenced by default; rotator reports the failures that matter itself.
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,12 +10,16 @@ pub enum LogFormat {
     Json,
 }
 
-const QUIET: &str =
-    "rustify=off,vaultrs=warn,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn,reqwest=warn";
+const QUIET: &str = "rustify=off,vaultrs=off,tokio_cron_scheduler=warn,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn,reqwest=warn";
 
 pub fn init(format: LogFormat, verbose: bool) {
     let default = if verbose { format!("debug,{QUIET}") } else { format!("info,{QUIET}") };
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // RUST_LOG adds to the quiet defaults rather than replacing them, so `RUST_LOG=debug` does
+    // not bring back the noisy libraries; naming one of them (`vaultrs=debug`) still does.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(user) if !user.trim().is_empty() => EnvFilter::new(format!("{QUIET},{user}")),
+        _ => EnvFilter::new(default),
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => {
