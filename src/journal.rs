@@ -258,7 +258,7 @@ impl Journal {
         let mut tx = journal.pool.begin().await.map_err(|source| Error::Query { what: "create schema", source })?;
         if !sqlite {
             // Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
-            sqlx::query("SELECT pg_advisory_xact_lock(7263_7061_7469)")
+            sqlx::query("SELECT pg_advisory_xact_lock(726370617469)")
                 .execute(&mut *tx)
                 .await
                 .map_err(|source| Error::Query { what: "lock schema", source })?;

@@ -8,6 +8,7 @@ mod crash;
 mod engine;
 mod leak;
 mod plan;
+mod postgres;
 mod rotate;
 mod serve;
 mod toktra;

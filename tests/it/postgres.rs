@@ -1,0 +1,86 @@
+//! The journal on PostgreSQL (the machine's server on 127.0.0.1:5432, trust auth), each test in
+//! a database of its own: a crash and resume, and one rotation in flight per policy across
+//! processes.
+
+use std::time::Duration;
+
+use rotator::policy::CredentialKind;
+use rotator::toktra::sim;
+use sqlx::AssertSqlSafe;
+
+use crate::harness::{Dest, Env, Spec};
+
+/// A fresh database for this test; its URL.
+async fn database(env: &Env) -> String {
+    sqlx::any::install_default_drivers();
+    let admin = "postgres://postgres@127.0.0.1:5432/postgres";
+    let pool = sqlx::AnyPool::connect(admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must run on 127.0.0.1:5432 with trust auth for user postgres ({e})"));
+    let name = env.prefix.replace('-', "_");
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
+    pool.close().await;
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+/// Drops the test's database (the machine's server outlives the test run).
+async fn drop_database(env: &Env) {
+    let pool = sqlx::AnyPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+    let name = env.prefix.replace('-', "_");
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_and_resume_with_a_postgres_journal() {
+    let mut env = Env::start().await;
+    let url = database(&env).await;
+    env.env.push(("ROTATOR_DATABASE_URL".into(), url));
+    let spec = Spec {
+        name: "pg".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/pg", env.prefix)), Dest::Aws(format!("{}/pg", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("pg.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "pg-legacy").await;
+    env.seed(&spec, &legacy).await;
+    env.env.push(("ROTATOR_CRASH_AT".into(), "staged-1".into()));
+    assert_eq!(env.rotator(&["rotate", "pg"]).await.code, -1);
+    env.env.pop();
+    env.rotator(&["rotate", "pg"]).await.assert_code(0);
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
+    assert!(!env.journal_path().exists(), "the SQLite default was not used");
+    let history = env.rotator(&["history", "pg", "--format", "json"]).await;
+    let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    // Staged everywhere before the crash: the next run recovered the secret and finished the
+    // same rotation rather than starting another.
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows[0]["phase"], "completed");
+    drop_database(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_rotation_in_flight_per_policy_across_processes_on_postgres() {
+    let mut env =
+        Env::with(sim::Config { faults: sim::Faults { latency_ms: 300, ..Default::default() }, ..Default::default() })
+            .await;
+    let url = database(&env).await;
+    env.env.push(("ROTATOR_DATABASE_URL".into(), url));
+    let spec = Spec {
+        name: "pgbusy".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("pgbusy.json".into())],
+        grace: "0s",
+    };
+    env.policy("pgbusy.yaml", &spec.yaml());
+    let first = env.command(&["rotate", "pgbusy"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let second = env.rotator(&["rotate", "pgbusy"]).await;
+    second.assert_code(1);
+    assert!(second.stdout.contains("a rotation is in flight"), "{}", second.stdout);
+    assert_eq!(first.wait_with_output().await.unwrap().status.code(), Some(0));
+    env.assert_converged(&[spec], &[]).await;
+    drop_database(&env).await;
+}
