@@ -256,7 +256,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let ctx = Ctx { policies: cli.policies.clone(), config: cli.config.clone() };
     match cli.command {
         Command::Validate(args) => validate(&ctx.policies, args),
-        Command::Plan(args) => plan(&ctx, &args.names, &args.selector.concat(), args.format).await,
+        Command::Plan(args) => plan(&ctx, &args.names, &args.selector.concat(), None, args.format).await,
         Command::Rotate(args) => rotate(&ctx, args).await,
         Command::Status(args) => status(&ctx, args).await,
         Command::History(args) => history(&ctx, args).await,
@@ -394,7 +394,12 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     if args.dry_run {
         let names: Vec<String> =
             select(&policies, &args.names, args.all, &selector)?.iter().map(|p| p.name.clone()).collect();
-        return plan(ctx, &names, &[], args.format).await;
+        let compromise = match (args.compromised, args.revoke_first) {
+            (false, _) => None,
+            (true, false) => Some(crate::plan::Compromise::AfterPromotion),
+            (true, true) => Some(crate::plan::Compromise::RevokeFirst),
+        };
+        return plan(ctx, &names, &[], compromise, args.format).await;
     }
     let selected = select(&policies, &args.names, args.all, &selector)?;
     let journal = open_journal(&config).await?;
@@ -550,7 +555,13 @@ pub fn check_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
     if failed.is_empty() { Ok(()) } else { Err(Failure::Failed(format!("rotation failed for: {}", failed.join(", ")))) }
 }
 
-async fn plan(ctx: &Ctx, names: &[String], selector: &[(String, String)], format: Format) -> Result<(), Failure> {
+async fn plan(
+    ctx: &Ctx,
+    names: &[String],
+    selector: &[(String, String)],
+    compromise: Option<crate::plan::Compromise>,
+    format: Format,
+) -> Result<(), Failure> {
     let config = ctx.config()?;
     let policies = load_policies(&ctx.policies)?;
     let selected = select(&policies, names, names.is_empty(), selector)?;
@@ -560,7 +571,7 @@ async fn plan(ctx: &Ctx, names: &[String], selector: &[(String, String)], format
     let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
     let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
     let journal = Journal::open_read_only(&config.database_url).await.map_err(|e| Failure::Other(e.into()))?;
-    let plan = crate::plan::plan(&toktra, &clients, journal.as_ref(), &selected, chrono::Utc::now()).await;
+    let plan = crate::plan::plan(&toktra, &clients, journal.as_ref(), &selected, compromise, chrono::Utc::now()).await;
     if let Some(j) = journal {
         j.close().await;
     }

@@ -15,6 +15,13 @@ use crate::schedule::{self, Basis, Due};
 use crate::store::{Clients, Destination, Record, Store};
 use crate::toktra::{self, Listed};
 
+/// How a compromise-mode rotation would revoke (for `rotate --dry-run --compromised`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compromise {
+    AfterPromotion,
+    RevokeFirst,
+}
+
 /// One preflight check.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Check {
@@ -59,6 +66,7 @@ pub async fn plan(
     clients: &Clients,
     journal: Option<&Journal>,
     policies: &[&Policy],
+    compromise: Option<Compromise>,
     now: DateTime<Utc>,
 ) -> Plan {
     let mut management = Vec::new();
@@ -91,7 +99,8 @@ pub async fn plan(
     let mut plans = Vec::new();
     for policy in policies {
         let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == policy.name).collect();
-        plans.push(plan_policy(policy, &rotations, listed.get(&policy.credential.kind), clients, now).await);
+        plans
+            .push(plan_policy(policy, &rotations, listed.get(&policy.credential.kind), clients, compromise, now).await);
     }
     Plan { at: now, management, policies: plans }
 }
@@ -101,6 +110,7 @@ async fn plan_policy(
     rotations: &[&Rotation],
     listed: Option<&Vec<Listed>>,
     clients: &Clients,
+    compromise: Option<Compromise>,
     now: DateTime<Utc>,
 ) -> PolicyPlan {
     let kind = policy.credential.kind;
@@ -188,13 +198,23 @@ async fn plan_policy(
         .require_idle
         .map(|i| format!(", once unused for {}", crate::duration::format(i)))
         .unwrap_or_default();
-    steps.push(match &current_id {
-        Some(id) => format!(
+    steps.push(match (&current_id, compromise) {
+        (None, _) => "nothing to revoke (no current credential)".into(),
+        (Some(id), None) => format!(
             "revoke {id} after a grace of {}{idle}; check it is rejected",
             crate::duration::format(policy.revoke.grace)
         ),
-        None => "nothing to revoke (no current credential)".into(),
+        (Some(id), Some(Compromise::AfterPromotion)) => {
+            format!("compromise mode: revoke {id} (and any credential still in its grace) right after promotion, whatever the grace")
+        }
+        (Some(_), Some(Compromise::RevokeFirst)) => "compromise mode: already revoked before the mint (step 1)".into(),
     });
+    if let (Some(id), Some(Compromise::RevokeFirst)) = (&current_id, compromise) {
+        steps.insert(
+            0,
+            format!("compromise mode: revoke {id} BEFORE minting; consumers fail until the new credential is promoted"),
+        );
+    }
     PolicyPlan {
         policy: policy.name.clone(),
         kind,
