@@ -691,10 +691,16 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopping: no new work; letting the steps in flight finish");
         stopper.stop();
     };
-    axum::serve(listener, crate::server::router(daemon.clone(), token))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Failure::Other(e.into()))?;
+    let server = axum::serve(listener, crate::server::router(daemon.clone(), token)).with_graceful_shutdown(shutdown);
+    let drained = daemon.clone();
+    tokio::select! {
+        served = server => served.map_err(|e| Failure::Other(e.into()))?,
+        // Open HTTP requests do not hold the exit past the shutdown timeout.
+        _ = async move {
+            drained.stopped().await;
+            tokio::time::sleep(config.shutdown_timeout).await;
+        } => tracing::warn!("HTTP requests still open at the shutdown timeout; closing them"),
+    }
     reloader.abort();
     let _ = tokio::time::timeout(config.shutdown_timeout + std::time::Duration::from_secs(5), reconciler).await;
     notifications.abort();

@@ -181,7 +181,7 @@ struct AwsFile {
 struct ChannelFile {
     kind: ChannelKind,
     /// Better from the environment (`ROTATOR_NOTIFY_<NAME>_URL`) or a file: the URL is a secret.
-    url: Option<String>,
+    url: Option<Secret>,
     url_file: Option<PathBuf>,
     #[serde(default)]
     on_success: bool,
@@ -240,10 +240,14 @@ impl Config {
             None => key.to_string(),
         };
 
-        let listen_text = var("ROTATOR_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let (listen_source, listen_text) = match (var("ROTATOR_LISTEN"), file.listen) {
+            (Some(v), _) => ("ROTATOR_LISTEN".to_string(), v),
+            (None, Some(v)) => (source("listen"), v),
+            (None, None) => ("listen".to_string(), "127.0.0.1:8080".to_string()),
+        };
         let listen = listen_text
             .parse()
-            .map_err(|_| error("ROTATOR_LISTEN", format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
+            .map_err(|_| error(listen_source, format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
         let api_token = match (var("ROTATOR_API_TOKEN"), &file.api_token_file) {
             (Some(t), _) => Some(Secret::new(t)),
             (None, Some(p)) => Some(read_secret(&source("api_token_file"), p)?),
@@ -255,7 +259,11 @@ impl Config {
                 .ok()
                 .filter(|n| *n >= 1)
                 .ok_or_else(|| error("ROTATOR_CONCURRENCY", format!("`{t}` is not a positive number")))?,
-            None => file.concurrency.unwrap_or(4).max(1),
+            None => match file.concurrency {
+                Some(0) => return Err(error(source("concurrency"), "must be at least 1")),
+                Some(n) => n,
+                None => 4,
+            },
         };
         let tick = parse_duration("ROTATOR_TICK", var("ROTATOR_TICK").or(file.tick), Duration::from_secs(30))?;
         if tick.is_zero() {
@@ -335,7 +343,7 @@ impl Config {
             let env_name = format!("ROTATOR_NOTIFY_{}_URL", name.to_ascii_uppercase().replace('-', "_"));
             let url = match (var(&env_name), &channel.url, &channel.url_file) {
                 (Some(u), _, _) => Secret::new(u),
-                (None, Some(u), _) => Secret::new(u.clone()),
+                (None, Some(u), _) => u.clone(),
                 (None, None, Some(p)) => read_secret(&source(&format!("notifications.{name}.url_file")), p)?,
                 (None, None, None) => {
                     return Err(error(

@@ -66,19 +66,45 @@ pub struct Daemon {
     basis: Mutex<HashMap<String, Option<Since>>>,
     /// Policies already reported overdue for their current due time.
     overdue_sent: Mutex<HashMap<String, DateTime<Utc>>>,
-    /// Policies whose last attempt failed: how many times in a row, and when to try again.
-    /// Scheduled work backs off exponentially (1 min doubling up to 1 h) instead of retrying a
-    /// failing rotation on every pass; on-demand requests are not held back.
-    backoff: Mutex<HashMap<String, (u32, DateTime<Utc>)>>,
-    /// Failures already notified (rotation and error), so a stuck rotation retried on every pass
-    /// is reported once per distinct error, not once per pass.
-    failure_sent: Mutex<BTreeSet<(String, String)>>,
+    /// Policies held back from the next passes, so nothing is retried in a loop.
+    holds: Mutex<HashMap<String, Hold>>,
+    /// Orphans already notified (policy, credential).
+    orphan_sent: Mutex<BTreeSet<(String, String)>>,
+    tick: Duration,
+    /// Failures already notified (policy, rotation, error), so a stuck rotation retried later is
+    /// reported once per distinct error; a policy's entries go when it succeeds.
+    failure_sent: Mutex<BTreeSet<(String, String, String)>>,
     wake: Notify,
     semaphore: Arc<Semaphore>,
     concurrency: usize,
     stopping: watch::Sender<bool>,
     /// The last pass completed without a journal error.
     healthy: AtomicBool,
+}
+
+/// Why a policy is held back, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    /// Failed attempts in a row (the back-off doubles from 1 minute per failure, up to 1 hour).
+    failures: u32,
+    until: DateTime<Utc>,
+    /// Held because of another holder's lease or a wait (grace, idleness) rather than a failure:
+    /// on-demand requests wait for these too, but not for a failure back-off.
+    waiting: bool,
+}
+
+/// Keeps a policy marked as running while its task lives, even if the task panics.
+struct Running {
+    daemon: Arc<Daemon>,
+    policy: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.daemon.running.lock() {
+            running.remove(&self.policy);
+        }
+    }
 }
 
 /// Set work for one policy in a pass.
@@ -109,7 +135,9 @@ impl Daemon {
             basis: Mutex::new(HashMap::new()),
             overdue_sent: Mutex::new(HashMap::new()),
             failure_sent: Mutex::new(BTreeSet::new()),
-            backoff: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
+            orphan_sent: Mutex::new(BTreeSet::new()),
+            tick: config.tick,
             wake: Notify::new(),
             semaphore: Arc::new(Semaphore::new(config.concurrency)),
             concurrency: config.concurrency,
@@ -124,6 +152,12 @@ impl Daemon {
 
     pub fn queued(&self, id: &str) -> Option<Queued> {
         self.queued.lock().ok()?.values().find(|q| q.id == id).cloned()
+    }
+
+    /// Resolves once `stop` was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -176,12 +210,20 @@ impl Daemon {
     pub fn reload(&self) -> Result<usize, policy::Invalid> {
         match policy::load_dir(&self.policies_dir) {
             Ok(policies) => {
-                let missing: Vec<String> = policies
+                let mut missing: Vec<String> = policies
                     .iter()
                     .flat_map(|p| p.destinations.iter().map(move |d| (p, d)))
                     .filter(|(p, d)| Destination::new(d, p.credential.kind, &self.engine.clients).is_err())
                     .map(|(p, d)| format!("policy `{}`: {} is not configured in this service", p.name, d.label()))
                     .collect();
+                for p in &policies {
+                    for channel in p.notify.iter().filter(|c| !self.notifier.knows(c)) {
+                        missing.push(format!(
+                            "{}: notify: channel `{channel}` is not defined in the configuration",
+                            p.source
+                        ));
+                    }
+                }
                 if !missing.is_empty() {
                     for m in &missing {
                         tracing::error!("reload rejected: {m}");
@@ -198,8 +240,23 @@ impl Daemon {
                     ));
                 }
                 let n = policies.len();
+                let names: BTreeSet<String> = policies.iter().map(|p| p.name.clone()).collect();
                 if let Ok(mut current) = self.policies.write() {
                     *current = Arc::new(policies);
+                }
+                // Forget what belonged to policies that are gone (and every cached age, since a
+                // policy's destinations may have changed).
+                if let Ok(mut q) = self.queued.lock() {
+                    q.retain(|p, _| names.contains(p));
+                }
+                if let Ok(mut h) = self.holds.lock() {
+                    h.retain(|p, _| names.contains(p));
+                }
+                if let Ok(mut o) = self.overdue_sent.lock() {
+                    o.retain(|p, _| names.contains(p));
+                }
+                if let Ok(mut b) = self.basis.lock() {
+                    b.clear();
                 }
                 tracing::info!(policies = n, "policies reloaded");
                 self.wake.notify_one();
@@ -257,12 +314,9 @@ impl Daemon {
     }
 
     async fn start_ticker(self: Arc<Self>, tick: Duration) -> Option<tokio_cron_scheduler::JobScheduler> {
-        let seconds = tick.as_secs().clamp(1, 59);
-        // 6 fields with seconds, as tokio-cron-scheduler wants.
-        let expression = format!("*/{seconds} * * * * *");
         let daemon = self.clone();
         let scheduler = tokio_cron_scheduler::JobScheduler::new().await.ok()?;
-        let job = tokio_cron_scheduler::Job::new_async(expression.as_str(), move |_, _| {
+        let job = tokio_cron_scheduler::Job::new_repeated_async(tick.max(Duration::from_secs(1)), move |_, _| {
             let daemon = daemon.clone();
             Box::pin(async move { daemon.wake.notify_one() })
         })
@@ -289,37 +343,61 @@ impl Daemon {
                 return;
             }
         };
+        let by_policy = group(&history);
         let policies = self.policies();
         for policy in policies.iter() {
+            if self.is_stopping() {
+                break;
+            }
             if self.running.lock().map(|r| r.contains(&policy.name)).unwrap_or(true) {
                 continue;
             }
-            let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == policy.name).collect();
-            let Some(work) = self.work_for(policy, &rotations, now).await else { continue };
+            let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let Some(mut work) = self.work_for(policy, rotations, now).await else { continue };
             let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
                 // At the concurrency limit: the next pass picks it up.
                 continue;
             };
-            if let Ok(mut running) = self.running.lock() {
-                running.insert(policy.name.clone());
+            // Claim the policy; a request that arrived while `work_for` awaited replaces a
+            // scheduled rotation, so it is not followed by a second one.
+            let claimed = self.running.lock().map(|mut r| r.insert(policy.name.clone())).unwrap_or(false);
+            if !claimed {
+                continue;
+            }
+            let guard = Running { daemon: self.clone(), policy: policy.name.clone() };
+            if let Work::Rotate(request) = &work
+                && request.id.is_none()
+                && let Some(q) = self.queued.lock().ok().and_then(|q| q.get(&policy.name).cloned())
+            {
+                work = Work::Rotate(engine::Request {
+                    reason: q.reason,
+                    compromised: q.compromised,
+                    revoke_first: false,
+                    id: Some(q.id),
+                });
             }
             let daemon = self.clone();
             let policy = policy.clone();
             tokio::spawn(async move {
                 daemon.execute(&policy, work).await;
-                if let Ok(mut running) = daemon.running.lock() {
-                    running.remove(&policy.name);
-                }
+                drop(guard);
                 drop(permit);
-                // Something may have become possible (a request that was refused as busy).
-                daemon.wake.notify_one();
+                // A request may be waiting for a slot or for this policy.
+                if daemon.queued.lock().map(|q| !q.is_empty()).unwrap_or(false) {
+                    daemon.wake.notify_one();
+                }
             });
         }
     }
 
     /// What to do for `policy` now, if anything.
     async fn work_for(&self, policy: &Policy, rotations: &[&Rotation], now: DateTime<Utc>) -> Option<Work> {
+        let hold = self.holds.lock().ok()?.get(&policy.name).copied().filter(|h| h.until > now);
         let queued = self.queued.lock().ok()?.get(&policy.name).cloned();
+        // An on-demand request overrides a failure back-off, not a wait for another holder.
+        if hold.is_some_and(|h| h.waiting || queued.is_none()) {
+            return None;
+        }
         if let Some(q) = queued {
             return Some(Work::Rotate(engine::Request {
                 reason: q.reason,
@@ -327,9 +405,6 @@ impl Daemon {
                 revoke_first: false,
                 id: Some(q.id),
             }));
-        }
-        if self.backoff.lock().ok().and_then(|b| b.get(&policy.name).map(|(_, next)| *next > now)).unwrap_or(false) {
-            return None;
         }
         let unfinished: Vec<&&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
         if unfinished.iter().any(|r| r.phase != Phase::Promoted) {
@@ -369,8 +444,10 @@ impl Daemon {
                 match cached {
                     Some(basis) => basis,
                     None => {
-                        let basis = self.credential_basis(policy, now).await;
-                        if let Ok(mut b) = self.basis.lock() {
+                        let (basis, known) = self.credential_basis(policy, now).await;
+                        // A guess (a destination or Toktra could not be read) is used for this
+                        // pass only, so the real age is found once they answer again.
+                        if known && let Ok(mut b) = self.basis.lock() {
                             b.insert(policy.name.clone(), basis);
                         }
                         basis
@@ -381,7 +458,9 @@ impl Daemon {
         schedule::due(&policy.name, &policy.schedule, last, now)
     }
 
-    async fn credential_basis(&self, policy: &Policy, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Basis)> {
+    /// When the policy's current credential came to be, and whether that is known (rather than
+    /// assumed to be now because something could not be read).
+    async fn credential_basis(&self, policy: &Policy, now: DateTime<Utc>) -> (Option<Since>, bool) {
         for spec in &policy.destinations {
             let Ok(destination) = Destination::new(spec, policy.credential.kind, &self.engine.clients) else {
                 continue;
@@ -399,17 +478,17 @@ impl Daemon {
                             .and_then(|l| l.into_iter().find(|c| c.id == record.id))
                             .and_then(|c| c.created_at),
                     };
-                    return Some((created.unwrap_or(now), Basis::Credential));
+                    return (Some((created.unwrap_or(now), Basis::Credential)), created.is_some());
                 }
                 Ok(None) => {}
                 // Unreadable now: assume a fresh credential rather than rotating on a guess.
                 Err(e) => {
                     tracing::warn!(policy = %policy.name, error = %e, "cannot read the destination to date its credential");
-                    return Some((now, Basis::Credential));
+                    return (Some((now, Basis::Credential)), false);
                 }
             }
         }
-        None
+        (None, true)
     }
 
     async fn execute(&self, policy: &Policy, work: Work) {
@@ -420,9 +499,13 @@ impl Daemon {
             }
             Work::Resume => (self.engine.resume(policy).await, None),
         };
+        let now = Utc::now();
         match result {
             Ok(outcomes) => {
-                if requested.is_some()
+                // A request is done when its rotation ran; otherwise (an unfinished rotation
+                // could not be completed first) it stays queued for a later pass.
+                if let Some(id) = &requested
+                    && outcomes.iter().any(|o| &o.rotation_id == id)
                     && let Ok(mut queued) = self.queued.lock()
                 {
                     queued.remove(&policy.name);
@@ -430,40 +513,59 @@ impl Daemon {
                 if let Ok(mut b) = self.basis.lock() {
                     b.remove(&policy.name);
                 }
-                let failed = outcomes
-                    .last()
-                    .is_some_and(|o| !o.interrupted && matches!(o.status, Status::Failed | Status::Incomplete));
-                if let Ok(mut backoff) = self.backoff.lock() {
-                    if failed {
-                        let entry = backoff.entry(policy.name.clone()).or_insert((0, Utc::now()));
-                        entry.0 += 1;
-                        let wait =
-                            Duration::from_secs(60 * (1u64 << (entry.0 - 1).min(6))).min(Duration::from_secs(3_600));
-                        entry.1 = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                        tracing::warn!(policy = %policy.name, failures = entry.0, retry_in = %crate::duration::format(wait), "rotation failed; backing off");
-                    } else {
-                        backoff.remove(&policy.name);
+                let last = outcomes.last();
+                let failed =
+                    last.is_some_and(|o| !o.interrupted && matches!(o.status, Status::Failed | Status::Incomplete));
+                let waiting = last.is_some_and(|o| o.status == Status::AwaitingRevocation && o.waiting.is_some());
+                if failed {
+                    self.back_off(&policy.name, now);
+                } else if waiting {
+                    // Grace or idleness: look again on a later tick, not on every wake-up.
+                    self.hold(&policy.name, now + chrono::Duration::from_std(self.tick).unwrap_or_default(), true);
+                } else if let Ok(mut holds) = self.holds.lock() {
+                    holds.remove(&policy.name);
+                    if let Ok(mut sent) = self.failure_sent.lock() {
+                        sent.retain(|(p, _, _)| p != &policy.name);
                     }
                 }
                 for outcome in outcomes {
                     self.report(policy, &outcome);
                 }
             }
-            // Busy: another process holds the policy; a queued request waits for the next pass.
-            Err(engine::Error::Busy { holder, .. }) => {
-                tracing::info!(policy = %policy.name, holder, "policy busy elsewhere; trying again later")
+            // Busy: another process holds the policy; look again when its lease may be over.
+            Err(engine::Error::Busy { holder, until, .. }) => {
+                tracing::info!(policy = %policy.name, holder, "policy busy elsewhere; trying again later");
+                self.hold(&policy.name, until.max(now + chrono::Duration::seconds(5)), true);
             }
             Err(e) => {
                 tracing::error!(policy = %policy.name, error = %e, "rotation could not run");
-                if let Ok(mut queued) = self.queued.lock() {
-                    queued.remove(&policy.name);
-                }
+                self.back_off(&policy.name, now);
             }
         }
     }
 
+    fn hold(&self, policy: &str, until: DateTime<Utc>, waiting: bool) {
+        if let Ok(mut holds) = self.holds.lock() {
+            let failures = holds.get(policy).map(|h| h.failures).unwrap_or(0);
+            holds.insert(policy.to_string(), Hold { failures, until, waiting });
+        }
+    }
+
+    fn back_off(&self, policy: &str, now: DateTime<Utc>) {
+        if let Ok(mut holds) = self.holds.lock() {
+            let failures = holds.get(policy).map(|h| h.failures).unwrap_or(0) + 1;
+            let wait = Duration::from_secs(60 * (1u64 << (failures - 1).min(6))).min(Duration::from_secs(3_600));
+            holds.insert(
+                policy.to_string(),
+                Hold { failures, until: now + chrono::Duration::from_std(wait).unwrap_or_default(), waiting: false },
+            );
+            tracing::warn!(policy, failures, retry_in = %crate::duration::format(wait), "rotation failed; backing off");
+        }
+    }
+
     fn report(&self, policy: &Policy, o: &Outcome) {
-        if o.interrupted {
+        // Interrupted runs, and resumed runs still waiting to revoke, are not events.
+        if o.interrupted || (o.resumed && o.status == Status::AwaitingRevocation) {
             return;
         }
         let outcome = match o.status {
@@ -474,12 +576,12 @@ impl Daemon {
         };
         self.metrics.rotation(&policy.name, outcome, o.seconds);
         match o.status {
-            Status::Failed | Status::Incomplete if !o.resumed || o.status == Status::Incomplete => {
+            Status::Failed | Status::Incomplete => {
                 let error = o.error.clone().unwrap_or_default();
                 let first = self
                     .failure_sent
                     .lock()
-                    .map(|mut sent| sent.insert((o.rotation_id.clone(), error.clone())))
+                    .map(|mut sent| sent.insert((policy.name.clone(), o.rotation_id.clone(), error.clone())))
                     .unwrap_or(true);
                 if !first {
                     return;
@@ -527,6 +629,15 @@ impl Daemon {
         match self.engine.reconcile(&refs, false).await {
             Ok(report) => {
                 for finding in report.findings.iter().filter(|f| f.kind == "orphan") {
+                    let credential = finding.detail.split_whitespace().next().unwrap_or_default().to_string();
+                    let first = self
+                        .orphan_sent
+                        .lock()
+                        .map(|mut s| s.insert((finding.policy.clone(), credential)))
+                        .unwrap_or(true);
+                    if !first {
+                        continue;
+                    }
                     tracing::warn!(policy = %finding.policy, detail = %finding.detail, "orphaned credential found");
                     if let Some(policy) = policies.iter().find(|p| p.name == finding.policy) {
                         self.notifier.send(
@@ -545,14 +656,15 @@ impl Daemon {
         let now = Utc::now();
         let policies = self.policies();
         let history = self.engine.journal.history(None, 1_000_000).await.unwrap_or_default();
+        let by_policy = group(&history);
         let mut s = Snapshot {
             policies: policies.len() as u64,
             in_flight: self.running.lock().map(|r| r.len() as u64).unwrap_or(0),
             ..Default::default()
         };
         for policy in policies.iter() {
-            let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == policy.name).collect();
-            let due = self.due(policy, &rotations, now).await;
+            let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let due = self.due(policy, rotations, now).await;
             if let Some(at) = rotations.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at) {
                 s.credential_age.insert(policy.name.clone(), (now - at).num_milliseconds() as f64 / 1000.0);
             }
@@ -570,4 +682,13 @@ impl Daemon {
         s.toktra_rate_limit_waits = stats.rate_limit_waits;
         s
     }
+}
+
+/// Rotations by policy, keeping the journal's order (most recent first).
+fn group(history: &[Rotation]) -> HashMap<&str, Vec<&Rotation>> {
+    let mut by_policy: HashMap<&str, Vec<&Rotation>> = HashMap::new();
+    for r in history {
+        by_policy.entry(r.policy.as_str()).or_default().push(r);
+    }
+    by_policy
 }

@@ -324,8 +324,13 @@ impl Engine {
                 return Ok(outcomes);
             }
         }
-        if rotated_now && !request.compromised {
+        // An explicit request (with its own ID, from the API) always gets its rotation.
+        if rotated_now && !request.compromised && request.id.is_none() {
             tracing::info!(policy = %policy.name, "the resumed rotation replaced the credential; not starting another");
+            return Ok(outcomes);
+        }
+        if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+            // Shutting down: do not begin a rotation that could only be interrupted.
             return Ok(outcomes);
         }
         outcomes.push(self.start(policy, request, held).await?);

@@ -225,7 +225,13 @@ pub fn display_url(url: &str) -> String {
             let _ = parsed.set_password(Some("***"));
             parsed.to_string()
         }
-        _ => url.to_string(),
+        Ok(_) => url.to_string(),
+        // Unparseable (say, an unescaped `/` in a password): hide everything between the
+        // scheme and the last `@`.
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(start), Some(at)) if at > start => format!("{}***{}", &url[..start + 3], &url[at..]),
+            _ => url.to_string(),
+        },
     }
 }
 
@@ -410,9 +416,12 @@ impl Journal {
         lease: &Lease,
     ) -> Result<(), Error> {
         let n = sqlx::query(
+            // The lease check sits outside the aggregate: an aggregate without GROUP BY yields a
+            // row even when its WHERE matches nothing.
             "INSERT INTO steps (rotation_id, seq, at, step, status, detail)
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM steps WHERE rotation_id = $1
-             AND EXISTS (SELECT 1 FROM leases WHERE policy = $6 AND holder = $7 AND fence = $8)",
+             SELECT $1, last.seq + 1, $2, $3, $4, $5
+             FROM (SELECT COALESCE(MAX(seq), 0) AS seq FROM steps WHERE rotation_id = $1) last
+             WHERE EXISTS (SELECT 1 FROM leases WHERE policy = $6 AND holder = $7 AND fence = $8)",
         )
         .bind(rotation_id)
         .bind(ts(Utc::now()))

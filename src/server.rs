@@ -67,10 +67,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn require_token(State(state): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
     let Some(token) = &state.token else { return next.run(request).await };
-    let presented =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match presented {
-        Some(p) if constant_time_eq(p.trim().as_bytes(), token.expose().as_bytes()) => next.run(request).await,
+        // A token read from a file may end in a newline; neither side's whitespace counts.
+        Some(p) if constant_time_eq(p.as_bytes(), token.expose().trim().as_bytes()) => next.run(request).await,
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid bearer token").into_response(),
         None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <token>`")
             .into_response(),
@@ -88,7 +93,8 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Secret>) -> axum::Router {
         .route("/rotations", get(list_rotations))
         .route("/rotations/{id}", get(get_rotation))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        // `layer`, not `route_layer`: unknown routes under /v1 need the token too.
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
@@ -167,8 +173,22 @@ struct RotateBody {
 async fn rotate(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    // JSON only: a browser page cannot send that cross-origin without a preflight, which
+    // matters when the API runs without a token on loopback.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !body.is_empty() && !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json",
+        ));
+    }
     let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
         RotateBody::default()
     } else {

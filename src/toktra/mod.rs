@@ -604,11 +604,14 @@ impl Client {
             // nothing guarantees a server never echoes it: the token endpoint's messages and
             // answers about credentials (401, 403) are dropped, and any other message is kept only
             // if it does not contain the secret that was sent.
-            let message = message.filter(|m| {
-                !matches!(auth, Auth::None)
-                    && !matches!(status.as_u16(), 401 | 403)
-                    && sent.as_ref().is_none_or(|s| !m.contains(s.expose()))
-            });
+            let message = message
+                .filter(|m| {
+                    !matches!(auth, Auth::None)
+                        && !matches!(status.as_u16(), 401 | 403)
+                        && sent.as_ref().is_none_or(|s| !echoes(m, s.expose()))
+                })
+                // Shortened only after the check, so a cut cannot split an echoed secret past it.
+                .map(|m| m.chars().take(200).collect::<String>());
             let err = Error::Api { what: what.to_string(), status: status.as_u16(), code, message };
             if status == StatusCode::TOO_MANY_REQUESTS {
                 // 429 means the request was not processed, so even a create may be sent again.
@@ -662,14 +665,23 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(wait.clamp(1, 3_600) as u64))
 }
 
+/// Whether `message` contains `secret`, or a long enough piece of it (16 characters) to matter.
+fn echoes(message: &str, secret: &str) -> bool {
+    const PIECE: usize = 16;
+    if secret.len() <= PIECE {
+        return message.contains(secret);
+    }
+    let bytes = secret.as_bytes();
+    (0..=bytes.len() - PIECE)
+        .filter(|i| secret.is_char_boundary(*i) && secret.is_char_boundary(i + PIECE))
+        .any(|i| message.contains(&secret[i..i + PIECE]))
+}
+
 fn error_body(bytes: &[u8]) -> (String, Option<String>) {
     let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
     let code = value.get("error").and_then(Value::as_str).unwrap_or("unknown_error").to_string();
-    let message = value
-        .get("message")
-        .or_else(|| value.get("error_description"))
-        .and_then(Value::as_str)
-        .map(|m| m.chars().take(200).collect());
+    let message =
+        value.get("message").or_else(|| value.get("error_description")).and_then(Value::as_str).map(str::to_string);
     (code, message)
 }
 

@@ -69,9 +69,14 @@ async fn plan_checks_destinations_and_changes_nothing() {
     dry.assert_code(0);
     assert!(dry.stdout.contains("writable (api_key)"), "{}", dry.stdout);
     env.rotator(&["rotate", "--selector", "team=nobody", "--dry-run"]).await.assert_code(2);
-    let dry = env.rotator(&["rotate", "writable", "--compromised", "--revoke-first", "--reason", "drill", "--dry-run"]).await;
+    let dry =
+        env.rotator(&["rotate", "writable", "--compromised", "--revoke-first", "--reason", "drill", "--dry-run"]).await;
     dry.assert_code(0);
-    assert!(dry.stdout.contains("1.    compromise mode: revoke") && dry.stdout.contains("BEFORE minting"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("1.    compromise mode: revoke") && dry.stdout.contains("BEFORE minting"),
+        "{}",
+        dry.stdout
+    );
 
     // A Vault path the token may only read fails the preflight (exit 1) and names what is missing.
     let readonly = Spec {
