@@ -22,13 +22,14 @@ async fn fault_storm_completes_every_rotation_without_orphans() {
             rate_limit_rate: 0.10,
             drop_rate: 0.02,
             create_timeout_rate: 0.10,
-            create_timeout_delay_ms: 1_500,
+            // Well past the client's timeout, so a loaded machine still sees the timeout.
+            create_timeout_delay_ms: 4_000,
             ..Default::default()
         },
         ..Default::default()
     })
     .await;
-    env.env.push(("TOKTRA_TIMEOUT".into(), "1s".into()));
+    env.env.push(("TOKTRA_TIMEOUT".into(), "2s".into()));
     let mut specs = Vec::new();
     let mut old = Vec::new();
     for i in 0..10 {
