@@ -703,7 +703,11 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
     }
     reloader.abort();
     let _ = tokio::time::timeout(config.shutdown_timeout + std::time::Duration::from_secs(5), reconciler).await;
-    notifications.abort();
+    // Give queued notifications (the failure of the step that just finished, say) a moment.
+    daemon.notifier.drain(std::time::Duration::from_secs(5)).await;
+    for task in notifications {
+        task.abort();
+    }
     daemon.engine.journal.close().await;
     tracing::info!("stopped");
     Ok(())

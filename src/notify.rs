@@ -87,11 +87,11 @@ impl Event {
     }
 }
 
-/// Sends events to channels from a background task.
+/// Sends events to channels, each channel from a background task and a bounded queue of its own,
+/// so a dead webhook delays only its own channel.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: mpsc::Sender<(Channel, Event)>,
-    channels: Arc<std::collections::BTreeMap<String, Channel>>,
+    queues: Arc<std::collections::BTreeMap<String, (Channel, mpsc::Sender<Event>)>>,
 }
 
 const QUEUE: usize = 1_000;
@@ -101,65 +101,82 @@ impl Notifier {
     pub fn start(
         channels: std::collections::BTreeMap<String, Channel>,
         metrics: Arc<Metrics>,
-    ) -> (Notifier, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<(Channel, Event)>(QUEUE);
-        let task = tokio::spawn(async move {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-            while let Some((channel, event)) = rx.recv().await {
-                let body = match channel.kind {
-                    ChannelKind::Slack => serde_json::json!({ "text": event.text() }),
-                    ChannelKind::Webhook => {
-                        let mut v = serde_json::to_value(&event).unwrap_or_default();
-                        v["at"] = serde_json::json!(Utc::now());
-                        v["source"] = serde_json::json!("rotator");
-                        v
-                    }
-                };
-                let mut delivered = false;
-                for attempt in 1..=ATTEMPTS {
-                    match http.post(channel.url.expose()).json(&body).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            delivered = true;
-                            break;
-                        }
-                        // The URL is a secret: log the channel's name and the status only.
-                        Ok(r) => {
-                            tracing::warn!(channel = %channel.name, status = %r.status(), attempt, "notification refused")
-                        }
-                        Err(e) => {
-                            tracing::warn!(channel = %channel.name, error = %e.without_url(), attempt, "notification not delivered")
-                        }
-                    }
-                    if attempt < ATTEMPTS {
-                        tokio::time::sleep(Duration::from_millis(500 * (1 << attempt))).await;
-                    }
-                }
-                metrics.notification(&channel.name, if delivered { "delivered" } else { "failed" });
-                if !delivered {
-                    tracing::error!(channel = %channel.name, policy = %event.policy(), "notification dropped after {ATTEMPTS} attempts");
-                }
-            }
-        });
-        (Notifier { tx, channels: Arc::new(channels) }, task)
+    ) -> (Notifier, Vec<tokio::task::JoinHandle<()>>) {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        let mut queues = std::collections::BTreeMap::new();
+        let mut tasks = Vec::new();
+        for (name, channel) in channels {
+            let (tx, rx) = mpsc::channel::<Event>(QUEUE);
+            tasks.push(tokio::spawn(deliver(channel.clone(), rx, http.clone(), metrics.clone())));
+            queues.insert(name, (channel, tx));
+        }
+        (Notifier { queues: Arc::new(queues) }, tasks)
     }
 
     /// Queues `event` for each named channel that wants it; never waits.
     pub fn send(&self, names: &[String], event: Event) {
         for name in names {
-            let Some(channel) = self.channels.get(name) else {
+            let Some((channel, queue)) = self.queues.get(name) else {
                 tracing::warn!(channel = %name, "policy names a notification channel the configuration does not define");
                 continue;
             };
             if !event.always() && !channel.on_success {
                 continue;
             }
-            if self.tx.try_send((channel.clone(), event.clone())).is_err() {
+            if queue.try_send(event.clone()).is_err() {
                 tracing::error!(channel = %name, "notification queue full; event dropped");
             }
         }
     }
 
+    /// Waits until every queue is empty, or `timeout`.
+    pub async fn drain(&self, timeout: Duration) {
+        let empty = || self.queues.values().all(|(_, q)| q.capacity() == q.max_capacity());
+        let _ = tokio::time::timeout(timeout, async {
+            while !empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
     pub fn knows(&self, name: &str) -> bool {
-        self.channels.contains_key(name)
+        self.queues.contains_key(name)
+    }
+}
+
+/// Delivers one channel's events in order, each with retries and backoff.
+async fn deliver(channel: Channel, mut rx: mpsc::Receiver<Event>, http: reqwest::Client, metrics: Arc<Metrics>) {
+    while let Some(event) = rx.recv().await {
+        let body = match channel.kind {
+            ChannelKind::Slack => serde_json::json!({ "text": event.text() }),
+            ChannelKind::Webhook => {
+                let mut v = serde_json::to_value(&event).unwrap_or_default();
+                v["at"] = serde_json::json!(Utc::now());
+                v["source"] = serde_json::json!("rotator");
+                v
+            }
+        };
+        let mut delivered = false;
+        for attempt in 1..=ATTEMPTS {
+            match http.post(channel.url.expose()).json(&body).send().await {
+                Ok(r) if r.status().is_success() => {
+                    delivered = true;
+                    break;
+                }
+                // The URL is a secret: log the channel's name and the status only.
+                Ok(r) => tracing::warn!(channel = %channel.name, status = %r.status(), attempt, "notification refused"),
+                Err(e) => {
+                    tracing::warn!(channel = %channel.name, error = %e.without_url(), attempt, "notification not delivered")
+                }
+            }
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(Duration::from_millis(500 * (1 << attempt))).await;
+            }
+        }
+        metrics.notification(&channel.name, if delivered { "delivered" } else { "failed" });
+        if !delivered {
+            tracing::error!(channel = %channel.name, policy = %event.policy(), "notification dropped after {ATTEMPTS} attempts");
+        }
     }
 }
