@@ -409,6 +409,8 @@ impl Config {
                 .ok_or_else(|| error("VAULT_ADDR", "a policy writes to Vault but VAULT_ADDR is not set"))?;
             let token = match &self.vault_auth {
                 Some(VaultAuth::Token(token)) => token.clone(),
+                // TODO-robustness: the token is not renewed; a long-running `serve` needs a token
+                // whose TTL outlives it, or a re-login on 403.
                 Some(VaultAuth::AppRole { mount, role_id, secret_id }) => {
                     vault::approle_login(addr, self.vault_namespace.as_deref(), mount, role_id, secret_id)
                         .await

@@ -58,6 +58,8 @@ pub struct Daemon {
     /// The policy set in force; replaced whole by a valid reload.
     policies: RwLock<Arc<Vec<Policy>>>,
     /// On-demand requests, by policy.
+    // TODO-robustness: in memory only: a request answered `202` just before a crash is lost;
+    // the journal could hold them.
     queued: Mutex<BTreeMap<String, Queued>>,
     /// Policies with a rotation running in this process now.
     running: Mutex<BTreeSet<String>>,

@@ -837,6 +837,9 @@ impl Engine {
             crash_point(&format!("revoked-{i}"));
             // Check the revocation took: the old secret (when this process read it) must now be
             // rejected, and the credential must no longer be listed.
+            // TODO-correctness: a later run (after a grace) has no old secret and only checks the
+            // listing; it could read the old value back from AWSPREVIOUS or the previous Vault
+            // version.
             if let Some(secret) = work.old_secrets.get(id) {
                 match self.toktra.probe(kind, id, secret).await {
                     Ok(Probe::Rejected) => {}
@@ -957,6 +960,8 @@ impl Engine {
 
 /// Whether `holder` (`host:pid:random`) is a process of this host (`this` is `host:pid`) that no
 /// longer runs. PIDs can be reused; a reused PID only delays the takeover until the lease expires.
+// TODO-robustness: containers sharing a hostname but not a PID namespace would misjudge each
+// other's processes; add the boot id and the PID namespace to the holder.
 fn dead_local_holder(holder: &str, this: &str) -> bool {
     let mut parts = holder.split(':');
     let (Some(host), Some(pid)) = (parts.next(), parts.next()) else { return false };

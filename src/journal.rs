@@ -502,7 +502,9 @@ impl Journal {
             .collect()
     }
 
-    /// Takes the policy's lease for `ttl` if it is free, expired, or already ours. Returns the
+    /// Takes the policy's lease for `ttl` if it is free, expired, or already ours.
+    // TODO-robustness: expiry is judged by this host's clock; with several replicas on
+    // PostgreSQL, the database's `now()` would remove clock skew from the picture. Returns the
     /// current holder when someone else has it.
     pub async fn acquire(&self, policy: &str, holder: &str, ttl: Duration) -> Result<Result<Lease, Holder>, Error> {
         let now = Utc::now();
