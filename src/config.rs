@@ -209,11 +209,6 @@ fn parse_duration(key: &str, text: Option<String>, default: Duration) -> Result<
 }
 
 impl Config {
-    /// Only the environment (no file): for commands run where no `rotator.toml` is wanted.
-    pub fn from_env() -> Result<Config, Error> {
-        Config::load(None)
-    }
-
     /// The file at `path`, else `rotator.toml` if it exists, overridden by the environment.
     pub fn load(path: Option<&Path>) -> Result<Config, Error> {
         let default = Path::new(DEFAULT_CONFIG_FILE);

@@ -392,7 +392,7 @@ impl Engine {
             self.journal.insert(&rotation, &held.lease).await?;
             self.journal.step(&id, "prepare", "failed", &message, &held.lease).await?;
             tracing::error!(policy = %policy.name, rotation = %id, error = %message, "rotation failed before any change");
-            return Ok(self.outcome(&rotation, Vec::new(), &[], now));
+            return Ok(self.outcome(false, &rotation, Vec::new(), &[], now));
         }
         self.journal.insert(&rotation, &held.lease).await?;
         let detail = format!(
@@ -424,20 +424,8 @@ impl Engine {
         fresh: Option<(HashMap<String, Secret>, Vec<String>)>,
         held: &Held,
     ) -> Result<Outcome, Error> {
-        let mut outcome = self.drive(policy, rotation, memory, fresh, held).await?;
-        outcome.resumed = !memory.started_here;
-        Ok(outcome)
-    }
-
-    async fn drive(
-        &self,
-        policy: &Policy,
-        rotation: Rotation,
-        memory: Memory,
-        fresh: Option<(HashMap<String, Secret>, Vec<String>)>,
-        held: &Held,
-    ) -> Result<Outcome, Error> {
         let started_at = Utc::now();
+        let resumed = !memory.started_here;
         let (old_secrets, held_by) = fresh.unwrap_or_default();
         let labels: Vec<String> = policy.destinations.iter().map(|d| d.label()).collect();
         let destinations = if labels != rotation.destinations || rotation.kind != policy.credential.kind {
@@ -463,7 +451,7 @@ impl Engine {
                 tracing::error!(policy = %policy.name, rotation = %rotation.id, "{message}");
                 rotation.error = Some(message);
                 self.save(&mut rotation, &held.lease).await?;
-                return Ok(self.outcome(&rotation, Vec::new(), &[], started_at));
+                return Ok(self.outcome(resumed, &rotation, Vec::new(), &[], started_at));
             }
         };
         let mut work = Work {
@@ -484,7 +472,7 @@ impl Engine {
             let stopping = self.stop.as_ref().is_some_and(|s| *s.borrow());
             if stopping && !matches!(action, Action::Done | Action::WaitForGrace { .. }) {
                 tracing::info!(policy = %policy.name, rotation = %work.rotation.id, phase = %work.rotation.phase, "shutting down between steps; the next run resumes this rotation");
-                let mut outcome = self.outcome(&work.rotation, work.revoked, &work.held_by, started_at);
+                let mut outcome = self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at);
                 outcome.interrupted = true;
                 return Ok(outcome);
             }
@@ -513,7 +501,7 @@ impl Engine {
                 None => {
                     // As if the process had crashed mid-step: the new holder resumes it.
                     work.rotation.error = Some("lost the policy's lease to another process mid-step".into());
-                    return Ok(self.outcome(&work.rotation, work.revoked, &work.held_by, started_at));
+                    return Ok(self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at));
                 }
             };
             match result {
@@ -522,7 +510,7 @@ impl Engine {
                     if action == Action::Done {
                         tracing::info!(policy = %policy.name, rotation = %work.rotation.id, phase = %work.rotation.phase, "rotation finished");
                     }
-                    return Ok(self.outcome(&work.rotation, work.revoked, &work.held_by, started_at));
+                    return Ok(self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at));
                 }
                 Err(StepError { message, rollback }) => {
                     tracing::error!(policy = %policy.name, rotation = %work.rotation.id, phase = %phase, error = %message, "rotation step failed");
@@ -536,7 +524,7 @@ impl Engine {
                         // A failed promotion or revocation, or a failed rollback: a later run
                         // resumes from the journal.
                         self.save(&mut work.rotation, &work.lease).await?;
-                        return Ok(self.outcome(&work.rotation, work.revoked, &work.held_by, started_at));
+                        return Ok(self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at));
                     }
                 }
             }
@@ -917,6 +905,7 @@ impl Engine {
 
     fn outcome(
         &self,
+        resumed: bool,
         rotation: &Rotation,
         revoked: Vec<String>,
         held_by: &[String],
@@ -951,7 +940,7 @@ impl Engine {
             waiting: rotation.waiting.clone(),
             error: rotation.error.clone(),
             compromise,
-            resumed: false,
+            resumed,
             interrupted: false,
             seconds: (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0,
         }

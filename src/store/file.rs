@@ -102,14 +102,7 @@ impl Store for File {
         if let Some(staged) = self.read(&self.sibling(".pending"))?
             && staged.rotation_id.as_deref() == Some(rotation_id)
         {
-            return if staged == *record {
-                Ok(())
-            } else {
-                Err(self.error(
-                    ErrorKind::Unexpected,
-                    format!("a different value is already staged for rotation {rotation_id}"),
-                ))
-            };
+            return staged.restaged(record, self.label(), rotation_id);
         }
         self.write(&self.sibling(".pending"), record)
     }

@@ -108,6 +108,22 @@ impl Record {
     }
 }
 
+impl Record {
+    /// `self` is already staged for `rotation_id` and `new` is being staged again (a retry, or a
+    /// resume after a crash): fine when it is the same value, an error otherwise.
+    fn restaged(&self, new: &Record, destination: String, rotation_id: &str) -> Result<(), Error> {
+        if self == new {
+            Ok(())
+        } else {
+            Err(Error::new(
+                destination,
+                ErrorKind::Unexpected,
+                format!("a different value is already staged for rotation {rotation_id}"),
+            ))
+        }
+    }
+}
+
 fn fields(kind: CredentialKind) -> (&'static str, &'static str) {
     match kind {
         CredentialKind::OauthClient => ("client_id", "client_secret"),

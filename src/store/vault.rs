@@ -342,14 +342,7 @@ impl Store for Vault {
                 if let Some(staged) = self.parse(&self.staging_path, &value)?
                     && staged.rotation_id.as_deref() == Some(rotation_id)
                 {
-                    return if staged == *record {
-                        Ok(())
-                    } else {
-                        Err(self.error(
-                            ErrorKind::Unexpected,
-                            format!("a different value is already staged for rotation {rotation_id}"),
-                        ))
-                    };
+                    return staged.restaged(record, self.label(), rotation_id);
                 }
                 version
             }
