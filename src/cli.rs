@@ -202,6 +202,14 @@ pub struct SimArgs {
     /// Fault injection as JSON, e.g. `{"error_rate":0.15}`.
     #[arg(long)]
     pub faults: Option<String>,
+    /// Whether lists keep revoked credentials: `omit`, `revoked_at` (kept with `revoked_at`
+    /// set) or `status` (kept with `"status": "revoked"`). Also `PUT /_sim/dialect` at run time.
+    #[arg(long, default_value = "omit")]
+    pub revoked_in_lists: String,
+    /// How the token endpoint refuses a client: `invalid_client401`, `invalid_client400` or
+    /// `unauthorized401`.
+    #[arg(long, default_value = "invalid_client401")]
+    pub token_error: String,
 }
 
 fn parse_selector(text: &str) -> Result<Vec<(String, String)>, String> {
@@ -859,6 +867,14 @@ async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
         Some(json) => serde_json::from_str(json).map_err(|e| Failure::Invalid(format!("--faults: {e}")))?,
         None => Default::default(),
     };
+    fn choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T, Failure> {
+        serde_json::from_value(serde_json::Value::String(value.to_string()))
+            .map_err(|e| Failure::Invalid(format!("--{flag} {value}: {e}")))
+    }
+    let dialect = crate::toktra::sim::Dialect {
+        revoked_in_lists: choice("revoked-in-lists", &args.revoked_in_lists)?,
+        token_error: choice("token-error", &args.token_error)?,
+    };
     let admin_client = match &args.admin_client {
         Some(text) => {
             let (id, secret) = text
@@ -878,6 +894,7 @@ async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
         page_size: args.page_size,
         rate_limit_per_minute: args.rate_limit,
         faults,
+        dialect,
         admin_api_key: args.admin_api_key,
         admin_client,
         ..Default::default()

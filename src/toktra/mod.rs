@@ -335,6 +335,12 @@ impl Client {
     }
 
     /// Every active credential of a kind, following `next_cursor` across pages.
+    ///
+    /// toktra-api.md leaves open whether lists drop revoked credentials or keep them marked
+    /// (`revoked_at` set, or a `status`/`state` such as `revoked`); vendors do both. Revoked
+    /// items are dropped here, so every reader (the revocation check, sweeps by name,
+    /// `require_idle`, reconcile, plan, the daemon's orphan scan) sees active credentials only,
+    /// whichever way the vendor answers.
     pub async fn list(&self, kind: CredentialKind) -> Result<Vec<Listed>, Error> {
         let what = format!("list {kind}s");
         let mut out = Vec::new();
@@ -352,10 +358,11 @@ impl Client {
                 .and_then(Value::as_array)
                 .ok_or_else(|| Error::Decode { what: what.clone(), detail: "no `items` array in the page".into() })?;
             for item in items {
-                out.push(
-                    parse_listed(kind, item)
-                        .ok_or_else(|| Error::Decode { what: what.clone(), detail: "an item has no id".into() })?,
-                );
+                let listed = parse_listed(kind, item)
+                    .ok_or_else(|| Error::Decode { what: what.clone(), detail: "an item has no id".into() })?;
+                if !is_revoked(item) {
+                    out.push(listed);
+                }
             }
             let next = page.get("next_cursor").and_then(Value::as_str).filter(|c| !c.is_empty());
             let has_more = page.get("has_more").and_then(Value::as_bool).unwrap_or(next.is_some());
@@ -704,6 +711,24 @@ fn parse_minted(kind: CredentialKind, what: &str, value: Value) -> Result<Minted
     })
 }
 
+/// Whether a list item describes a revoked credential. Any one sign counts: a `revoked_at` (or
+/// `deleted_at`/`disabled_at`) that is set, `revoked: true`, `active`/`enabled: false`, or a
+/// `status`/`state` naming an ended credential. An item with none of them is active.
+fn is_revoked(item: &Value) -> bool {
+    const ENDED: &[&str] = &["revoked", "inactive", "deleted", "disabled", "expired", "deactivated", "suspended"];
+    let set = |name: &str| item.get(name).is_some_and(|v| !v.is_null() && v != "" && v != false);
+    let flag = |name: &str| item.get(name).and_then(Value::as_bool);
+    ["revoked_at", "deleted_at", "disabled_at"].into_iter().any(set)
+        || flag("revoked") == Some(true)
+        || flag("active") == Some(false)
+        || flag("enabled") == Some(false)
+        || ["status", "state"].into_iter().any(|name| {
+            item.get(name)
+                .and_then(Value::as_str)
+                .is_some_and(|s| ENDED.iter().any(|ended| s.trim().eq_ignore_ascii_case(ended)))
+        })
+}
+
 fn parse_listed(kind: CredentialKind, item: &Value) -> Option<Listed> {
     let text = |name: &str| item.get(name).and_then(Value::as_str);
     let id = match kind {
@@ -736,4 +761,38 @@ fn url_escape(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::is_revoked;
+
+    #[test]
+    fn revoked_list_items_are_recognised_in_every_shape_vendors_use() {
+        let active = [
+            json!({"id": "k"}),
+            json!({"id": "k", "revoked_at": null}),
+            json!({"id": "k", "revoked_at": ""}),
+            json!({"id": "k", "status": "active"}),
+            json!({"id": "k", "state": "ACTIVE", "revoked": false, "active": true, "enabled": true}),
+        ];
+        let revoked = [
+            json!({"id": "k", "revoked_at": "2026-12-01T00:00:00Z"}),
+            json!({"id": "k", "deleted_at": "2026-12-01T00:00:00Z"}),
+            json!({"id": "k", "status": "revoked"}),
+            json!({"id": "k", "state": "Inactive"}),
+            json!({"id": "k", "status": "disabled"}),
+            json!({"id": "k", "revoked": true}),
+            json!({"id": "k", "active": false}),
+            json!({"id": "k", "enabled": false}),
+        ];
+        for item in &active {
+            assert!(!is_revoked(item), "active: {item}");
+        }
+        for item in &revoked {
+            assert!(is_revoked(item), "revoked: {item}");
+        }
+    }
 }

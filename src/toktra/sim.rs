@@ -109,7 +109,44 @@ impl Faults {
     }
 }
 
-/// How a simulator behaves; fixed at start except for `faults`, which `set_faults` replaces.
+/// Readings of what `toktra-api.md` leaves open. Each one is a switch, so rotator is tested
+/// against every reasonable vendor, not just the one this simulator happens to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dialect {
+    pub revoked_in_lists: RevokedInLists,
+    pub token_error: TokenError,
+}
+
+/// Whether list endpoints keep revoked credentials (undocumented; vendors do both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokedInLists {
+    /// Revoked credentials disappear from lists.
+    #[default]
+    Omit,
+    /// Revoked credentials stay listed with `revoked_at` set.
+    RevokedAt,
+    /// Revoked credentials stay listed with `"status": "revoked"` (and no `revoked_at`).
+    Status,
+}
+
+/// How the token endpoint refuses unknown, revoked or wrong client credentials (the contract
+/// allows both the API's own shape and RFC 6749's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenError {
+    /// `401 {"error": "invalid_client"}`
+    #[default]
+    InvalidClient401,
+    /// `400 {"error": "invalid_client"}` (RFC 6749 section 5.2 allows 400)
+    InvalidClient400,
+    /// `401 {"error": "unauthorized"}`, like every other endpoint
+    Unauthorized401,
+}
+
+/// How a simulator behaves; fixed at start except for `faults` and `dialect`, which
+/// `set_faults`/`set_dialect` (and `PUT /_sim/faults`, `PUT /_sim/dialect`) replace.
 #[derive(Clone)]
 pub struct Config {
     /// `expires_in` of issued access tokens; tests set seconds to watch tokens expire.
@@ -124,6 +161,8 @@ pub struct Config {
     pub rate_limit_window: Duration,
     /// Faults active from the first request on.
     pub faults: Faults,
+    /// Readings of the contract's open questions, active from the first request on.
+    pub dialect: Dialect,
     /// A pre-existing API key with management rights, e.g. `tk_admin_...`.
     pub admin_api_key: Option<String>,
     /// A pre-existing OAuth client `(client_id, client_secret)` with management rights.
@@ -138,6 +177,7 @@ impl Default for Config {
             rate_limit_per_minute: 1000,
             rate_limit_window: Duration::from_secs(RATE_WINDOW_SECS),
             faults: Faults::default(),
+            dialect: Dialect::default(),
             admin_api_key: None,
             admin_client: None,
         }
@@ -152,6 +192,7 @@ impl fmt::Debug for Config {
             .field("page_size", &self.page_size)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("faults", &self.faults)
+            .field("dialect", &self.dialect)
             .field("admin_api_key", &self.admin_api_key.as_ref().map(|_| "<redacted>"))
             .field("admin_client", &self.admin_client.as_ref().map(|(id, _)| (id, "<redacted>")))
             .finish()
@@ -237,6 +278,7 @@ impl Simulator {
             .route("/v1/{*path}", any(v1))
             .route("/_sim/credentials", get(inspect_credentials))
             .route("/_sim/faults", get(inspect_faults).put(replace_faults))
+            .route("/_sim/dialect", get(inspect_dialect).put(replace_dialect))
             .route("/_sim/stats", get(inspect_stats))
             .fallback(unknown_route)
             .with_state(Arc::clone(&shared));
@@ -274,6 +316,14 @@ impl Simulator {
 
     pub fn faults(&self) -> Faults {
         self.shared.lock().faults.clone()
+    }
+
+    pub fn set_dialect(&self, dialect: Dialect) {
+        self.shared.lock().dialect = dialect;
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.shared.lock().dialect
     }
 
     /// Every credential ever created (including the admin ones), never with secrets.
@@ -333,6 +383,7 @@ struct Shared {
 /// Everything that changes while the simulator runs.
 struct StateInner {
     faults: Faults,
+    dialect: Dialect,
     /// All credentials ever created, in creation order, never removed: indices are stable and
     /// the order is the pagination order.
     credentials: Vec<Credential>,
@@ -428,9 +479,10 @@ impl Credential {
         self.secret.chars().take(12).collect()
     }
 
-    /// The item shape of the list endpoints: never the secret.
-    fn list_item(&self) -> Value {
-        match self.kind {
+    /// The item shape of the list endpoints: never the secret. A revoked credential (listed only
+    /// in a dialect that keeps them) says so the way the dialect does.
+    fn list_item(&self, revoked_in_lists: RevokedInLists) -> Value {
+        let mut item = match self.kind {
             Kind::OAuthClient => json!({
                 "client_id": self.id,
                 "name": self.name,
@@ -447,12 +499,20 @@ impl Credential {
                 "created_at": self.created_at,
                 "last_used_at": self.last_used_at,
             }),
+        };
+        match (revoked_in_lists, self.revoked_at) {
+            (RevokedInLists::RevokedAt, Some(at)) => item["revoked_at"] = json!(at),
+            (RevokedInLists::Status, revoked_at) => {
+                item["status"] = json!(if revoked_at.is_some() { "revoked" } else { "active" })
+            }
+            _ => {}
         }
+        item
     }
 
     /// The create response: the list item plus the secret, the one time it is ever shown.
     fn created_response(&self) -> Value {
-        let mut body = self.list_item();
+        let mut body = self.list_item(RevokedInLists::Omit);
         let (field, secret) = match self.kind {
             Kind::OAuthClient => ("client_secret", &self.secret),
             Kind::ApiKey => ("key", &self.secret),
@@ -483,6 +543,7 @@ impl Shared {
         let now = Now::read();
         let mut state = StateInner {
             faults: config.faults,
+            dialect: config.dialect,
             credentials: Vec::new(),
             by_id: HashMap::new(),
             by_key: HashMap::new(),
@@ -626,11 +687,12 @@ impl Shared {
                 cred.kind == Kind::OAuthClient && cred.is_active() && same_secret(&cred.secret, secret)
             })
             .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "unknown or revoked client, or wrong client secret",
-                )
+                let (status, code) = match state.dialect.token_error {
+                    TokenError::InvalidClient401 => (StatusCode::UNAUTHORIZED, "invalid_client"),
+                    TokenError::InvalidClient400 => (StatusCode::BAD_REQUEST, "invalid_client"),
+                    TokenError::Unauthorized401 => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                };
+                ApiError::new(status, code, "unknown or revoked client, or wrong client secret")
             })?;
         let token = format!("tat_{}", random_alphanumeric(40));
         state.issue_token(token.clone(), client, now.mono + self.token_lifetime, now);
@@ -729,9 +791,13 @@ impl Shared {
         let page = self.page_request(&call.query, tag, now)?;
         // The position of a credential is its index in creation order, so a cursor keeps its
         // place even when credentials before it are revoked between two pages.
-        let active = state.credentials.iter().enumerate().filter(|(_, cred)| cred.kind == kind && cred.is_active());
-        let total = active.clone().count();
-        let items = active.map(|(index, cred)| (index as u64, cred.list_item()));
+        let revoked_in_lists = state.dialect.revoked_in_lists;
+        let listed =
+            state.credentials.iter().enumerate().filter(|(_, cred)| {
+                cred.kind == kind && (cred.is_active() || revoked_in_lists != RevokedInLists::Omit)
+            });
+        let total = listed.clone().count();
+        let items = listed.map(|(index, cred)| (index as u64, cred.list_item(revoked_in_lists)));
         Ok(Done::ok(paginate(items, page, total, tag, now)))
     }
 
@@ -1331,6 +1397,23 @@ async fn replace_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
             axum::Json(faults).into_response()
         }
         Err(message) => {
+            (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "bad_request", "message": message }))).into_response()
+        }
+    }
+}
+
+async fn inspect_dialect(State(shared): State<Arc<Shared>>) -> axum::Json<Dialect> {
+    axum::Json(shared.lock().dialect)
+}
+
+async fn replace_dialect(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Dialect>(&body) {
+        Ok(dialect) => {
+            shared.lock().dialect = dialect;
+            axum::Json(dialect).into_response()
+        }
+        Err(error) => {
+            let message = format!("invalid dialect: {error}");
             (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "bad_request", "message": message }))).into_response()
         }
     }

@@ -10,14 +10,22 @@ use rotator::policy::CredentialKind;
 use rotator::toktra::sim;
 
 use crate::harness::{Dest, Env, Spec};
+use crate::vendor::REVOKED_IN_LISTS;
 
 async fn crash_matrix(kind: CredentialKind, two_destinations: bool) -> usize {
     let mut covered = 0;
-    for point in CRASH_POINTS {
+    for (i, point) in CRASH_POINTS.iter().enumerate() {
         if !two_destinations && point.ends_with("-1") {
             continue;
         }
-        let env = Env::start().await;
+        // Each list dialect in turn, so the sweeps by name after a crash meet vendors that keep
+        // revoked credentials listed as well as those that drop them.
+        let revoked_in_lists = REVOKED_IN_LISTS[i % REVOKED_IN_LISTS.len()];
+        let env = Env::with(sim::Config {
+            dialect: sim::Dialect { revoked_in_lists, ..Default::default() },
+            ..Default::default()
+        })
+        .await;
         let name = "crashy".to_string();
         let mut dests = vec![Dest::Vault(format!("{}/crashy", env.prefix))];
         if two_destinations {
@@ -36,7 +44,11 @@ async fn crash_matrix(kind: CredentialKind, two_destinations: bool) -> usize {
         let env = crashing;
 
         let run = env.rotator(&["rotate", "crashy"]).await;
-        assert_eq!(run.code, 0, "{point}: the next run converges\n{}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.code, 0,
+            "{point} ({revoked_in_lists:?}): the next run converges\n{}\n{}",
+            run.stdout, run.stderr
+        );
         env.assert_converged(&[spec], &[(kind, legacy.id.clone(), legacy.secret.expose().to_string())]).await;
         covered += 1;
     }

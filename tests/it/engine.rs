@@ -92,7 +92,13 @@ async fn fault_storm_completes_every_rotation_without_orphans() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn require_idle_holds_the_revocation_while_the_old_credential_is_used() {
-    let env = Env::start().await;
+    // A vendor that keeps revoked credentials listed (marked by a status): the idle check and
+    // the revocation check read the same lists as in the default dialect.
+    let env = Env::with(sim::Config {
+        dialect: sim::Dialect { revoked_in_lists: sim::RevokedInLists::Status, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
     let spec = Spec {
         name: "idle".into(),
         kind: CredentialKind::ApiKey,

@@ -12,3 +12,4 @@ mod postgres;
 mod rotate;
 mod serve;
 mod toktra;
+mod vendor;
