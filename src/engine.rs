@@ -691,7 +691,7 @@ impl Engine {
     async fn verify(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let Some(record) = work.new.clone() else { return Err("internal: no secret to verify".into()) };
         self.note(work, "verify", "intent", &format!("authenticate as {}", record.id)).await?;
-        match self.toktra.probe(record.kind, &record.id, &record.secret).await {
+        match self.toktra.probe_until(record.kind, &record.id, &record.secret, work.deadline).await {
             Ok(Probe::Accepted) => {}
             Ok(Probe::Rejected) => {
                 return Err(self
@@ -829,7 +829,7 @@ impl Engine {
             // listing; it could read the old value back from AWSPREVIOUS or the previous Vault
             // version.
             if let Some(secret) = work.old_secrets.get(id) {
-                match self.toktra.probe(kind, id, secret).await {
+                match self.toktra.probe_until(kind, id, secret, work.deadline).await {
                     Ok(Probe::Rejected) => {}
                     Ok(Probe::Accepted) => {
                         return Err(self

@@ -393,18 +393,68 @@ impl Client {
 
     /// Presents a credential to Toktra the way a consumer would: an OAuth client exchanges its
     /// secret for a token and calls `GET /usage?limit=1` with it; an API key calls it directly.
+    /// Transient failures are retried for up to a minute; see [`Client::probe_until`].
     pub async fn probe(&self, kind: CredentialKind, id: &str, secret: &Secret) -> Result<Probe, Error> {
-        let result = match kind {
-            CredentialKind::OauthClient => match self.exchange(id, secret).await {
-                Ok((token, _)) => self.usage(&token).await,
-                Err(e) => Err(e),
-            },
-            CredentialKind::ApiKey => self.usage(secret).await,
-        };
-        match result {
-            Ok(()) => Ok(Probe::Accepted),
-            Err(e) if e.is_unauthorized() => Ok(Probe::Rejected),
-            Err(e) => Err(e),
+        self.probe_until(kind, id, secret, Instant::now() + Duration::from_secs(60)).await
+    }
+
+    /// [`Client::probe`], retrying transient failures (`5xx`, `429`, lost connections) until
+    /// `deadline`. Only a definite answer about the credential itself counts as `Rejected`:
+    /// - OAuth: a fresh token exchange refused (`401`, or `invalid_client`); or a `401` on the
+    ///   usage call with a token that should still be valid, twice, each time with a token from
+    ///   a fresh exchange. A token that expired between the exchange and the call (short-lived
+    ///   tokens, a call slowed by rate limits) is exchanged again, not held against the client.
+    /// - API key: a `401` twice in a row.
+    pub async fn probe_until(
+        &self,
+        kind: CredentialKind,
+        id: &str,
+        secret: &Secret,
+        deadline: Instant,
+    ) -> Result<Probe, Error> {
+        let mut refusals = 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match kind {
+                CredentialKind::OauthClient => match self.exchange(id, secret).await {
+                    Err(e) if e.is_unauthorized() => return Ok(Probe::Rejected),
+                    Err(e) => Err(e),
+                    Ok((token, lifetime)) => {
+                        let issued = Instant::now();
+                        // Toktra starts the lifetime before the answer arrives here, so a token
+                        // near its end may already be gone: only a refusal well within the
+                        // lifetime says something about the client.
+                        let valid_for = lifetime - (lifetime / 4).min(Duration::from_secs(30));
+                        match self.usage(&token).await {
+                            Err(e) if e.is_unauthorized() && issued.elapsed() < valid_for => {
+                                refusals += 1;
+                                Err(e)
+                            }
+                            other => other,
+                        }
+                    }
+                },
+                CredentialKind::ApiKey => match self.usage(secret).await {
+                    Err(e) if e.is_unauthorized() => {
+                        refusals += 1;
+                        Err(e)
+                    }
+                    other => other,
+                },
+            };
+            match result {
+                Ok(()) => return Ok(Probe::Accepted),
+                Err(_) if refusals >= 2 => return Ok(Probe::Rejected),
+                Err(e) if (e.is_transient() || e.is_unauthorized()) && Instant::now() < deadline => {
+                    tracing::debug!(credential = id, error = %e, attempt, "probe inconclusive; trying again");
+                    self.count_retry();
+                    tokio::time::sleep(self.backoff(attempt).min(deadline.saturating_duration_since(Instant::now())))
+                        .await;
+                }
+                // Out of time without a confirmed answer: inconclusive, not a rejection.
+                Err(e) => return Err(e),
+            }
         }
     }
 

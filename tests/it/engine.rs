@@ -61,31 +61,73 @@ async fn fault_storm_completes_every_rotation_without_orphans() {
                 .ok();
         }
     }
-    let started = Instant::now();
-    let run = env.rotator(&["rotate", "--all", "--format", "json"]).await;
-    let elapsed = started.elapsed();
-    run.assert_code(0);
-    let outcomes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let completed = outcomes
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["rotations"].as_array().and_then(|r| r.last()).is_some_and(|r| r["status"] == "completed"))
-        .count();
-    assert_eq!(completed, specs.len(), "{}", run.stdout);
-    let stats = env.sim.stats();
-    let line = run.stderr.lines().find(|l| l.contains("toktra calls of this run")).unwrap_or_default().to_string();
-    println!(
-        "fault storm: {} rotations in {elapsed:.1?}; simulator saw {} requests, injected {} errors, {} rate limits, {} drops, {} create timeouts; management tokens issued {}; client: {line}",
-        specs.len(),
-        stats.requests,
-        stats.injected_errors,
-        stats.injected_rate_limits,
-        stats.injected_drops,
-        stats.injected_create_timeouts,
-        stats.tokens_issued.get(&admin.0).copied().unwrap_or(0)
-    );
-    assert!(stats.injected_errors > 0 && stats.injected_rate_limits > 0, "the storm happened: {stats:?}");
+    // Several rounds: each replaces the credentials the round before minted, so every
+    // verification and every revocation check runs through the storm more than once.
+    for round in 1..=3 {
+        let started = Instant::now();
+        let run = env.rotator(&["rotate", "--all", "--format", "json"]).await;
+        let elapsed = started.elapsed();
+        assert_eq!(run.code, 0, "round {round}\n{}\n{}", run.stdout, run.stderr);
+        let outcomes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let completed = outcomes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["rotations"].as_array().and_then(|r| r.last()).is_some_and(|r| r["status"] == "completed"))
+            .count();
+        assert_eq!(completed, specs.len(), "round {round}: {}", run.stdout);
+        let stats = env.sim.stats();
+        let line = run.stderr.lines().find(|l| l.contains("toktra calls of this run")).unwrap_or_default().to_string();
+        println!(
+            "fault storm round {round}: {} rotations in {elapsed:.1?}; simulator saw {} requests so far, injected {} errors, {} rate limits, {} drops, {} create timeouts; management tokens issued {}; client: {line}",
+            specs.len(),
+            stats.requests,
+            stats.injected_errors,
+            stats.injected_rate_limits,
+            stats.injected_drops,
+            stats.injected_create_timeouts,
+            stats.tokens_issued.get(&admin.0).copied().unwrap_or(0)
+        );
+        assert!(stats.injected_errors > 0 && stats.injected_rate_limits > 0, "the storm happened: {stats:?}");
+    }
+    env.sim.set_faults(Default::default());
+    env.assert_converged(&specs, &old).await;
+}
+
+/// A verification slowed past its access token's lifetime (a `429` waited out with 1 s tokens)
+/// gets a `401` for an expired token: that says nothing about the new client, which must not be
+/// declared rejected and rolled back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_access_token_expiring_mid_probe_does_not_reject_a_good_client() {
+    let env = Env::with(sim::Config {
+        token_lifetime: Duration::from_secs(1),
+        faults: sim::Faults { rate_limit_rate: 0.4, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
+    let mut specs = Vec::new();
+    let mut old = Vec::new();
+    for i in 0..6 {
+        let spec = Spec {
+            name: format!("expiry-{i}"),
+            kind: CredentialKind::OauthClient,
+            dests: vec![Dest::File(PathBuf::from(format!("out/expiry-{i}.json")))],
+            grace: "0s",
+        };
+        env.policy(&format!("{}.yaml", spec.name), &spec.yaml());
+        let legacy = loop {
+            if let Ok(m) = env.toktra().create(spec.kind, &format!("{}-legacy", spec.name), &[], "").await {
+                break m;
+            }
+        };
+        env.seed(&spec, &legacy).await;
+        old.push((spec.kind, legacy.id.clone(), legacy.secret.expose().to_string()));
+        specs.push(spec);
+    }
+    let run = env.rotator(&["rotate", "--all"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("rejected"), "{}", run.stdout);
+    assert!(env.sim.stats().injected_rate_limits > 0, "the 429s happened");
     env.sim.set_faults(Default::default());
     env.assert_converged(&specs, &old).await;
 }
