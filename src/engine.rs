@@ -428,7 +428,11 @@ impl Engine {
         let resumed = !memory.started_here;
         let (old_secrets, held_by) = fresh.unwrap_or_default();
         let labels: Vec<String> = policy.destinations.iter().map(|d| d.label()).collect();
-        let destinations = if labels != rotation.destinations || rotation.kind != policy.credential.kind {
+        // Destinations matter only up to promotion: after it, what is left is Toktra work
+        // (revoking the old credentials) and checks that read the policy's destinations as they
+        // are now. Editing a policy during its grace must not keep its old credential alive.
+        let changed = labels != rotation.destinations || rotation.kind != policy.credential.kind;
+        let destinations = if changed && !rotation.phase.is_promoted() {
             // Working on a different set of destinations than the rotation staged into could
             // promote half of them or strand staged values: refuse, and say how to get out.
             Err(format!(
@@ -442,7 +446,14 @@ impl Engine {
                 labels.join(", ")
             ))
         } else {
-            self.destinations(policy).map_err(|e| e.to_string())
+            // Built for the rotation's kind: a kind changed after promotion still has the old
+            // credentials of the journal's kind to revoke.
+            policy
+                .destinations
+                .iter()
+                .map(|d| Destination::new(d, rotation.kind, &self.clients))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())
         };
         let destinations = match destinations {
             Ok(d) => d,
