@@ -542,6 +542,20 @@ impl Daemon {
             Err(e) => {
                 tracing::error!(policy = %policy.name, error = %e, "rotation could not run");
                 self.back_off(&policy.name, now);
+                // Said once per policy, request and error, like a failed rotation.
+                let rotation_id = requested.unwrap_or_default();
+                let error = format!("the rotation could not run: {e}");
+                let first = self
+                    .failure_sent
+                    .lock()
+                    .map(|mut sent| sent.insert((policy.name.clone(), rotation_id.clone(), error.clone())))
+                    .unwrap_or(true);
+                if first {
+                    self.notifier.send(
+                        &policy.notify,
+                        Event::RotationFailed { policy: policy.name.clone(), rotation_id, error },
+                    );
+                }
             }
         }
     }

@@ -333,6 +333,17 @@ impl Engine {
             // Shutting down: do not begin a rotation that could only be interrupted.
             return Ok(outcomes);
         }
+        // Requests are idempotent by ID: one whose rotation is recorded already ran (an
+        // unfinished one was resumed above), so it is reported, never started a second time.
+        if let Some(id) = &request.id
+            && let Some(recorded) = self.journal.get(id).await?
+        {
+            if !outcomes.iter().any(|o| &o.rotation_id == id) {
+                tracing::info!(policy = %policy.name, rotation = %id, phase = %recorded.phase, "request already recorded; not starting it again");
+                outcomes.push(self.outcome(true, &recorded, Vec::new(), &[], Utc::now()));
+            }
+            return Ok(outcomes);
+        }
         outcomes.push(self.start(policy, request, held).await?);
         Ok(outcomes)
     }

@@ -43,3 +43,44 @@ async fn editing_destinations_during_the_grace_does_not_block_revocation() {
     env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
         .await;
 }
+
+/// An on-demand request carries its rotation's ID. Run again with the same ID (the daemon
+/// retrying a request whose first run hit a journal error), it is done: the recorded rotation
+/// is reported, nothing new is minted, and no primary-key conflict surfaces.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_already_recorded_is_done_not_started_again() {
+    use std::sync::Arc;
+
+    use rotator::engine::{Engine, Options, Request, Status};
+
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "replayed".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(PathBuf::from("out/replayed.json"))],
+        grace: "0s",
+    };
+    env.policy("replayed.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "replayed-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
+    let engine = Engine {
+        toktra: Arc::new(env.toktra()),
+        journal: rotator::journal::Journal::open(env.journal_path().to_str().unwrap()).await.unwrap(),
+        clients: Arc::new(rotator::store::Clients { aws: None, vault: None }),
+        options: Options::default(),
+        stop: None,
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let request = Request { id: Some(id.clone()), reason: Some("replay".into()), ..Default::default() };
+    let first = engine.rotate(&policies[0], &request).await.unwrap();
+    assert_eq!(first.last().map(|o| (o.rotation_id.as_str(), o.status)), Some((id.as_str(), Status::Completed)));
+    let creates = env.sim.stats().creates;
+
+    let again = engine.rotate(&policies[0], &request).await.expect("a replayed request is not an error");
+    let outcome = again.iter().find(|o| o.rotation_id == id).expect("the recorded rotation is reported");
+    assert_eq!(outcome.status, Status::Completed);
+    assert_eq!(env.sim.stats().creates, creates, "nothing new was minted");
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
+}
