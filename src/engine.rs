@@ -306,6 +306,8 @@ impl Engine {
     async fn rotate_locked(&self, policy: &Policy, request: &Request, held: &Held) -> Result<Vec<Outcome>, Error> {
         let mut outcomes = Vec::new();
         let mut rotated_now = false;
+        // A promoted rotation whose revocation cannot complete, taken over by this request.
+        let mut superseding = None;
         for mut rotation in self.journal.unfinished(Some(&policy.name)).await? {
             tracing::info!(policy = %policy.name, rotation = %rotation.id, phase = %rotation.phase, "resuming an unfinished rotation");
             if request.compromised && rotation.phase == Phase::Promoted {
@@ -313,11 +315,23 @@ impl Engine {
                 rotation.compromised = true;
             }
             let was_promoted = rotation.phase.is_promoted();
+            let id = rotation.id.clone();
             let outcome =
                 self.run(policy, rotation, Memory { started_here: false, has_secret: false }, None, held).await?;
             rotated_now |= !was_promoted && outcome.phase.is_promoted();
             let stuck = outcome.status == Status::Incomplete;
+            let promoted = outcome.phase == Phase::Promoted;
             outcomes.push(outcome);
+            if stuck && request.compromised && promoted && superseding.is_none() {
+                // Only Toktra work is left and it keeps failing. A suspected exposure cannot
+                // wait for it: the new rotation replaces the current credential and takes the
+                // stuck revocations over, in one journal transaction.
+                if let Some(row) = self.journal.get(&id).await? {
+                    tracing::warn!(policy = %policy.name, rotation = %id, "the rotation's revocation cannot complete; the compromise rotation supersedes it");
+                    superseding = Some(row);
+                    continue;
+                }
+            }
             if stuck {
                 // Starting another rotation over a half-promoted one would stage over it.
                 tracing::error!(policy = %policy.name, "an unfinished rotation could not be completed; not starting another");
@@ -344,13 +358,21 @@ impl Engine {
             }
             return Ok(outcomes);
         }
-        outcomes.push(self.start(policy, request, held).await?);
+        outcomes.push(self.start(policy, request, held, superseding).await?);
         Ok(outcomes)
     }
 
     /// Starts a new rotation: checks and reads every destination (the credentials to replace),
     /// records the rotation, and runs it.
-    async fn start(&self, policy: &Policy, request: &Request, held: &Held) -> Result<Outcome, Error> {
+    /// `superseding`: a promoted rotation stuck on its revocations, whose old credentials this
+    /// rotation revokes too; it is marked superseded when this one is recorded.
+    async fn start(
+        &self,
+        policy: &Policy,
+        request: &Request,
+        held: &Held,
+        superseding: Option<Rotation>,
+    ) -> Result<Outcome, Error> {
         let now = Utc::now();
         let id = request.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let mut rotation = Rotation {
@@ -371,6 +393,7 @@ impl Engine {
             error: None,
             revoke_first: request.compromised && request.revoke_first,
             waiting: None,
+            revoked_credentials: Vec::new(),
             started_at: now,
             updated_at: now,
             finished_at: None,
@@ -405,7 +428,30 @@ impl Engine {
             tracing::error!(policy = %policy.name, rotation = %id, error = %message, "rotation failed before any change");
             return Ok(self.outcome(false, &rotation, Vec::new(), &[], now));
         }
-        self.journal.insert(&rotation, &held.lease).await?;
+        match superseding {
+            Some(mut stuck) => {
+                let left: Vec<String> = stuck
+                    .old_credentials
+                    .iter()
+                    .filter(|c| Some(*c) != stuck.new_credential_id.as_ref())
+                    .filter(|c| !stuck.revoked_credentials.contains(c))
+                    .cloned()
+                    .collect();
+                for credential in &left {
+                    if !rotation.old_credentials.contains(credential) {
+                        rotation.old_credentials.push(credential.clone());
+                    }
+                }
+                stuck.phase = Phase::Superseded;
+                stuck.waiting = Some(format!("superseded by rotation {id}, which revokes [{}]", left.join(", ")));
+                stuck.updated_at = now;
+                stuck.finished_at = Some(now);
+                self.journal.supersede(&stuck, &rotation, &held.lease).await?;
+                let detail = format!("superseded by compromise rotation {id}; it revokes [{}]", left.join(", "));
+                self.journal.step(&stuck.id, "supersede", "done", &detail, &held.lease).await?;
+            }
+            None => self.journal.insert(&rotation, &held.lease).await?,
+        }
         let detail = format!(
             "reason={}; compromised={}; revoke_first={}; replaces [{}]; held by [{}]",
             request.reason.as_deref().unwrap_or("-"),
@@ -838,34 +884,30 @@ impl Engine {
                 return self.set_waiting(work, waiting).await;
             }
         }
+        // Every old credential is tried even when one fails: after a suspected exposure each
+        // one revoked counts, and a refused one must not shield the others.
+        let mut failures = Vec::new();
         for (i, id) in old.iter().enumerate() {
             self.note(work, "revoke", "intent", &format!("revoke {id}")).await?;
-            let result = match self.toktra.revoke(kind, id).await {
-                Ok(r) => r,
-                Err(e) => return Err(self.failed(work, "revoke", e.to_string()).await),
-            };
-            crash_point(&format!("revoked-{i}"));
-            // Check the revocation took: the old secret (when this process read it) must now be
-            // rejected, and the credential must no longer be listed.
-            // TODO-correctness: a later run (after a grace) has no old secret and only checks the
-            // listing; it could read the old value back from AWSPREVIOUS or the previous Vault
-            // version.
-            if let Some(secret) = work.old_secrets.get(id) {
-                match self.toktra.probe_until(kind, id, secret, work.deadline).await {
-                    Ok(Probe::Rejected) => {}
-                    Ok(Probe::Accepted) => {
-                        return Err(self
-                            .failed(work, "revoke", format!("{id} still authenticates after revocation"))
-                            .await);
+            match self.revoke_one(work, id).await {
+                Ok(result) => {
+                    if !work.rotation.revoked_credentials.contains(id) {
+                        work.rotation.revoked_credentials.push(id.clone());
+                        self.save(&mut work.rotation, &work.lease).await?;
                     }
-                    Err(e) => return Err(self.failed(work, "revoke", e.to_string()).await),
+                    crash_point(&format!("revoked-{i}"));
+                    self.note(work, "revoke", "done", &format!("revoked {id} ({result:?}); it is rejected now"))
+                        .await?;
+                    work.revoked.push(id.clone());
+                }
+                Err(message) => {
+                    self.note(work, "revoke", "failed", &message).await?;
+                    failures.push(message);
                 }
             }
-            if self.toktra.list(kind).await?.iter().any(|c| &c.id == id) {
-                return Err(self.failed(work, "revoke", format!("{id} is still listed after revocation")).await);
-            }
-            self.note(work, "revoke", "done", &format!("revoked {id} ({result:?}); it is rejected now")).await?;
-            work.revoked.push(id.clone());
+        }
+        if !failures.is_empty() {
+            return Err(StepError { message: failures.join("; "), rollback: None });
         }
         if work.rotation.revoked_at.is_none() || !old.is_empty() {
             work.rotation.revoked_at = Some(Utc::now());
@@ -876,6 +918,26 @@ impl Engine {
             format!("revoked [{}]", old.join(", "))
         };
         self.advance(work, Phase::Completed, "complete", &detail).await
+    }
+
+    /// Revokes one old credential and checks that it took: its secret (when this process read
+    /// it) must now be rejected, and it must no longer be listed as active.
+    // TODO-correctness: a later run (after a grace) has no old secret and only checks the
+    // listing; it could read the old value back from AWSPREVIOUS or the previous Vault version.
+    async fn revoke_one(&self, work: &Work<'_>, id: &str) -> Result<toktra::Revoked, String> {
+        let kind = work.rotation.kind;
+        let result = self.toktra.revoke(kind, id).await.map_err(|e| e.to_string())?;
+        if let Some(secret) = work.old_secrets.get(id) {
+            match self.toktra.probe_until(kind, id, secret, work.deadline).await {
+                Ok(Probe::Rejected) => {}
+                Ok(Probe::Accepted) => return Err(format!("{id} still authenticates after revocation")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if self.toktra.list(kind).await.map_err(|e| e.to_string())?.iter().any(|c| c.id == id) {
+            return Err(format!("{id} is still listed after revocation"));
+        }
+        Ok(result)
     }
 
     async fn roll_back(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {

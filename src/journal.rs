@@ -66,6 +66,8 @@ pub struct Rotation {
     pub revoke_first: bool,
     /// Why the rotation is waiting (grace period, the old credential still in use), for status.
     pub waiting: Option<String>,
+    /// Old credentials revoked so far (a revocation that failed for some leaves the rest here).
+    pub revoked_credentials: Vec<String>,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -95,6 +97,7 @@ impl Rotation {
             error: None,
             revoke_first: false,
             waiting: None,
+            revoked_credentials: Vec::new(),
             started_at: t,
             updated_at: t,
             finished_at: None,
@@ -133,7 +136,11 @@ pub struct Holder {
 
 /// Columns added to `rotations` after its first version, with their SQL definitions; new
 /// journals get them from `SCHEMA`, older ones from `Journal::migrate`.
-const ADDED_COLUMNS: &[(&str, &str)] = &[("revoke_first", "BIGINT NOT NULL DEFAULT 0"), ("waiting", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("revoke_first", "BIGINT NOT NULL DEFAULT 0"),
+    ("waiting", "TEXT"),
+    ("revoked_credentials", "TEXT NOT NULL DEFAULT '[]'"),
+];
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS rotations (
@@ -156,7 +163,8 @@ const SCHEMA: &[&str] = &[
         updated_at TEXT NOT NULL,
         finished_at TEXT,
         revoke_first BIGINT NOT NULL,
-        waiting TEXT
+        waiting TEXT,
+        revoked_credentials TEXT NOT NULL DEFAULT '[]'
     )",
     "CREATE INDEX IF NOT EXISTS rotations_by_policy ON rotations (policy, started_at)",
     "CREATE TABLE IF NOT EXISTS steps (
@@ -338,71 +346,34 @@ impl Journal {
 
     /// Records a new rotation. Called before any side effect, under the policy's lease.
     pub async fn insert(&self, r: &Rotation, lease: &Lease) -> Result<(), Error> {
-        let n = sqlx::query(
-            "INSERT INTO rotations (id, policy, kind, phase, reason, compromised, credential_name, new_credential_id,
-                new_fingerprint, old_credentials, destinations, promoted_at, revoke_after, revoked_at, error,
-                started_at, updated_at, finished_at, revoke_first, waiting)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20
-             WHERE EXISTS (SELECT 1 FROM leases WHERE policy = $2 AND holder = $21 AND fence = $22)",
-        )
-        .bind(&r.id)
-        .bind(&r.policy)
-        .bind(r.kind.as_str())
-        .bind(r.phase.as_str())
-        .bind(r.reason.clone())
-        .bind(r.compromised as i64)
-        .bind(&r.credential_name)
-        .bind(r.new_credential_id.clone())
-        .bind(r.new_fingerprint.clone())
-        .bind(serde_json::to_string(&r.old_credentials).unwrap_or_default())
-        .bind(serde_json::to_string(&r.destinations).unwrap_or_default())
-        .bind(r.promoted_at.map(ts))
-        .bind(r.revoke_after.map(ts))
-        .bind(r.revoked_at.map(ts))
-        .bind(r.error.clone())
-        .bind(ts(r.started_at))
-        .bind(ts(r.updated_at))
-        .bind(r.finished_at.map(ts))
-        .bind(r.revoke_first as i64)
-        .bind(r.waiting.clone())
-        .bind(&lease.holder)
-        .bind(lease.fence)
-        .execute(&self.pool)
-        .await
-        .map_err(|source| Error::Query { what: "insert rotation", source })?
-        .rows_affected();
+        let n = insert_query(r, lease)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what: "insert rotation", source })?
+            .rows_affected();
         Self::fenced(n, "insert rotation")
     }
 
     /// Saves a rotation's mutable fields, only while `lease` is still the policy's lease.
     pub async fn update(&self, r: &Rotation, lease: &Lease) -> Result<(), Error> {
-        let n = sqlx::query(
-            "UPDATE rotations SET phase = $2, new_credential_id = $3, new_fingerprint = $4, old_credentials = $5,
-                promoted_at = $6, revoke_after = $7, revoked_at = $8, error = $9, updated_at = $10, finished_at = $11,
-                compromised = $12, waiting = $13
-             WHERE id = $1 AND EXISTS (SELECT 1 FROM leases WHERE policy = $14 AND holder = $15 AND fence = $16)",
-        )
-        .bind(&r.id)
-        .bind(r.phase.as_str())
-        .bind(r.new_credential_id.clone())
-        .bind(r.new_fingerprint.clone())
-        .bind(serde_json::to_string(&r.old_credentials).unwrap_or_default())
-        .bind(r.promoted_at.map(ts))
-        .bind(r.revoke_after.map(ts))
-        .bind(r.revoked_at.map(ts))
-        .bind(r.error.clone())
-        .bind(ts(r.updated_at))
-        .bind(r.finished_at.map(ts))
-        .bind(r.compromised as i64)
-        .bind(r.waiting.clone())
-        .bind(&r.policy)
-        .bind(&lease.holder)
-        .bind(lease.fence)
-        .execute(&self.pool)
-        .await
-        .map_err(|source| Error::Query { what: "update rotation", source })?
-        .rows_affected();
+        let n = update_query(r, lease)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what: "update rotation", source })?
+            .rows_affected();
         Self::fenced(n, "update rotation")
+    }
+
+    /// Records `new` and saves `superseded` (already marked so) in one transaction: the work
+    /// passes from one rotation to the other with no moment where both, or neither, hold it.
+    pub async fn supersede(&self, superseded: &Rotation, new: &Rotation, lease: &Lease) -> Result<(), Error> {
+        let query = |source| Error::Query { what: "supersede rotation", source };
+        let mut tx = self.pool.begin().await.map_err(query)?;
+        let inserted = insert_query(new, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
+        Self::fenced(inserted, "insert rotation")?;
+        let updated = update_query(superseded, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
+        Self::fenced(updated, "update rotation")?;
+        tx.commit().await.map_err(query)
     }
 
     /// Appends a step record (`intent`, `done` or `failed`), only while `lease` is still the
@@ -607,10 +578,71 @@ impl Journal {
     }
 }
 
+/// The fenced `INSERT` of a new rotation: it writes nothing unless `lease` is the policy's lease.
+fn insert_query<'q>(r: &'q Rotation, lease: &'q Lease) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO rotations (id, policy, kind, phase, reason, compromised, credential_name, new_credential_id,
+            new_fingerprint, old_credentials, destinations, promoted_at, revoke_after, revoked_at, error,
+            started_at, updated_at, finished_at, revoke_first, waiting, revoked_credentials)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $23
+         WHERE EXISTS (SELECT 1 FROM leases WHERE policy = $2 AND holder = $21 AND fence = $22)",
+    )
+    .bind(&r.id)
+    .bind(&r.policy)
+    .bind(r.kind.as_str())
+    .bind(r.phase.as_str())
+    .bind(r.reason.clone())
+    .bind(r.compromised as i64)
+    .bind(&r.credential_name)
+    .bind(r.new_credential_id.clone())
+    .bind(r.new_fingerprint.clone())
+    .bind(serde_json::to_string(&r.old_credentials).unwrap_or_default())
+    .bind(serde_json::to_string(&r.destinations).unwrap_or_default())
+    .bind(r.promoted_at.map(ts))
+    .bind(r.revoke_after.map(ts))
+    .bind(r.revoked_at.map(ts))
+    .bind(r.error.clone())
+    .bind(ts(r.started_at))
+    .bind(ts(r.updated_at))
+    .bind(r.finished_at.map(ts))
+    .bind(r.revoke_first as i64)
+    .bind(r.waiting.clone())
+    .bind(&lease.holder)
+    .bind(lease.fence)
+    .bind(serde_json::to_string(&r.revoked_credentials).unwrap_or_default())
+}
+
+/// The fenced `UPDATE` of a rotation's mutable fields.
+fn update_query<'q>(r: &'q Rotation, lease: &'q Lease) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "UPDATE rotations SET phase = $2, new_credential_id = $3, new_fingerprint = $4, old_credentials = $5,
+            promoted_at = $6, revoke_after = $7, revoked_at = $8, error = $9, updated_at = $10, finished_at = $11,
+            compromised = $12, waiting = $13, revoked_credentials = $17
+         WHERE id = $1 AND EXISTS (SELECT 1 FROM leases WHERE policy = $14 AND holder = $15 AND fence = $16)",
+    )
+    .bind(&r.id)
+    .bind(r.phase.as_str())
+    .bind(r.new_credential_id.clone())
+    .bind(r.new_fingerprint.clone())
+    .bind(serde_json::to_string(&r.old_credentials).unwrap_or_default())
+    .bind(r.promoted_at.map(ts))
+    .bind(r.revoke_after.map(ts))
+    .bind(r.revoked_at.map(ts))
+    .bind(r.error.clone())
+    .bind(ts(r.updated_at))
+    .bind(r.finished_at.map(ts))
+    .bind(r.compromised as i64)
+    .bind(r.waiting.clone())
+    .bind(&r.policy)
+    .bind(&lease.holder)
+    .bind(lease.fence)
+    .bind(serde_json::to_string(&r.revoked_credentials).unwrap_or_default())
+}
+
 const COLUMNS: &str =
     "id, policy, kind, phase, reason, compromised, credential_name, new_credential_id, new_fingerprint,
     old_credentials, destinations, promoted_at, revoke_after, revoked_at, error, started_at, updated_at, finished_at,
-    revoke_first, waiting";
+    revoke_first, waiting, revoked_credentials";
 
 fn rotation_from_row(row: &AnyRow) -> Result<Rotation, Error> {
     let q = |source| Error::Query { what: "read rotation", source };
@@ -643,6 +675,7 @@ fn rotation_from_row(row: &AnyRow) -> Result<Rotation, Error> {
         finished_at: parse_ts(&id, opt(17)?)?,
         revoke_first: row.try_get::<i64, _>(18).map_err(q)? != 0,
         waiting: opt(19)?,
+        revoked_credentials: list(20)?,
         id,
     })
 }

@@ -31,10 +31,13 @@ pub enum Phase {
     RollingBack,
     /// Rolled back; the old credential is still current. Terminal.
     Failed,
+    /// Promoted, but its revocation could not be completed and a compromise-mode rotation took
+    /// its remaining work over (its old credentials are among the newer rotation's). Terminal.
+    Superseded,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Started,
         Phase::Minted,
         Phase::Staged,
@@ -43,6 +46,7 @@ impl Phase {
         Phase::Completed,
         Phase::RollingBack,
         Phase::Failed,
+        Phase::Superseded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,16 +59,17 @@ impl Phase {
             Phase::Completed => "completed",
             Phase::RollingBack => "rolling_back",
             Phase::Failed => "failed",
+            Phase::Superseded => "superseded",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Completed | Phase::Failed)
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Superseded)
     }
 
     /// From here on the rotation only moves forward: consumers may already read the new value.
     pub fn is_promoted(self) -> bool {
-        matches!(self, Phase::Promoted | Phase::Completed)
+        matches!(self, Phase::Promoted | Phase::Completed | Phase::Superseded)
     }
 }
 
@@ -139,7 +144,7 @@ pub fn next(rotation: &Rotation, memory: Memory, now: DateTime<Utc>) -> Action {
             _ => Action::RevokeOld,
         },
         Phase::RollingBack => Action::RollBack,
-        Phase::Completed | Phase::Failed => Action::Done,
+        Phase::Completed | Phase::Failed | Phase::Superseded => Action::Done,
     }
 }
 
@@ -175,6 +180,7 @@ mod tests {
             (Phase::RollingBack, resumed, before, Action::RollBack),
             (Phase::Completed, resumed, before, Action::Done),
             (Phase::Failed, fresh, after, Action::Done),
+            (Phase::Superseded, resumed, after, Action::Done),
         ];
         for (phase, memory, now, expected) in table {
             assert_eq!(next(&rotation(phase), memory, now), expected, "{phase} {memory:?} {now}");

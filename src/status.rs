@@ -57,7 +57,7 @@ fn policy_status(policy: &str, rotations: &[&Rotation], now: DateTime<Utc>) -> P
             credentials: r
                 .old_credentials
                 .iter()
-                .filter(|c| Some(*c) != r.new_credential_id.as_ref())
+                .filter(|c| Some(*c) != r.new_credential_id.as_ref() && !r.revoked_credentials.contains(c))
                 .cloned()
                 .collect(),
             revoke_after: r.revoke_after,

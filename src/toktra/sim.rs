@@ -81,6 +81,9 @@ pub struct Faults {
     pub create_timeout_rate: f64,
     /// Delay of a create hit by `create_timeout_rate`; 0 means 30000.
     pub create_timeout_delay_ms: u64,
+    /// Credential IDs whose revocation is refused with `403 forbidden` (a vendor protecting a
+    /// credential, or a management credential lacking the right), until the list changes.
+    pub refuse_revocation: Vec<String>,
 }
 
 impl Faults {
@@ -750,6 +753,9 @@ impl Shared {
             Endpoint::CreateKey => self.create(state, Kind::ApiKey, call, now),
             Endpoint::ListClients => self.list(state, Kind::OAuthClient, call, now),
             Endpoint::ListKeys => self.list(state, Kind::ApiKey, call, now),
+            Endpoint::RevokeClient(id) | Endpoint::RevokeKey(id) if state.faults.refuse_revocation.contains(id) => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "revocation refused (injected by the simulator)"))
+            }
             Endpoint::RevokeClient(id) => state.revoke(Kind::OAuthClient, id, now),
             Endpoint::RevokeKey(id) => state.revoke(Kind::ApiKey, id, now),
             Endpoint::NoSuchRoute => Err(not_found("no such endpoint")),
