@@ -4,13 +4,15 @@
 //! `AWSPREVIOUS`), and `AWSPENDING` is cleared afterwards, since only AWS's managed rotation
 //! does that by itself. A secret that does not exist is created when the policy
 //! says `create: true`, holding an empty placeholder (`{}`), so consumers never see a value
-//! before it is verified.
+//! before it is verified; a secret that exists without any version (as Terraform creates it) gets
+//! the same placeholder before the first staging.
 
 use std::collections::HashMap;
 
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::Tag;
+use sha2::{Digest, Sha256};
 
 use super::{Error, ErrorKind, Record, Store};
 use crate::policy::{AwsDestination, CredentialKind};
@@ -126,9 +128,35 @@ impl Aws {
             .map_err(|e| self.map("clear AWSPENDING", e))
     }
 
+    /// Puts the empty placeholder as the `AWSCURRENT` version. Its version ID is derived from
+    /// the rotation ID, so a retry after a lost answer or a crash is the same request, which AWS
+    /// treats as idempotent, instead of a second placeholder.
+    async fn put_placeholder(&self, rotation_id: &str) -> Result<(), Error> {
+        self.client
+            .put_secret_value()
+            .secret_id(&self.secret_id)
+            .client_request_token(placeholder_version(rotation_id))
+            .secret_string(PLACEHOLDER)
+            .version_stages(CURRENT)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map("put placeholder value", e))
+    }
+
     fn holder<'a>(versions: &'a HashMap<String, Vec<String>>, stage: &str) -> Option<&'a str> {
         versions.iter().find(|(_, stages)| stages.iter().any(|s| s == stage)).map(|(id, _)| id.as_str())
     }
+}
+
+/// The version ID of the placeholder put before staging `rotation_id` into a secret without
+/// versions: a UUID (version 8, "custom") from a SHA-256 of the rotation ID, so it is the same on
+/// every attempt and never equal to a rotation ID.
+fn placeholder_version(rotation_id: &str) -> String {
+    let digest = Sha256::digest(format!("rotator placeholder for {rotation_id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
 impl Store for Aws {
@@ -166,9 +194,7 @@ impl Store for Aws {
         let versions = match self.versions().await? {
             Some(versions) => versions,
             None if self.create => {
-                // Created with an empty placeholder as its first (AWSCURRENT) version: AWS labels
-                // the first version of a secret AWSCURRENT whatever the request asks, so staging
-                // into a secret without versions would make the unverified value current.
+                // Created holding the placeholder as its first, AWSCURRENT, version (see below).
                 let mut request = self
                     .client
                     .create_secret()
@@ -186,7 +212,11 @@ impl Store for Aws {
                         return Err(e);
                     }
                 }
-                HashMap::new()
+                // Whoever created it, look at what it holds now: a secret created by someone else
+                // may have no version yet.
+                self.versions()
+                    .await?
+                    .ok_or_else(|| self.error(ErrorKind::NotFound, "the secret vanished right after its creation"))?
             }
             None => {
                 return Err(
@@ -194,9 +224,15 @@ impl Store for Aws {
                 );
             }
         };
-        // Refuse to go on when the current value is not a credential rotator understands.
         if Self::holder(&versions, CURRENT).is_some() {
+            // Refuse to go on when the current value is not a credential rotator understands.
             self.current().await?;
+        } else {
+            // AWS labels the first version of a secret AWSCURRENT whatever PutSecretValue asks,
+            // so staging into a secret without one (created by Terraform or CloudFormation with
+            // no value) would make the unverified value current. Put the empty placeholder first,
+            // as `create` does.
+            self.put_placeholder(rotation_id).await?;
         }
         if versions.contains_key(rotation_id) {
             // Staged before: AWS keeps versions immutable, so only compare.
@@ -268,5 +304,20 @@ impl Store for Aws {
             .filter(|(_, labels)| labels.iter().any(|l| l == PENDING) && !labels.iter().any(|l| l == CURRENT))
             .map(|(id, _)| id.clone())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_version_is_stable_per_rotation_and_a_valid_request_token() {
+        let a = placeholder_version("01a22f3b-b6f7-7798-a36e-8d66581a0588");
+        assert_eq!(a, placeholder_version("01a22f3b-b6f7-7798-a36e-8d66581a0588"));
+        assert_ne!(a, placeholder_version("01a22f3b-b6f7-7798-a36e-8d66581a0589"));
+        // ClientRequestToken: 32 to 64 characters.
+        assert_eq!(a.len(), 36);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 8);
     }
 }

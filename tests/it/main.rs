@@ -11,4 +11,5 @@ mod plan;
 mod postgres;
 mod rotate;
 mod serve;
+mod store;
 mod toktra;
