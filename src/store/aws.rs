@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::Tag;
 use sha2::{Digest, Sha256};
 
@@ -58,28 +59,56 @@ impl Aws {
         Error::new(self.label.clone(), kind, detail)
     }
 
-    /// Maps an SDK error by its error code; AWS error messages describe requests, not values.
-    fn map<E, R>(&self, what: &str, e: SdkError<E, R>) -> Error
+    /// Maps an SDK error by its error code. The message is built from the operation, AWS's error
+    /// code and error message only (AWS messages describe requests, not values), or a fixed
+    /// description of what went wrong below the service: never from the raw response, which for
+    /// an answer the SDK could not parse is the body itself, secret value included
+    /// (`DisplayErrorContext` prints it).
+    fn map<E>(&self, what: &str, e: SdkError<E, HttpResponse>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
-        let kind = match &e {
-            SdkError::ServiceError(service) => match service.err().code() {
-                Some("ResourceNotFoundException") => ErrorKind::NotFound,
-                Some("InternalServiceError" | "ThrottlingException" | "RequestTimeout" | "ServiceUnavailable") => {
-                    ErrorKind::Transient
-                }
-                Some("ResourceExistsException") => ErrorKind::Conflict,
-                Some("AccessDeniedException") => ErrorKind::Permanent,
-                _ => ErrorKind::Permanent,
-            },
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                ErrorKind::Transient
+        let (kind, detail) = match &e {
+            SdkError::ServiceError(service) => {
+                let err = service.err();
+                let kind = match err.code() {
+                    Some("ResourceNotFoundException") => ErrorKind::NotFound,
+                    Some("InternalServiceError" | "ThrottlingException" | "RequestTimeout" | "ServiceUnavailable") => {
+                        ErrorKind::Transient
+                    }
+                    Some("ResourceExistsException") => ErrorKind::Conflict,
+                    Some("AccessDeniedException") => ErrorKind::Permanent,
+                    _ => ErrorKind::Permanent,
+                };
+                let detail = match (err.code(), err.message()) {
+                    (Some(code), Some(message)) => format!("{code}: {message}"),
+                    (Some(code), None) => code.to_string(),
+                    // No error code: an answer the SDK could not read (such as a truncated body).
+                    (None, _) => format!("unreadable answer (HTTP {})", service.raw().status().as_u16()),
+                };
+                (kind, detail)
             }
-            _ => ErrorKind::Permanent,
+            SdkError::TimeoutError(_) => (ErrorKind::Transient, "timed out".to_string()),
+            SdkError::DispatchFailure(failure) => {
+                let cause = if failure.is_timeout() {
+                    "timed out"
+                } else if failure.is_io() {
+                    "connection failed"
+                } else if failure.is_user() {
+                    "request rejected by the client"
+                } else {
+                    "other error"
+                };
+                (ErrorKind::Transient, format!("request not sent: {cause}"))
+            }
+            SdkError::ResponseError(response) => (
+                ErrorKind::Transient,
+                format!("response could not be read (HTTP {})", response.raw().status().as_u16()),
+            ),
+            SdkError::ConstructionFailure(_) => (ErrorKind::Permanent, "request could not be built".to_string()),
+            _ => (ErrorKind::Permanent, "unknown error".to_string()),
         };
-        self.error(kind, format!("{what}: {}", DisplayErrorContext(&e)))
+        self.error(kind, format!("{what}: {}", bounded(&detail)))
     }
 
     /// Version ID → labels, or `None` when the secret does not exist.
@@ -146,6 +175,17 @@ impl Aws {
 
     fn holder<'a>(versions: &'a HashMap<String, Vec<String>>, stage: &str) -> Option<&'a str> {
         versions.iter().find(|(_, stages)| stages.iter().any(|s| s == stage)).map(|(id, _)| id.as_str())
+    }
+}
+
+/// The longest error detail kept: AWS's messages are a sentence; anything longer is not one.
+const MAX_DETAIL: usize = 300;
+
+/// `detail` cut to [`MAX_DETAIL`] characters.
+fn bounded(detail: &str) -> String {
+    match detail.char_indices().nth(MAX_DETAIL) {
+        Some((at, _)) => format!("{}…", &detail[..at]),
+        None => detail.to_string(),
     }
 }
 
@@ -319,5 +359,13 @@ mod tests {
         // ClientRequestToken: 32 to 64 characters.
         assert_eq!(a.len(), 36);
         assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 8);
+    }
+
+    #[test]
+    fn error_details_are_bounded() {
+        assert_eq!(bounded("AccessDeniedException: no"), "AccessDeniedException: no");
+        let long = "é".repeat(MAX_DETAIL + 10);
+        assert_eq!(bounded(&long).chars().count(), MAX_DETAIL + 1);
+        assert!(bounded(&long).ends_with('…'));
     }
 }

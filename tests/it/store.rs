@@ -109,3 +109,109 @@ async fn aws_staging_into_a_secret_without_a_version_is_idempotent() {
     dest.promote(&rotation_id).await.unwrap();
     assert_eq!(dest.current().await.unwrap(), Some(record));
 }
+
+// ---- AWS: errors never carry what the server answered ----
+
+/// Which Secrets Manager calls the fake endpoint answers with a broken body.
+#[derive(Debug, Clone, Copy)]
+enum Broken {
+    /// Every call.
+    All,
+    /// `GetSecretValue` (the secret is described fine).
+    Read,
+    /// `PutSecretValue` (described and read fine, holding the empty placeholder).
+    Write,
+}
+
+/// A Secrets Manager endpoint on loopback that answers `200` with a truncated JSON body holding
+/// `fake_secret` where the `broken` calls are concerned, and well-formed answers elsewhere.
+async fn broken_secrets_manager(broken: Broken, fake_secret: String) -> String {
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let fake_secret = fake_secret.clone();
+        async move {
+            let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let operation = target.rsplit('.').next().unwrap_or_default().to_string();
+            let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leaky-AbCdEf";
+            let is_broken = match broken {
+                Broken::All => true,
+                Broken::Read => operation == "GetSecretValue",
+                Broken::Write => operation == "PutSecretValue",
+            };
+            let body = if is_broken {
+                // A value cut off mid-string: the SDK cannot parse it.
+                format!(r#"{{"ARN":"{arn}","Name":"leaky","SecretString":"{{\"key_id\":\"key_x\",\"api_key\":\"{fake_secret}"#)
+            } else {
+                match operation.as_str() {
+                    "DescribeSecret" => {
+                        json!({"ARN": arn, "Name": "leaky", "VersionIdsToStages": {"v1": ["AWSCURRENT"]}}).to_string()
+                    }
+                    "GetSecretValue" => json!({"ARN": arn, "Name": "leaky", "VersionId": "v1", "SecretString": "{}",
+                        "VersionStages": ["AWSCURRENT"], "CreatedDate": 1.7e9})
+                    .to_string(),
+                    _ => json!({"ARN": arn, "Name": "leaky"}).to_string(),
+                }
+            };
+            ([(axum::http::header::CONTENT_TYPE, "application/x-amz-json-1.1")], body)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_errors_do_not_carry_the_response_body() {
+    let mut env = Env::start().await;
+    env.env.push(("RUST_LOG".into(), "debug".into()));
+    env.policy(
+        "leaky.yaml",
+        "name: leaky\ncredential: { kind: api_key, name: leaky }\nschedule: { every: 90d }\ndestinations:\n\
+         \x20 - aws_secrets_manager: { secret_id: leaky }\nrevoke: { grace: 0s }\n",
+    );
+    let mut haystacks: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut fakes = Vec::new();
+    for broken in [Broken::All, Broken::Read, Broken::Write] {
+        let fake = format!("LEAKME-{}", uuid::Uuid::new_v4().simple());
+        let endpoint = broken_secrets_manager(broken, fake.clone()).await;
+        // Pushed last, so it overrides the harness's moto endpoint.
+        env.env.push(("AWS_ENDPOINT_URL".into(), endpoint));
+        for args in [&["rotate", "leaky", "--verbose"][..], &["plan", "--verbose"], &["status", "--verbose"]] {
+            let run = env.rotator(args).await;
+            // The failing runs must say why, naming the operation, so the test looks at real
+            // errors. (`plan` writes nothing, so a broken write does not fail it.)
+            let operation = match (broken, args[0]) {
+                (_, "status") | (Broken::Write, "plan") => None,
+                (Broken::All, _) => Some("describe secret"),
+                (Broken::Read, _) => Some("get secret value"),
+                (Broken::Write, _) => Some("put pending value"),
+            };
+            if let Some(operation) = operation {
+                let out = format!("{}{}", run.stdout, run.stderr);
+                assert!(run.code != 0, "{broken:?} {args:?} fails\n{out}");
+                assert!(out.contains(operation), "{broken:?} {args:?} names `{operation}`:\n{out}");
+            }
+            haystacks.push((format!("{broken:?} {args:?} stdout"), run.stdout.into_bytes()));
+            haystacks.push((format!("{broken:?} {args:?} stderr"), run.stderr.into_bytes()));
+        }
+        env.env.pop();
+        fakes.push(fake);
+    }
+    for entry in std::fs::read_dir(&env.dir).unwrap() {
+        let file = entry.unwrap().path();
+        if file.file_name().unwrap().to_string_lossy().starts_with("journal.db") {
+            haystacks.push((file.display().to_string(), std::fs::read(&file).unwrap()));
+        }
+    }
+    assert!(haystacks.iter().any(|(name, _)| name.ends_with("journal.db")));
+    for (name, hay) in &haystacks {
+        for fake in &fakes {
+            // The fake secret is no real credential, so the context may be shown.
+            if let Some(at) = hay.windows(fake.len()).position(|w| w == fake.as_bytes()) {
+                let context =
+                    String::from_utf8_lossy(&hay[at.saturating_sub(300)..(at + fake.len() + 50).min(hay.len())]);
+                panic!("the fake secret {fake} appears in {name}: …{context}…");
+            }
+        }
+    }
+}
