@@ -215,3 +215,79 @@ async fn aws_errors_do_not_carry_the_response_body() {
         }
     }
 }
+
+// ---- file: symbolic links are refused, temporary files are unguessable ----
+
+/// A file the test owns that a symbolic link points at; rotator must neither write nor chmod it.
+fn victim(env: &Env, name: &str) -> std::path::PathBuf {
+    let path = env.dir.join(name);
+    std::fs::write(&path, "{}\n").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    path
+}
+
+fn assert_untouched(victim: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::read_to_string(victim).unwrap(), "{}\n", "{} was not written", victim.display());
+    let mode = std::fs::metadata(victim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "{} was not chmod-ed", victim.display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_destination_refuses_symbolic_links_at_its_paths() {
+    let env = Env::start().await;
+    std::fs::create_dir_all(env.dir.join("policies/out")).unwrap();
+    for (name, suffix) in [("linked-current", ""), ("linked-pending", ".pending"), ("linked-previous", ".previous")] {
+        env.policy(
+            &format!("{name}.yaml"),
+            &format!(
+                "name: {name}\ncredential: {{ kind: api_key, name: {name} }}\nschedule: {{ every: 90d }}\n\
+                 destinations:\n  - file: {{ path: out/{name}.json }}\nrevoke: {{ grace: 0s }}\n"
+            ),
+        );
+        let target = victim(&env, &format!("{name}-victim.json"));
+        let link = env.dir.join(format!("policies/out/{name}.json{suffix}"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        let run = env.rotator(&["rotate", name]).await;
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert_eq!(run.code, 1, "{name}: the rotation is refused\n{out}");
+        assert!(
+            out.contains(&format!("{}", link.display())) && out.contains("symbolic link"),
+            "{name}: the error names the link\n{out}"
+        );
+        assert_untouched(&target);
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "{name}: the link is left alone");
+        assert!(env.active().is_empty(), "{name}: refused before minting: {:?}", env.active());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_destination_temporary_files_do_not_follow_a_planted_link() {
+    let env = Env::start().await;
+    let dir = env.dir.join("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cred.json");
+    let target = victim(&env, "victim.json");
+    // The temporary file's name used to be predictable: `<name>.tmp<pid>` beside the file written.
+    std::os::unix::fs::symlink(&target, dir.join(format!("cred.json.tmp{}", std::process::id()))).unwrap();
+    std::os::unix::fs::symlink(&target, dir.join(format!("cred.tmp{}", std::process::id()))).unwrap();
+    let spec = policy::Destination::File(policy::FileDestination { path: path.clone() });
+    let dest = Destination::new(&spec, CredentialKind::ApiKey, &Clients { aws: None, vault: None }).unwrap();
+
+    for (n, key_id) in ["key_first", "key_second"].iter().enumerate() {
+        let rotation_id = uuid::Uuid::now_v7().to_string();
+        let record = api_key(key_id, &format!("tk_live_file_value_{n}_0123456789"), &rotation_id);
+        dest.stage(&rotation_id, &record).await.unwrap();
+        assert_untouched(&target);
+        dest.promote(&rotation_id).await.unwrap();
+        assert_untouched(&target);
+        assert_eq!(dest.current().await.unwrap(), Some(record));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for file in [path.clone(), dir.join("cred.json.previous")] {
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        assert!(meta.file_type().is_file(), "{} is a regular file", file.display());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{} is 0600", file.display());
+    }
+}
