@@ -20,6 +20,7 @@ use crate::policy::{AwsDestination, CredentialKind};
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
+const PREVIOUS: &str = "AWSPREVIOUS";
 /// What a secret holds before its first rotation; `Record::parse` reads it as empty.
 const PLACEHOLDER: &str = "{}";
 
@@ -228,6 +229,11 @@ impl Store for Aws {
     async fn current(&self) -> Result<Option<Record>, Error> {
         // By label, not the default read: emulators (moto) do not always move the default.
         self.read(None, Some(CURRENT)).await
+    }
+
+    async fn previous(&self) -> Result<Option<Record>, Error> {
+        // AWS moves AWSPREVIOUS to the version AWSCURRENT left, whoever moved it.
+        self.read(None, Some(PREVIOUS)).await
     }
 
     async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {

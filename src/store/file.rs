@@ -158,6 +158,10 @@ impl Store for File {
         self.read(&self.path)
     }
 
+    async fn previous(&self) -> Result<Option<Record>, Error> {
+        self.read(&self.sibling(".previous"))
+    }
+
     async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {
         // Refuse to overwrite a current value rotator cannot read (checked before writing).
         self.read(&self.path)?;

@@ -291,3 +291,72 @@ async fn file_destination_temporary_files_do_not_follow_a_planted_link() {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{} is 0600", file.display());
     }
 }
+
+// ---- reading the previous credential back ----
+
+/// `previous()` of every destination kind after one, two and three promotions, through the
+/// library's `Destination`, compared with what the servers hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn previous_reads_the_value_served_before_the_current_one() {
+    let env = Env::start().await;
+    let name = format!("{}/prev", env.prefix);
+    env.policy(
+        "prev.yaml",
+        "name: prev\ncredential: { kind: oauth_client, name: prev }\nschedule: { every: 90d }\ndestinations:\n\
+         \x20 - aws_secrets_manager: { secret_id: '{prefix}/prev', create: true }\n\
+         \x20 - vault: { mount: secret, path: '{prefix}/prev', create: true }\n\
+         \x20 - file: { path: out/prev.json }\nrevoke: { grace: 0s }\n",
+    );
+    let file = env.dir.join("policies/out/prev.json");
+    let specs = [
+        aws_spec(&name, true),
+        policy::Destination::Vault(policy::VaultDestination {
+            mount: "secret".into(),
+            path: name.clone(),
+            staging_path: None,
+            create: true,
+        }),
+        policy::Destination::File(policy::FileDestination { path: file.clone() }),
+    ];
+    let clients = clients(&env).await;
+    let dests: Vec<Destination> =
+        specs.iter().map(|s| Destination::new(s, CredentialKind::OauthClient, &clients).unwrap()).collect();
+    // What a destination holds, as (client_id, client_secret, rotation_id), never printed.
+    let identity = |r: &Record| (r.id.clone(), r.secret.expose().to_string(), r.rotation_id.clone());
+    let served = |v: &serde_json::Value| (text(v, "client_id"), text(v, "client_secret"), Some(text(v, "rotation_id")));
+
+    env.rotator(&["rotate", "prev"]).await.assert_code(0);
+    let first = served(&env.served(&Dest::Vault(name.clone())).await.unwrap());
+    for dest in &dests {
+        // AWS: AWSPREVIOUS is the `{}` placeholder the secret was created with, read as empty.
+        assert!(dest.previous().await.unwrap().is_none(), "{dest:?}: nothing before the first rotation");
+    }
+
+    env.rotator(&["rotate", "prev"]).await.assert_code(0);
+    let second = served(&env.served(&Dest::Vault(name.clone())).await.unwrap());
+    assert_ne!(first.0, second.0);
+    for dest in &dests {
+        let previous = dest.previous().await.unwrap().unwrap_or_else(|| panic!("{dest:?}: a previous value"));
+        assert!(identity(&previous) == first, "{dest:?}: the previous value is the first credential");
+        assert!(identity(&dest.current().await.unwrap().unwrap()) == second, "{dest:?}: current is the second");
+    }
+    // The harness agrees on where the servers keep it.
+    assert_eq!(served(&env.aws_value(&name, "AWSPREVIOUS").await.unwrap()), first);
+    assert_eq!(served(&env.vault_version(&name, 1).await.unwrap()), first);
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file.with_extension("json.previous")).unwrap()).unwrap();
+    assert_eq!(served(&on_disk), first);
+
+    // Vault: deleted and destroyed versions are skipped; none left below current is `None`.
+    env.rotator(&["rotate", "prev"]).await.assert_code(0);
+    let vault = &dests[1];
+    let (status, _) =
+        env.vault(reqwest::Method::POST, &format!("secret/delete/{name}"), Some(json!({ "versions": [2] }))).await;
+    assert_eq!(status, 204);
+    let previous = vault.previous().await.unwrap().expect("version 1 is the latest readable one below current");
+    assert!(identity(&previous) == first, "soft-deleted version 2 is skipped");
+    let (status, _) =
+        env.vault(reqwest::Method::PUT, &format!("secret/destroy/{name}"), Some(json!({ "versions": [1] }))).await;
+    assert_eq!(status, 204);
+    assert!(vault.previous().await.unwrap().is_none(), "no readable version below current");
+}
