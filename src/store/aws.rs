@@ -4,19 +4,23 @@
 //! `AWSPREVIOUS`), and `AWSPENDING` is cleared afterwards, since only AWS's managed rotation
 //! does that by itself. A secret that does not exist is created when the policy
 //! says `create: true`, holding an empty placeholder (`{}`), so consumers never see a value
-//! before it is verified.
+//! before it is verified; a secret that exists without any version (as Terraform creates it) gets
+//! the same placeholder before the first staging.
 
 use std::collections::HashMap;
 
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::Tag;
+use sha2::{Digest, Sha256};
 
 use super::{Error, ErrorKind, Record, Store};
 use crate::policy::{AwsDestination, CredentialKind};
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
+const PREVIOUS: &str = "AWSPREVIOUS";
 /// What a secret holds before its first rotation; `Record::parse` reads it as empty.
 const PLACEHOLDER: &str = "{}";
 
@@ -56,28 +60,56 @@ impl Aws {
         Error::new(self.label.clone(), kind, detail)
     }
 
-    /// Maps an SDK error by its error code; AWS error messages describe requests, not values.
-    fn map<E, R>(&self, what: &str, e: SdkError<E, R>) -> Error
+    /// Maps an SDK error by its error code. The message is built from the operation, AWS's error
+    /// code and error message only (AWS messages describe requests, not values), or a fixed
+    /// description of what went wrong below the service: never from the raw response, which for
+    /// an answer the SDK could not parse is the body itself, secret value included
+    /// (`DisplayErrorContext` prints it).
+    fn map<E>(&self, what: &str, e: SdkError<E, HttpResponse>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
-        let kind = match &e {
-            SdkError::ServiceError(service) => match service.err().code() {
-                Some("ResourceNotFoundException") => ErrorKind::NotFound,
-                Some("InternalServiceError" | "ThrottlingException" | "RequestTimeout" | "ServiceUnavailable") => {
-                    ErrorKind::Transient
-                }
-                Some("ResourceExistsException") => ErrorKind::Conflict,
-                Some("AccessDeniedException") => ErrorKind::Permanent,
-                _ => ErrorKind::Permanent,
-            },
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                ErrorKind::Transient
+        let (kind, detail) = match &e {
+            SdkError::ServiceError(service) => {
+                let err = service.err();
+                let kind = match err.code() {
+                    Some("ResourceNotFoundException") => ErrorKind::NotFound,
+                    Some("InternalServiceError" | "ThrottlingException" | "RequestTimeout" | "ServiceUnavailable") => {
+                        ErrorKind::Transient
+                    }
+                    Some("ResourceExistsException") => ErrorKind::Conflict,
+                    Some("AccessDeniedException") => ErrorKind::Permanent,
+                    _ => ErrorKind::Permanent,
+                };
+                let detail = match (err.code(), err.message()) {
+                    (Some(code), Some(message)) => format!("{code}: {message}"),
+                    (Some(code), None) => code.to_string(),
+                    // No error code: an answer the SDK could not read (such as a truncated body).
+                    (None, _) => format!("unreadable answer (HTTP {})", service.raw().status().as_u16()),
+                };
+                (kind, detail)
             }
-            _ => ErrorKind::Permanent,
+            SdkError::TimeoutError(_) => (ErrorKind::Transient, "timed out".to_string()),
+            SdkError::DispatchFailure(failure) => {
+                let cause = if failure.is_timeout() {
+                    "timed out"
+                } else if failure.is_io() {
+                    "connection failed"
+                } else if failure.is_user() {
+                    "request rejected by the client"
+                } else {
+                    "other error"
+                };
+                (ErrorKind::Transient, format!("request not sent: {cause}"))
+            }
+            SdkError::ResponseError(response) => (
+                ErrorKind::Transient,
+                format!("response could not be read (HTTP {})", response.raw().status().as_u16()),
+            ),
+            SdkError::ConstructionFailure(_) => (ErrorKind::Permanent, "request could not be built".to_string()),
+            _ => (ErrorKind::Permanent, "unknown error".to_string()),
         };
-        self.error(kind, format!("{what}: {}", DisplayErrorContext(&e)))
+        self.error(kind, format!("{what}: {}", bounded(&detail)))
     }
 
     /// Version ID → labels, or `None` when the secret does not exist.
@@ -126,9 +158,46 @@ impl Aws {
             .map_err(|e| self.map("clear AWSPENDING", e))
     }
 
+    /// Puts the empty placeholder as the `AWSCURRENT` version. Its version ID is derived from
+    /// the rotation ID, so a retry after a lost answer or a crash is the same request, which AWS
+    /// treats as idempotent, instead of a second placeholder.
+    async fn put_placeholder(&self, rotation_id: &str) -> Result<(), Error> {
+        self.client
+            .put_secret_value()
+            .secret_id(&self.secret_id)
+            .client_request_token(placeholder_version(rotation_id))
+            .secret_string(PLACEHOLDER)
+            .version_stages(CURRENT)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map("put placeholder value", e))
+    }
+
     fn holder<'a>(versions: &'a HashMap<String, Vec<String>>, stage: &str) -> Option<&'a str> {
         versions.iter().find(|(_, stages)| stages.iter().any(|s| s == stage)).map(|(id, _)| id.as_str())
     }
+}
+
+/// The longest error detail kept: AWS's messages are a sentence; anything longer is not one.
+const MAX_DETAIL: usize = 300;
+
+/// `detail` cut to [`MAX_DETAIL`] characters.
+fn bounded(detail: &str) -> String {
+    match detail.char_indices().nth(MAX_DETAIL) {
+        Some((at, _)) => format!("{}…", &detail[..at]),
+        None => detail.to_string(),
+    }
+}
+
+/// The version ID of the placeholder put before staging `rotation_id` into a secret without
+/// versions: a UUID (version 8, "custom") from a SHA-256 of the rotation ID, so it is the same on
+/// every attempt and never equal to a rotation ID.
+fn placeholder_version(rotation_id: &str) -> String {
+    let digest = Sha256::digest(format!("rotator placeholder for {rotation_id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
 impl Store for Aws {
@@ -162,13 +231,16 @@ impl Store for Aws {
         self.read(None, Some(CURRENT)).await
     }
 
+    async fn previous(&self) -> Result<Option<Record>, Error> {
+        // AWS moves AWSPREVIOUS to the version AWSCURRENT left, whoever moved it.
+        self.read(None, Some(PREVIOUS)).await
+    }
+
     async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {
         let versions = match self.versions().await? {
             Some(versions) => versions,
             None if self.create => {
-                // Created with an empty placeholder as its first (AWSCURRENT) version: AWS labels
-                // the first version of a secret AWSCURRENT whatever the request asks, so staging
-                // into a secret without versions would make the unverified value current.
+                // Created holding the placeholder as its first, AWSCURRENT, version (see below).
                 let mut request = self
                     .client
                     .create_secret()
@@ -186,7 +258,11 @@ impl Store for Aws {
                         return Err(e);
                     }
                 }
-                HashMap::new()
+                // Whoever created it, look at what it holds now: a secret created by someone else
+                // may have no version yet.
+                self.versions()
+                    .await?
+                    .ok_or_else(|| self.error(ErrorKind::NotFound, "the secret vanished right after its creation"))?
             }
             None => {
                 return Err(
@@ -194,9 +270,15 @@ impl Store for Aws {
                 );
             }
         };
-        // Refuse to go on when the current value is not a credential rotator understands.
         if Self::holder(&versions, CURRENT).is_some() {
+            // Refuse to go on when the current value is not a credential rotator understands.
             self.current().await?;
+        } else {
+            // AWS labels the first version of a secret AWSCURRENT whatever PutSecretValue asks,
+            // so staging into a secret without one (created by Terraform or CloudFormation with
+            // no value) would make the unverified value current. Put the empty placeholder first,
+            // as `create` does.
+            self.put_placeholder(rotation_id).await?;
         }
         if versions.contains_key(rotation_id) {
             // Staged before: AWS keeps versions immutable, so only compare.
@@ -268,5 +350,28 @@ impl Store for Aws {
             .filter(|(_, labels)| labels.iter().any(|l| l == PENDING) && !labels.iter().any(|l| l == CURRENT))
             .map(|(id, _)| id.clone())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_version_is_stable_per_rotation_and_a_valid_request_token() {
+        let a = placeholder_version("01a22f3b-b6f7-7798-a36e-8d66581a0588");
+        assert_eq!(a, placeholder_version("01a22f3b-b6f7-7798-a36e-8d66581a0588"));
+        assert_ne!(a, placeholder_version("01a22f3b-b6f7-7798-a36e-8d66581a0589"));
+        // ClientRequestToken: 32 to 64 characters.
+        assert_eq!(a.len(), 36);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 8);
+    }
+
+    #[test]
+    fn error_details_are_bounded() {
+        assert_eq!(bounded("AccessDeniedException: no"), "AccessDeniedException: no");
+        let long = "é".repeat(MAX_DETAIL + 10);
+        assert_eq!(bounded(&long).chars().count(), MAX_DETAIL + 1);
+        assert!(bounded(&long).ends_with('…'));
     }
 }

@@ -1,14 +1,28 @@
 //! The `file` destination: a JSON file (mode 0600) for local use and the demo. The current value
 //! lives at `path`, the staged one at `path.pending`, the replaced one at `path.previous`.
 //! Promotion is an atomic rename, so a reader sees either the old or the new file, never a torn
-//! one.
+//! one. None of the three may be a symbolic link: rotator writes secrets there and must not be
+//! led into writing (or reading) a file elsewhere. Temporary files have random names and are
+//! created exclusively, so a link planted in the directory cannot redirect a write either.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Error, ErrorKind, Record, Store};
 use crate::policy::{CredentialKind, FileDestination};
+
+/// `O_NOFOLLOW`, which std does not name. The `libc` crate is not a dependency and the value
+/// differs by architecture (x86_64 `0o400000`, aarch64 `0o100000`), so it is spelled out for
+/// the targets rotator ships on. Elsewhere it is 0: the `symlink_metadata` check still refuses
+/// links, and `create_new` (`O_EXCL`) never follows one, but a link swapped in between the check
+/// and the open of a read would be followed.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const O_NOFOLLOW: i32 = 0o400000;
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+const O_NOFOLLOW: i32 = 0o100000;
+#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+const O_NOFOLLOW: i32 = 0;
 
 pub struct File {
     path: PathBuf,
@@ -30,30 +44,76 @@ impl File {
         Error::new(self.label(), kind, detail)
     }
 
+    /// Refuses a symbolic link at `path` (a missing file is fine).
+    fn refuse_link(&self, path: &Path) -> Result<(), Error> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(self.error(
+                ErrorKind::Permanent,
+                format!("{} is a symbolic link; rotator does not follow links at a destination", path.display()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a symbolic link at the file or its `.pending` or `.previous` sibling, so that a
+    /// rotation is refused before anything is minted rather than at promotion.
+    fn refuse_links(&self) -> Result<(), Error> {
+        for path in [self.path.clone(), self.sibling(".pending"), self.sibling(".previous")] {
+            self.refuse_link(&path)?;
+        }
+        Ok(())
+    }
+
     fn read(&self, path: &Path) -> Result<Option<Record>, Error> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Record::parse_text(self.kind, &text)
+        self.refuse_link(path)?;
+        let mut text = String::new();
+        // O_NOFOLLOW: a link put in place after the check above fails the open.
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(path)
+            .and_then(|mut file| file.read_to_string(&mut text))
+        {
+            Ok(_) => Record::parse_text(self.kind, &text)
                 .map_err(|e| self.error(ErrorKind::Unexpected, format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.error(ErrorKind::Permanent, format!("cannot read {}: {e}", path.display()))),
         }
     }
 
-    /// Writes `record` to `path` atomically: a 0600 temporary file, fsync, rename, fsync of the
-    /// directory, so that a crash leaves either the old or the new content.
+    /// Writes `record` to `path` atomically: a new 0600 temporary file, fsync, rename, fsync of
+    /// the directory, so that a crash leaves either the old or the new content.
     fn write(&self, path: &Path, record: &Record) -> Result<(), Error> {
         let io = |e: std::io::Error| self.error(ErrorKind::Permanent, format!("cannot write {}: {e}", path.display()));
+        // The rename would replace a link rather than follow it, but a link here means someone
+        // expects the secret elsewhere: say so instead of silently breaking the link.
+        self.refuse_link(path)?;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut file =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
-        // `mode` applies only when the file is created; a leftover temporary file gets it too.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        file.write_all(record.to_json_secret().expose().as_bytes()).map_err(io)?;
-        file.write_all(b"\n").map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
+        // A random name, created exclusively (`O_CREAT|O_EXCL`, which never follows a link) with
+        // mode 0600 from the start: a predictable name let a planted link redirect the write
+        // and the chmod to the link's target.
+        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+        let tmp = dir.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io)?;
+        let written = (|| {
+            file.write_all(record.to_json_secret().expose().as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            // Do not leave a copy of the secret behind; the original error is the one to report.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
         sync_dir(dir).map_err(io)
     }
 }
@@ -68,10 +128,12 @@ impl Store for File {
     }
 
     async fn check(&self) -> Result<(), Error> {
+        self.refuse_links()?;
         self.read(&self.path).map(|_| ())
     }
 
     async fn preflight(&self) -> Result<String, Error> {
+        self.refuse_links()?;
         let current = self.read(&self.path)?;
         // The nearest existing directory must be writable (checked by its mode, not by writing).
         let mut dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
@@ -94,6 +156,10 @@ impl Store for File {
 
     async fn current(&self) -> Result<Option<Record>, Error> {
         self.read(&self.path)
+    }
+
+    async fn previous(&self) -> Result<Option<Record>, Error> {
+        self.read(&self.sibling(".previous"))
     }
 
     async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {
@@ -150,5 +216,25 @@ impl Store for File {
 
     async fn pending(&self) -> Result<Vec<String>, Error> {
         Ok(self.read(&self.sibling(".pending"))?.and_then(|r| r.rotation_id).into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written constant is the kernel's: opening a link with it fails (`ELOOP`).
+    #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[test]
+    fn o_nofollow_refuses_a_link() {
+        let dir = std::env::temp_dir().join(format!("rotator-nofollow-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("target"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("link")).unwrap();
+        let open = |path: &Path| std::fs::OpenOptions::new().read(true).custom_flags(O_NOFOLLOW).open(path);
+        assert!(open(&dir.join("target")).is_ok());
+        let error = open(&dir.join("link")).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(40), "ELOOP: {error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,6 @@
 //! Destinations: where a policy's credential is written and read by its consumers. Each kind
-//! implements the small [`Store`] trait (`check`, `current`, `stage`, `staged`, `promote`,
-//! `discard`); [`Destination`] is the closed enum the policy chooses, delegating with one
+//! implements the small [`Store`] trait (`check`, `current`, `previous`, `stage`, `staged`,
+//! `promote`, `discard`); [`Destination`] is the closed enum the policy chooses, delegating with one
 //! `match`. Every implementation keeps two places apart: the *current* value consumers read,
 //! and a *staged* value keyed by rotation ID that consumers never read. Every operation is safe
 //! to repeat after a crash or a lost answer: it first looks at what is already there.
@@ -186,6 +186,14 @@ pub trait Store {
     /// The value consumers read now, if any.
     async fn current(&self) -> Result<Option<Record>, Error>;
 
+    /// The value the destination served before its current one, as the destination keeps it:
+    /// AWS's `AWSPREVIOUS` version, the latest Vault KV version below the current one that is
+    /// neither deleted nor destroyed, the file's `.previous` sibling. `None` when there is none,
+    /// or when it was the empty placeholder (a secret created by rotator, a first version).
+    /// Nothing guarantees it is the credential the current one replaced: a destination keeps
+    /// whatever was written before, by rotator or anyone else.
+    async fn previous(&self) -> Result<Option<Record>, Error>;
+
     /// Writes `record` as the pending value of `rotation_id`, where consumers do not read it.
     /// Creates the secret or path first when the policy allows it.
     async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error>;
@@ -272,6 +280,9 @@ impl Store for Destination {
     }
     async fn current(&self) -> Result<Option<Record>, Error> {
         delegate!(self, d => d.current().await)
+    }
+    async fn previous(&self) -> Result<Option<Record>, Error> {
+        delegate!(self, d => d.previous().await)
     }
     async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {
         delegate!(self, d => d.stage(rotation_id, record).await)

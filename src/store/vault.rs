@@ -323,6 +323,39 @@ impl Store for Vault {
         }
     }
 
+    async fn previous(&self) -> Result<Option<Record>, Error> {
+        let meta = match kv2::read_metadata(&*self.connection.client, &self.mount, &self.path).await {
+            Ok(meta) => meta,
+            Err(e) => {
+                let e = self.map(&format!("read metadata of {}", self.path), e);
+                return if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) };
+            }
+        };
+        // The metadata lists the versions Vault still keeps (`max_versions` drops older ones);
+        // deleted or destroyed ones cannot be read, so the previous value is the newest other.
+        let mut candidates: Vec<u64> = meta
+            .versions
+            .iter()
+            .filter(|(_, v)| !v.destroyed && v.deletion_time.is_empty())
+            .filter_map(|(version, _)| version.parse::<u64>().ok())
+            .filter(|version| *version < meta.current_version)
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        for version in candidates {
+            match kv2::read_version::<Value>(&*self.connection.client, &self.mount, &self.path, version).await {
+                Ok(value) => return self.parse(&self.path, &value),
+                Err(e) => {
+                    let e = self.map(&format!("read {} version {version}", self.path), e);
+                    // Deleted since the metadata was read: the next older one is the previous.
+                    if e.kind != ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     async fn stage(&self, rotation_id: &str, record: &Record) -> Result<(), Error> {
         match self.read(&self.path).await? {
             None if !self.create => {

@@ -12,5 +12,6 @@ mod plan;
 mod postgres;
 mod rotate;
 mod serve;
+mod store;
 mod toktra;
 mod vendor;
