@@ -553,14 +553,18 @@ pub fn check_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
             // The last outcome is where the policy stands (an earlier one may be a resumed
             // rotation). A resumed rotation that finished rolling back failed in an earlier run,
             // which reported it; finishing its clean-up is not a new failure.
-            Ok(list) => list
-                .last()
-                .is_some_and(|o| o.status == Status::Incomplete || (o.status == Status::Failed && !o.resumed)),
+            Ok(list) => list.last().is_some_and(|o| {
+                o.status == Status::Incomplete || o.held || (o.status == Status::Failed && !o.resumed)
+            }),
             Err(_) => true,
         })
         .map(|(p, _)| p.as_str())
         .collect();
-    if failed.is_empty() { Ok(()) } else { Err(Failure::Failed(format!("rotation failed for: {}", failed.join(", ")))) }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(format!("rotation failed or revocation held for: {}", failed.join(", "))))
+    }
 }
 
 async fn plan(

@@ -580,6 +580,24 @@ impl Daemon {
     }
 
     fn report(&self, policy: &Policy, o: &Outcome) {
+        // A held revocation is news whichever run finds it (once per rotation and reason).
+        if o.held
+            && let Some(why) = &o.waiting
+            && self
+                .failure_sent
+                .lock()
+                .map(|mut sent| sent.insert((policy.name.clone(), o.rotation_id.clone(), why.clone())))
+                .unwrap_or(true)
+        {
+            self.notifier.send(
+                &policy.notify,
+                Event::RevocationHeld {
+                    policy: policy.name.clone(),
+                    rotation_id: o.rotation_id.clone(),
+                    why: why.clone(),
+                },
+            );
+        }
         // Interrupted runs, and resumed runs still waiting to revoke, are not events.
         if o.interrupted || (o.resumed && o.status == Status::AwaitingRevocation) {
             return;

@@ -84,6 +84,9 @@ pub struct Outcome {
     pub revoke_after: Option<DateTime<Utc>>,
     /// Why the revocation is waiting, when it is.
     pub waiting: Option<String>,
+    /// The revocation waits because something still serves an old credential (not a grace or
+    /// an idle wait): worth telling someone.
+    pub held: bool,
     pub error: Option<String>,
     pub compromise: Option<Containment>,
     /// An unfinished rotation of an earlier run, resumed by this one.
@@ -133,6 +136,9 @@ fn crash_point(point: &str) {
         std::process::abort();
     }
 }
+
+/// How the `waiting` of a rotation whose revocation is held begins; see [`Outcome::held`].
+pub const HELD: &str = "revocation held";
 
 /// The crash points a rotation passes, in order (`*-N` for each destination index).
 pub const CRASH_POINTS: &[&str] = &[
@@ -319,7 +325,9 @@ impl Engine {
             let outcome =
                 self.run(policy, rotation, Memory { started_here: false, has_secret: false }, None, held).await?;
             rotated_now |= !was_promoted && outcome.phase.is_promoted();
-            let stuck = outcome.status == Status::Incomplete;
+            // Stuck, or its revocation held because something still serves an old credential:
+            // a new rotation over it would strand its new credential.
+            let stuck = outcome.status == Status::Incomplete || outcome.held;
             let promoted = outcome.phase == Phase::Promoted;
             outcomes.push(outcome);
             if stuck && request.compromised && promoted && superseding.is_none() {
@@ -436,6 +444,9 @@ impl Engine {
                     .filter(|c| Some(*c) != stuck.new_credential_id.as_ref())
                     .filter(|c| !stuck.revoked_credentials.contains(c))
                     .cloned()
+                    // Its own new credential goes too: current (then it is read as such above)
+                    // or no longer served (rolled back by hand), it is exposed or unused.
+                    .chain(stuck.new_credential_id.clone())
                     .collect();
                 for credential in &left {
                     if !rotation.old_credentials.contains(credential) {
@@ -857,6 +868,12 @@ impl Engine {
         let swept = self.revoke_named(work, new_id.as_deref()).await?;
         work.revoked.extend(swept);
         if !old.is_empty()
+            && let Some(why) = self.still_served(work, &old).await?
+        {
+            tracing::warn!(policy = %work.policy.name, rotation = %work.rotation.id, "{why}");
+            return self.set_waiting(work, why).await;
+        }
+        if !old.is_empty()
             && !work.rotation.compromised
             && let Some(idle) = work.policy.revoke.require_idle
         {
@@ -884,6 +901,19 @@ impl Engine {
                 return self.set_waiting(work, waiting).await;
             }
         }
+        // A later run (after a grace) no longer holds the old secrets it read at the start; the
+        // destinations keep them as their previous values, so the revocation can still be checked.
+        for destination in &work.destinations {
+            match destination.previous().await {
+                Ok(Some(record)) if old.contains(&record.id) && !work.old_secrets.contains_key(&record.id) => {
+                    work.old_secrets.insert(record.id.clone(), record.secret);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(policy = %work.policy.name, error = %e, "cannot read the previous value back; the revocation is checked by listing only")
+                }
+            }
+        }
         // Every old credential is tried even when one fails: after a suspected exposure each
         // one revoked counts, and a refused one must not shield the others.
         let mut failures = Vec::new();
@@ -896,8 +926,15 @@ impl Engine {
                         self.save(&mut work.rotation, &work.lease).await?;
                     }
                     crash_point(&format!("revoked-{i}"));
-                    self.note(work, "revoke", "done", &format!("revoked {id} ({result:?}); it is rejected now"))
-                        .await?;
+                    let detail = match result {
+                        (revoked, true) => format!("revoked {id} ({revoked:?}); its secret was presented and refused"),
+                        (revoked, false) => {
+                            format!(
+                                "revoked {id} ({revoked:?}); no longer listed (its secret was not at hand to present)"
+                            )
+                        }
+                    };
+                    self.note(work, "revoke", "done", &detail).await?;
                     work.revoked.push(id.clone());
                 }
                 Err(message) => {
@@ -920,14 +957,37 @@ impl Engine {
         self.advance(work, Phase::Completed, "complete", &detail).await
     }
 
-    /// Revokes one old credential and checks that it took: its secret (when this process read
-    /// it) must now be rejected, and it must no longer be listed as active.
-    // TODO-correctness: a later run (after a grace) has no old secret and only checks the
-    // listing; it could read the old value back from AWSPREVIOUS or the previous Vault version.
-    async fn revoke_one(&self, work: &Work<'_>, id: &str) -> Result<toktra::Revoked, String> {
+    /// Why the old credentials must not be revoked now, if so: a destination of this policy
+    /// serves one of them again (an operator rolled back to `AWSPREVIOUS` or ran `vault kv
+    /// rollback` during the grace), or the journal says another policy still serves one (two
+    /// policies adopted the same legacy credential). The journal's word alone is not enough to
+    /// cut off consumers.
+    async fn still_served(&self, work: &Work<'_>, old: &[String]) -> Result<Option<String>, StepError> {
+        let mut reasons = Vec::new();
+        for destination in &work.destinations {
+            if let Some(current) = self.retry(work.deadline, || destination.current()).await?
+                && old.contains(&current.id)
+            {
+                reasons.push(format!("{} serves {} again", destination.label(), current.id));
+            }
+        }
+        for id in old {
+            for other in self.journal.holders(id, &work.policy.name).await? {
+                reasons.push(format!("policy `{other}` still serves {id}"));
+            }
+        }
+        Ok((!reasons.is_empty()).then(|| format!("{HELD}: {}", reasons.join("; "))))
+    }
+
+    /// Revokes one old credential and checks that it took: its secret (read at the start, or
+    /// back from a destination's previous value) must now be rejected, and it must no longer be
+    /// listed as active.
+    /// Returns whether the secret was presented.
+    async fn revoke_one(&self, work: &Work<'_>, id: &str) -> Result<(toktra::Revoked, bool), String> {
         let kind = work.rotation.kind;
         let result = self.toktra.revoke(kind, id).await.map_err(|e| e.to_string())?;
         if let Some(secret) = work.old_secrets.get(id) {
+            tracing::debug!(policy = %work.policy.name, credential = id, "checking that the revoked credential is rejected");
             match self.toktra.probe_until(kind, id, secret, work.deadline).await {
                 Ok(Probe::Rejected) => {}
                 Ok(Probe::Accepted) => return Err(format!("{id} still authenticates after revocation")),
@@ -937,7 +997,7 @@ impl Engine {
         if self.toktra.list(kind).await.map_err(|e| e.to_string())?.iter().any(|c| c.id == id) {
             return Err(format!("{id} is still listed after revocation"));
         }
-        Ok(result)
+        Ok((result, work.old_secrets.contains_key(id)))
     }
 
     async fn roll_back(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
@@ -1022,6 +1082,7 @@ impl Engine {
             destinations: rotation.destinations.clone(),
             revoke_after: rotation.revoke_after,
             waiting: rotation.waiting.clone(),
+            held: rotation.waiting.as_deref().is_some_and(|w| w.starts_with(HELD)),
             error: rotation.error.clone(),
             compromise,
             resumed,

@@ -430,6 +430,37 @@ impl Journal {
     }
 
     /// Most recent rotations first; all policies when `policy` is `None`.
+    /// Policies other than `except` that still serve `credential` as far as the journal knows:
+    /// their latest rotation set out to replace it and has not promoted (in flight, or failed
+    /// and rolled back, so their destinations still hold it), or made it current.
+    // TODO-correctness: a policy that holds the credential but has never rotated is unknown to
+    // the journal; only its destinations know.
+    pub async fn holders(&self, credential: &str, except: &str) -> Result<Vec<String>, Error> {
+        // A text match finds the candidates (LIKE's wildcards only widen it); the latest rotation
+        // of each decides exactly.
+        let pattern = format!("%{}%", serde_json::to_string(credential).unwrap_or_default());
+        let rows = sqlx::query(
+            "SELECT DISTINCT policy FROM rotations WHERE policy <> $1 AND (old_credentials LIKE $2 OR new_credential_id = $3)",
+        )
+        .bind(except)
+        .bind(pattern)
+        .bind(credential)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| Error::Query { what: "find holders", source })?;
+        let mut holders = Vec::new();
+        for row in rows {
+            let policy: String = row.try_get(0).map_err(|source| Error::Query { what: "find holders", source })?;
+            let Some(latest) = self.history(Some(&policy), 1).await?.into_iter().next() else { continue };
+            let replacing = latest.old_credentials.iter().any(|c| c == credential) && !latest.phase.is_promoted();
+            let made_current = latest.new_credential_id.as_deref() == Some(credential) && latest.phase.is_promoted();
+            if replacing || made_current {
+                holders.push(policy);
+            }
+        }
+        Ok(holders)
+    }
+
     pub async fn history(&self, policy: Option<&str>, limit: i64) -> Result<Vec<Rotation>, Error> {
         let sql = format!(
             "SELECT {COLUMNS} FROM rotations WHERE ($1 = '' OR policy = $1) ORDER BY started_at DESC, id DESC LIMIT {}",

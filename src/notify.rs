@@ -42,6 +42,12 @@ pub enum Event {
         held_by: Vec<String>,
         seconds_to_containment: Option<f64>,
     },
+    /// An old credential's revocation waits because something still serves it.
+    RevocationHeld {
+        policy: String,
+        rotation_id: String,
+        why: String,
+    },
 }
 
 impl Event {
@@ -51,7 +57,8 @@ impl Event {
             | Event::RotationSucceeded { policy, .. }
             | Event::PolicyOverdue { policy, .. }
             | Event::OrphanFound { policy, .. }
-            | Event::CompromiseContained { policy, .. } => policy,
+            | Event::CompromiseContained { policy, .. }
+            | Event::RevocationHeld { policy, .. } => policy,
         }
     }
 
@@ -79,6 +86,9 @@ impl Event {
                 held_by.join("; "),
                 seconds_to_containment.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "?".into())
             ),
+            Event::RevocationHeld { policy, rotation_id, why } => {
+                format!(":warning: rotator: `{policy}` ({rotation_id}): {why}")
+            }
         }
     }
 

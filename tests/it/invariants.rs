@@ -159,3 +159,173 @@ async fn a_failure_after_promotion_never_wedges_the_policy() {
     )
     .await;
 }
+
+/// Leaves a rotation of `spec` promoted with its old credential not yet revoked (a crash right
+/// after promotion, grace 0s); returns the env without the crash setting.
+async fn promoted_then_crash(env: Env, name: &str) -> Env {
+    let crashing = Env { env: vec![("ROTATOR_CRASH_AT".into(), "promoted".into())], ..env };
+    let run = crashing.rotator(&["rotate", name]).await;
+    assert_eq!(run.code, -1, "{name} died after promotion\n{}", run.stderr);
+    Env { env: Vec::new(), ..crashing }
+}
+
+/// During the grace an operator rolls back: AWS `AWSCURRENT` moved back to the previous version,
+/// Vault's old data written again (what `vault kv rollback` does). The old credential is served
+/// again, so its revocation is held (status says why, the CLI exits 1, no new rotation starts
+/// over it) until the destination no longer serves it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_during_the_grace_holds_the_revocation() {
+    for aws in [true, false] {
+        let env = Env::start().await;
+        let spec = Spec {
+            name: "rolled".into(),
+            kind: if aws { CredentialKind::ApiKey } else { CredentialKind::OauthClient },
+            dests: vec![if aws {
+                Dest::Aws(format!("{}/rolled", env.prefix))
+            } else {
+                Dest::Vault(format!("{}/rolled", env.prefix))
+            }],
+            grace: "0s",
+        };
+        env.policy("rolled.yaml", &spec.yaml());
+        let legacy = env.legacy(spec.kind, "rolled-legacy").await;
+        env.seed(&spec, &legacy).await;
+        let old = (spec.kind, legacy.id.clone(), legacy.secret.expose().to_string());
+        let env = promoted_then_crash(env, "rolled").await;
+
+        // The operator's rollback; what it takes to undo it is kept.
+        let path = format!("{}/rolled", env.prefix);
+        let mut aws_versions = None;
+        let mut vault_promoted = None;
+        if aws {
+            let stages = env.aws_stages(&path).await;
+            let holder =
+                |label: &str| stages.iter().find(|(_, s)| s.iter().any(|l| l == label)).map(|(v, _)| v.clone());
+            let (current, previous) = (holder("AWSCURRENT").unwrap(), holder("AWSPREVIOUS").unwrap());
+            move_current(&env, &path, &previous, &current).await;
+            aws_versions = Some((current, previous));
+        } else {
+            vault_promoted = env.vault_data(&path).await;
+            env.vault_put(&path, env.vault_version(&path, 1).await.unwrap()).await;
+        }
+        let creates = env.sim.stats().creates;
+        let run = env.rotator(&["rotate", "rolled"]).await;
+        assert_eq!(run.code, 1, "aws={aws}: held revocations need attention\n{}\n{}", run.stdout, run.stderr);
+        assert!(
+            env.accepted(old.0, &old.1, &old.2).await,
+            "aws={aws}: served again, so it still works\n{}",
+            run.stdout
+        );
+        assert_eq!(env.sim.stats().creates, creates, "aws={aws}: no rotation started over the held one");
+        let status = env.rotator(&["status", "--format", "json"]).await;
+        let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        let why = rows[0]["pending_revocations"][0]["why"].as_str().unwrap_or_default().to_string();
+        assert!(why.contains("revocation held") && why.contains(&old.1), "aws={aws}: {}", status.stdout);
+
+        // Rollback undone: the revocation goes ahead.
+        if let Some((current, previous)) = &aws_versions {
+            move_current(&env, &path, current, previous).await;
+        }
+        if let Some(promoted) = vault_promoted {
+            env.vault_put(&path, promoted).await;
+        }
+        let run = env.rotator(&["rotate", "rolled"]).await;
+        assert_eq!(run.code, 0, "aws={aws}\n{}\n{}", run.stdout, run.stderr);
+        env.assert_converged(&[spec], &[old]).await;
+    }
+}
+
+/// Moves AWS's `AWSCURRENT` label of `secret_id` from version `from` to `to`, as an operator would.
+async fn move_current(env: &Env, secret_id: &str, to: &str, from: &str) {
+    env.aws()
+        .update_secret_version_stage()
+        .secret_id(secret_id)
+        .version_stage("AWSCURRENT")
+        .move_to_version_id(to)
+        .remove_from_version_id(from)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Two policies adopted the same legacy key. While one of them still serves it (its rotation
+/// has not promoted), the other's rotation does not revoke it; once both replaced it, it goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_another_policy_still_serves_is_not_revoked() {
+    let env = Env::start().await;
+    let first = Spec {
+        name: "shared-a".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(PathBuf::from("out/shared-a.json"))],
+        grace: "0s",
+    };
+    let second =
+        Spec { name: "shared-b".into(), dests: vec![Dest::File(PathBuf::from("out/shared-b.json"))], ..first.clone() };
+    let legacy = env.legacy(CredentialKind::ApiKey, "shared-legacy").await;
+    for spec in [&first, &second] {
+        env.policy(&format!("{}.yaml", spec.name), &spec.yaml());
+        env.seed(spec, &legacy).await;
+    }
+    // `shared-b` is mid-rotation (staged, not promoted): its consumers still read the key. Its
+    // policy is then edited, so runs leave that rotation alone until the edit is undone (every
+    // run resumes every policy's unfinished rotations).
+    let crashing = Env { env: vec![("ROTATOR_CRASH_AT".into(), "staged".into())], ..env };
+    assert_eq!(crashing.rotator(&["rotate", "shared-b"]).await.code, -1);
+    let env = Env { env: Vec::new(), ..crashing };
+    let mut edited = second.clone();
+    edited.dests.push(Dest::File(PathBuf::from("out/shared-b-2.json")));
+    env.policy("shared-b.yaml", &edited.yaml());
+
+    let run = env.rotator(&["rotate", "shared-a"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("policy `shared-b` still serves"), "{}", run.stdout);
+    assert!(
+        env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await,
+        "shared-b's consumers work"
+    );
+
+    env.policy("shared-b.yaml", &second.yaml());
+    // (The run resumes `shared-a`'s held rotation too; it may look before `shared-b` promotes.)
+    let run = env.rotator(&["rotate", "shared-b", "--format", "json"]).await;
+    let outcomes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let b = outcomes.as_array().unwrap().iter().find(|p| p["policy"] == "shared-b").unwrap();
+    assert_eq!(b["rotations"].as_array().unwrap().last().unwrap()["status"], "completed", "{}", run.stdout);
+    let run = env.rotator(&["rotate", "shared-a"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    env.assert_converged(
+        &[first, second],
+        &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())],
+    )
+    .await;
+}
+
+/// A run after the grace no longer has the old secret in memory; it reads it back from the
+/// destination's previous value (AWS `AWSPREVIOUS`) and checks Toktra now rejects it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_after_the_grace_is_checked_with_the_previous_value() {
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "checked".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Aws(format!("{}/checked", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("checked.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "checked-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let env = promoted_then_crash(env, "checked").await;
+    let run = env.rotator(&["rotate", "checked"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let history = env.rotator(&["history", "checked", "--steps", "--format", "json"]).await;
+    let rotations: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let resumed = rotations.as_array().unwrap().iter().find(|r| r["old_credentials"][0] == legacy.id.as_str()).unwrap();
+    let revoke = resumed["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "revoke" && s["status"] == "done")
+        .unwrap_or_else(|| panic!("{resumed}"));
+    assert!(revoke["detail"].as_str().unwrap().contains("presented and refused"), "{revoke}");
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
+}
