@@ -390,7 +390,7 @@ pub async fn engine(config: &Config, policies: &[&Policy], journal: Journal) -> 
         toktra: Arc::new(toktra),
         journal,
         clients: Arc::new(clients),
-        options: engine::Options::default(),
+        options: engine::Options { rotation_budget: config.rotation_budget, ..Default::default() },
         stop: None,
     })
 }
@@ -560,6 +560,23 @@ pub fn check_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
         })
         .map(|(p, _)| p.as_str())
         .collect();
+    let outage: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, r)| {
+            r.as_ref().is_ok_and(|list| {
+                list.last()
+                    .is_some_and(|o| o.compromise.as_ref().is_some_and(|c| c.outage_accepted) && !o.phase.is_promoted())
+            })
+        })
+        .map(|(p, _)| p.as_str())
+        .collect();
+    if !outage.is_empty() {
+        return Err(Failure::Failed(format!(
+            "CONSUMERS OF {} HAVE NO WORKING CREDENTIAL: the old credentials were revoked first and no new one \
+             is promoted yet; run the same `rotator rotate` again (it resumes) and see `rotator status`",
+            outage.join(", ")
+        )));
+    }
     if failed.is_empty() {
         Ok(())
     } else {
@@ -674,7 +691,7 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         toktra: Arc::new(toktra),
         journal,
         clients: Arc::new(clients),
-        options: engine::Options::default(),
+        options: engine::Options { rotation_budget: config.rotation_budget, ..Default::default() },
         stop: None,
     };
     let metrics = Arc::new(crate::metrics::Metrics::default());

@@ -67,6 +67,9 @@ pub struct Config {
     pub tick: Duration,
     /// How long SIGTERM waits for the steps in flight.
     pub shutdown_timeout: Duration,
+    /// How long one rotation retries transient failures in one run (and, after
+    /// `--revoke-first`, mints again) before it stops and a later run resumes it.
+    pub rotation_budget: Duration,
     pub toktra_url: String,
     pub toktra_auth: Option<ManagementAuth>,
     pub toktra_timeout: Duration,
@@ -121,6 +124,7 @@ struct File {
     concurrency: Option<usize>,
     tick: Option<String>,
     shutdown_timeout: Option<String>,
+    rotation_budget: Option<String>,
     #[serde(default)]
     toktra: ToktraFile,
     #[serde(default)]
@@ -269,6 +273,11 @@ impl Config {
             var("ROTATOR_SHUTDOWN_TIMEOUT").or(file.shutdown_timeout),
             Duration::from_secs(60),
         )?;
+        let rotation_budget = parse_duration(
+            "ROTATOR_ROTATION_BUDGET",
+            var("ROTATOR_ROTATION_BUDGET").or(file.rotation_budget),
+            Duration::from_secs(15 * 60),
+        )?;
 
         let toktra_auth = match (var("TOKTRA_API_KEY"), var("TOKTRA_CLIENT_ID").or(file.toktra.client_id.clone())) {
             (Some(_), Some(_)) if var("TOKTRA_CLIENT_ID").is_some() => {
@@ -364,6 +373,7 @@ impl Config {
             concurrency,
             tick,
             shutdown_timeout,
+            rotation_budget,
             toktra_url: var("TOKTRA_API_URL").or(file.toktra.api_url).unwrap_or_else(|| DEFAULT_TOKTRA_URL.into()),
             toktra_auth,
             toktra_timeout,

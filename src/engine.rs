@@ -137,6 +137,9 @@ fn crash_point(point: &str) {
     }
 }
 
+/// Said of a `--revoke-first` rotation that has not promoted a new credential yet.
+pub const NO_WORKING_CREDENTIAL: &str = "consumers have no working credential: the old ones were revoked first (--revoke-first) and no new one is promoted yet";
+
 /// How the `waiting` of a rotation whose revocation is held begins; see [`Outcome::held`].
 pub const HELD: &str = "revocation held";
 
@@ -195,6 +198,8 @@ struct Work<'a> {
     revoked: Vec<String>,
     lease: journal::Lease,
     deadline: Instant,
+    /// Mints after `--revoke-first` that failed and were cleaned up, for the backoff.
+    attempts: u32,
 }
 
 /// A failed step. `rollback` overrides the default (roll back before promotion, go forward
@@ -544,6 +549,7 @@ impl Engine {
             revoked: Vec::new(),
             lease: held.lease.clone(),
             deadline: Instant::now() + self.options.rotation_budget,
+            attempts: 0,
         };
         let mut lost = held.lost.clone();
         loop {
@@ -700,6 +706,14 @@ impl Engine {
         let revoked = self.revoke_named(work, None).await?;
         for destination in &work.destinations {
             self.retry(work.deadline, || destination.discard(&work.rotation.id)).await?;
+        }
+        if Self::outage(&work.rotation) {
+            // Never "failed" while consumers have nothing: mint again now.
+            let detail = format!("revoked unrecoverable mint(s) [{}]", revoked.join(", "));
+            work.revoked.extend(revoked);
+            work.memory.started_here = true;
+            self.note(work, "abandon", "done", &format!("{detail}; minting again ({NO_WORKING_CREDENTIAL})")).await?;
+            return Ok(Flow::Continue);
         }
         work.rotation.error.get_or_insert_with(|| "interrupted before the new credential was staged".into());
         let detail = if revoked.is_empty() {
@@ -1020,9 +1034,45 @@ impl Engine {
             Ok(strays) => revoked.extend(strays),
             Err(e) => return Err(self.failed(work, "rollback", e.message).await),
         }
+        work.revoked.extend(revoked.clone());
+        if Self::outage(&work.rotation) {
+            let detail = format!("cleaned up the failed attempt; revoked [{}]", revoked.join(", "));
+            return self.mint_again(work, &detail).await;
+        }
         let detail = format!("rolled back; revoked [{}]; the old credential stays current", revoked.join(", "));
-        work.revoked.extend(revoked);
         self.advance(work, Phase::Failed, "rollback", &detail).await
+    }
+
+    /// `--revoke-first` revoked the old credentials already: consumers have no working
+    /// credential until a new one is promoted.
+    fn outage(rotation: &Rotation) -> bool {
+        rotation.revoke_first && rotation.revoked_at.is_some()
+    }
+
+    /// During a `--revoke-first` outage a rotation only rolls forward: the failed attempt was
+    /// cleaned up (its credential revoked), and a new one is minted after a backoff, until the
+    /// run's deadline; then the rotation stays unfinished, saying so, for the next run.
+    async fn mint_again(&self, work: &mut Work<'_>, detail: &str) -> Result<Flow, StepError> {
+        let cause = work.rotation.error.clone().unwrap_or_default();
+        let message = format!("{NO_WORKING_CREDENTIAL}; the last attempt failed: {cause}");
+        work.rotation.phase = Phase::Started;
+        work.rotation.new_credential_id = None;
+        work.rotation.new_fingerprint = None;
+        work.rotation.error = Some(message.clone());
+        work.new = None;
+        work.memory = Memory { started_here: true, has_secret: false };
+        self.save(&mut work.rotation, &work.lease).await?;
+        self.note(work, "retry", "done", &format!("{detail}; minting again ({NO_WORKING_CREDENTIAL})")).await?;
+        work.attempts += 1;
+        let left = work.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(StepError { message, rollback: Some(false) });
+        }
+        let delay =
+            Duration::from_millis(250 * (1 << work.attempts.min(7))).min(left).mul_f64(rand::random::<f64>().max(0.5));
+        tracing::error!(policy = %work.policy.name, rotation = %work.rotation.id, attempt = work.attempts, delay_ms = delay.as_millis() as u64, "{NO_WORKING_CREDENTIAL}; minting again");
+        tokio::time::sleep(delay).await;
+        Ok(Flow::Continue)
     }
 
     /// Retries a destination operation on transient errors with exponential backoff and full

@@ -81,6 +81,9 @@ pub struct Faults {
     pub create_timeout_rate: f64,
     /// Delay of a create hit by `create_timeout_rate`; 0 means 30000.
     pub create_timeout_delay_ms: u64,
+    /// Share of creates answered `500 internal_error` without doing anything (the create
+    /// endpoint failing while the rest of the API works).
+    pub create_error_rate: f64,
     /// Credential IDs whose revocation is refused with `403 forbidden` (a vendor protecting a
     /// credential, or a management credential lacking the right), until the list changes.
     pub refuse_revocation: Vec<String>,
@@ -95,6 +98,7 @@ impl Faults {
             ("rate_limit_rate", self.rate_limit_rate),
             ("drop_rate", self.drop_rate),
             ("create_timeout_rate", self.create_timeout_rate),
+            ("create_error_rate", self.create_error_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -1234,7 +1238,8 @@ async fn v1(State(shared): State<Arc<Shared>>, ConnectInfo(conn): ConnectInfo<Co
         // Never reaches the client: writing it fails on the killed connection.
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    if roll(faults.error_rate) {
+    let creates = matches!(call.route, Route::Bearer(Endpoint::CreateClient | Endpoint::CreateKey));
+    if roll(faults.error_rate) || (creates && roll(faults.create_error_rate)) {
         return shared.finish(shared.injected_error(&call));
     }
     if roll(faults.rate_limit_rate) {

@@ -329,3 +329,49 @@ async fn a_revocation_after_the_grace_is_checked_with_the_previous_value() {
     env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
         .await;
 }
+
+/// `--revoke-first` leaves consumers with nothing until a new credential is promoted, so a
+/// failure afterwards never rolls the rotation back to "failed": each failed attempt is cleaned
+/// up (its credential revoked) and minting is tried again, within the run's budget; then the
+/// CLI exits 1 saying plainly that consumers have no working credential, and the next run
+/// resumes and finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_first_only_rolls_forward() {
+    use rotator::toktra::sim::Faults;
+
+    let mut env = Env::start().await;
+    let spec = Spec {
+        name: "outage".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(PathBuf::from("out/outage.json"))],
+        grace: "0s",
+    };
+    env.policy("outage.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "outage-legacy").await;
+    env.seed(&spec, &legacy).await;
+    env.sim.set_faults(Faults { create_error_rate: 1.0, ..Default::default() });
+    env.env.push(("ROTATOR_ROTATION_BUDGET".into(), "3s".into()));
+    let args = ["rotate", "outage", "--compromised", "--revoke-first", "--reason", "key in a public repo"];
+    let run = env.rotator(&args).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("CONSUMERS OF outage HAVE NO WORKING CREDENTIAL"), "{}", run.stderr);
+    assert!(!env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await, "revoked first");
+    let history = env.rotator(&["history", "outage", "--steps", "--format", "json"]).await;
+    let rotations: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_ne!(rotations[0]["phase"], "failed", "never failed during an outage: {}", history.stdout);
+    let retries = rotations[0]["steps"].as_array().unwrap().iter().filter(|s| s["step"] == "retry").count();
+    assert!(retries >= 1, "minted again after a failure ({retries} retries): {}", history.stdout);
+    let status = env.rotator(&["status", "--format", "json"]).await;
+    assert!(status.stdout.contains("consumers have no working credential"), "{}", status.stdout);
+
+    // Toktra recovers: the next run resumes the same rotation and promotes.
+    env.sim.set_faults(Faults::default());
+    let run = env.rotator(&["rotate", "outage", "--format", "json"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let outcomes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let first = &outcomes[0]["rotations"][0];
+    assert_eq!(first["rotation_id"], rotations[0]["id"], "the same rotation finished: {}", run.stdout);
+    assert_eq!(first["status"], "completed", "{}", run.stdout);
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
+}
