@@ -811,33 +811,27 @@ impl Engine {
 
     async fn promote(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let new_id = work.rotation.new_credential_id.clone().unwrap_or_default();
-        let mut promoted = 0;
         for (i, destination) in work.destinations.iter().enumerate() {
             let label = destination.label();
             // Promote only over what this rotation set out to replace: a destination changed by
             // hand since the start holds a credential nobody would revoke.
             let current = match self.retry(work.deadline, || destination.current()).await {
                 Ok(current) => current,
-                Err(e) => return Err(self.promote_failed(work, promoted, e.is_transient(), e.to_string()).await),
+                Err(e) => return Err(self.promote_failed(work, e.is_transient(), e.to_string()).await),
             };
-            if let Some(current) = &current {
-                let ours = current.rotation_id.as_deref() == Some(work.rotation.id.as_str());
-                if ours {
-                    promoted += 1;
-                } else if !work.rotation.old_credentials.contains(&current.id) {
-                    let message = format!(
-                        "{label} now holds credential {}, which this rotation did not set out to replace (changed by hand?)",
-                        current.id
-                    );
-                    return Err(self.promote_failed(work, promoted, false, message).await);
-                }
+            if let Some(current) = &current
+                && !serves(current, &work.rotation)
+                && !work.rotation.old_credentials.contains(&current.id)
+            {
+                let message = format!(
+                    "{label} now holds credential {}, which this rotation did not set out to replace (changed by hand?)",
+                    current.id
+                );
+                return Err(self.promote_failed(work, false, message).await);
             }
             self.note(work, "promote", "intent", &format!("promote {new_id} in {label}")).await?;
             if let Err(e) = self.retry(work.deadline, || destination.promote(&work.rotation.id)).await {
-                return Err(self.promote_failed(work, promoted, e.is_transient(), e.to_string()).await);
-            }
-            if current.as_ref().and_then(|c| c.rotation_id.as_deref()) != Some(work.rotation.id.as_str()) {
-                promoted += 1;
+                return Err(self.promote_failed(work, e.is_transient(), e.to_string()).await);
             }
             self.note(work, "promote", "done", &format!("current in {label}")).await?;
             crash_point(&format!("promoted-{i}"));
@@ -849,12 +843,27 @@ impl Engine {
         self.advance(work, Phase::Promoted, "promote", &format!("{new_id} is current in every destination")).await
     }
 
-    /// A promotion failed after `promoted` destinations took the new value. While none has,
-    /// consumers still read the old credential everywhere, so a permanent failure rolls back;
-    /// otherwise the rotation waits to be resumed forward.
-    async fn promote_failed(&self, work: &Work<'_>, promoted: usize, transient: bool, message: String) -> StepError {
+    /// A promotion failed somewhere. A destination's `promote` can change what consumers read
+    /// and still fail (Vault: the data written, the metadata update refused; AWS: `AWSCURRENT`
+    /// moved, `AWSPENDING` not cleared), so every destination is read back, and
+    /// [`after_failed_promotion`] decides from what they serve now.
+    async fn promote_failed(&self, work: &Work<'_>, transient: bool, message: String) -> StepError {
+        let mut serving = Vec::new();
+        for destination in &work.destinations {
+            serving.push(match self.retry(work.deadline, || destination.current()).await {
+                Ok(current) => Some(current.is_some_and(|c| serves(&c, &work.rotation))),
+                Err(e) => {
+                    tracing::warn!(policy = %work.policy.name, destination = %destination.label(), error = %e, "cannot read the destination back after a failed promotion");
+                    None
+                }
+            });
+        }
+        let decision = after_failed_promotion(&serving, transient);
         let mut error = self.failed(work, "promote", message).await;
-        error.rollback = Some(promoted == 0 && !transient);
+        error.rollback = Some(decision == AfterPromotion::RollBack);
+        if decision == AfterPromotion::Forward && serving.contains(&Some(true)) {
+            error.message.push_str("; the new credential is current in part, so the rotation only goes forward");
+        }
         error
     }
 
@@ -1024,6 +1033,18 @@ impl Engine {
         let kind = work.rotation.kind;
         let mut revoked = Vec::new();
         if let Some(id) = work.rotation.new_credential_id.clone() {
+            // Never revoke what a destination serves: that is an outage, whatever the journal says.
+            for destination in &work.destinations {
+                if let Some(current) = self.retry(work.deadline, || destination.current()).await?
+                    && current.id == id
+                {
+                    let message = format!(
+                        "{} serves the new credential {id}; not rolling back (it would cut its consumers off)",
+                        destination.label()
+                    );
+                    return Err(self.failed(work, "rollback", message).await);
+                }
+            }
             if let Err(e) = self.toktra.revoke(kind, &id).await {
                 return Err(self.failed(work, "rollback", e.to_string()).await);
             }
@@ -1142,6 +1163,33 @@ impl Engine {
     }
 }
 
+/// Whether a destination's current value is the new credential of `rotation`.
+fn serves(current: &Record, rotation: &Rotation) -> bool {
+    current.rotation_id.as_deref() == Some(rotation.id.as_str())
+        || rotation.new_credential_id.as_deref() == Some(current.id.as_str())
+}
+
+/// Where a rotation goes after a failed promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterPromotion {
+    /// Discard staged values and revoke the new credential: no consumer reads it.
+    RollBack,
+    /// Stay `verified`; a later run promotes the rest.
+    Forward,
+}
+
+/// Decides from what each destination serves now (`Some(true)`: the new credential,
+/// `Some(false)`: something else, `None`: could not be read) and whether the failure may pass by
+/// itself. Rolling back revokes the new credential, so it is chosen only when every destination
+/// is known not to serve it and trying again cannot help.
+pub(crate) fn after_failed_promotion(serving: &[Option<bool>], transient: bool) -> AfterPromotion {
+    if !transient && serving.iter().all(|s| *s == Some(false)) {
+        AfterPromotion::RollBack
+    } else {
+        AfterPromotion::Forward
+    }
+}
+
 /// Whether `holder` (`host:pid:random`) is a process of this host (`this` is `host:pid`) that no
 /// longer runs. PIDs can be reused; a reused PID only delays the takeover until the lease expires.
 // TODO-robustness: containers sharing a hostname but not a PID namespace would misjudge each
@@ -1151,4 +1199,30 @@ fn dead_local_holder(holder: &str, this: &str) -> bool {
     let (Some(host), Some(pid)) = (parts.next(), parts.next()) else { return false };
     let this_host = this.split(':').next().unwrap_or_default();
     host == this_host && pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AfterPromotion, after_failed_promotion};
+
+    /// The destinations' answers after a failed promotion, for AWS (`AWSCURRENT` moved but
+    /// `AWSPENDING` not cleared), Vault (data written, metadata refused) and files (renamed, the
+    /// directory fsync failed) alike: a destination serving the new credential forbids a rollback.
+    #[test]
+    fn a_destination_serving_the_new_credential_forbids_a_rollback() {
+        use AfterPromotion::*;
+        let table: &[(&[Option<bool>], bool, AfterPromotion)] = &[
+            (&[Some(false)], false, RollBack),
+            (&[Some(false), Some(false)], false, RollBack),
+            (&[Some(false)], true, Forward),
+            (&[Some(true)], false, Forward),
+            (&[Some(false), Some(true)], false, Forward),
+            (&[Some(true), Some(false)], false, Forward),
+            (&[None], false, Forward),
+            (&[Some(false), None], false, Forward),
+        ];
+        for (serving, transient, expected) in table {
+            assert_eq!(after_failed_promotion(serving, *transient), *expected, "{serving:?} transient={transient}");
+        }
+    }
 }

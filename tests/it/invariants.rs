@@ -375,3 +375,67 @@ async fn revoke_first_only_rolls_forward() {
     env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
         .await;
 }
+
+/// Promotion half-applied: Vault takes the new data (consumers read it) but refuses the
+/// `custom_metadata` update (an ACL that allows `data/` but not writes to `metadata/`). The
+/// destination serves the new credential, so it counts as promoted: the rotation never rolls
+/// back and revokes what consumers now read; it stays unfinished, says why, and completes once
+/// the permission is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_applied_promotion_is_not_rolled_back() {
+    let mut env = Env::start().await;
+    let spec = Spec {
+        name: "half".into(),
+        kind: CredentialKind::OauthClient,
+        dests: vec![Dest::Vault(format!("{}/half", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("half.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::OauthClient, "half-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let prefix = &env.prefix;
+    let hcl = format!(
+        r#"path "secret/data/{prefix}/*" {{ capabilities = ["create", "read", "update"] }}
+path "secret/metadata/{prefix}/*" {{ capabilities = ["read"] }}
+path "secret/data/_rotator/staging/{prefix}/*" {{ capabilities = ["create", "read", "update", "delete"] }}
+path "secret/metadata/_rotator/staging/{prefix}/*" {{ capabilities = ["read", "delete"] }}
+"#
+    );
+    let (status, body) = env
+        .vault(reqwest::Method::PUT, &format!("sys/policies/acl/{prefix}"), Some(serde_json::json!({ "policy": hcl })))
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let (status, body) = env
+        .vault(
+            reqwest::Method::POST,
+            "auth/token/create",
+            Some(serde_json::json!({ "policies": [prefix], "ttl": "1h" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    env.env.push(("VAULT_TOKEN".into(), body["auth"]["client_token"].as_str().unwrap().to_string()));
+
+    let run = env.rotator(&["rotate", "half"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let served = env.served(&spec.dests[0]).await.unwrap();
+    let new_id = text(&served, "client_id");
+    assert_ne!(new_id, legacy.id, "the data write took: consumers read the new client");
+    assert!(
+        env.accepted(CredentialKind::OauthClient, &new_id, &text(&served, "client_secret")).await,
+        "the client consumers read was not revoked\n{}",
+        run.stdout
+    );
+    let history = env.rotator(&["history", "half", "--format", "json"]).await;
+    let rotations: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(rotations[0]["phase"], "verified", "unfinished, not failed: {}", history.stdout);
+
+    // With the permission back, the next run completes.
+    env.env.clear();
+    let run = env.rotator(&["rotate", "half", "--format", "json"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    env.assert_converged(
+        &[spec],
+        &[(CredentialKind::OauthClient, legacy.id.clone(), legacy.secret.expose().to_string())],
+    )
+    .await;
+}
