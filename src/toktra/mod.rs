@@ -256,6 +256,9 @@ impl Client {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("rotator/", env!("CARGO_PKG_VERSION")))
+            // Every request carries a credential (a bearer token, or a client secret in the form
+            // body, which a 307/308 would send again): a redirect is an error, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Settings(format!("http client: {e}")))?;
         Ok(Client {
@@ -611,7 +614,8 @@ impl Client {
                         && sent.as_ref().is_none_or(|s| !echoes(m, s.expose()))
                 })
                 // Shortened only after the check, so a cut cannot split an echoed secret past it.
-                .map(|m| m.chars().take(200).collect::<String>());
+                .map(|m| m.chars().take(200).collect::<String>())
+                .or_else(|| status.is_redirection().then(|| "redirects are not followed".to_string()));
             let err = Error::Api { what: what.to_string(), status: status.as_u16(), code, message };
             if status == StatusCode::TOO_MANY_REQUESTS {
                 // 429 means the request was not processed, so even a create may be sent again.

@@ -1,0 +1,116 @@
+//! Hardening (issue #8 item 13): credentials never follow a redirect, plain HTTP only to
+//! loopback, a hostile or broken Toktra cannot panic the client or flood the logs, and the
+//! unauthenticated API cannot be driven by a web page.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::http::{StatusCode, Uri, header};
+use rotator::policy::CredentialKind;
+use serde_json::json;
+
+use crate::harness::{Dest, Env, Spec};
+
+/// A local listener that records every request it receives (method, URI, headers, body).
+struct Recorder {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let store = seen.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let store = store.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                store.lock().unwrap().push(format!(
+                    "{} {} {:?} {}",
+                    parts.method,
+                    parts.uri,
+                    parts.headers,
+                    String::from_utf8_lossy(&body)
+                ));
+                axum::Json(json!({ "items": [], "access_token": "recorded", "expires_in": 3600 }))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Recorder { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A local server answering every request with `307` to the same path at `target`.
+async fn redirector(target: SocketAddr) -> SocketAddr {
+    let app = axum::Router::new().fallback(move |uri: Uri| async move {
+        (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("http://{target}{uri}"))])
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn toktra_calls_do_not_follow_redirects() {
+    for oauth in [false, true] {
+        let recorder = Recorder::start().await;
+        let redirect = redirector(recorder.addr).await;
+        let mut env = Env::start().await;
+        if oauth {
+            env.admin_client = Some(("cl_admin_redirect".into(), format!("tcs_{}", uuid::Uuid::new_v4().simple())));
+        }
+        env.env.push(("TOKTRA_API_URL".into(), format!("http://{redirect}/v1")));
+        let spec = Spec {
+            name: "redirected".into(),
+            kind: CredentialKind::ApiKey,
+            dests: vec![Dest::File("redirected.json".into())],
+            grace: "0s",
+        };
+        env.policy("redirected.yaml", &spec.yaml());
+        let run = env.rotator(&["rotate", "redirected"]).await;
+        assert_ne!(run.code, 0, "oauth={oauth}: the rotation cannot succeed through a redirect\n{}", run.stderr);
+        assert!(run.stderr.contains("307"), "oauth={oauth}: the error names the status:\n{}", run.stderr);
+        assert_eq!(recorder.seen(), Vec::<String>::new(), "oauth={oauth}: the redirect target received a request");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_calls_do_not_follow_redirects() {
+    let recorder = Recorder::start().await;
+    let redirect = redirector(recorder.addr).await;
+    let mut env = Env::start().await;
+    env.env.push(("VAULT_ADDR".into(), format!("http://{redirect}")));
+    let spec = Spec {
+        name: "vaulted".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/vaulted", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("vaulted.yaml", &spec.yaml());
+    // vaultrs's client (the KV calls) and rotator's own (sys/capabilities-self).
+    for args in [&["rotate", "vaulted"][..], &["plan"]] {
+        let run = env.rotator(args).await;
+        assert_ne!(run.code, 0, "{args:?}: cannot succeed through a redirect\n{}", run.stderr);
+        assert_eq!(recorder.seen(), Vec::<String>::new(), "{args:?}: the redirect target received a request");
+    }
+    // AppRole login: its body holds the secret ID.
+    std::fs::write(env.dir.join("secret-id"), "approle-secret-id").unwrap();
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        "[vault.approle]\nrole_id = \"rotator\"\nsecret_id_file = \"secret-id\"\n",
+    )
+    .unwrap();
+    env.env.push(("VAULT_TOKEN".into(), String::new()));
+    let run = env.rotator(&["rotate", "vaulted"]).await;
+    assert_ne!(run.code, 0, "approle login cannot succeed through a redirect\n{}", run.stderr);
+    assert!(run.stderr.contains("approle"), "{}", run.stderr);
+    assert_eq!(recorder.seen(), Vec::<String>::new(), "approle: the redirect target received a request");
+}
