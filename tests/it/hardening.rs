@@ -114,3 +114,61 @@ async fn vault_calls_do_not_follow_redirects() {
     assert!(run.stderr.contains("approle"), "{}", run.stderr);
     assert_eq!(recorder.seen(), Vec::<String>::new(), "approle: the redirect target received a request");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_is_refused_except_to_loopback() {
+    let mut env = Env::start().await;
+    let spec = Spec {
+        name: "plain".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("plain.json".into())],
+        grace: "0s",
+    };
+    env.policy("plain.yaml", &spec.yaml());
+    // Refused before anything is contacted: no network is needed to see exit 2 (an attempt to
+    // reach the host would fail with exit 1).
+    for (variable, value) in
+        [("TOKTRA_API_URL", "http://toktra.example.com/v1"), ("VAULT_ADDR", "http://vault.example.com:8200")]
+    {
+        env.env.push((variable.into(), value.into()));
+        for args in [&["rotate", "plain"][..], &["status"]] {
+            let run = env.rotator(args).await;
+            run.assert_code(2);
+            assert!(
+                run.stderr.contains(variable) && run.stderr.contains("https://"),
+                "{args:?}: the error names {variable} and says what to do:\n{}",
+                run.stderr
+            );
+        }
+        // The explicit override, from the environment or the file (`status` contacts neither
+        // Toktra nor Vault, so nothing leaves the machine).
+        env.env.push(("ROTATOR_ALLOW_INSECURE_HTTP".into(), "true".into()));
+        env.rotator(&["status"]).await.assert_code(0);
+        env.env.pop();
+        std::fs::write(env.dir.join("rotator.toml"), "allow_insecure_http = true\n").unwrap();
+        env.rotator(&["status"]).await.assert_code(0);
+        // The environment wins over the file.
+        env.env.push(("ROTATOR_ALLOW_INSECURE_HTTP".into(), "false".into()));
+        env.rotator(&["status"]).await.assert_code(2);
+        env.env.pop();
+        std::fs::remove_file(env.dir.join("rotator.toml")).unwrap();
+        env.env.pop();
+    }
+    env.env.push(("ROTATOR_ALLOW_INSECURE_HTTP".into(), "maybe".into()));
+    let run = env.rotator(&["status"]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("ROTATOR_ALLOW_INSECURE_HTTP"), "{}", run.stderr);
+    env.env.pop();
+    // The file's key is named when the URL comes from the file.
+    std::fs::write(env.dir.join("rotator.toml"), "[toktra]\napi_url = \"http://toktra.example.com/v1\"\n").unwrap();
+    env.env.push(("TOKTRA_API_URL".into(), String::new()));
+    let run = env.rotator(&["status"]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("toktra.api_url"), "{}", run.stderr);
+    env.env.pop();
+    std::fs::remove_file(env.dir.join("rotator.toml")).unwrap();
+
+    // Loopback by name works over plain http (every other test uses 127.0.0.1).
+    env.env.push(("TOKTRA_API_URL".into(), env.sim.base_url().replace("127.0.0.1", "localhost")));
+    env.rotator(&["rotate", "plain"]).await.assert_code(0);
+}
