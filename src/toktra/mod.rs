@@ -422,8 +422,7 @@ impl Client {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::Decode { what: what.clone(), detail: "no access_token".into() })?;
-        let lifetime = value.get("expires_in").and_then(Value::as_u64).unwrap_or(3_600);
-        Ok((Secret::new(token), Duration::from_secs(lifetime)))
+        Ok((Secret::new(token), token_lifetime(value.get("expires_in"))))
     }
 
     /// The bearer token for management calls, renewed shortly before it expires.
@@ -658,6 +657,28 @@ impl Client {
     }
 }
 
+/// A token's lifetime when `expires_in` is missing or makes no sense (Toktra's documented one).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3_600);
+/// The longest a token is believed to live, whatever the server says: a cached token is renewed
+/// at `Instant::now() + lifetime`, which panics on overflow (`expires_in: 18446744073709551615`).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3_600);
+
+/// `expires_in` read tolerantly: an integer, a float (`3600.0`) or a numeric string (`"3600"`),
+/// capped at [`MAX_TOKEN_LIFETIME`]. Missing, below a second, negative or unreadable counts as
+/// [`DEFAULT_TOKEN_LIFETIME`]: a token that expires sooner gets a 401, which renews it once,
+/// whereas taking such a value at its word would fetch a new token before every request.
+fn token_lifetime(expires_in: Option<&Value>) -> Duration {
+    let seconds = match expires_in {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match seconds {
+        Some(s) if s.is_finite() && s >= 1.0 => Duration::from_secs_f64(s.min(MAX_TOKEN_LIFETIME.as_secs_f64())),
+        _ => DEFAULT_TOKEN_LIFETIME,
+    }
+}
+
 /// `Retry-After` in seconds, else the time until `X-RateLimit-Reset` (Unix seconds).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let header = |name| headers.get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
@@ -740,4 +761,35 @@ fn url_escape(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_lifetimes() {
+        let lifetime = |v: Value| token_lifetime(Some(&v));
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(lifetime(serde_json::json!(120)), Duration::from_secs(120));
+        assert_eq!(lifetime(serde_json::json!(90.5)), Duration::from_secs_f64(90.5));
+        assert_eq!(lifetime(serde_json::json!("120")), Duration::from_secs(120));
+        assert_eq!(lifetime(serde_json::json!(u64::MAX)), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime(serde_json::json!(1e300)), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime(serde_json::json!("18446744073709551616000")), MAX_TOKEN_LIFETIME);
+        for unusable in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!(i64::MIN),
+            serde_json::json!(0.5),
+            serde_json::json!("soon"),
+            serde_json::json!("NaN"),
+            serde_json::json!("inf"),
+            serde_json::json!(null),
+            serde_json::json!([3600]),
+        ] {
+            assert_eq!(lifetime(unusable.clone()), hour, "{unusable}");
+        }
+        assert_eq!(token_lifetime(None), hour);
+    }
 }

@@ -172,3 +172,76 @@ async fn plain_http_is_refused_except_to_loopback() {
     env.env.push(("TOKTRA_API_URL".into(), env.sim.base_url().replace("127.0.0.1", "localhost")));
     env.rotator(&["rotate", "plain"]).await.assert_code(0);
 }
+
+/// A stand-in for Toktra's token endpoint and key list, answering `expires_in` with `lifetime`.
+/// Returns its base URL and how many tokens it issued.
+async fn token_server(lifetime: serde_json::Value) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let issued: Arc<AtomicUsize> = Arc::default();
+    let count = issued.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/oauth/token",
+            axum::routing::post(move || {
+                let count = count.clone();
+                let lifetime = lifetime.clone();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(json!({ "access_token": "tok_fake", "token_type": "bearer", "expires_in": lifetime }))
+                }
+            }),
+        )
+        .route(
+            "/v1/api-keys",
+            axum::routing::get(|| async {
+                // A known budget: the client does not hold the second request back to learn it.
+                let reset = (chrono::Utc::now().timestamp() + 60).to_string();
+                (
+                    [("x-ratelimit-remaining", "1000".to_string()), ("x-ratelimit-reset", reset)],
+                    axum::Json(json!({ "items": [], "has_more": false })),
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1"), issued)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_token_lifetime_is_tolerated() {
+    use rotator::secret::Secret;
+    use rotator::toktra::{Client, ManagementAuth, Settings};
+    for lifetime in [
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(1e300),
+        json!(0),
+        json!(-5),
+        json!(3600.0),
+        json!(0.5),
+        json!("3600"),
+        json!(" 18446744073709551615 "),
+        json!("soon"),
+        json!(null),
+        json!({ "seconds": 3600 }),
+    ] {
+        let (base, issued) = token_server(lifetime.clone()).await;
+        let client = Client::new(Settings::new(
+            base,
+            ManagementAuth::Client { client_id: "cl_admin".into(), client_secret: Secret::new("tcs_admin_secret") },
+        ))
+        .unwrap();
+        // Spawned, so that a panic is reported with the value that caused it.
+        let listed = tokio::spawn(async move {
+            for _ in 0..2 {
+                client.list(CredentialKind::ApiKey).await?;
+            }
+            Ok::<_, rotator::toktra::Error>(())
+        })
+        .await;
+        assert!(matches!(listed, Ok(Ok(()))), "expires_in {lifetime}: {listed:?}");
+        // Capped, defaulted or parsed, the lifetime is long enough to reuse the token.
+        assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1, "expires_in {lifetime}");
+    }
+}
