@@ -245,3 +245,49 @@ async fn any_token_lifetime_is_tolerated() {
         assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1, "expires_in {lifetime}");
     }
 }
+
+/// A server answering every request with `500` and `body`.
+async fn failing_server(body: String) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "application/json")], body) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vendor_error_text_is_bounded_and_has_no_control_characters() {
+    use rotator::secret::Secret;
+    use rotator::toktra::{Client, ManagementAuth, Settings};
+    let admin_secret = "tcs_the_admin_client_secret_0123456789";
+    // A megabyte of error code with terminal escapes and fake log lines, and the same in the
+    // message; the second server also echoes the client secret split by control characters.
+    let flood = format!("{}\u{1b}[31m\nERROR forged log line\r\n{}", "x".repeat(500_000), "y".repeat(500_000));
+    let interleaved: String = admin_secret.chars().flat_map(|c| [c, '\u{7}']).collect();
+    for (body, auth) in [
+        (
+            json!({ "error": flood, "message": flood }).to_string(),
+            ManagementAuth::ApiKey(Secret::new("tk_admin_key_0123456789abcdef")),
+        ),
+        (
+            json!({ "error": format!("bad\u{1b}{interleaved}"), "error_description": flood }).to_string(),
+            ManagementAuth::Client { client_id: "cl_admin".into(), client_secret: Secret::new(admin_secret) },
+        ),
+    ] {
+        let mut settings = Settings::new(failing_server(body).await, auth);
+        settings.retry.attempts = 1;
+        let client = Client::new(settings).unwrap();
+        let e = client.list(CredentialKind::ApiKey).await.expect_err("a 500 is an error");
+        let text = e.to_string();
+        let start = |t: &str| t.chars().take(600).collect::<String>();
+        assert!(text.len() < 600, "{} bytes: {}…", text.len(), start(&text));
+        assert!(!text.chars().any(char::is_control), "control characters in {text:?}");
+        assert!(text.contains("500"), "{text}");
+        assert!(!text.contains(admin_secret), "{text}");
+        let debug = format!("{e:?}");
+        assert!(debug.len() < 1_000 && !debug.contains(admin_secret), "{}", start(&debug));
+    }
+}
