@@ -19,6 +19,8 @@ use crate::toktra::{self, ManagementAuth};
 pub const DEFAULT_TOKTRA_URL: &str = "https://api.toktra.io/v1";
 pub const DEFAULT_DATABASE_URL: &str = "rotator.db";
 pub const DEFAULT_CONFIG_FILE: &str = "rotator.toml";
+/// The shortest API token `serve` accepts.
+pub const MIN_API_TOKEN_CHARS: usize = 32;
 
 /// A notification channel.
 #[derive(Clone)]
@@ -287,10 +289,24 @@ impl Config {
             .parse()
             .map_err(|_| error(listen_source, format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
         let api_token = match (var("ROTATOR_API_TOKEN"), &file.api_token_file) {
-            (Some(t), _) => Some(Secret::new(t)),
-            (None, Some(p)) => Some(read_secret(&source("api_token_file"), p)?),
+            (Some(t), _) => Some(("ROTATOR_API_TOKEN".to_string(), Secret::new(t))),
+            (None, Some(p)) => Some((source("api_token_file"), read_secret(&source("api_token_file"), p)?)),
             (None, None) => None,
         };
+        // The API can rotate and revoke credentials; a short token can be guessed. Whitespace
+        // does not count, as the server ignores it. The length is not reported: it is a secret's.
+        if let Some((key, token)) = &api_token
+            && token.expose().trim().chars().count() < MIN_API_TOKEN_CHARS
+        {
+            return Err(error(
+                key,
+                format!(
+                    "the API token must be at least {MIN_API_TOKEN_CHARS} characters long \
+                     (e.g. the output of `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        let api_token = api_token.map(|(_, token)| token);
         let concurrency = match var("ROTATOR_CONCURRENCY") {
             Some(t) => t
                 .parse()

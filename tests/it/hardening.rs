@@ -291,3 +291,93 @@ async fn vendor_error_text_is_bounded_and_has_no_control_characters() {
         assert!(debug.len() < 1_000 && !debug.contains(admin_secret), "{}", start(&debug));
     }
 }
+
+/// A `rotator serve` started by these tests.
+struct Served {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Served {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `rotator serve` on a free loopback port with `args` and `vars`: `Ok` once `/healthz`
+/// answers, `Err((exit code, log))` if it exits first.
+async fn serve(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Result<Served, (Option<i32>, String)> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let listen = addr.to_string();
+    let log = env.dir.join(format!("serve-{}.log", addr.port()));
+    let mut all = vec!["serve", "--listen", &listen];
+    all.extend_from_slice(args);
+    let mut command = env.command(&all);
+    command.env("ROTATOR_TICK", "1s").env("ROTATOR_SHUTDOWN_TIMEOUT", "5s");
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    command.stderr(std::fs::File::create(&log).unwrap());
+    let mut served = Served { child: command.spawn().unwrap(), addr, log };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            return Err((status.code(), served.log_text()));
+        }
+        if reqwest::get(format!("http://{addr}/healthz")).await.is_ok_and(|r| r.status() == 200) {
+            return Ok(served);
+        }
+        assert!(std::time::Instant::now() < deadline, "serve neither came up nor exited:\n{}", served.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `head` (request line and headers, without the final blank line) and `body` as raw
+/// HTTP/1.1, so that the `Host` header is exactly what the test says; returns the status and
+/// the body as JSON (`null` if it is not JSON).
+async fn raw_http(addr: SocketAddr, head: &str, body: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{answer}"));
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_api_token_is_refused_at_start() {
+    let env = Env::start().await;
+    let short = "0123456789abcdef0123456789abcde"; // 31 characters
+    let (code, log) = serve(&env, &[], &[("ROTATOR_API_TOKEN", short)]).await.err().expect("refused");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("ROTATOR_API_TOKEN") && log.contains("32"), "{log}");
+    assert!(!log.contains(short), "the token is not repeated:\n{log}");
+    // Whitespace does not count (the comparison ignores it).
+    let padded = format!("  {short}\n");
+    let (code, log) = serve(&env, &[], &[("ROTATOR_API_TOKEN", &padded)]).await.err().expect("refused");
+    assert_eq!(code, Some(2), "{log}");
+    // From a file, the key is named.
+    std::fs::write(env.dir.join("api-token"), format!("{short}\n")).unwrap();
+    std::fs::write(env.dir.join("rotator.toml"), "api_token_file = \"api-token\"\n").unwrap();
+    let (code, log) = serve(&env, &[], &[]).await.err().expect("refused");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("api_token_file"), "{log}");
+    std::fs::remove_file(env.dir.join("rotator.toml")).unwrap();
+
+    let token = format!("{short}f");
+    let mut served = serve(&env, &[], &[("ROTATOR_API_TOKEN", &token)]).await.expect("32 characters are enough");
+    // With a token, any Host is served (a reverse proxy may name the service as it likes).
+    let (status, body) = raw_http(
+        served.addr,
+        &format!("GET /v1/policies HTTP/1.1\r\nHost: rotator.internal\r\nAuthorization: Bearer {token}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", served.log_text());
+    served.child.kill().await.unwrap();
+}
