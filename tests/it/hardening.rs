@@ -381,3 +381,57 @@ async fn a_short_api_token_is_refused_at_start() {
     assert_eq!(status, 200, "{body}\n{}", served.log_text());
     served.child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_auth_the_api_wants_its_own_host_and_json() {
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "local".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("local.json".into())],
+        grace: "0s",
+    };
+    env.policy("local.yaml", &spec.yaml());
+    // An adopted credential is not due for 90 days: the scheduler leaves the policy alone.
+    env.seed(&spec, &env.legacy(CredentialKind::ApiKey, "local-legacy").await).await;
+    let served = serve(&env, &["--insecure-no-auth"], &[]).await.expect("serves");
+    let port = served.addr.port();
+
+    // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends its own
+    // name as Host. Only the listen address, by IP or as localhost, is served.
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("LocalHost:{port}")] {
+        let (status, body) = raw_http(served.addr, &format!("GET /v1/policies HTTP/1.1\r\nHost: {host}"), "").await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".to_string(),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        format!("localhost.evil.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+        String::new(),
+    ] {
+        for path in ["/v1/policies", "/metrics", "/healthz"] {
+            let (status, body) = raw_http(served.addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}"), "").await;
+            assert_eq!(status, 421, "Host `{host}` {path}: {body}");
+            assert_eq!(body["error"], "misdirected_request", "{body}");
+        }
+    }
+
+    // A cross-site form or `fetch` without a preflight cannot send application/json, so only
+    // JSON requests may rotate: not an empty body without a type, not text/plain, not a form.
+    let rotate = format!("POST /v1/policies/local/rotate HTTP/1.1\r\nHost: 127.0.0.1:{port}");
+    for (content_type, body) in [
+        ("", ""),
+        ("\r\nContent-Type: text/plain", "{}"),
+        ("\r\nContent-Type: application/x-www-form-urlencoded", "reason=x"),
+        ("\r\nContent-Type: application/jsonx", "{}"),
+    ] {
+        let (status, answer) = raw_http(served.addr, &format!("{rotate}{content_type}"), body).await;
+        assert_eq!(status, 415, "{content_type:?}: {answer}");
+        assert_eq!(answer["error"], "unsupported_media_type", "{answer}");
+    }
+    let (status, answer) =
+        raw_http(served.addr, &format!("{rotate}\r\nContent-Type: Application/JSON; charset=utf-8"), "{}").await;
+    assert_eq!(status, 202, "{answer}\n{}", served.log_text());
+}
