@@ -126,7 +126,10 @@ fn hostname() -> String {
 }
 
 /// Test hook for the crash-matrix tests: when `ROTATOR_CRASH_AT` names this point, the process
-/// dies on the spot, as a SIGKILL would (no destructors, no flushing, no lease release).
+/// dies on the spot, as a SIGKILL would (no destructors, no flushing, no lease release). Only
+/// in builds with the `crash-points` feature (`scripts/test` enables it), so that in a release
+/// build no environment variable can stop a rotation halfway.
+#[cfg(feature = "crash-points")]
 fn crash_point(point: &str) {
     if std::env::var("ROTATOR_CRASH_AT").is_ok_and(|p| p == point) {
         eprintln!("crash point `{point}` reached (ROTATOR_CRASH_AT); aborting");
@@ -134,7 +137,13 @@ fn crash_point(point: &str) {
     }
 }
 
-/// The crash points a rotation passes, in order (`*-N` for each destination index).
+/// Without the `crash-points` feature there is no crash hook: `ROTATOR_CRASH_AT` is ignored.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+fn crash_point(_point: &str) {}
+
+/// The crash points a rotation passes, in order (`*-N` for each destination index). They crash
+/// only builds with the `crash-points` feature (see [`crash_point`]).
 pub const CRASH_POINTS: &[&str] = &[
     "started",
     "minting",
