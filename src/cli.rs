@@ -720,7 +720,8 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopping: no new work; letting the steps in flight finish");
         stopper.stop();
     };
-    let server = axum::serve(listener, crate::server::router(daemon.clone(), token)).with_graceful_shutdown(shutdown);
+    let server =
+        axum::serve(listener, crate::server::router(daemon.clone(), token, addr)).with_graceful_shutdown(shutdown);
     let drained = daemon.clone();
     tokio::select! {
         served = server => served.map_err(|e| Failure::Other(e.into()))?,

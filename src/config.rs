@@ -19,6 +19,8 @@ use crate::toktra::{self, ManagementAuth};
 pub const DEFAULT_TOKTRA_URL: &str = "https://api.toktra.io/v1";
 pub const DEFAULT_DATABASE_URL: &str = "rotator.db";
 pub const DEFAULT_CONFIG_FILE: &str = "rotator.toml";
+/// The shortest API token `serve` accepts.
+pub const MIN_API_TOKEN_CHARS: usize = 32;
 
 /// A notification channel.
 #[derive(Clone)]
@@ -83,6 +85,9 @@ pub struct Config {
     pub aws_endpoint: Option<String>,
     pub aws_profile: Option<String>,
     pub channels: BTreeMap<String, Channel>,
+    /// Whether the Toktra URL and `VAULT_ADDR` may be plain `http://` to a host that is not
+    /// loopback (otherwise refused: their requests carry credentials).
+    pub allow_insecure_http: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -125,6 +130,7 @@ struct File {
     tick: Option<String>,
     shutdown_timeout: Option<String>,
     rotation_budget: Option<String>,
+    allow_insecure_http: Option<bool>,
     #[serde(default)]
     toktra: ToktraFile,
     #[serde(default)]
@@ -205,6 +211,45 @@ fn read_secret(key: &str, path: &Path) -> Result<Secret, Error> {
     Ok(Secret::new(text))
 }
 
+/// `true`/`false` (also `1`/`0`), naming the variable otherwise.
+fn parse_bool(variable: &str, text: &str) -> Result<bool, Error> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(error(variable, format!("`{text}` is not true or false"))),
+    }
+}
+
+/// Whether `url` names a loopback host: 127.0.0.0/8, ::1 or `localhost`.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    // IPv6 hosts come in brackets; IPv4 ones are already normalised (`127.1` is `127.0.0.1`).
+    match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Refuses a URL whose requests would carry credentials in clear text over a network: only
+/// `https://`, or `http://` to loopback, unless `allow_insecure_http`. The URL itself is not
+/// repeated (it could hold a user and password); its host is.
+fn require_https(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), Error> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| error(key, format!("not a URL: {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(&parsed) => Ok(()),
+        "http" => Err(error(
+            key,
+            format!(
+                "plain http:// to `{}`, which is not a loopback address: use https:// (or set \
+                 allow_insecure_http = true in the configuration, or ROTATOR_ALLOW_INSECURE_HTTP=true)",
+                parsed.host_str().unwrap_or_default()
+            ),
+        )),
+        other => Err(error(key, format!("scheme `{other}` is not supported: use https://"))),
+    }
+}
+
 fn parse_duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, Error> {
     match text {
         Some(t) => duration::parse(&t).map_err(|m| error(key, m)),
@@ -248,10 +293,24 @@ impl Config {
             .parse()
             .map_err(|_| error(listen_source, format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
         let api_token = match (var("ROTATOR_API_TOKEN"), &file.api_token_file) {
-            (Some(t), _) => Some(Secret::new(t)),
-            (None, Some(p)) => Some(read_secret(&source("api_token_file"), p)?),
+            (Some(t), _) => Some(("ROTATOR_API_TOKEN".to_string(), Secret::new(t))),
+            (None, Some(p)) => Some((source("api_token_file"), read_secret(&source("api_token_file"), p)?)),
             (None, None) => None,
         };
+        // The API can rotate and revoke credentials; a short token can be guessed. Whitespace
+        // does not count, as the server ignores it. The length is not reported: it is a secret's.
+        if let Some((key, token)) = &api_token
+            && token.expose().trim().chars().count() < MIN_API_TOKEN_CHARS
+        {
+            return Err(error(
+                key,
+                format!(
+                    "the API token must be at least {MIN_API_TOKEN_CHARS} characters long \
+                     (e.g. the output of `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        let api_token = api_token.map(|(_, token)| token);
         let concurrency = match var("ROTATOR_CONCURRENCY") {
             Some(t) => t
                 .parse()
@@ -342,6 +401,25 @@ impl Config {
             (None, None, None) => None,
         };
 
+        let allow_insecure_http = match var("ROTATOR_ALLOW_INSECURE_HTTP") {
+            Some(t) => parse_bool("ROTATOR_ALLOW_INSECURE_HTTP", &t)?,
+            None => file.allow_insecure_http.unwrap_or(false),
+        };
+        let (toktra_url_source, toktra_url) = match (var("TOKTRA_API_URL"), file.toktra.api_url) {
+            (Some(v), _) => ("TOKTRA_API_URL".to_string(), v),
+            (None, Some(v)) => (source("toktra.api_url"), v),
+            (None, None) => ("TOKTRA_API_URL".to_string(), DEFAULT_TOKTRA_URL.to_string()),
+        };
+        require_https(&toktra_url_source, &toktra_url, allow_insecure_http)?;
+        let vault_addr = match (var("VAULT_ADDR"), file.vault.addr) {
+            (Some(v), _) => Some(("VAULT_ADDR".to_string(), v)),
+            (None, Some(v)) => Some((source("vault.addr"), v)),
+            (None, None) => None,
+        };
+        if let Some((key, addr)) = &vault_addr {
+            require_https(key, addr, allow_insecure_http)?;
+        }
+
         let mut channels = BTreeMap::new();
         for (name, channel) in file.notifications {
             let env_name = format!("ROTATOR_NOTIFY_{}_URL", name.to_ascii_uppercase().replace('-', "_"));
@@ -374,18 +452,19 @@ impl Config {
             tick,
             shutdown_timeout,
             rotation_budget,
-            toktra_url: var("TOKTRA_API_URL").or(file.toktra.api_url).unwrap_or_else(|| DEFAULT_TOKTRA_URL.into()),
+            toktra_url,
             toktra_auth,
             toktra_timeout,
             toktra_page_size,
             toktra_endpoints,
-            vault_addr: var("VAULT_ADDR").or(file.vault.addr),
+            vault_addr: vault_addr.map(|(_, addr)| addr),
             vault_auth,
             vault_namespace: var("VAULT_NAMESPACE").or(file.vault.namespace),
             aws_region: var("AWS_REGION").or(var("AWS_DEFAULT_REGION")).or(file.aws.region),
             aws_endpoint: var("AWS_ENDPOINT_URL").or(file.aws.endpoint_url),
             aws_profile: var("AWS_PROFILE").or(file.aws.profile),
             channels,
+            allow_insecure_http,
         })
     }
 
@@ -466,5 +545,36 @@ mod tests {
         assert!(file.vault.addr.is_some() && file.toktra.client_id.is_some());
         let bad = toml::from_str::<File>("listen = \"x\"\n[toktra]\napi_key = \"plain\"\n").unwrap_err();
         assert!(bad.message().contains("unknown field `api_key`"), "{bad}");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for ok in [
+            "https://api.toktra.io/v1",
+            "http://127.0.0.1:8700/v1",
+            "http://127.3.2.1",
+            "http://[::1]:8200",
+            "http://localhost:8200",
+            "http://LOCALHOST.:8200/",
+        ] {
+            assert!(require_https("KEY", ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://toktra.example.com/v1",
+            "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+            "http://0.0.0.0:8200",
+            "http://[::ffff:7f00:1]",
+            "http://10.0.0.1",
+        ] {
+            let e = require_https("TOKTRA_API_URL", bad, false).unwrap_err();
+            assert_eq!(e.variable, "TOKTRA_API_URL");
+            assert!(e.message.contains("use https://"), "{bad}: {e}");
+            assert!(require_https("KEY", bad, true).is_ok(), "{bad} with allow_insecure_http");
+        }
+        let e = require_https("VAULT_ADDR", "http://user:hunter2@vault.example.com", false).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(require_https("KEY", "ftp://example.com", true).is_err());
+        assert!(require_https("KEY", "not a url", true).is_err());
     }
 }

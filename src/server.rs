@@ -4,6 +4,7 @@
 //! error carries a request ID and its detail goes to the log only. No response holds a secret:
 //! everything served is built from policies, journal rows and outcomes, which hold none.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -24,6 +25,8 @@ use crate::secret::Secret;
 struct AppState {
     daemon: Arc<Daemon>,
     token: Option<Arc<Secret>>,
+    /// The address the service listens on (the actual port, also when asked for port 0).
+    listen: SocketAddr,
 }
 
 /// An API error: a status, a code, a message for the client.
@@ -82,10 +85,44 @@ async fn require_token(State(state): State<AppState>, headers: HeaderMap, reques
     }
 }
 
-/// The router; `token` is `None` only when the operator chose to serve without authentication
-/// on loopback.
-pub fn router(daemon: Arc<Daemon>, token: Option<Secret>) -> axum::Router {
-    let state = AppState { daemon, token: token.map(Arc::new) };
+/// Whether a `Host` (or an absolute request URI's authority) names this service's own loopback
+/// address: a loopback IP or `localhost`, with the port it listens on (80 when none is given).
+fn is_own_host(host: &str, listen: SocketAddr) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        // `[::1]` without a port: the colon found is inside the brackets.
+        Some((name, port)) if !port.ends_with(']') => (name, port.parse::<u16>().ok()),
+        _ => (host, Some(80)),
+    };
+    let loopback = match name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => name.eq_ignore_ascii_case("localhost"),
+    };
+    loopback && port == Some(listen.port())
+}
+
+/// Without a token the API answers only requests addressed to its own loopback address. A web
+/// page can reach a loopback port, and once its attacker points the page's host name at
+/// 127.0.0.1 (DNS rebinding) the browser treats the API as same-origin; but it still sends that
+/// host name, never the loopback address, which is what this checks.
+async fn require_own_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let host = request.headers().get(header::HOST).map(|v| v.to_str().unwrap_or_default());
+    let authority = request.uri().authority().map(|a| a.as_str());
+    let named = [host, authority];
+    if named.iter().any(Option::is_some) && named.iter().flatten().all(|h| is_own_host(h, state.listen)) {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "misdirected_request",
+        format!("without authentication this service answers only requests to http://{}", state.listen),
+    )
+    .into_response()
+}
+
+/// The router for the service listening on `listen`; `token` is `None` only when the operator
+/// chose to serve without authentication on loopback.
+pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr) -> axum::Router {
+    let state = AppState { daemon, token: token.map(Arc::new), listen };
     let v1 = axum::Router::new()
         .route("/policies", get(list_policies))
         .route("/policies/{name}", get(get_policy))
@@ -95,13 +132,18 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Secret>) -> axum::Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // `layer`, not `route_layer`: unknown routes under /v1 need the token too.
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    axum::Router::new()
+    let app = axum::Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .with_state(state)
+        .with_state(state.clone());
+    if state.token.is_some() {
+        // With a token, a reverse proxy may name the service as it likes.
+        return app;
+    }
+    app.layer(middleware::from_fn_with_state(state, require_own_host))
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
@@ -176,13 +218,15 @@ async fn rotate(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    // JSON only: a browser page cannot send that cross-origin without a preflight, which
-    // matters when the API runs without a token on loopback.
+    // JSON only: a browser page cannot send that cross-origin without a preflight. Without a
+    // token nothing else stops a page from posting, so there even an empty body must say it is
+    // JSON (a form or a `fetch` without a preflight cannot).
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !body.is_empty() && !json {
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"));
+    if !json && (!body.is_empty() || state.token.is_none()) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -247,7 +291,31 @@ async fn get_rotation(State(state): State<AppState>, Path(id): Path<String>) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, is_own_host};
+
+    #[test]
+    fn own_hosts() {
+        let v4: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for own in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST:8080", "[::1]:8080", "127.0.0.2:8080"] {
+            assert!(is_own_host(own, v4), "{own}");
+        }
+        for other in [
+            "evil.example:8080",
+            "evil.example",
+            "127.0.0.1",
+            "127.0.0.1:8081",
+            "127.0.0.1:",
+            "localhost.evil.example:8080",
+            "127.0.0.1.nip.io:8080",
+            "[::1]",
+            "0.0.0.0:8080",
+            "",
+        ] {
+            assert!(!is_own_host(other, v4), "{other}");
+        }
+        let port_80: std::net::SocketAddr = "[::1]:80".parse().unwrap();
+        assert!(is_own_host("[::1]", port_80) && is_own_host("localhost", port_80));
+    }
 
     #[test]
     fn token_comparison() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use serde_json::Value;
 use vaultrs::api::kv2::requests::{SetSecretMetadataRequest, SetSecretRequestOptions};
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::{VaultClient, VaultClientSettings, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use vaultrs::kv2;
 
@@ -45,8 +45,11 @@ pub async fn approle_login(
     role_id: &str,
     secret_id: &Secret,
 ) -> Result<Secret, String> {
-    let http =
-        reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| format!("http client: {e}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
     let mut request = http
         .post(format!("{}/v1/auth/{}/login", address.trim_end_matches('/'), mount.trim_matches('/')))
         .json(&serde_json::json!({ "role_id": role_id, "secret_id": secret_id.expose() }));
@@ -78,8 +81,13 @@ impl Connection {
             builder.set_namespace(ns.to_string());
         }
         let settings = builder.build().map_err(|e| format!("vault settings: {e}"))?;
-        let client = VaultClient::new(settings).map_err(|e| format!("vault client: {e}"))?;
-        let http = reqwest::Client::builder().timeout(timeout).build().map_err(|e| format!("http client: {e}"))?;
+        let mut client = VaultClient::new(settings).map_err(|e| format!("vault client: {e}"))?;
+        client.http.http = no_redirects(&client.settings)?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
         Ok(Connection {
             client: Arc::new(client),
             address: address.trim_end_matches('/').to_string(),
@@ -118,6 +126,37 @@ impl Connection {
             })
             .collect())
     }
+}
+
+/// The HTTP client vaultrs 0.8 builds (`VaultClient::new`), rebuilt the same way but never
+/// following a redirect. vaultrs has no setting for it and reqwest follows up to 10 by default,
+/// removing only `Authorization` when the host changes, not `X-Vault-Token`: a redirect would hand
+/// the token (and a request body with a secret) to whatever host it names.
+fn no_redirects(settings: &VaultClientSettings) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_danger_accept_invalid_certs(!settings.verify);
+    if let Some(timeout) = settings.timeout {
+        builder = builder.timeout(timeout);
+    }
+    if settings.address.scheme() == "http" {
+        // As vaultrs does (reqwest issue 2988): no certificate store is loaded for plain HTTP.
+        builder = builder.tls_certs_only(Vec::new());
+    } else {
+        for path in &settings.ca_certs {
+            let pem = std::fs::read(path).map_err(|e| format!("VAULT_CACERT {path}: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("VAULT_CACERT {path}: {e}"))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+    }
+    if let Some(identity) = &settings.identity {
+        builder = builder.identity(identity.clone());
+    }
+    if let Some(proxy) = &settings.proxy {
+        builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("vault proxy: {e}"))?);
+    }
+    builder.build().map_err(|e| format!("vault http client: {e}"))
 }
 
 pub struct Vault {

@@ -256,6 +256,9 @@ impl Client {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("rotator/", env!("CARGO_PKG_VERSION")))
+            // Every request carries a credential (a bearer token, or a client secret in the form
+            // body, which a 307/308 would send again): a redirect is an error, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Settings(format!("http client: {e}")))?;
         Ok(Client {
@@ -476,8 +479,7 @@ impl Client {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::Decode { what: what.clone(), detail: "no access_token".into() })?;
-        let lifetime = value.get("expires_in").and_then(Value::as_u64).unwrap_or(3_600);
-        Ok((Secret::new(token), Duration::from_secs(lifetime)))
+        Ok((Secret::new(token), token_lifetime(value.get("expires_in"))))
     }
 
     /// The bearer token for management calls, renewed shortly before it expires.
@@ -653,22 +655,35 @@ impl Client {
                 if bytes.is_empty() || status == StatusCode::NO_CONTENT {
                     return Ok(Value::Null);
                 }
-                return serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Decode { what: what.to_string(), detail: format!("invalid JSON: {e}") });
+                // serde_json's message names a position, never the content; bounded all the same.
+                return serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+                    what: what.to_string(),
+                    detail: shorten(&printable(&format!("invalid JSON: {e}")), MAX_MESSAGE),
+                });
             }
             let (code, message) = error_body(&bytes);
             // Every request carries a secret (a token, a key, or a client secret in the form), and
             // nothing guarantees a server never echoes it: the token endpoint's messages and
-            // answers about credentials (401, 403) are dropped, and any other message is kept only
-            // if it does not contain the secret that was sent.
+            // answers about credentials (401, 403) are dropped, and any other message, and any
+            // code, is kept only if it does not contain a secret that was sent. `error_body` has
+            // removed control characters, so none can hide an echo from this check; the texts
+            // are shortened only after it, so a cut cannot split an echoed secret past it.
+            let mut carried: Vec<&str> = sent.iter().map(|s| s.expose()).collect();
+            if let Body::Form(form) = &body {
+                carried.extend(form.iter().filter(|(key, _)| *key == "client_secret").map(|(_, value)| *value));
+            }
+            let code = match code {
+                Some(c) if !carried.iter().any(|s| echoes(&c, s)) => shorten(&c, MAX_CODE),
+                _ => "unknown_error".to_string(),
+            };
             let message = message
                 .filter(|m| {
                     !matches!(auth, Auth::None)
                         && !matches!(status.as_u16(), 401 | 403)
-                        && sent.as_ref().is_none_or(|s| !echoes(m, s.expose()))
+                        && !carried.iter().any(|s| echoes(m, s))
                 })
-                // Shortened only after the check, so a cut cannot split an echoed secret past it.
-                .map(|m| m.chars().take(200).collect::<String>());
+                .map(|m| shorten(&m, MAX_MESSAGE))
+                .or_else(|| status.is_redirection().then(|| "redirects are not followed".to_string()));
             let err = Error::Api { what: what.to_string(), status: status.as_u16(), code, message };
             if status == StatusCode::TOO_MANY_REQUESTS {
                 // 429 means the request was not processed, so even a create may be sent again.
@@ -711,6 +726,28 @@ impl Client {
     }
 }
 
+/// A token's lifetime when `expires_in` is missing or makes no sense (Toktra's documented one).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3_600);
+/// The longest a token is believed to live, whatever the server says: a cached token is renewed
+/// at `Instant::now() + lifetime`, which panics on overflow (`expires_in: 18446744073709551615`).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3_600);
+
+/// `expires_in` read tolerantly: an integer, a float (`3600.0`) or a numeric string (`"3600"`),
+/// capped at [`MAX_TOKEN_LIFETIME`]. Missing, below a second, negative or unreadable counts as
+/// [`DEFAULT_TOKEN_LIFETIME`]: a token that expires sooner gets a 401, which renews it once,
+/// whereas taking such a value at its word would fetch a new token before every request.
+fn token_lifetime(expires_in: Option<&Value>) -> Duration {
+    let seconds = match expires_in {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match seconds {
+        Some(s) if s.is_finite() && s >= 1.0 => Duration::from_secs_f64(s.min(MAX_TOKEN_LIFETIME.as_secs_f64())),
+        _ => DEFAULT_TOKEN_LIFETIME,
+    }
+}
+
 /// `Retry-After` in seconds, else the time until `X-RateLimit-Reset` (Unix seconds).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let header = |name| headers.get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
@@ -734,12 +771,38 @@ fn echoes(message: &str, secret: &str) -> bool {
         .any(|i| message.contains(&secret[i..i + PIECE]))
 }
 
-fn error_body(bytes: &[u8]) -> (String, Option<String>) {
+/// Longest error code and message (in characters) kept from a server's answer: a hostile or
+/// broken server must not flood the logs, the journal or notifications.
+const MAX_CODE: usize = 64;
+const MAX_MESSAGE: usize = 200;
+
+/// An error answer's code and message, with control characters and invisible formatting
+/// characters removed (they could forge log lines, drive a terminal, or reorder text), whole:
+/// the caller checks them for echoed secrets before [`shorten`]ing them. Empty ones are absent.
+fn error_body(bytes: &[u8]) -> (Option<String>, Option<String>) {
     let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-    let code = value.get("error").and_then(Value::as_str).unwrap_or("unknown_error").to_string();
-    let message =
-        value.get("message").or_else(|| value.get("error_description")).and_then(Value::as_str).map(str::to_string);
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(printable).filter(|t| !t.trim().is_empty());
+    let code = text(value.get("error"));
+    let message = text(value.get("message").or_else(|| value.get("error_description")));
     (code, message)
+}
+
+/// Invisible formatting characters: zero-width spaces, joiners and direction marks,
+/// bidirectional overrides and isolates, the byte order mark.
+const INVISIBLE: [std::ops::RangeInclusive<char>; 4] =
+    ['\u{200b}'..='\u{200f}', '\u{202a}'..='\u{202e}', '\u{2066}'..='\u{2069}', '\u{feff}'..='\u{feff}'];
+
+/// `text` without control characters (C0, DEL, C1) and [`INVISIBLE`] ones.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control() && !INVISIBLE.iter().any(|r| r.contains(c))).collect()
+}
+
+/// At most `max` characters of `text`, marked with `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 fn parse_minted(kind: CredentialKind, what: &str, value: Value) -> Result<Minted, Error> {
@@ -751,7 +814,7 @@ fn parse_minted(kind: CredentialKind, what: &str, value: Value) -> Result<Minted
     let id = id.ok_or_else(|| Error::Decode { what: what.into(), detail: "no id in the create response".into() })?;
     let secret = secret.filter(|s| !s.is_empty()).ok_or_else(|| Error::Decode {
         what: what.into(),
-        detail: format!("no secret in the create response of {id}"),
+        detail: format!("no secret in the create response of {}", shorten(&printable(&id), MAX_CODE)),
     })?;
     Ok(Minted {
         id,
@@ -817,7 +880,56 @@ fn url_escape(text: &str) -> String {
 mod tests {
     use serde_json::json;
 
-    use super::is_revoked;
+    use super::*;
+
+    #[test]
+    fn token_lifetimes() {
+        let lifetime = |v: Value| token_lifetime(Some(&v));
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(lifetime(serde_json::json!(120)), Duration::from_secs(120));
+        assert_eq!(lifetime(serde_json::json!(90.5)), Duration::from_secs_f64(90.5));
+        assert_eq!(lifetime(serde_json::json!("120")), Duration::from_secs(120));
+        assert_eq!(lifetime(serde_json::json!(u64::MAX)), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime(serde_json::json!(1e300)), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime(serde_json::json!("18446744073709551616000")), MAX_TOKEN_LIFETIME);
+        for unusable in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!(i64::MIN),
+            serde_json::json!(0.5),
+            serde_json::json!("soon"),
+            serde_json::json!("NaN"),
+            serde_json::json!("inf"),
+            serde_json::json!(null),
+            serde_json::json!([3600]),
+        ] {
+            assert_eq!(lifetime(unusable.clone()), hour, "{unusable}");
+        }
+        assert_eq!(token_lifetime(None), hour);
+    }
+
+    #[test]
+    fn error_bodies_are_printable_and_bounded_after_the_echo_check() {
+        let body = serde_json::json!({
+            "error": format!("bad\u{1b}[31m\n{}", "c".repeat(100_000)),
+            "message": format!("line\r\nERROR forged\u{202e}{}", "m".repeat(100_000)),
+        });
+        let (code, message) = error_body(body.to_string().as_bytes());
+        let (code, message) = (code.unwrap(), message.unwrap());
+        assert!(code.starts_with("bad[31m") && code.len() == 100_007, "whole until checked");
+        assert!(message.starts_with("lineERROR forged") && !message.chars().any(char::is_control));
+        assert_eq!(shorten(&code, MAX_CODE).chars().count(), MAX_CODE + 1);
+        assert!(shorten(&code, MAX_CODE).ends_with('…'));
+        assert_eq!(shorten("short", MAX_CODE), "short");
+        assert_eq!(shorten("ééé", 2), "éé…");
+        // Control characters between the characters of an echoed secret do not hide it.
+        let secret = "tcs_0123456789abcdefghij";
+        let hidden: String = secret.chars().flat_map(|c| [c, '\u{0}']).collect();
+        let (code, _) = error_body(serde_json::json!({ "error": hidden }).to_string().as_bytes());
+        assert!(echoes(&code.unwrap(), secret));
+        assert_eq!(error_body(b"{\"error\": \"\\u0007\"}"), (None, None));
+        assert_eq!(error_body(b"not json"), (None, None));
+    }
 
     #[test]
     fn revoked_list_items_are_recognised_in_every_shape_vendors_use() {
