@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod crash;
 mod engine;
+mod identity;
 mod invariants;
 mod leak;
 mod plan;
