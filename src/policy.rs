@@ -1143,6 +1143,34 @@ fn check_set(policies: &[Policy], problems: &mut Vec<Problem>) {
     );
 }
 
+/// The check `validate` cannot make offline: a destination without `region` is in the default
+/// region, which only the AWS configuration knows. With those placed in `default_region`, no two
+/// destinations of the set (of two policies, or of one) may write one secret. `plan` and
+/// `rotate` call it before anything is opened, minted or written.
+pub fn check_default_region(policies: &[Policy], default_region: Option<&str>) -> Result<(), Invalid> {
+    let all: Vec<&Policy> = policies.iter().collect();
+    let problems: Vec<Problem> =
+        overlapping(&all, default_region).iter().map(|o| overlap_problem(o, default_region)).collect();
+    if problems.is_empty() { Ok(()) } else { Err(Invalid(problems)) }
+}
+
+/// Whether [`check_default_region`] has anything to decide for this (valid) set: some default
+/// region named in it would make two destinations one secret. Without such a pair the AWS
+/// configuration need not be read (a file-only or Vault-only run never touches it).
+pub fn depends_on_default_region(policies: &[Policy]) -> bool {
+    let all: Vec<&Policy> = policies.iter().collect();
+    let regions: std::collections::BTreeSet<String> = all
+        .iter()
+        .flat_map(|p| &p.destinations)
+        .flat_map(|d| d.places(None))
+        .filter_map(|place| match place {
+            Place::Aws { region, .. } => region,
+            Place::Exact(_) => None,
+        })
+        .collect();
+    regions.iter().any(|region| !overlapping(&all, Some(region)).is_empty())
+}
+
 /// Why a name and an ARN (or a partial and a full ARN) are refused as possibly one secret.
 const MAYBE_SAME: &str = "a secret name is in the caller's account, an ARN names the secret by its name followed by \
     `-` and 6 random characters (none in a partial ARN), and a name may itself end like that; if they are different \
@@ -1744,6 +1772,50 @@ mod tests {
             assert_eq!(canonical_file(&base, Path::new(path)), real.join(expected), "{} + {path}", base.display());
         }
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// What only the default region decides: `validate` accepts it, the check `plan` and
+    /// `rotate` make with the AWS configuration's region refuses it, naming both policies.
+    #[test]
+    fn the_default_region_decides_the_rest() {
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:y-AbCdEf";
+        for (a, b, field) in [
+            (
+                "aws_secrets_manager: { secret_id: x, region: us-east-1 }",
+                "aws_secrets_manager: { secret_id: x }",
+                "destinations",
+            ),
+            (
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}' }}"),
+                "aws_secrets_manager: { secret_id: y }",
+                "destinations",
+            ),
+            (
+                "aws_secrets_manager: { secret_id: z }",
+                "aws_secrets_manager: { secret_id: x, region: us-east-1 }\n  - aws_secrets_manager: { secret_id: x }",
+                "destinations[1]",
+            ),
+        ] {
+            let (policies, problems) = pair(a, b);
+            assert!(problems.is_empty(), "{problems:?}");
+            assert!(depends_on_default_region(&policies), "{a} / {b}");
+            assert!(check_default_region(&policies, None).is_ok());
+            assert!(check_default_region(&policies, Some("eu-west-1")).is_ok());
+            let Err(Invalid(problems)) = check_default_region(&policies, Some("us-east-1")) else {
+                panic!("{a} / {b}")
+            };
+            assert_eq!(problems.len(), 1, "{problems:#?}");
+            let shown = problems[0].to_string();
+            assert!(
+                shown.starts_with(&format!("p.yaml:7:1: {field}: with the default region `us-east-1` (from the AWS configuration), destination `aws:")),
+                "{shown}"
+            );
+        }
+        let (policies, _) =
+            pair("aws_secrets_manager: { secret_id: x, region: us-east-1 }", "aws_secrets_manager: { secret_id: y }");
+        assert!(!depends_on_default_region(&policies));
+        let (policies, _) = pair("file: { path: x.json }", "vault: { mount: secret, path: x }");
+        assert!(!depends_on_default_region(&policies));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! One destination under two spellings (issue #8 item 7): file paths with `.`, `..`, absolute or
 //! through a symlinked directory, Vault mounts and paths with extra slashes, an AWS secret by
-//! name and by ARN. Two policies writing one place are refused before anything is minted or
-//! written, and the journal compares a rotation's destinations the same way whatever
-//! `--policies` says.
+//! name and by ARN, and a secret only the default AWS region makes one. Two policies writing one
+//! place are refused before anything is minted or written, and the journal compares a
+//! rotation's destinations the same way whatever `--policies` says.
 
 use std::path::PathBuf;
 
@@ -123,6 +123,54 @@ async fn validate_rejects_one_destination_under_two_spellings() {
     assert_eq!(env.sim.stats().creates, 0, "nothing was minted");
     assert!(!absolute.exists() && !policies.join("b.json").exists(), "nothing was written");
     assert!(!env.journal_path().exists(), "no journal was created");
+}
+
+/// A destination without `region` lives in the default region, which only the AWS
+/// configuration knows: `validate` accepts the set, `plan` and `rotate` refuse it (exit 2,
+/// naming both policies) before minting or writing anything when the default region makes two
+/// destinations one secret, and accept it when it does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_refuses_secrets_only_the_default_region_makes_one() {
+    let mut env = Env::start().await;
+    env.policy(
+        "a.yaml",
+        &policy("a", "aws_secrets_manager: { secret_id: '{prefix}/x', region: us-east-1, create: true }"),
+    );
+    env.policy("b.yaml", &policy("b", "aws_secrets_manager: { secret_id: '{prefix}/x', create: true }"));
+    // An ARN carries its region: in us-east-1 it is the default region's `{prefix}/y`.
+    let arn = ARN.replace("eu-central-1", "us-east-1");
+    env.policy("c.yaml", &policy("c", &format!("aws_secrets_manager: {{ secret_id: '{arn}:{{prefix}}/y-AbCdEf' }}")));
+    env.policy("d.yaml", &policy("d", "aws_secrets_manager: { secret_id: '{prefix}/y', create: true }"));
+    env.rotator(&["validate"]).await.assert_code(0);
+    for args in [vec!["rotate", "--all"], vec!["rotate", "a"], vec!["plan"], vec!["rotate", "--all", "--dry-run"]] {
+        let run = env.rotator(&args).await;
+        let output = format!("{}{}", run.stdout, run.stderr);
+        assert_eq!(run.code, 2, "`{}` refuses:\n{output}", args.join(" "));
+        for expected in [
+            "b.yaml:1:1: destinations: ",
+            "policy `a` (",
+            "a.yaml:1:1",
+            "d.yaml:1:1: destinations: ",
+            "policy `c` (",
+            "c.yaml:1:1",
+            "default region `us-east-1`",
+        ] {
+            assert!(output.contains(expected), "`{}` says `{expected}`:\n{output}", args.join(" "));
+        }
+    }
+    assert_eq!(env.sim.stats().creates, 0, "nothing was minted");
+    for name in ["x", "y"] {
+        let id = format!("{}/{name}", env.prefix);
+        assert!(env.aws().describe_secret().secret_id(&id).send().await.is_err(), "{id} was not created in moto");
+    }
+    assert!(!env.journal_path().exists(), "no journal was created");
+    // In another default region `a` and `b` are different secrets (`c`'s ARN names a secret
+    // moto does not hold, which plan would report).
+    std::fs::remove_file(env.dir.join("policies/c.yaml")).unwrap();
+    env.env.push(("AWS_REGION".into(), "eu-west-1".into()));
+    let run = env.rotator(&["plan"]).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(env.sim.stats().creates, 0, "plan mints nothing");
 }
 
 /// A rotation interrupted before promotion resumes when `--policies` is spelled differently
