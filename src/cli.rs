@@ -290,6 +290,19 @@ pub fn load_policies(dir: &std::path::Path) -> Result<Vec<Policy>, Failure> {
     policy::load_dir(dir).map_err(|invalid| Failure::Invalid(invalid.to_string()))
 }
 
+/// Refuses a policy set in which the default AWS region makes two destinations one secret (a
+/// destination without `region` is in it, and only the AWS configuration knows it, so
+/// `validate` cannot decide). Called by `plan` and `rotate` before anything is opened, minted or
+/// written; reads the AWS configuration only when some default region would matter.
+async fn check_default_region(config: &Config, policies: &[Policy]) -> Result<(), Failure> {
+    if !policy::depends_on_default_region(policies) {
+        return Ok(());
+    }
+    let clients = config.clients(true, false).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+    let region = clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
+    policy::check_default_region(policies, region.as_deref()).map_err(|invalid| Failure::Invalid(invalid.to_string()))
+}
+
 fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<(), Failure> {
     let result = if args.paths.is_empty() {
         if !dir.is_dir() {
@@ -410,6 +423,7 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         return plan(ctx, &names, &[], compromise, args.format).await;
     }
     let selected = select(&policies, &args.names, args.all, &selector)?;
+    check_default_region(&config, &policies).await?;
     let journal = open_journal(&config).await?;
     // Every run first finishes what earlier runs left: crashed rotations and revocations whose
     // grace period is over, for every policy (the selected ones resume inside `rotate`).
@@ -594,6 +608,7 @@ async fn plan(
     let config = ctx.config()?;
     let policies = load_policies(&ctx.policies)?;
     let selected = select(&policies, names, names.is_empty(), selector)?;
+    check_default_region(&config, &policies).await?;
     let destinations = || selected.iter().flat_map(|p| p.destinations.iter());
     let need_aws = destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
     let need_vault = destinations().any(|d| matches!(d, Destination::Vault(_)));

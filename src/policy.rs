@@ -251,42 +251,208 @@ pub enum Destination {
 }
 
 impl Destination {
-    /// A short, secret-free label such as `vault:secret/toktra/ci`.
+    /// A short, secret-free label such as `vault:secret/toktra/ci`. The engine stores it in the
+    /// journal and compares it with the policy's on resume, so it is built from the canonical
+    /// form [`validate`] gives destinations (absolute file paths, Vault paths without stray
+    /// slashes): the same policy loaded through `policies`, `./policies/` or an absolute path
+    /// has the same labels.
     pub fn label(&self) -> String {
         match self {
             Destination::AwsSecretsManager(d) => match &d.region {
                 Some(region) => format!("aws:{region}:{}", d.secret_id),
                 None => format!("aws:{}", d.secret_id),
             },
-            Destination::Vault(d) => format!("vault:{}/{}", d.mount, d.path),
+            Destination::Vault(d) => format!("vault:{}/{}", vault_path(&d.mount), vault_path(&d.path)),
             Destination::File(d) => format!("file:{}", d.path.display()),
         }
     }
 
-    /// Every place the destination writes, to reject two policies writing the same place.
-    fn identities(&self) -> Vec<String> {
+    /// Every place the destination writes, to reject two destinations writing one place.
+    /// A destination without `region` is placed in `default_region` (`None`: the default, which
+    /// only the AWS configuration knows, so it equals only itself).
+    fn places(&self, default_region: Option<&str>) -> Vec<Place> {
         match self {
             Destination::AwsSecretsManager(d) => {
-                vec![format!("aws:{}:{}", d.region.as_deref().unwrap_or("(default)"), d.secret_id)]
+                let (region, account, name) = match secret_arn(&d.secret_id) {
+                    Some(Ok(arn)) => (
+                        Some(arn.region.to_string()),
+                        Some(format!("{}:{}", arn.partition, arn.account)),
+                        arn.resource.to_string(),
+                    ),
+                    _ => (d.region.clone().or(default_region.map(str::to_string)), None, d.secret_id.clone()),
+                };
+                vec![Place::Aws { region, account, name }]
             }
             Destination::Vault(d) => {
-                let mount = d.mount.trim_matches('/');
+                let mount = vault_path(&d.mount);
                 vec![
-                    format!("vault:{mount}/{}", d.path.trim_matches('/')),
-                    format!("vault:{mount}/{}", d.staging_path()),
+                    Place::Exact(format!("vault:{mount}/{}", vault_path(&d.path))),
+                    Place::Exact(format!("vault:{mount}/{}", d.staging_path())),
                 ]
             }
-            Destination::File(d) => vec![format!("file:{}", d.path.display())],
+            // The staged and the replaced value wait beside the file.
+            Destination::File(d) => ["", ".pending", ".previous"]
+                .iter()
+                .map(|suffix| {
+                    let mut path = d.path.clone().into_os_string();
+                    path.push(suffix);
+                    Place::Exact(format!("file:{}", PathBuf::from(path).display()))
+                })
+                .collect(),
         }
     }
+}
+
+/// A place a destination writes, canonical (see [`Destination::places`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    /// A file or Vault path: the same text is the same place.
+    Exact(String),
+    /// An AWS secret. AWS accepts a name or an ARN, and they cannot be matched exactly offline:
+    /// a name has no account, and an ARN's name is followed by `-` and 6 random characters
+    /// (or not, in a partial ARN) while a name may itself end like that.
+    Aws {
+        /// From the ARN, else `region`, else the default region when known.
+        region: Option<String>,
+        /// `partition:account` of an ARN; `None` for a name (the caller's account).
+        account: Option<String>,
+        /// The name, or the ARN's resource (`name-XXXXXX`, or `name` in a partial ARN).
+        name: String,
+    },
+}
+
+/// How two places overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overlap {
+    /// Certainly one place.
+    Same,
+    /// Possibly one AWS secret: a name and an ARN, or a partial and a full ARN, naming it.
+    Maybe,
+}
+
+impl Place {
+    /// Keys under which overlapping places meet: equal text, or a region and a secret name.
+    fn keys(&self) -> Vec<String> {
+        match self {
+            Place::Exact(text) => vec![text.clone()],
+            Place::Aws { region, account, name } => {
+                let region = region.as_deref().unwrap_or("(default)");
+                let mut keys = vec![format!("aws:{region}:{name}")];
+                if let Some(bare) = account.as_ref().and(without_random_suffix(name)) {
+                    keys.push(format!("aws:{region}:{bare}"));
+                }
+                keys
+            }
+        }
+    }
+
+    fn overlap(&self, other: &Place) -> Option<Overlap> {
+        match (self, other) {
+            (Place::Exact(a), Place::Exact(b)) => (a == b).then_some(Overlap::Same),
+            (Place::Aws { region: ra, account: aa, name: na }, Place::Aws { region: rb, account: ab, name: nb })
+                if ra == rb =>
+            {
+                let suffixed = |full: &str, bare: &str| without_random_suffix(full) == Some(bare);
+                match (aa, ab) {
+                    (None, None) => (na == nb).then_some(Overlap::Same),
+                    (Some(aa), Some(ab)) if aa != ab => None,
+                    (Some(_), Some(_)) if na == nb => Some(Overlap::Same),
+                    (Some(_), Some(_)) => (suffixed(na, nb) || suffixed(nb, na)).then_some(Overlap::Maybe),
+                    // A name is in the caller's account, which only AWS knows: possibly the ARN's.
+                    (Some(_), None) => (na == nb || suffixed(na, nb)).then_some(Overlap::Maybe),
+                    (None, Some(_)) => (na == nb || suffixed(nb, na)).then_some(Overlap::Maybe),
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The parts of a Secrets Manager secret ARN, `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:RESOURCE`.
+struct SecretArn<'a> {
+    partition: &'a str,
+    region: &'a str,
+    account: &'a str,
+    resource: &'a str,
+}
+
+/// `None` when `secret_id` is a name; an error when it starts like an ARN (a secret name cannot
+/// contain `:`) but is not a secret's.
+fn secret_arn(secret_id: &str) -> Option<Result<SecretArn<'_>, String>> {
+    let rest = secret_id.strip_prefix("arn:")?;
+    let parts: Vec<&str> = rest.splitn(6, ':').collect();
+    Some(match parts[..] {
+        [partition, "secretsmanager", region, account, "secret", resource]
+            if [partition, region, account, resource].iter().all(|p| !p.is_empty()) =>
+        {
+            Ok(SecretArn { partition, region, account, resource })
+        }
+        _ => Err(format!(
+            "`{secret_id}` is not a Secrets Manager secret ARN (`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-XXXXXX`)"
+        )),
+    })
+}
+
+/// The name an ARN's resource has without the `-` and 6 alphanumerics AWS appends, if it ends
+/// like that. Only a candidate: a partial ARN has no suffix and a name may end the same way.
+fn without_random_suffix(resource: &str) -> Option<&str> {
+    let (name, suffix) = resource.rsplit_once('-')?;
+    (!name.is_empty() && suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(name)
+}
+
+/// A Vault mount or path without empty segments: `/toktra//ci/` is `toktra/ci`, as Vault routes
+/// it.
+fn vault_path(text: &str) -> String {
+    text.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/")
+}
+
+/// The file a `path` given in a policy file under `base` names, as the file destination writes
+/// it: absolute, and independent of how the policy directory was spelled (`policies`,
+/// `./policies/`, absolute, through a symlink). The longest existing ancestor of its directory
+/// is resolved by the filesystem (`..` after a symlink goes where the kernel goes); the rest,
+/// which does not exist yet, lexically (as `create_dir_all` would create it). The file itself
+/// is not resolved: promotion renames over it, replacing a symlink rather than its target.
+fn canonical_file(base: &Path, path: &Path) -> PathBuf {
+    let joined = base.join(path);
+    let absolute = match joined.is_absolute() {
+        true => joined,
+        false => std::env::current_dir().map(|cwd| cwd.join(&joined)).unwrap_or(joined),
+    };
+    let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) else { return absolute };
+    let components: Vec<std::path::Component<'_>> = dir.components().collect();
+    let mut resolved = PathBuf::new();
+    let mut rest = &components[..];
+    for end in (1..=components.len()).rev() {
+        let prefix: PathBuf = components[..end].iter().collect();
+        if prefix.symlink_metadata().is_ok()
+            && let Ok(real) = std::fs::canonicalize(&prefix)
+        {
+            resolved = real;
+            rest = &components[end..];
+            break;
+        }
+    }
+    if resolved.as_os_str().is_empty() {
+        resolved = components.iter().take_while(|c| matches!(c, std::path::Component::RootDir)).collect();
+    }
+    for component in rest {
+        match component {
+            std::path::Component::Normal(part) => resolved.push(part),
+            std::path::Component::ParentDir => {
+                resolved.pop();
+            }
+            _ => {}
+        }
+    }
+    resolved.join(name)
 }
 
 impl VaultDestination {
     /// Where the pending value waits: `staging_path`, else `_rotator/staging/<path>`.
     pub fn staging_path(&self) -> String {
         match &self.staging_path {
-            Some(p) => p.trim_matches('/').to_string(),
-            None => format!("_rotator/staging/{}", self.path.trim_matches('/')),
+            Some(p) => vault_path(p),
+            None => format!("_rotator/staging/{}", vault_path(&self.path)),
         }
     }
 }
@@ -825,7 +991,9 @@ fn validate(doc: Document, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Opt
     if doc.destinations.is_empty() {
         cx.problem(problems, "destinations", "at least one destination is required");
     }
-    let mut destinations = Vec::new();
+    // Relative file paths are relative to the policy file's directory.
+    let base = cx.file.parent().unwrap_or(Path::new("."));
+    let mut destinations: Vec<Destination> = Vec::new();
     for (i, spec) in doc.destinations.into_iter().enumerate() {
         let field = format!("destinations[{i}]");
         let mut kinds = Vec::new();
@@ -868,10 +1036,52 @@ fn validate(doc: Document, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Opt
             Destination::File(d) if d.path.as_os_str().is_empty() => {
                 cx.problem(problems, &format!("{field}.file.path"), "must not be empty")
             }
+            Destination::File(d) if d.path.file_name().is_none() => cx.problem(
+                problems,
+                &format!("{field}.file.path"),
+                format!("`{}` names a directory, not a file", d.path.display()),
+            ),
+            Destination::AwsSecretsManager(d) => match secret_arn(&d.secret_id) {
+                Some(Err(message)) => cx.problem(problems, &format!("{field}.aws_secrets_manager.secret_id"), message),
+                Some(Ok(arn)) if d.region.as_deref().is_some_and(|r| r != arn.region) => cx.problem(
+                    problems,
+                    &format!("{field}.aws_secrets_manager.region"),
+                    format!(
+                        "`{}` is not the region of the ARN in `secret_id`, `{}`",
+                        d.region.as_deref().unwrap_or_default(),
+                        arn.region
+                    ),
+                ),
+                _ => {}
+            },
             _ => {}
         }
-        if destinations.contains(&destination) {
-            cx.problem(problems, &field, format!("destination `{}` is listed twice", destination.label()));
+        // The canonical form every later comparison and the journal's labels use.
+        let destination = match destination {
+            Destination::Vault(d) => Destination::Vault(VaultDestination {
+                mount: vault_path(&d.mount),
+                path: vault_path(&d.path),
+                staging_path: d.staging_path.as_deref().map(vault_path),
+                ..d
+            }),
+            Destination::File(d) if d.path.file_name().is_some() => {
+                Destination::File(FileDestination { path: canonical_file(base, &d.path) })
+            }
+            other => other,
+        };
+        if let Some((j, overlap)) = first_overlap(&destination, destinations.iter().enumerate(), None) {
+            let other = destinations[j].label();
+            let message = match overlap {
+                Overlap::Same if other == destination.label() => format!("destination `{other}` is listed twice"),
+                Overlap::Same => {
+                    format!("destination `{}` is listed twice (as `{other}`, destinations[{j}])", destination.label())
+                }
+                Overlap::Maybe => format!(
+                    "destination `{}` may be the same secret as `{other}` (destinations[{j}]): {MAYBE_SAME}",
+                    destination.label()
+                ),
+            };
+            cx.problem(problems, &field, message);
         }
         destinations.push(destination);
     }
@@ -883,16 +1093,6 @@ fn validate(doc: Document, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Opt
     if problems.len() > before {
         return None;
     }
-    let base = cx.file.parent().unwrap_or(Path::new("."));
-    let destinations = destinations
-        .into_iter()
-        .map(|d| match d {
-            Destination::File(f) if f.path.is_relative() => {
-                Destination::File(FileDestination { path: base.join(f.path) })
-            }
-            other => other,
-        })
-        .collect();
     Some(Policy {
         name: doc.name,
         description: doc.description,
@@ -910,7 +1110,7 @@ fn validate(doc: Document, cx: &Context<'_>, problems: &mut Vec<Problem>) -> Opt
 fn check_set(policies: &[Policy], problems: &mut Vec<Problem>) {
     let mut names: HashMap<&str, &Policy> = HashMap::new();
     let mut credentials: HashMap<(CredentialKind, &str), &Policy> = HashMap::new();
-    let mut destinations: HashMap<String, &Policy> = HashMap::new();
+    let mut unique = Vec::new();
     for policy in policies {
         if let Some(first) = names.insert(&policy.name, policy) {
             problems.push(Problem {
@@ -932,24 +1132,137 @@ fn check_set(policies: &[Policy], problems: &mut Vec<Problem>) {
                 ),
             });
         }
-        for (destination, identity) in
-            policy.destinations.iter().flat_map(|d| d.identities().into_iter().map(move |i| (d, i)))
-        {
-            if let Some(other) = destinations.insert(identity, policy)
-                && other.name != policy.name
-            {
-                problems.push(Problem {
-                    location: policy.source.clone(),
-                    field: "destinations".into(),
-                    message: format!(
-                        "destination `{}` is also written by policy `{}` ({})",
-                        destination.label(),
-                        other.name,
-                        other.source
-                    ),
-                });
+        unique.push(policy);
+    }
+    // Within one policy, `validate` reported it at the destination's own line.
+    problems.extend(
+        overlapping(&unique, None)
+            .iter()
+            .filter(|o| !std::ptr::eq(o.policy, o.other))
+            .map(|o| overlap_problem(o, None)),
+    );
+}
+
+/// The check `validate` cannot make offline: a destination without `region` is in the default
+/// region, which only the AWS configuration knows. With those placed in `default_region`, no two
+/// destinations of the set (of two policies, or of one) may write one secret. `plan` and
+/// `rotate` call it before anything is opened, minted or written.
+pub fn check_default_region(policies: &[Policy], default_region: Option<&str>) -> Result<(), Invalid> {
+    let all: Vec<&Policy> = policies.iter().collect();
+    let problems: Vec<Problem> =
+        overlapping(&all, default_region).iter().map(|o| overlap_problem(o, default_region)).collect();
+    if problems.is_empty() { Ok(()) } else { Err(Invalid(problems)) }
+}
+
+/// Whether [`check_default_region`] has anything to decide for this (valid) set: some default
+/// region named in it would make two destinations one secret. Without such a pair the AWS
+/// configuration need not be read (a file-only or Vault-only run never touches it).
+pub fn depends_on_default_region(policies: &[Policy]) -> bool {
+    let all: Vec<&Policy> = policies.iter().collect();
+    let regions: std::collections::BTreeSet<String> = all
+        .iter()
+        .flat_map(|p| &p.destinations)
+        .flat_map(|d| d.places(None))
+        .filter_map(|place| match place {
+            Place::Aws { region, .. } => region,
+            Place::Exact(_) => None,
+        })
+        .collect();
+    regions.iter().any(|region| !overlapping(&all, Some(region)).is_empty())
+}
+
+/// Why a name and an ARN (or a partial and a full ARN) are refused as possibly one secret.
+const MAYBE_SAME: &str = "a secret name is in the caller's account, an ARN names the secret by its name followed by \
+    `-` and 6 random characters (none in a partial ARN), and a name may itself end like that; if they are different \
+    secrets, give both as full ARNs";
+
+/// A destination writing a place an earlier destination (of an earlier policy, or earlier in
+/// the same one) writes.
+struct Overlapping<'a> {
+    policy: &'a Policy,
+    index: usize,
+    other: &'a Policy,
+    other_index: usize,
+    overlap: Overlap,
+}
+
+/// Every destination of `policies` that writes a place an earlier one writes, with AWS
+/// destinations without `region` placed in `default_region`. Places meet by their keys, so a
+/// set of 10,000 policies is not compared pairwise.
+fn overlapping<'a>(policies: &[&'a Policy], default_region: Option<&str>) -> Vec<Overlapping<'a>> {
+    let mut seen: HashMap<String, Vec<(&'a Policy, usize, Place)>> = HashMap::new();
+    let mut found = Vec::new();
+    for &policy in policies {
+        for (index, destination) in policy.destinations.iter().enumerate() {
+            let places = destination.places(default_region);
+            let mut best: Option<Overlapping<'a>> = None;
+            for place in &places {
+                for key in place.keys() {
+                    for (other, other_index, theirs) in seen.get(&key).into_iter().flatten() {
+                        if let Some(overlap) = place.overlap(theirs)
+                            && best.as_ref().is_none_or(|b| b.overlap == Overlap::Maybe && overlap == Overlap::Same)
+                        {
+                            best = Some(Overlapping { policy, index, other, other_index: *other_index, overlap });
+                        }
+                    }
+                }
+            }
+            found.extend(best);
+            for place in places {
+                for key in place.keys() {
+                    seen.entry(key).or_default().push((policy, index, place.clone()));
+                }
             }
         }
+    }
+    found
+}
+
+/// An earlier destination of one policy writing a place `destination` writes (a certain
+/// overlap before a possible one).
+fn first_overlap<'a>(
+    destination: &Destination,
+    earlier: impl Iterator<Item = (usize, &'a Destination)>,
+    default_region: Option<&str>,
+) -> Option<(usize, Overlap)> {
+    let places = destination.places(default_region);
+    let mut found = None;
+    for (j, other) in earlier {
+        for theirs in other.places(default_region) {
+            match places.iter().find_map(|ours| ours.overlap(&theirs)) {
+                Some(Overlap::Same) => return Some((j, Overlap::Same)),
+                Some(Overlap::Maybe) if found.is_none() => found = Some((j, Overlap::Maybe)),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+fn overlap_problem(o: &Overlapping<'_>, default_region: Option<&str>) -> Problem {
+    let ours = o.policy.destinations[o.index].label();
+    let theirs = o.other.destinations[o.other_index].label();
+    let same_policy = std::ptr::eq(o.policy, o.other);
+    let of = match same_policy {
+        true => format!("destinations[{}]", o.other_index),
+        false => format!("policy `{}` ({})", o.other.name, o.other.source),
+    };
+    let mut message = match default_region {
+        Some(region) => format!("with the default region `{region}` (from the AWS configuration), "),
+        None => String::new(),
+    };
+    message.push_str(&match (o.overlap, same_policy) {
+        (Overlap::Same, true) => format!("destination `{ours}` is listed twice (as `{theirs}`, {of})"),
+        (Overlap::Same, false) if ours == theirs => format!("destination `{ours}` is also written by {of}"),
+        (Overlap::Same, false) => format!("destination `{ours}` is also written by {of} as `{theirs}`"),
+        (Overlap::Maybe, _) => {
+            format!("destination `{ours}` may be the same secret as `{theirs}` of {of}: {MAYBE_SAME}")
+        }
+    });
+    Problem {
+        location: o.policy.source.clone(),
+        field: if same_policy { format!("destinations[{}]", o.index) } else { "destinations".into() },
+        message,
     }
 }
 
@@ -1169,6 +1482,26 @@ mod tests {
                 "p.yaml:7:5: destinations[1]: destination `vault:secret/toktra/ci` is listed twice",
             ),
             (
+                "  - aws_secrets_manager: { secret_id: prod/ci, create: true }\n",
+                "  - vault: { mount: secret/, path: /toktra//ci/, create: true }\n",
+                "p.yaml:7:5: destinations[1]: destination `vault:secret/toktra/ci` is listed twice",
+            ),
+            (
+                "secret_id: prod/ci",
+                "secret_id: 'arn:aws:s3:::ci'",
+                "p.yaml:7:28: destinations[1].aws_secrets_manager.secret_id: `arn:aws:s3:::ci` is not a Secrets Manager secret ARN",
+            ),
+            (
+                "secret_id: prod/ci",
+                "secret_id: 'arn:aws:secretsmanager:eu-central-1:123456789012:secret:prod/ci-AbCdEf', region: us-east-1",
+                "p.yaml:7:113: destinations[1].aws_secrets_manager.region: `us-east-1` is not the region of the ARN in `secret_id`, `eu-central-1`",
+            ),
+            (
+                "  - aws_secrets_manager: { secret_id: prod/ci, create: true }\n",
+                "  - file: { path: out/.. }\n",
+                "p.yaml:7:13: destinations[1].file.path: `out/..` names a directory, not a file",
+            ),
+            (
                 "scopes: [usage:read]",
                 "scopes: [\"usage read\"]",
                 "p.yaml:2:45: credential.scopes[0]: `usage read` is not a scope",
@@ -1292,6 +1625,212 @@ mod tests {
         // Absurd durations are refused rather than overflowing later.
         let (_, problems) = parse(&GOOD.replace("every: 90d", "every: 14000000w"));
         assert!(problems.iter().any(|p| p.message.contains("longer than the maximum of 10 years")), "{problems:#?}");
+    }
+
+    /// Two policies, `a` with destination `a` and `b` with destination `b` (YAML flow maps).
+    fn pair(a: &str, b: &str) -> (Vec<Policy>, Vec<Problem>) {
+        let doc = |name: &str, destination: &str| {
+            format!(
+                "name: {name}\ncredential: {{ kind: api_key, name: {name} }}\nschedule: {{ every: 30d }}\ndestinations:\n  - {destination}\n"
+            )
+        };
+        parse(&format!("{}---\n{}", doc("a", a), doc("b", b)))
+    }
+
+    /// One place under two spellings is one destination: written by two policies it is refused,
+    /// naming both; places that differ stay valid.
+    #[test]
+    fn one_place_under_two_spellings() {
+        let arn = "arn:aws:secretsmanager:eu-central-1:123456789012:secret";
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("file: { path: out/x.json }", "file: { path: ./out/x.json }", Some("is also written by policy `a`")),
+            ("file: { path: x.json }", "file: { path: nowhere/../x.json }", Some("is also written by policy `a`")),
+            ("file: { path: out//x.json }", "file: { path: out/./x.json }", Some("is also written by policy `a`")),
+            ("file: { path: x.json.pending }", "file: { path: x.json }", Some("is also written by policy `a`")),
+            ("file: { path: out/x.json }", "file: { path: out/../x.json }", None),
+            ("file: { path: out/x.json }", "file: { path: out/x.json.bak }", None),
+            (
+                "vault: { mount: secret, path: t/x }",
+                "vault: { mount: /secret/, path: t//x/ }",
+                Some("`vault:secret/t/x` is also written by policy `a`"),
+            ),
+            (
+                "vault: { mount: secret, path: t/x }",
+                "vault: { mount: secret, path: t/y, staging_path: /t/x }",
+                Some("`vault:secret/t/y` is also written by policy `a`"),
+            ),
+            ("vault: { mount: secret, path: t/x }", "vault: { mount: secret, path: t/x/y }", None),
+            ("aws_secrets_manager: { secret_id: x }", "aws_secrets_manager: { secret_id: x }", Some("also written")),
+            (
+                "aws_secrets_manager: { secret_id: x, region: eu-central-1 }",
+                "aws_secrets_manager: { secret_id: x }",
+                None,
+            ),
+            (
+                "aws_secrets_manager: { secret_id: x, region: eu-central-1 }",
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-AbCdEf' }}"),
+                Some("may be the same secret as `aws:eu-central-1:x` of policy `a`"),
+            ),
+            // A partial ARN, and a name that itself ends like a suffix.
+            (
+                "aws_secrets_manager: { secret_id: x, region: eu-central-1 }",
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x' }}"),
+                Some("may be the same secret"),
+            ),
+            (
+                "aws_secrets_manager: { secret_id: x-abcdef, region: eu-central-1 }",
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-abcdef-Gh1jKl', region: eu-central-1 }}"),
+                Some("may be the same secret"),
+            ),
+            (
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x' }}"),
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-AbCdEf' }}"),
+                Some("may be the same secret"),
+            ),
+            (
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-AbCdEf' }}"),
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-AbCdEf' }}"),
+                Some("is also written by policy `a`"),
+            ),
+            // Different: another region, another account, another incarnation, two names.
+            (
+                "aws_secrets_manager: { secret_id: x, region: eu-west-1 }",
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-AbCdEf' }}"),
+                None,
+            ),
+            (
+                &format!("aws_secrets_manager: {{ secret_id: '{}:x-AbCdEf' }}", arn.replace("1234", "4321")),
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-AbCdEf' }}"),
+                None,
+            ),
+            (
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-GhIjKl' }}"),
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}:x-AbCdEf' }}"),
+                None,
+            ),
+            (
+                "aws_secrets_manager: { secret_id: x, region: eu-central-1 }",
+                "aws_secrets_manager: { secret_id: x-AbCdEf, region: eu-central-1 }",
+                None,
+            ),
+        ];
+        for (a, b, expected) in cases {
+            let (_, problems) = pair(a, b);
+            let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            match expected {
+                Some(expected) => assert!(
+                    shown.len() == 1
+                        && shown[0].starts_with("p.yaml:7:1: destinations: destination `")
+                        && shown[0].contains(expected),
+                    "expected `{expected}`\n  {a}\n  {b}\n{shown:#?}"
+                ),
+                None => assert!(shown.is_empty(), "valid:\n  {a}\n  {b}\n{shown:#?}"),
+            }
+        }
+    }
+
+    /// Validated destinations are canonical, so labels (which the journal compares on resume)
+    /// do not depend on how the policy directory or the path was spelled.
+    #[test]
+    fn labels_are_canonical() {
+        let (policies, problems) =
+            pair("file: { path: ./out//x.json }", "vault: { mount: secret/, path: /t//x/, staging_path: s//x/ }");
+        assert!(problems.is_empty(), "{problems:?}");
+        let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+        assert_eq!(policies[0].destinations[0].label(), format!("file:{}", cwd.join("out/x.json").display()));
+        assert_eq!(policies[1].destinations[0].label(), "vault:secret/t/x");
+        let Destination::Vault(v) = &policies[1].destinations[0] else { panic!() };
+        assert_eq!(v.staging_path(), "s/x");
+        // The same file through another spelling of the policy file's directory.
+        let mut again = Vec::new();
+        let text = "name: a\ncredential: { kind: api_key, name: a }\nschedule: { every: 30d }\ndestinations:\n  - file: { path: out/x.json }\n";
+        parse_file(&cwd.join("src/../p.yaml"), text, &mut again, &mut Vec::new());
+        parse_file(Path::new("./src/../p.yaml"), text, &mut again, &mut Vec::new());
+        assert_eq!(again[0].destinations[0].label(), policies[0].destinations[0].label());
+        assert_eq!(again[1].destinations[0].label(), policies[0].destinations[0].label());
+    }
+
+    /// Existing directories are resolved by the filesystem (symlinks, and `..` after one, go
+    /// where the kernel goes); what does not exist yet, lexically; the file itself never.
+    #[test]
+    fn file_paths_resolve_existing_directories() {
+        let root = std::env::temp_dir().join(format!("rotator-policy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("deep/real")).unwrap();
+        std::os::unix::fs::symlink(root.join("deep/real"), root.join("link")).unwrap();
+        std::os::unix::fs::symlink("elsewhere.json", root.join("deep/real/file.json")).unwrap();
+        let real = root.canonicalize().unwrap();
+        for (base, path, expected) in [
+            (root.join("link"), "x.json", "deep/real/x.json"),
+            (root.clone(), "link/x.json", "deep/real/x.json"),
+            (root.clone(), "link/../x.json", "deep/x.json"),
+            (root.clone(), "new/../deep//./x.json", "deep/x.json"),
+            (root.clone(), "link/new/more/../../x.json", "deep/real/x.json"),
+            (root.clone(), "link/file.json", "deep/real/file.json"),
+            (PathBuf::from("/nowhere"), &format!("{}/link/x.json", root.display()), "deep/real/x.json"),
+        ] {
+            assert_eq!(canonical_file(&base, Path::new(path)), real.join(expected), "{} + {path}", base.display());
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// What only the default region decides: `validate` accepts it, the check `plan` and
+    /// `rotate` make with the AWS configuration's region refuses it, naming both policies.
+    #[test]
+    fn the_default_region_decides_the_rest() {
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:y-AbCdEf";
+        for (a, b, field) in [
+            (
+                "aws_secrets_manager: { secret_id: x, region: us-east-1 }",
+                "aws_secrets_manager: { secret_id: x }",
+                "destinations",
+            ),
+            (
+                &format!("aws_secrets_manager: {{ secret_id: '{arn}' }}"),
+                "aws_secrets_manager: { secret_id: y }",
+                "destinations",
+            ),
+            (
+                "aws_secrets_manager: { secret_id: z }",
+                "aws_secrets_manager: { secret_id: x, region: us-east-1 }\n  - aws_secrets_manager: { secret_id: x }",
+                "destinations[1]",
+            ),
+        ] {
+            let (policies, problems) = pair(a, b);
+            assert!(problems.is_empty(), "{problems:?}");
+            assert!(depends_on_default_region(&policies), "{a} / {b}");
+            assert!(check_default_region(&policies, None).is_ok());
+            assert!(check_default_region(&policies, Some("eu-west-1")).is_ok());
+            let Err(Invalid(problems)) = check_default_region(&policies, Some("us-east-1")) else {
+                panic!("{a} / {b}")
+            };
+            assert_eq!(problems.len(), 1, "{problems:#?}");
+            let shown = problems[0].to_string();
+            assert!(
+                shown.starts_with(&format!("p.yaml:7:1: {field}: with the default region `us-east-1` (from the AWS configuration), destination `aws:")),
+                "{shown}"
+            );
+        }
+        let (policies, _) =
+            pair("aws_secrets_manager: { secret_id: x, region: us-east-1 }", "aws_secrets_manager: { secret_id: y }");
+        assert!(!depends_on_default_region(&policies));
+        let (policies, _) = pair("file: { path: x.json }", "vault: { mount: secret, path: x }");
+        assert!(!depends_on_default_region(&policies));
+    }
+
+    #[test]
+    fn random_suffixes() {
+        for (resource, expected) in [
+            ("x-AbCdEf", Some("x")),
+            ("a/b-c-123456", Some("a/b-c")),
+            ("x-abcde", None),
+            ("x-abcdefg", None),
+            ("x-abc_ef", None),
+            ("-AbCdEf", None),
+            ("x", None),
+        ] {
+            assert_eq!(without_random_suffix(resource), expected, "{resource}");
+        }
     }
 
     #[test]
