@@ -685,6 +685,7 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         }
     }
     let policies = load_policies(&ctx.policies)?;
+    check_default_region(&config, &policies).await?;
     for p in &policies {
         if let Some(channel) = p.notify.iter().find(|c| !config.channels.contains_key(*c)) {
             return Err(Failure::Invalid(format!(

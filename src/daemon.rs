@@ -212,6 +212,13 @@ impl Daemon {
     pub fn reload(&self) -> Result<usize, policy::Invalid> {
         match policy::load_dir(&self.policies_dir) {
             Ok(policies) => {
+                // What `validate` cannot decide: two destinations that only the default AWS
+                // region makes one secret.
+                let region = self.engine.clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
+                if let Err(invalid) = policy::check_default_region(&policies, region.as_deref()) {
+                    tracing::error!("reload rejected: {invalid}");
+                    return Err(invalid);
+                }
                 let mut missing: Vec<String> = policies
                     .iter()
                     .flat_map(|p| p.destinations.iter().map(move |d| (p, d)))

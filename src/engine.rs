@@ -513,7 +513,8 @@ impl Engine {
         // Destinations matter only up to promotion: after it, what is left is Toktra work
         // (revoking the old credentials) and checks that read the policy's destinations as they
         // are now. Editing a policy during its grace must not keep its old credential alive.
-        let changed = labels != rotation.destinations || rotation.kind != policy.credential.kind;
+        let recorded: Vec<String> = rotation.destinations.iter().map(|l| crate::policy::canonical_label(l)).collect();
+        let changed = labels != recorded || rotation.kind != policy.credential.kind;
         let destinations = if changed && !rotation.phase.is_promoted() {
             // Working on a different set of destinations than the rotation staged into could
             // promote half of them or strand staged values: refuse, and say how to get out.

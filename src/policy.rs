@@ -402,6 +402,19 @@ fn without_random_suffix(resource: &str) -> Option<&str> {
 
 /// A Vault mount or path without empty segments: `/toktra//ci/` is `toktra/ci`, as Vault routes
 /// it.
+/// The canonical form of a destination label as an earlier version may have recorded it in the
+/// journal (file paths as spelled, Vault paths with stray slashes), so rotations in flight across
+/// an upgrade still compare equal to their policy's [`Destination::label`].
+pub fn canonical_label(label: &str) -> String {
+    if let Some(path) = label.strip_prefix("file:") {
+        format!("file:{}", canonical_file(Path::new(""), Path::new(path)).display())
+    } else if let Some(path) = label.strip_prefix("vault:") {
+        format!("vault:{}", vault_path(path))
+    } else {
+        label.to_string()
+    }
+}
+
 fn vault_path(text: &str) -> String {
     text.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/")
 }
@@ -1748,6 +1761,10 @@ mod tests {
         parse_file(Path::new("./src/../p.yaml"), text, &mut again, &mut Vec::new());
         assert_eq!(again[0].destinations[0].label(), policies[0].destinations[0].label());
         assert_eq!(again[1].destinations[0].label(), policies[0].destinations[0].label());
+        // Labels an earlier version recorded in the journal, as spelled then.
+        assert_eq!(canonical_label("file:./out//x.json"), policies[0].destinations[0].label());
+        assert_eq!(canonical_label("vault:secret//t/x/"), "vault:secret/t/x");
+        assert_eq!(canonical_label("aws:eu-west-1:x"), "aws:eu-west-1:x");
     }
 
     /// Existing directories are resolved by the filesystem (symlinks, and `..` after one, go

@@ -37,8 +37,14 @@ impl Aws {
     pub fn new(spec: &AwsDestination, kind: CredentialKind, sdk: &aws_config::SdkConfig) -> Result<Aws, Error> {
         let label = crate::policy::Destination::AwsSecretsManager(spec.clone()).label();
         let mut config = aws_sdk_secretsmanager::config::Builder::from(sdk);
-        if let Some(region) = &spec.region {
-            config = config.region(aws_config::Region::new(region.clone()));
+        // A secret named by its ARN lives in the ARN's region, whatever the default is.
+        let arn_region = spec
+            .secret_id
+            .strip_prefix("arn:")
+            .and_then(|rest| rest.split(':').nth(2))
+            .filter(|region| !region.is_empty());
+        if let Some(region) = spec.region.as_deref().or(arn_region) {
+            config = config.region(aws_config::Region::new(region.to_string()));
         } else if sdk.region().is_none() {
             return Err(Error::new(
                 label,
