@@ -432,12 +432,29 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         .iter()
         .filter(|p| !selected.iter().any(|s| s.name == p.name) && unfinished.iter().any(|r| r.policy == p.name))
         .collect();
-    for orphaned in unfinished.iter().filter(|r| !policies.iter().any(|p| p.name == r.policy)) {
-        tracing::warn!(policy = %orphaned.policy, rotation = %orphaned.id, phase = %orphaned.phase, "unfinished rotation of a policy that no longer exists; left alone");
-    }
-    let involved: Vec<&Policy> = selected.iter().chain(others.iter()).copied().collect();
+    let loaded: Vec<&Policy> = policies.iter().collect();
+    let leftovers: Vec<crate::journal::Rotation> =
+        crate::leftover::leftovers(&unfinished, &loaded).into_iter().cloned().collect();
+    // Policies whose destinations a leftover rotation may need to read (same labels).
+    let involved: Vec<&Policy> = selected
+        .iter()
+        .chain(others.iter())
+        .copied()
+        .chain(policies.iter().filter(|p| {
+            leftovers.iter().any(|r| {
+                p.destinations
+                    .iter()
+                    .any(|d| r.destinations.iter().any(|l| crate::policy::canonical_label(l) == d.label()))
+            })
+        }))
+        .collect();
     let engine = engine(&config, &involved, journal).await?;
     let mut outcomes = Vec::new();
+    for rotation in leftovers {
+        tracing::warn!(policy = %rotation.policy, rotation = %rotation.id, phase = %rotation.phase, "finishing an unfinished rotation of a policy that no longer exists");
+        let policy = rotation.policy.clone();
+        outcomes.push((policy, engine.finish_leftover(rotation, &loaded).await.map(|o| vec![o])));
+    }
     for policy in &others {
         outcomes.push((policy.name.clone(), engine.resume(policy).await));
     }

@@ -397,6 +397,54 @@ impl Daemon {
                 }
             });
         }
+        self.finish_leftovers(&history, &policies, now);
+    }
+
+    /// Unfinished rotations of policies that are gone (deleted, renamed) still revoke after
+    /// their grace and roll back unpromoted mints; see `leftover`.
+    fn finish_leftovers(self: &Arc<Self>, history: &[Rotation], policies: &Arc<Vec<Policy>>, now: DateTime<Utc>) {
+        let loaded: Vec<&Policy> = policies.iter().collect();
+        for rotation in crate::leftover::leftovers(history, &loaded) {
+            if self.is_stopping() {
+                break;
+            }
+            let not_due = rotation.phase == Phase::Promoted
+                && !rotation.compromised
+                && rotation.revoke_after.is_some_and(|at| at > now)
+                && rotation.waiting.is_some();
+            let held =
+                self.holds.lock().ok().and_then(|h| h.get(&rotation.policy).copied()).is_some_and(|h| h.until > now);
+            if not_due || held || self.running.lock().map(|r| r.contains(&rotation.policy)).unwrap_or(true) {
+                continue;
+            }
+            let Ok(permit) = self.semaphore.clone().try_acquire_owned() else { return };
+            if !self.running.lock().map(|mut r| r.insert(rotation.policy.clone())).unwrap_or(false) {
+                continue;
+            }
+            let guard = Running { daemon: self.clone(), policy: rotation.policy.clone() };
+            let (daemon, policies, rotation) = (self.clone(), policies.clone(), rotation.clone());
+            tokio::spawn(async move {
+                let name = rotation.policy.clone();
+                let loaded: Vec<&Policy> = policies.iter().collect();
+                let now = Utc::now();
+                match daemon.engine.finish_leftover(rotation, &loaded).await {
+                    Ok(outcome) if outcome.phase.is_terminal() => {
+                        tracing::info!(policy = %name, rotation = %outcome.rotation_id, phase = %outcome.phase, "finished the rotation of a policy that no longer exists");
+                    }
+                    Ok(outcome) => {
+                        // Waiting (grace, held) or stuck: look again later, not on every pass.
+                        tracing::warn!(policy = %name, rotation = %outcome.rotation_id, waiting = ?outcome.waiting, error = ?outcome.error, "the rotation of a policy that no longer exists is unfinished");
+                        daemon.back_off(&name, now);
+                    }
+                    Err(e) => {
+                        tracing::error!(policy = %name, error = %e, "could not finish the rotation of a policy that no longer exists");
+                        daemon.back_off(&name, now);
+                    }
+                }
+                drop(guard);
+                drop(permit);
+            });
+        }
     }
 
     /// What to do for `policy` now, if anything.

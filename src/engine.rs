@@ -181,7 +181,7 @@ pub struct Engine {
 
 /// A held lease and the heartbeat that keeps it.
 pub(crate) struct Held {
-    lease: journal::Lease,
+    pub(crate) lease: journal::Lease,
     lost: tokio::sync::watch::Receiver<bool>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
@@ -1004,9 +1004,13 @@ impl Engine {
                 reasons.push(format!("{} serves {} again", destination.label(), current.id));
             }
         }
+        let mine: Vec<String> = work.destinations.iter().map(|d| d.label()).collect();
         for id in old {
             for other in self.journal.holders(id, &work.policy.name).await? {
-                reasons.push(format!("policy `{other}` still serves {id}"));
+                // Its places are all ours (a renamed policy): read above, as they are now.
+                if !other.destinations.iter().all(|l| mine.contains(&crate::policy::canonical_label(l))) {
+                    reasons.push(format!("policy `{}` still serves {id}", other.policy));
+                }
             }
         }
         Ok((!reasons.is_empty()).then(|| format!("{HELD}: {}", reasons.join("; "))))
@@ -1128,7 +1132,7 @@ impl Engine {
         }
     }
 
-    fn outcome(
+    pub(crate) fn outcome(
         &self,
         resumed: bool,
         rotation: &Rotation,

@@ -435,7 +435,8 @@ impl Journal {
     /// and rolled back, so their destinations still hold it), or made it current.
     // TODO-correctness: a policy that holds the credential but has never rotated is unknown to
     // the journal; only its destinations know.
-    pub async fn holders(&self, credential: &str, except: &str) -> Result<Vec<String>, Error> {
+    /// Returns the latest rotation of each such policy (its destinations say where).
+    pub async fn holders(&self, credential: &str, except: &str) -> Result<Vec<Rotation>, Error> {
         // A text match finds the candidates (LIKE's wildcards only widen it); the latest rotation
         // of each decides exactly.
         let pattern = format!("%{}%", serde_json::to_string(credential).unwrap_or_default());
@@ -455,7 +456,7 @@ impl Journal {
             let replacing = latest.old_credentials.iter().any(|c| c == credential) && !latest.phase.is_promoted();
             let made_current = latest.new_credential_id.as_deref() == Some(credential) && latest.phase.is_promoted();
             if replacing || made_current {
-                holders.push(policy);
+                holders.push(latest);
             }
         }
         Ok(holders)

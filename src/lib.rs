@@ -8,6 +8,7 @@ pub mod demo;
 pub mod duration;
 pub mod engine;
 pub mod journal;
+pub mod leftover;
 pub mod metrics;
 pub mod notify;
 pub mod plan;

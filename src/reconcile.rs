@@ -76,6 +76,37 @@ impl Engine {
             let findings = self.reconcile_policy(policy, &listed, fix, &mut claimed).await?;
             report.findings.extend(findings);
         }
+        // Unfinished rotations of policies that are gone: reported, and finished with `fix`.
+        let unfinished = self.journal.unfinished(None).await?;
+        for rotation in crate::leftover::leftovers(&unfinished, policies) {
+            for id in rotation.new_credential_id.iter().chain(&rotation.old_credentials) {
+                claimed.insert((rotation.kind, id.clone()));
+            }
+            let detail = format!(
+                "policy no longer exists (deleted or renamed); rotation {} is unfinished ({}): {}",
+                rotation.id,
+                rotation.phase,
+                rotation.waiting.as_deref().or(rotation.error.as_deref()).unwrap_or("work left")
+            );
+            if !fix {
+                report.findings.push(Finding::new("leftover", &rotation.policy, detail));
+                continue;
+            }
+            let finding = match self.finish_leftover(rotation.clone(), policies).await {
+                Ok(outcome) => Finding {
+                    kind: "leftover".into(),
+                    policy: rotation.policy.clone(),
+                    fixed: outcome.phase.is_terminal(),
+                    detail: format!(
+                        "{detail}; now {}{}",
+                        outcome.phase,
+                        outcome.waiting.or(outcome.error).map(|w| format!(": {w}")).unwrap_or_default()
+                    ),
+                },
+                Err(e) => Finding::new("leftover", &rotation.policy, format!("{detail}; not finished: {e}")),
+            };
+            report.findings.push(finding);
+        }
         report.unmanaged = listed
             .iter()
             .flat_map(|(kind, items)| items.iter().map(move |c| (*kind, c)))

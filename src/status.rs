@@ -16,7 +16,8 @@ pub struct PolicyStatus {
     pub current_credential: Option<String>,
     pub promoted_at: Option<DateTime<Utc>>,
     pub age_seconds: Option<i64>,
-    /// `ok`, `never_rotated`, `in_flight`, `awaiting_revocation`, `stuck` or `failed`.
+    /// `ok`, `never_rotated`, `in_flight`, `awaiting_revocation`, `stuck`, `failed`, or
+    /// `removed_with_work_left` for a policy no longer loaded whose rotation is unfinished.
     pub state: String,
     /// Old credentials still valid, with why their revocation waits.
     pub pending_revocations: Vec<PendingRevocation>,
@@ -37,14 +38,31 @@ pub struct PendingRevocation {
 
 /// Computes every policy's status from its rotations (most recent first, as
 /// `Journal::history` returns them).
+/// Policies that are gone (deleted or renamed) but left unfinished rotations follow, with the
+/// state `removed_with_work_left`: their work is still done (see `leftover`), and what waits is
+/// shown like any policy's.
 pub fn status(policies: &[Policy], history: &[Rotation], now: DateTime<Utc>) -> Vec<PolicyStatus> {
-    policies
+    let mut rows: Vec<PolicyStatus> = policies
         .iter()
         .map(|p| {
             let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == p.name).collect();
             policy_status(&p.name, &rotations, now)
         })
-        .collect()
+        .collect();
+    let mut gone: Vec<&str> = history
+        .iter()
+        .filter(|r| !r.phase.is_terminal() && !policies.iter().any(|p| p.name == r.policy))
+        .map(|r| r.policy.as_str())
+        .collect();
+    gone.sort();
+    gone.dedup();
+    for name in gone {
+        let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == name).collect();
+        let mut row = policy_status(name, &rotations, now);
+        row.state = "removed_with_work_left".into();
+        rows.push(row);
+    }
+    rows
 }
 
 fn policy_status(policy: &str, rotations: &[&Rotation], now: DateTime<Utc>) -> PolicyStatus {

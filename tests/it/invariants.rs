@@ -439,3 +439,83 @@ path "secret/metadata/_rotator/staging/{prefix}/*" {{ capabilities = ["read", "d
     )
     .await;
 }
+
+/// A policy deleted during its grace: the next run (of any policy) still revokes the old
+/// credential when the grace is over, from what the journal knows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_policy_still_revokes_after_its_grace() {
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "deleted".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/deleted", env.prefix))],
+        grace: "0s",
+    };
+    let keeper = Spec {
+        name: "keeper".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(PathBuf::from("out/keeper.json"))],
+        grace: "0s",
+    };
+    env.policy("deleted.yaml", &spec.yaml());
+    env.policy("keeper.yaml", &keeper.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "deleted-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let env = promoted_then_crash(env, "deleted").await;
+    std::fs::remove_file(env.dir.join("policies/deleted.yaml")).unwrap();
+
+    let status = env.rotator(&["status", "--format", "json"]).await;
+    assert!(status.stdout.contains("removed_with_work_left"), "{}", status.stdout);
+    let run = env.rotator(&["rotate", "keeper"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await, "revoked after the grace");
+    let status = env.rotator(&["status", "--format", "json"]).await;
+    assert!(!status.stdout.contains("removed_with_work_left"), "nothing left: {}", status.stdout);
+    let served = env.served(&spec.dests[0]).await.unwrap();
+    assert!(env.accepted(CredentialKind::ApiKey, &text(&served, "key_id"), &text(&served, "api_key")).await);
+}
+
+/// A policy renamed while its rotation had minted and staged (not promoted): `status` and
+/// `reconcile` report the leftover, `reconcile --fix` rolls it back (the new credential
+/// revoked, the staged value discarded through the renamed policy's same destination), and
+/// the renamed policy then rotates normally.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_policy_leaves_no_half_done_mint() {
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "before".into(),
+        kind: CredentialKind::OauthClient,
+        dests: vec![Dest::File(PathBuf::from("out/renamed.json"))],
+        grace: "0s",
+    };
+    env.policy("p.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::OauthClient, "renamed-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let crashing = Env { env: vec![("ROTATOR_CRASH_AT".into(), "staged".into())], ..env };
+    assert_eq!(crashing.rotator(&["rotate", "before"]).await.code, -1);
+    let env = Env { env: Vec::new(), ..crashing };
+    let renamed = Spec { name: "after".into(), ..spec.clone() };
+    env.policy("p.yaml", &renamed.yaml());
+
+    let status = env.rotator(&["status", "--format", "json"]).await;
+    assert!(status.stdout.contains("removed_with_work_left"), "{}", status.stdout);
+    let reconcile = env.rotator(&["reconcile", "--format", "json"]).await;
+    assert_eq!(reconcile.code, 1, "{}", reconcile.stdout);
+    assert!(reconcile.stdout.contains("leftover"), "{}", reconcile.stdout);
+    let fix = env.rotator(&["reconcile", "--fix"]).await;
+    assert_eq!(fix.code, 0, "{}\n{}", fix.stdout, fix.stderr);
+    let pending = env.dir.join("policies/out/renamed.json.pending");
+    assert!(!pending.exists(), "the staged value is discarded");
+    assert_eq!(
+        env.active().iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        vec![legacy.id.clone()],
+        "the half-done mint is revoked; the legacy client is still current"
+    );
+    let run = env.rotator(&["rotate", "after"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    env.assert_converged(
+        &[renamed],
+        &[(CredentialKind::OauthClient, legacy.id.clone(), legacy.secret.expose().to_string())],
+    )
+    .await;
+}
