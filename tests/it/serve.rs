@@ -354,3 +354,88 @@ async fn a_webhook_hears_about_failures_and_no_payload_holds_a_secret() {
     }
     assert!(!service.log_text().contains(&format!("{hook}/webhook")), "webhook URLs are secrets and stay out of logs");
 }
+
+/// The service finishes what a deleted policy left (its old credential revoked once the grace
+/// is over) and tells the policy's channels, once, when a revocation is held because a
+/// destination serves the old credential again (an operator rolled the file back).
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_finishes_a_deleted_policys_work_and_tells_of_held_revocations() {
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let env = Env::start().await;
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        format!("[notifications.ops]\nkind = \"webhook\"\nurl = \"http://{hook}/hook\"\n"),
+    )
+    .unwrap();
+    let kept = Spec {
+        name: "kept".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("kept.json".into())],
+        grace: "0s",
+    };
+    env.policy("kept.yaml", &format!("{}notify: [ops]\n", kept.yaml()));
+    let kept_legacy = env.legacy(CredentialKind::ApiKey, "kept-legacy").await;
+    env.seed(&kept, &kept_legacy).await;
+    let crashing = Env { env: vec![("ROTATOR_CRASH_AT".into(), "promoted".into())], ..env };
+    assert_eq!(crashing.rotator(&["rotate", "kept"]).await.code, -1);
+    // The operator puts the old key back while the old rotation waits to revoke it.
+    crashing.seed(&kept, &kept_legacy).await;
+
+    let gone = Spec {
+        name: "gone".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/gone", crashing.prefix))],
+        grace: "0s",
+    };
+    crashing.policy("gone.yaml", &gone.yaml());
+    let gone_legacy = crashing.legacy(CredentialKind::ApiKey, "gone-legacy").await;
+    crashing.seed(&gone, &gone_legacy).await;
+    assert_eq!(crashing.rotator(&["rotate", "gone"]).await.code, -1);
+    let env = Env { env: Vec::new(), ..crashing };
+    std::fs::remove_file(env.dir.join("policies/gone.yaml")).unwrap();
+
+    let service = env.serve(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let revoked = !env.accepted(CredentialKind::ApiKey, &gone_legacy.id, gone_legacy.secret.expose()).await;
+        let told = received.lock().unwrap().iter().any(|b| b.contains("\"event\":\"revocation_held\""));
+        if revoked && told {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revoked={revoked} told={told}: {:?}\n{}",
+            received.lock().unwrap(),
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        env.accepted(CredentialKind::ApiKey, &kept_legacy.id, kept_legacy.secret.expose()).await,
+        "the key served again is not revoked"
+    );
+    // Told once, though later passes look again (and log it each time).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while service.log_text().matches("revocation held: file:").count() < 3 {
+        assert!(Instant::now() < deadline, "the held revocation was not looked at again:\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let held = received.lock().unwrap().iter().filter(|b| b.contains("revocation_held")).count();
+    assert_eq!(held, 1, "{:?}", received.lock().unwrap());
+    service.signal("TERM");
+}
