@@ -105,13 +105,7 @@ async fn random_kills_then_one_clean_run_converge() {
             grace: "0s",
         },
     ];
-    let mut old = Vec::new();
-    for spec in &specs {
-        env.policy(&format!("{}.yaml", spec.name), &spec.yaml());
-        let legacy = env.legacy(spec.kind, &format!("{}-legacy", spec.name)).await;
-        env.seed(spec, &legacy).await;
-        old.push((spec.kind, legacy.id.clone(), legacy.secret.expose().to_string()));
-    }
+    let old = env.adopt(&specs).await;
     // One undisturbed run to learn how long a run takes, then kills at random points of it.
     let timed = std::time::Instant::now();
     env.rotator(&["rotate", "--all"]).await.assert_code(0);

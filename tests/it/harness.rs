@@ -367,3 +367,32 @@ impl Env {
         }
     }
 }
+
+impl Env {
+    /// Writes each spec's policy and seeds its destinations with a hand-made credential named
+    /// `<name>-legacy`, as a team would have before adopting rotator; returns those credentials
+    /// as `(kind, id, secret)` for `assert_converged`.
+    pub async fn adopt(&self, specs: &[Spec]) -> Vec<(CredentialKind, String, String)> {
+        let mut old = Vec::new();
+        for spec in specs {
+            self.policy(&format!("{}.yaml", spec.name), &spec.yaml());
+            let legacy = self.legacy(spec.kind, &format!("{}-legacy", spec.name)).await;
+            self.seed(spec, &legacy).await;
+            old.push((spec.kind, legacy.id.clone(), legacy.secret.expose().to_string()));
+        }
+        old
+    }
+
+    /// The journal's files (the SQLite database and its journal/WAL files), by name, with their
+    /// bytes, for scanning for secrets.
+    pub fn journal_files(&self) -> Vec<(String, Vec<u8>)> {
+        let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|file| file.file_name().unwrap().to_string_lossy().starts_with("journal.db"))
+            .map(|file| (file.display().to_string(), std::fs::read(&file).unwrap()))
+            .collect();
+        assert!(files.iter().any(|(name, _)| name.ends_with("journal.db")), "the journal exists");
+        files
+    }
+}

@@ -197,13 +197,7 @@ async fn aws_errors_do_not_carry_the_response_body() {
         env.env.pop();
         fakes.push(fake);
     }
-    for entry in std::fs::read_dir(&env.dir).unwrap() {
-        let file = entry.unwrap().path();
-        if file.file_name().unwrap().to_string_lossy().starts_with("journal.db") {
-            haystacks.push((file.display().to_string(), std::fs::read(&file).unwrap()));
-        }
-    }
-    assert!(haystacks.iter().any(|(name, _)| name.ends_with("journal.db")));
+    haystacks.extend(env.journal_files());
     for (name, hay) in &haystacks {
         for fake in &fakes {
             // The fake secret is no real credential, so the context may be shown.

@@ -38,13 +38,7 @@ async fn rotations_complete_whether_lists_keep_revoked_credentials() {
                 grace: "0s",
             },
         ];
-        let mut old = Vec::new();
-        for spec in &specs {
-            env.policy(&format!("{}.yaml", spec.name), &spec.yaml());
-            let legacy = env.legacy(spec.kind, &format!("{}-legacy", spec.name)).await;
-            env.seed(spec, &legacy).await;
-            old.push((spec.kind, legacy.id.clone(), legacy.secret.expose().to_string()));
-        }
+        let old = env.adopt(&specs).await;
         for round in 1..=2 {
             let run = env.rotator(&["rotate", "--all", "--format", "json"]).await;
             assert_eq!(run.code, 0, "{revoked_in_lists:?} round {round}\n{}\n{}", run.stdout, run.stderr);
