@@ -209,6 +209,9 @@ struct Work<'a> {
     deadline: Instant,
     /// Mints after `--revoke-first` that failed and were cleaned up, for the backoff.
     attempts: u32,
+    /// Destinations the rotation staged into that the policy no longer names (a rollback
+    /// finishes without them and says so).
+    unreachable: Vec<String>,
 }
 
 /// A failed step. `rollback` overrides the default (roll back before promotion, go forward
@@ -515,7 +518,19 @@ impl Engine {
         // are now. Editing a policy during its grace must not keep its old credential alive.
         let recorded: Vec<String> = rotation.destinations.iter().map(|l| crate::policy::canonical_label(l)).collect();
         let changed = labels != recorded || rotation.kind != policy.credential.kind;
-        let destinations = if changed && !rotation.phase.is_promoted() {
+        // Undoing needs no more than the places both name: a rollback (or the clean-up of a
+        // crashed start) never needs the old policy back.
+        let undoing =
+            rotation.phase == Phase::RollingBack || (rotation.phase == Phase::Started && !memory.started_here);
+        let unreachable: Vec<String> = match undoing && changed {
+            true => recorded
+                .iter()
+                .filter(|l| !labels.contains(l))
+                .map(|l| format!("{l} is no longer in the policy"))
+                .collect(),
+            false => Vec::new(),
+        };
+        let destinations = if changed && !rotation.phase.is_promoted() && !undoing {
             // Working on a different set of destinations than the rotation staged into could
             // promote half of them or strand staged values: refuse, and say how to get out.
             Err(format!(
@@ -534,6 +549,7 @@ impl Engine {
             policy
                 .destinations
                 .iter()
+                .filter(|d| !undoing || !changed || recorded.contains(&d.label()))
                 .map(|d| Destination::new(d, rotation.kind, &self.clients))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())
@@ -560,6 +576,7 @@ impl Engine {
             lease: held.lease.clone(),
             deadline: Instant::now() + self.options.rotation_budget,
             attempts: 0,
+            unreachable,
         };
         let mut lost = held.lost.clone();
         loop {
@@ -1038,12 +1055,7 @@ impl Engine {
     }
 
     async fn roll_back(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
-        self.note(work, "rollback", "intent", "discard staged values and revoke the new credential").await?;
-        for destination in &work.destinations {
-            if let Err(e) = self.retry(work.deadline, || destination.discard(&work.rotation.id)).await {
-                return Err(self.failed(work, "rollback", e.to_string()).await);
-            }
-        }
+        self.note(work, "rollback", "intent", "revoke the new credential and discard staged values").await?;
         let kind = work.rotation.kind;
         let mut revoked = Vec::new();
         if let Some(id) = work.rotation.new_credential_id.clone() {
@@ -1068,6 +1080,26 @@ impl Engine {
         match self.revoke_named(work, None).await {
             Ok(strays) => revoked.extend(strays),
             Err(e) => return Err(self.failed(work, "rollback", e.message).await),
+        }
+        // Discarded after the revocation: whatever stays staged is then dead, and a staged value
+        // that cannot be removed (or a destination the policy no longer names) is reported for
+        // `reconcile --fix` rather than keeping a live key or wedging the policy. Only a failure
+        // that may pass (Vault down) keeps the rollback going on a later run.
+        let mut left = work.unreachable.clone();
+        for destination in &work.destinations {
+            match self.retry(work.deadline, || destination.discard(&work.rotation.id)).await {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => return Err(self.failed(work, "rollback", e.to_string()).await),
+                Err(e) => left.push(e.to_string()),
+            }
+        }
+        if !left.is_empty() {
+            let message = format!(
+                "{}; staged values may remain ({}; `rotator reconcile --fix` discards them)",
+                work.rotation.error.clone().unwrap_or_else(|| "rolled back".into()),
+                left.join("; ")
+            );
+            work.rotation.error = Some(message);
         }
         work.revoked.extend(revoked.clone());
         if Self::outage(&work.rotation) {

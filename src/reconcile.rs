@@ -226,6 +226,24 @@ impl Engine {
             }
         }
 
+        // A rotation stuck before promotion keeps its new credential alive: say so, and how out.
+        for r in unfinished.iter().filter(|r| !r.phase.is_promoted()) {
+            let Some(error) = &r.error else { continue };
+            let live = r
+                .new_credential_id
+                .as_ref()
+                .filter(|id| active.iter().any(|c| &c.id == *id))
+                .map(|id| format!("; its new credential {id} is active at toktra"))
+                .unwrap_or_default();
+            findings.push(finding(
+                "stuck",
+                format!(
+                    "rotation {} is unfinished ({}): {error}{live}; `rotator rotate {}` resumes it once the cause is fixed",
+                    r.id, r.phase, policy.name
+                ),
+            ));
+        }
+
         // Credentials this policy legitimately keeps alive: what the destinations serve and what
         // unfinished rotations hold. (The journal's last current credential, if no readable
         // destination serves it any more, was replaced by hand: it is an orphan too. When a

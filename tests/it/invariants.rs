@@ -393,27 +393,16 @@ async fn a_half_applied_promotion_is_not_rolled_back() {
     env.policy("half.yaml", &spec.yaml());
     let legacy = env.legacy(CredentialKind::OauthClient, "half-legacy").await;
     env.seed(&spec, &legacy).await;
-    let prefix = &env.prefix;
-    let hcl = format!(
-        r#"path "secret/data/{prefix}/*" {{ capabilities = ["create", "read", "update"] }}
-path "secret/metadata/{prefix}/*" {{ capabilities = ["read"] }}
-path "secret/data/_rotator/staging/{prefix}/*" {{ capabilities = ["create", "read", "update", "delete"] }}
-path "secret/metadata/_rotator/staging/{prefix}/*" {{ capabilities = ["read", "delete"] }}
-"#
-    );
-    let (status, body) = env
-        .vault(reqwest::Method::PUT, &format!("sys/policies/acl/{prefix}"), Some(serde_json::json!({ "policy": hcl })))
-        .await;
-    assert!(status < 300, "{status} {body}");
-    let (status, body) = env
-        .vault(
-            reqwest::Method::POST,
-            "auth/token/create",
-            Some(serde_json::json!({ "policies": [prefix], "ttl": "1h" })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    env.env.push(("VAULT_TOKEN".into(), body["auth"]["client_token"].as_str().unwrap().to_string()));
+    let token = vault_token_with(
+        &env,
+        r#"path "secret/data/{prefix}/*" { capabilities = ["create", "read", "update"] }
+path "secret/metadata/{prefix}/*" { capabilities = ["read"] }
+path "secret/data/_rotator/staging/{prefix}/*" { capabilities = ["create", "read", "update", "delete"] }
+path "secret/metadata/_rotator/staging/{prefix}/*" { capabilities = ["read", "delete"] }
+"#,
+    )
+    .await;
+    env.env.push(("VAULT_TOKEN".into(), token));
 
     let run = env.rotator(&["rotate", "half"]).await;
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
@@ -518,4 +507,61 @@ async fn a_renamed_policy_leaves_no_half_done_mint() {
         &[(CredentialKind::OauthClient, legacy.id.clone(), legacy.secret.expose().to_string())],
     )
     .await;
+}
+
+/// Makes a Vault token for `env` with the given ACL (HCL, `{prefix}` replaced), for tests that
+/// need Vault to refuse part of what rotator does.
+async fn vault_token_with(env: &Env, hcl: &str) -> String {
+    let prefix = &env.prefix;
+    let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let policy = serde_json::json!({ "policy": hcl.replace("{prefix}", prefix) });
+    let (status, body) = env.vault(reqwest::Method::PUT, &format!("sys/policies/acl/{name}"), Some(policy)).await;
+    assert!(status < 300, "{status} {body}");
+    let (status, body) = env
+        .vault(reqwest::Method::POST, "auth/token/create", Some(serde_json::json!({ "policies": [name], "ttl": "1h" })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["auth"]["client_token"].as_str().unwrap().to_string()
+}
+
+/// Staging fails and so does discarding (Vault refuses the staging path): the rollback still
+/// revokes the minted credential first (nothing a consumer reads holds it), records what could
+/// not be cleaned, and does not wedge the policy; once Vault allows it, the policy rotates.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_that_cannot_discard_still_revokes_the_new_credential() {
+    let mut env = Env::start().await;
+    let spec = Spec {
+        name: "undiscardable".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/undiscardable", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("undiscardable.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "undiscardable-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let token = vault_token_with(
+        &env,
+        r#"path "secret/data/{prefix}/*" { capabilities = ["read"] }
+path "secret/metadata/{prefix}/*" { capabilities = ["read"] }
+"#,
+    )
+    .await;
+    env.env.push(("VAULT_TOKEN".into(), token));
+    let run = env.rotator(&["rotate", "undiscardable"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        env.active().iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        vec![legacy.id.clone()],
+        "the minted key is revoked; the legacy key is still current\n{}",
+        run.stdout
+    );
+    let history = env.rotator(&["history", "undiscardable", "--format", "json"]).await;
+    let rotations: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(rotations[0]["phase"], "failed", "not wedged in rolling_back: {}", history.stdout);
+
+    env.env.clear();
+    let run = env.rotator(&["rotate", "undiscardable"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
 }
