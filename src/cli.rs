@@ -449,6 +449,16 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         }))
         .collect();
     let engine = engine(&config, &involved, journal).await?;
+    // A wrong URL or credential must fail here, before a mint, not in a rollback's listing.
+    let mut kinds: Vec<crate::policy::CredentialKind> = involved.iter().map(|p| p.credential.kind).collect();
+    kinds.extend(leftovers.iter().map(|r| r.kind));
+    kinds.sort_by_key(|k| k.as_str());
+    kinds.dedup();
+    if let Err(e) = engine.toktra.check_management(&kinds).await {
+        engine.journal.close().await;
+        let message = format!("toktra is not usable with this configuration; nothing was changed: {e}");
+        return Err(if e.is_transient() { Failure::Failed(message) } else { Failure::Invalid(message) });
+    }
     let mut outcomes = Vec::new();
     for rotation in leftovers {
         tracing::warn!(policy = %rotation.policy, rotation = %rotation.id, phase = %rotation.phase, "finishing an unfinished rotation of a policy that no longer exists");

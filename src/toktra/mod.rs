@@ -246,12 +246,20 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub fn new(settings: Settings) -> Result<Client, Error> {
+    pub fn new(mut settings: Settings) -> Result<Client, Error> {
         if !(1..=100).contains(&settings.page_size) {
             return Err(Error::Settings(format!("page size {} is outside 1-100", settings.page_size)));
         }
-        reqwest::Url::parse(&settings.base_url)
+        let mut url = reqwest::Url::parse(&settings.base_url)
             .map_err(|e| Error::Settings(format!("base URL `{}`: {e}", settings.base_url)))?;
+        // The API lives under `/v1`; a base URL given without it (the form Toktra's Terraform
+        // provider reads from the same variable) gets it, rather than every call answering 404.
+        let path = url.path().trim_end_matches('/').to_string();
+        if !path.ends_with("/v1") {
+            url.set_path(&format!("{path}/v1"));
+            tracing::debug!(base_url = %url, "the toktra base URL has no /v1; appended it");
+            settings.base_url = url.to_string();
+        }
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
@@ -335,6 +343,18 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Checks, with one cheap call per kind, that the management credential authenticates and
+    /// the credential endpoints answer: run before anything is minted, so a configuration
+    /// mistake (a wrong URL, path or credential) changes nothing and says what is wrong.
+    pub async fn check_management(&self, kinds: &[CredentialKind]) -> Result<(), Error> {
+        for kind in kinds {
+            let what = format!("check access to {kind}s");
+            let path = format!("{}?limit=1", self.collection(*kind));
+            self.request(&what, Method::GET, &path, Body::Empty, Auth::Management, true).await?;
+        }
+        Ok(())
     }
 
     /// Every active credential of a kind, following `next_cursor` across pages.

@@ -137,3 +137,30 @@ async fn the_simulator_switches_list_dialects_at_run_time() {
     assert_eq!(bad.status(), 400);
     assert_eq!(env.sim.dialect().revoked_in_lists, RevokedInLists::Status, "a bad request changes nothing");
 }
+
+/// `TOKTRA_API_URL` without the `/v1` segment (as Toktra's own Terraform provider reads it)
+/// works; a URL that reaches no API fails before anything is minted, exit 2, saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_base_url_works_without_v1_and_a_wrong_one_changes_nothing() {
+    let mut env = Env::start().await;
+    let spec = Spec {
+        name: "based".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(PathBuf::from("out/based.json"))],
+        grace: "0s",
+    };
+    let old = env.adopt(std::slice::from_ref(&spec)).await;
+    let root = env.sim.base_url().trim_end_matches("/v1").to_string();
+
+    env.env.push(("TOKTRA_API_URL".into(), format!("{root}/elsewhere")));
+    let run = env.rotator(&["rotate", "based"]).await;
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("nothing was changed") && run.stderr.contains("404"), "{}", run.stderr);
+    assert_eq!(env.sim.stats().creates, 1, "only the legacy key was ever created");
+
+    env.env = vec![("TOKTRA_API_URL".into(), format!("{root}/"))];
+    let run = env.rotator(&["rotate", "based"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    env.env.clear();
+    env.assert_converged(&[spec], &old).await;
+}
