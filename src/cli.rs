@@ -449,6 +449,9 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         }))
         .collect();
     let engine = engine(&config, &involved, journal).await?;
+    if let Ok(mut loaded) = engine.options.loaded.write() {
+        *loaded = Some(policies.iter().map(|p| p.name.clone()).collect());
+    }
     // A wrong URL or credential must fail here, before a mint, not in a rollback's listing.
     let mut kinds: Vec<crate::policy::CredentialKind> = involved.iter().map(|p| p.credential.kind).collect();
     kinds.extend(leftovers.iter().map(|r| r.kind));

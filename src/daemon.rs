@@ -126,6 +126,9 @@ impl Daemon {
     ) -> Arc<Daemon> {
         let (stopping, stop) = watch::channel(false);
         engine.stop = Some(stop);
+        if let Ok(mut loaded) = engine.options.loaded.write() {
+            *loaded = Some(policies.iter().map(|p| p.name.clone()).collect());
+        }
         Arc::new(Daemon {
             engine: Arc::new(engine),
             metrics,
@@ -252,6 +255,9 @@ impl Daemon {
                 let names: BTreeSet<String> = policies.iter().map(|p| p.name.clone()).collect();
                 if let Ok(mut current) = self.policies.write() {
                     *current = Arc::new(policies);
+                }
+                if let Ok(mut loaded) = self.engine.options.loaded.write() {
+                    *loaded = Some(names.clone());
                 }
                 // Forget what belonged to policies that are gone (and every cached age, since a
                 // policy's destinations may have changed).

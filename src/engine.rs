@@ -107,6 +107,10 @@ pub struct Options {
     /// Time after which a rotation stops retrying transient failures and fails (before
     /// promotion) or waits for the next run (after).
     pub rotation_budget: Duration,
+    /// Names of the loaded policies, when known (the CLI and the service set them). A policy
+    /// that is not among them (deleted) and has nothing unfinished no longer holds credentials
+    /// for [`Engine::still_served`]; unknown means every policy in the journal counts.
+    pub loaded: Arc<std::sync::RwLock<Option<std::collections::BTreeSet<String>>>>,
 }
 
 impl Default for Options {
@@ -116,6 +120,7 @@ impl Default for Options {
             lease_ttl: Duration::from_secs(120),
             store_attempts: 6,
             rotation_budget: Duration::from_secs(15 * 60),
+            loaded: Arc::default(),
         }
     }
 }
@@ -329,8 +334,8 @@ impl Engine {
     async fn rotate_locked(&self, policy: &Policy, request: &Request, held: &Held) -> Result<Vec<Outcome>, Error> {
         let mut outcomes = Vec::new();
         let mut rotated_now = false;
-        // A promoted rotation whose revocation cannot complete, taken over by this request.
-        let mut superseding = None;
+        // Promoted rotations whose revocations cannot complete, taken over by this request.
+        let mut superseding = Vec::new();
         for mut rotation in self.journal.unfinished(Some(&policy.name)).await? {
             tracing::info!(policy = %policy.name, rotation = %rotation.id, phase = %rotation.phase, "resuming an unfinished rotation");
             if request.compromised && rotation.phase == Phase::Promoted {
@@ -347,13 +352,13 @@ impl Engine {
             let stuck = outcome.status == Status::Incomplete || outcome.held;
             let promoted = outcome.phase == Phase::Promoted;
             outcomes.push(outcome);
-            if stuck && request.compromised && promoted && superseding.is_none() {
+            if stuck && request.compromised && promoted {
                 // Only Toktra work is left and it keeps failing. A suspected exposure cannot
                 // wait for it: the new rotation replaces the current credential and takes the
                 // stuck revocations over, in one journal transaction.
                 if let Some(row) = self.journal.get(&id).await? {
                     tracing::warn!(policy = %policy.name, rotation = %id, "the rotation's revocation cannot complete; the compromise rotation supersedes it");
-                    superseding = Some(row);
+                    superseding.push(row);
                     continue;
                 }
             }
@@ -396,7 +401,7 @@ impl Engine {
         policy: &Policy,
         request: &Request,
         held: &Held,
-        superseding: Option<Rotation>,
+        superseding: Vec<Rotation>,
     ) -> Result<Outcome, Error> {
         let now = Utc::now();
         let id = request.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
@@ -453,8 +458,11 @@ impl Engine {
             tracing::error!(policy = %policy.name, rotation = %id, error = %message, "rotation failed before any change");
             return Ok(self.outcome(false, &rotation, Vec::new(), &[], now));
         }
-        match superseding {
-            Some(mut stuck) => {
+        if superseding.is_empty() {
+            self.journal.insert(&rotation, &held.lease).await?;
+        } else {
+            let mut marked = Vec::new();
+            for mut stuck in superseding {
                 let left: Vec<String> = stuck
                     .old_credentials
                     .iter()
@@ -471,14 +479,17 @@ impl Engine {
                     }
                 }
                 stuck.phase = Phase::Superseded;
-                stuck.waiting = Some(format!("superseded by rotation {id}, which revokes [{}]", left.join(", ")));
+                stuck.waiting = Some(format!("{}, which revokes [{}]", journal::superseded_by(&id), left.join(", ")));
                 stuck.updated_at = now;
                 stuck.finished_at = Some(now);
-                self.journal.supersede(&stuck, &rotation, &held.lease).await?;
-                let detail = format!("superseded by compromise rotation {id}; it revokes [{}]", left.join(", "));
+                marked.push(stuck);
+            }
+            // If this rotation fails, the journal hands the work back (`Journal::update`).
+            self.journal.supersede(&marked, &rotation, &held.lease).await?;
+            for stuck in &marked {
+                let detail = format!("superseded by compromise rotation {id}");
                 self.journal.step(&stuck.id, "supersede", "done", &detail, &held.lease).await?;
             }
-            None => self.journal.insert(&rotation, &held.lease).await?,
         }
         let detail = format!(
             "reason={}; compromised={}; revoke_first={}; replaces [{}]; held by [{}]",
@@ -680,16 +691,21 @@ impl Engine {
 
     async fn revoke_first(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let kind = work.rotation.kind;
+        // Recorded before the first call: from here consumers may have nothing that works, so
+        // the rotation only rolls forward (`outage`), even if this step fails or the process dies
+        // half-way; credentials it did not get to are revoked right after promotion.
+        work.rotation.revoked_at = Some(Utc::now());
+        self.save(&mut work.rotation, &work.lease).await?;
         for id in work.rotation.old_credentials.clone() {
             self.note(work, "revoke-first", "intent", &format!("revoke {id} before minting (outage accepted)")).await?;
             if let Err(e) = self.toktra.revoke(kind, &id).await {
                 return Err(self.failed(work, "revoke-first", e.to_string()).await);
             }
             work.revoked.push(id.clone());
+            work.rotation.revoked_credentials.push(id.clone());
+            self.save(&mut work.rotation, &work.lease).await?;
             self.note(work, "revoke-first", "done", &format!("revoked {id}")).await?;
         }
-        work.rotation.revoked_at = Some(Utc::now());
-        self.save(&mut work.rotation, &work.lease).await?;
         tracing::warn!(policy = %work.policy.name, rotation = %work.rotation.id, "exposed credentials revoked before minting; consumers fail until promotion");
         Ok(Flow::Continue)
     }
@@ -911,8 +927,13 @@ impl Engine {
     async fn revoke_old(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let kind = work.rotation.kind;
         let new_id = work.rotation.new_credential_id.clone();
-        let old: Vec<String> =
-            work.rotation.old_credentials.iter().filter(|id| Some(*id) != new_id.as_ref()).cloned().collect();
+        let old: Vec<String> = work
+            .rotation
+            .old_credentials
+            .iter()
+            .filter(|id| Some(*id) != new_id.as_ref() && !work.rotation.revoked_credentials.contains(id))
+            .cloned()
+            .collect();
         // A create whose answer was lost may have made a second credential under this
         // rotation's name; it is not the new credential, so it goes.
         let swept = self.revoke_named(work, new_id.as_deref()).await?;
@@ -921,6 +942,8 @@ impl Engine {
             && let Some(why) = self.still_served(work, &old).await?
         {
             tracing::warn!(policy = %work.policy.name, rotation = %work.rotation.id, "{why}");
+            // Why it waits now, not an earlier failure, is what status shows.
+            work.rotation.error = None;
             return self.set_waiting(work, why).await;
         }
         if !old.is_empty()
@@ -1025,12 +1048,31 @@ impl Engine {
         for id in old {
             for other in self.journal.holders(id, &work.policy.name).await? {
                 // Its places are all ours (a renamed policy): read above, as they are now.
-                if !other.destinations.iter().all(|l| mine.contains(&crate::policy::canonical_label(l))) {
-                    reasons.push(format!("policy `{}` still serves {id}", other.policy));
+                if other.destinations.iter().all(|l| mine.contains(&crate::policy::canonical_label(l))) {
+                    continue;
                 }
+                if self.deleted_and_done(&other) {
+                    tracing::warn!(policy = %work.policy.name, credential = %id, deleted = %other.policy, destinations = ?other.destinations, "a deleted policy's destinations may still hold this credential; it is revoked as scheduled");
+                    continue;
+                }
+                reasons.push(format!("policy `{}` still serves {id}", other.policy));
             }
         }
         Ok((!reasons.is_empty()).then(|| format!("{HELD}: {}", reasons.join("; "))))
+    }
+
+    /// Whether `rotation`'s policy was deleted and left nothing unfinished: nobody manages its
+    /// destinations any more, so what they held does not keep another policy's revocation
+    /// waiting forever. (Unfinished work of deleted policies is finished by `leftover`.)
+    pub(crate) fn deleted_and_done(&self, rotation: &Rotation) -> bool {
+        rotation.phase.is_terminal()
+            && self
+                .options
+                .loaded
+                .read()
+                .ok()
+                .and_then(|l| l.as_ref().map(|l| !l.contains(&rotation.policy)))
+                .unwrap_or(false)
     }
 
     /// Revokes one old credential and checks that it took: its secret (read at the start, or

@@ -203,6 +203,9 @@ fn parse_ts(id: &str, text: Option<String>) -> Result<Option<DateTime<Utc>>, Err
 pub struct Journal {
     pool: AnyPool,
     url: String,
+    /// What `SELECT` reads of a rotation: [`COLUMNS`], except that a journal opened read-only
+    /// from an earlier version reads the columns it lacks as their defaults.
+    columns: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -268,7 +271,7 @@ impl Journal {
             });
         }
         let pool = options.connect(&full).await.map_err(|source| Error::Open { url: shown.clone(), source })?;
-        let journal = Journal { pool, url: shown };
+        let journal = Journal { pool, url: shown, columns: COLUMNS.into() };
         let mut tx = journal.pool.begin().await.map_err(|source| Error::Query { what: "create schema", source })?;
         if !sqlite {
             // Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
@@ -329,7 +332,23 @@ impl Journal {
             .connect(&full)
             .await
             .map_err(|source| Error::Open { url: shown.clone(), source })?;
-        Ok(Some(Journal { pool, url: shown }))
+        let mut journal = Journal { pool, url: shown, columns: COLUMNS.into() };
+        // Read-only: no migration, so the columns added since its version read as defaults.
+        let mut columns = COLUMNS.to_string();
+        for (column, definition) in ADDED_COLUMNS {
+            let probe = format!("SELECT {column} FROM rotations WHERE 1 = 0");
+            if sqlx::query(AssertSqlSafe(probe)).execute(&journal.pool).await.is_err() {
+                let default = definition.split_once("DEFAULT ").map(|(_, d)| d).unwrap_or("NULL");
+                columns = columns.replace(column, &format!("{default} AS {column}"));
+            }
+        }
+        journal.columns = columns.into();
+        Ok(Some(journal))
+    }
+
+    /// The journal's URL without a password, for messages.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
@@ -355,24 +374,44 @@ impl Journal {
     }
 
     /// Saves a rotation's mutable fields, only while `lease` is still the policy's lease.
+    ///
+    /// A rotation that fails hands back, in the same transaction, what it superseded: those
+    /// rotations are `promoted` again, with their revocations still to do, so nothing they held
+    /// is forgotten.
     pub async fn update(&self, r: &Rotation, lease: &Lease) -> Result<(), Error> {
-        let n = update_query(r, lease)
-            .execute(&self.pool)
-            .await
-            .map_err(|source| Error::Query { what: "update rotation", source })?
-            .rows_affected();
-        Self::fenced(n, "update rotation")
+        let query = |source| Error::Query { what: "update rotation", source };
+        if r.phase != Phase::Failed {
+            let n = update_query(r, lease).execute(&self.pool).await.map_err(query)?.rows_affected();
+            return Self::fenced(n, "update rotation");
+        }
+        let mut tx = self.pool.begin().await.map_err(query)?;
+        let n = update_query(r, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
+        Self::fenced(n, "update rotation")?;
+        sqlx::query(
+            "UPDATE rotations SET phase = 'promoted', waiting = NULL, finished_at = NULL, updated_at = $3
+             WHERE policy = $1 AND phase = 'superseded' AND waiting LIKE $2",
+        )
+        .bind(&r.policy)
+        .bind(format!("{}%", superseded_by(&r.id)))
+        .bind(ts(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(query)?;
+        tx.commit().await.map_err(query)
     }
 
-    /// Records `new` and saves `superseded` (already marked so) in one transaction: the work
-    /// passes from one rotation to the other with no moment where both, or neither, hold it.
-    pub async fn supersede(&self, superseded: &Rotation, new: &Rotation, lease: &Lease) -> Result<(), Error> {
+    /// Records `new` and saves `superseded` (already marked so, their `waiting` beginning with
+    /// [`superseded_by`] `new`) in one transaction: the work passes from them to the new
+    /// rotation with no moment where both, or neither, hold it.
+    pub async fn supersede(&self, superseded: &[Rotation], new: &Rotation, lease: &Lease) -> Result<(), Error> {
         let query = |source| Error::Query { what: "supersede rotation", source };
         let mut tx = self.pool.begin().await.map_err(query)?;
         let inserted = insert_query(new, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
         Self::fenced(inserted, "insert rotation")?;
-        let updated = update_query(superseded, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
-        Self::fenced(updated, "update rotation")?;
+        for old in superseded {
+            let updated = update_query(old, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
+            Self::fenced(updated, "update rotation")?;
+        }
         tx.commit().await.map_err(query)
     }
 
@@ -410,7 +449,7 @@ impl Journal {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Rotation>, Error> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM rotations WHERE id = $1")))
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {} FROM rotations WHERE id = $1", self.columns)))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -423,7 +462,8 @@ impl Journal {
         let terminal: Vec<String> =
             Phase::ALL.iter().filter(|p| p.is_terminal()).map(|p| format!("'{}'", p.as_str())).collect();
         let sql = format!(
-            "SELECT {COLUMNS} FROM rotations WHERE phase NOT IN ({}) AND ($1 = '' OR policy = $1) ORDER BY started_at, id",
+            "SELECT {} FROM rotations WHERE phase NOT IN ({}) AND ($1 = '' OR policy = $1) ORDER BY started_at, id",
+            self.columns,
             terminal.join(", ")
         );
         self.fetch(sql, policy.unwrap_or(""), "read unfinished rotations").await
@@ -452,11 +492,20 @@ impl Journal {
         let mut holders = Vec::new();
         for row in rows {
             let policy: String = row.try_get(0).map_err(|source| Error::Query { what: "find holders", source })?;
-            let Some(latest) = self.history(Some(&policy), 1).await?.into_iter().next() else { continue };
-            let replacing = latest.old_credentials.iter().any(|c| c == credential) && !latest.phase.is_promoted();
-            let made_current = latest.new_credential_id.as_deref() == Some(credential) && latest.phase.is_promoted();
+            // The newest rotation that touched the policy's destinations decides: one that
+            // promoted replaced what they served; one that set out to replace credentials and
+            // did not promote (in flight, rolled back) leaves them served. A rotation that failed
+            // before recording what it replaces says nothing.
+            let history = self.history(Some(&policy), 1_000).await?;
+            let Some(decisive) = history.into_iter().find(|r| r.phase.is_promoted() || !r.old_credentials.is_empty())
+            else {
+                continue;
+            };
+            let replacing = decisive.old_credentials.iter().any(|c| c == credential) && !decisive.phase.is_promoted();
+            let made_current =
+                decisive.new_credential_id.as_deref() == Some(credential) && decisive.phase.is_promoted();
             if replacing || made_current {
-                holders.push(latest);
+                holders.push(decisive);
             }
         }
         Ok(holders)
@@ -464,7 +513,8 @@ impl Journal {
 
     pub async fn history(&self, policy: Option<&str>, limit: i64) -> Result<Vec<Rotation>, Error> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM rotations WHERE ($1 = '' OR policy = $1) ORDER BY started_at DESC, id DESC LIMIT {}",
+            "SELECT {} FROM rotations WHERE ($1 = '' OR policy = $1) ORDER BY started_at DESC, id DESC LIMIT {}",
+            self.columns,
             limit.max(1)
         );
         self.fetch(sql, policy.unwrap_or(""), "read history").await
@@ -608,6 +658,11 @@ impl Journal {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// How the `waiting` of a rotation superseded by rotation `id` begins.
+pub fn superseded_by(id: &str) -> String {
+    format!("superseded by rotation {id}")
 }
 
 /// The fenced `INSERT` of a new rotation: it writes nothing unless `lease` is the policy's lease.

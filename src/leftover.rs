@@ -155,7 +155,9 @@ impl Engine {
         let mine: Vec<String> = reach.destinations.iter().map(|d| d.label()).collect();
         for id in &old {
             for other in self.journal.holders(id, &rotation.policy).await? {
-                if !other.destinations.iter().all(|l| mine.contains(&canonical_label(l))) {
+                if !other.destinations.iter().all(|l| mine.contains(&canonical_label(l)))
+                    && !self.deleted_and_done(&other)
+                {
                     reasons.push(format!("policy `{}` still serves {id}", other.policy));
                 }
             }

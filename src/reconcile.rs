@@ -72,16 +72,21 @@ impl Engine {
             }
         }
         let mut claimed: BTreeSet<(CredentialKind, String)> = BTreeSet::new();
+        // What unfinished rotations of policies that are gone still hold is not an orphan of a
+        // loaded policy (a renamed one keeps its credential base name): claimed first.
+        let unfinished = self.journal.unfinished(None).await?;
+        let leftovers = crate::leftover::leftovers(&unfinished, policies);
+        for rotation in &leftovers {
+            for id in rotation.new_credential_id.iter().chain(&rotation.old_credentials) {
+                claimed.insert((rotation.kind, id.clone()));
+            }
+        }
         for policy in policies {
             let findings = self.reconcile_policy(policy, &listed, fix, &mut claimed).await?;
             report.findings.extend(findings);
         }
         // Unfinished rotations of policies that are gone: reported, and finished with `fix`.
-        let unfinished = self.journal.unfinished(None).await?;
-        for rotation in crate::leftover::leftovers(&unfinished, policies) {
-            for id in rotation.new_credential_id.iter().chain(&rotation.old_credentials) {
-                claimed.insert((rotation.kind, id.clone()));
-            }
+        for rotation in leftovers {
             let detail = format!(
                 "policy no longer exists (deleted or renamed); rotation {} is unfinished ({}): {}",
                 rotation.id,
@@ -261,7 +266,7 @@ impl Engine {
         let in_flight: BTreeSet<&str> = unfinished.iter().map(|r| r.id.as_str()).collect();
         let orphans: Vec<&Listed> = active
             .iter()
-            .filter(|c| !keep.contains(&c.id))
+            .filter(|c| !keep.contains(&c.id) && !claimed.contains(&(kind, c.id.clone())))
             .filter(|c| minted_by(&c.name, &policy.credential.name).is_some_and(|r| !in_flight.contains(r)))
             .copied()
             .collect();

@@ -565,3 +565,82 @@ path "secret/metadata/{prefix}/*" { capabilities = ["read"] }
     env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
         .await;
 }
+
+/// A compromise rotation that supersedes a stuck one and then fails (Toktra's create endpoint
+/// is down) hands the stuck rotation's work back: it is `promoted` again with its revocation
+/// pending, never forgotten.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_compromise_rotation_hands_back_what_it_superseded() {
+    use rotator::toktra::sim::Faults;
+
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "handback".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(PathBuf::from("out/handback.json"))],
+        grace: "0s",
+    };
+    let old = env.adopt(std::slice::from_ref(&spec)).await;
+    let legacy = old[0].1.clone();
+    env.sim.set_faults(Faults { refuse_revocation: vec![legacy.clone()], ..Default::default() });
+    assert_eq!(env.rotator(&["rotate", "handback"]).await.code, 1, "stuck on the refused revocation");
+
+    env.sim.set_faults(Faults {
+        refuse_revocation: vec![legacy.clone()],
+        create_error_rate: 1.0,
+        ..Default::default()
+    });
+    let run = env.rotator(&["rotate", "handback", "--compromised", "--reason", "leak"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let history = env.rotator(&["history", "handback", "--format", "json"]).await;
+    let rotations: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let phases: Vec<&str> = rotations.as_array().unwrap().iter().map(|r| r["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, vec!["failed", "promoted"], "the stuck rotation is promoted again: {}", history.stdout);
+    let status = env.rotator(&["status", "--format", "json"]).await;
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(rows[0]["pending_revocations"][0]["credentials"], serde_json::json!([legacy]), "{}", status.stdout);
+
+    env.sim.set_faults(Faults::default());
+    env.rotator(&["rotate", "handback"]).await.assert_code(0);
+    env.assert_converged(&[spec], &old).await;
+}
+
+/// Two policies adopted one legacy key; the other's newest rotation failed before it recorded
+/// anything (its destination unreadable) after an earlier one rolled back. The earlier one
+/// decides: the other policy still serves the key, so it is not revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_that_failed_before_recording_does_not_hide_a_holder() {
+    use rotator::toktra::sim::Faults;
+
+    let env = Env::start().await;
+    let first = Spec {
+        name: "decide-a".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(PathBuf::from("out/decide-a.json"))],
+        grace: "0s",
+    };
+    let second =
+        Spec { name: "decide-b".into(), dests: vec![Dest::File(PathBuf::from("out/decide-b.json"))], ..first.clone() };
+    let legacy = env.legacy(CredentialKind::ApiKey, "decide-legacy").await;
+    for spec in [&first, &second] {
+        env.policy(&format!("{}.yaml", spec.name), &spec.yaml());
+        env.seed(spec, &legacy).await;
+    }
+    // decide-b: one rotation rolled back (the create endpoint down), then one that fails before
+    // reading anything (its destination replaced by a directory).
+    env.sim.set_faults(Faults { create_error_rate: 1.0, ..Default::default() });
+    assert_eq!(env.rotator(&["rotate", "decide-b"]).await.code, 1);
+    env.sim.set_faults(Faults::default());
+    let b_file = env.dir.join("policies/out/decide-b.json");
+    let saved = std::fs::read(&b_file).unwrap();
+    std::fs::remove_file(&b_file).unwrap();
+    std::fs::create_dir(&b_file).unwrap();
+    assert_eq!(env.rotator(&["rotate", "decide-b"]).await.code, 1);
+    std::fs::remove_dir(&b_file).unwrap();
+    std::fs::write(&b_file, saved).unwrap();
+
+    let run = env.rotator(&["rotate", "decide-a"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("policy `decide-b` still serves"), "{}", run.stdout);
+    assert!(env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await, "decide-b still works");
+}
