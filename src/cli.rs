@@ -697,7 +697,7 @@ fn print_plan(plan: &crate::plan::Plan) {
 async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
     let config = ctx.config()?;
     let listen = args.listen.unwrap_or(config.listen);
-    let token = config.api_token.clone();
+    let token = config.api_token().map_err(|e| Failure::Invalid(e.to_string()))?;
     match (&token, args.insecure_no_auth) {
         (Some(_), _) => {}
         (None, true) if listen.ip().is_loopback() => {
@@ -793,10 +793,27 @@ async fn open_journal(config: &Config) -> Result<Journal, Failure> {
     Journal::open(&config.database_url).await.map_err(|e| Failure::Other(e.into()))
 }
 
+/// The journal for commands that only read it: opened read-only (nothing is created or
+/// migrated), named on stderr, and an error when it does not exist.
+async fn read_journal(config: &Config) -> Result<Journal, Failure> {
+    match Journal::open_read_only(&config.database_url).await {
+        Ok(Some(journal)) => {
+            eprintln!("journal: {}", journal.url());
+            Ok(journal)
+        }
+        Ok(None) => Err(Failure::Invalid(format!(
+            "no journal at {}: nothing has been recorded with this configuration yet \
+             (the journal is ROTATOR_DATABASE_URL or `database_url` in the configuration)",
+            crate::journal::display_url(&config.database_url)
+        ))),
+        Err(e) => Err(Failure::Other(e.into())),
+    }
+}
+
 async fn status(ctx: &Ctx, args: FormatArgs) -> Result<(), Failure> {
     let config = ctx.config()?;
     let policies = load_policies(&ctx.policies)?;
-    let journal = open_journal(&config).await?;
+    let journal = read_journal(&config).await?;
     let history = journal.history(None, 100_000).await.map_err(|e| Failure::Other(e.into()))?;
     journal.close().await;
     let now = chrono::Utc::now();
@@ -833,9 +850,25 @@ async fn status(ctx: &Ctx, args: FormatArgs) -> Result<(), Failure> {
 
 async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure> {
     let config = ctx.config()?;
-    let journal = open_journal(&config).await?;
+    let journal = read_journal(&config).await?;
     let other = |e: crate::journal::Error| Failure::Other(e.into());
     let rotations = journal.history(args.name.as_deref(), args.limit).await.map_err(other)?;
+    // A name neither loaded nor in the journal is a typo, not an empty history. (A policy that
+    // was deleted keeps its history; the policy files are read only to check the name.)
+    if let Some(name) = &args.name
+        && rotations.is_empty()
+    {
+        let known: Vec<String> =
+            policy::load_dir(&ctx.policies).map(|p| p.into_iter().map(|p| p.name).collect()).unwrap_or_default();
+        if !known.contains(name) {
+            journal.close().await;
+            return Err(Failure::Invalid(format!(
+                "unknown policy `{name}`: not in {} and never in the journal; known: {}",
+                ctx.policies.display(),
+                if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+            )));
+        }
+    }
     let mut steps = Vec::new();
     if args.steps {
         for r in &rotations {

@@ -61,7 +61,9 @@ pub struct Config {
     /// The file this came from, if any.
     pub file: Option<PathBuf>,
     pub listen: SocketAddr,
-    pub api_token: Option<Secret>,
+    /// Where the HTTP API's token comes from; read and checked by [`Config::api_token`] only
+    /// when `serve` needs it, so other commands need neither the file nor the variable.
+    pub api_token: Option<ApiToken>,
     pub database_url: String,
     /// Rotations run at the same time by `serve` (and `rotate --all`).
     pub concurrency: usize,
@@ -88,6 +90,38 @@ pub struct Config {
     /// Whether the Toktra URL and `VAULT_ADDR` may be plain `http://` to a host that is not
     /// loopback (otherwise refused: their requests carry credentials).
     pub allow_insecure_http: bool,
+}
+
+/// Where the HTTP API's bearer token comes from.
+#[derive(Debug, Clone)]
+pub enum ApiToken {
+    /// Given directly (`ROTATOR_API_TOKEN`).
+    Value { key: String, token: Secret },
+    /// In a file (`api_token_file`), read when needed.
+    File { key: String, path: PathBuf },
+}
+
+impl Config {
+    /// The HTTP API's token, read now (from its file, if so configured) and checked.
+    pub fn api_token(&self) -> Result<Option<Secret>, Error> {
+        let (key, token) = match &self.api_token {
+            None => return Ok(None),
+            Some(ApiToken::Value { key, token }) => (key, token.clone()),
+            Some(ApiToken::File { key, path }) => (key, read_secret(key, path)?),
+        };
+        // The API can rotate and revoke credentials; a short token can be guessed. Whitespace
+        // does not count, as the server ignores it. The length is not reported: it is a secret's.
+        if token.expose().trim().chars().count() < MIN_API_TOKEN_CHARS {
+            return Err(error(
+                key,
+                format!(
+                    "the API token must be at least {MIN_API_TOKEN_CHARS} characters long \
+                     (e.g. the output of `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        Ok(Some(token))
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -293,24 +327,10 @@ impl Config {
             .parse()
             .map_err(|_| error(listen_source, format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
         let api_token = match (var("ROTATOR_API_TOKEN"), &file.api_token_file) {
-            (Some(t), _) => Some(("ROTATOR_API_TOKEN".to_string(), Secret::new(t))),
-            (None, Some(p)) => Some((source("api_token_file"), read_secret(&source("api_token_file"), p)?)),
+            (Some(t), _) => Some(ApiToken::Value { key: "ROTATOR_API_TOKEN".to_string(), token: Secret::new(t) }),
+            (None, Some(p)) => Some(ApiToken::File { key: source("api_token_file"), path: p.clone() }),
             (None, None) => None,
         };
-        // The API can rotate and revoke credentials; a short token can be guessed. Whitespace
-        // does not count, as the server ignores it. The length is not reported: it is a secret's.
-        if let Some((key, token)) = &api_token
-            && token.expose().trim().chars().count() < MIN_API_TOKEN_CHARS
-        {
-            return Err(error(
-                key,
-                format!(
-                    "the API token must be at least {MIN_API_TOKEN_CHARS} characters long \
-                     (e.g. the output of `openssl rand -hex 32`)"
-                ),
-            ));
-        }
-        let api_token = api_token.map(|(_, token)| token);
         let concurrency = match var("ROTATOR_CONCURRENCY") {
             Some(t) => t
                 .parse()

@@ -88,3 +88,39 @@ async fn the_example_policies_are_valid() {
     run.assert_code(0);
     assert!(run.stdout.contains("5 policies valid"), "{}", run.stdout);
 }
+
+/// Read-only commands read: without a journal they say so (exit 2) and create nothing; they
+/// need only what they use (not the API token file `serve` reads); `history` of a name that is
+/// neither a policy nor in the journal is an error naming the known policies.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_commands_only_read() {
+    use rotator::policy::CredentialKind;
+
+    use crate::harness::{Dest, Spec};
+
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "reader".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("out/reader.json".into())],
+        grace: "0s",
+    };
+    let old = env.adopt(std::slice::from_ref(&spec)).await;
+    std::fs::write(env.dir.join("rotator.toml"), "api_token_file = \"/nonexistent/rotator-api-token\"\n").unwrap();
+    for args in [&["status"][..], &["history"][..]] {
+        let run = env.rotator(args).await;
+        assert_eq!(run.code, 2, "{args:?}\n{}\n{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("no journal at"), "{args:?}: {}", run.stderr);
+        assert!(!env.journal_path().exists(), "{args:?} created the journal");
+    }
+    env.rotator(&["rotate", "reader"]).await.assert_code(0);
+    let run = env.rotator(&["status"]).await;
+    assert_eq!(run.code, 0, "the API token file is not needed\n{}", run.stderr);
+    assert!(run.stderr.contains(&format!("journal: {}", env.journal_path().display())), "{}", run.stderr);
+    let run = env.rotator(&["history", "nosuch"]).await;
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("unknown policy `nosuch`") && run.stderr.contains("known: reader"), "{}", run.stderr);
+    env.rotator(&["history", "reader"]).await.assert_code(0);
+    std::fs::remove_file(env.dir.join("rotator.toml")).unwrap();
+    env.assert_converged(&[spec], &old).await;
+}

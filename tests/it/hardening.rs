@@ -125,6 +125,8 @@ async fn plain_http_is_refused_except_to_loopback() {
         grace: "0s",
     };
     env.policy("plain.yaml", &spec.yaml());
+    // `status` below reads the journal, so there must be one.
+    env.rotator(&["rotate", "plain"]).await.assert_code(0);
     // Refused before anything is contacted: no network is needed to see exit 2 (an attempt to
     // reach the host would fail with exit 1).
     for (variable, value) in
