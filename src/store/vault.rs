@@ -97,6 +97,30 @@ impl Connection {
         })
     }
 
+    /// The secrets engine mounted at `mount` as `(type, options.version)`, when this token may
+    /// see it (`sys/internal/ui/mounts`, allowed for any token with a capability under the
+    /// mount); `None` when Vault does not say (that answer is the same for a missing mount and a
+    /// token without access).
+    pub async fn mount(&self, mount: &str) -> Result<Option<(String, String)>, String> {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/sys/internal/ui/mounts/{}", self.address, mount.trim_matches('/')))
+            .header("X-Vault-Token", self.token.expose());
+        if let Some(ns) = &self.namespace {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        let response = request.send().await.map_err(|e| format!("read mount: {}", e.without_url()))?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        let body: Value = response.json().await.map_err(|e| format!("read mount: {}", e.without_url()))?;
+        let data = body.get("data").unwrap_or(&body);
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+        let version =
+            data.get("options").and_then(|o| o.get("version")).and_then(Value::as_str).unwrap_or("1").to_string();
+        Ok(Some((kind, version)))
+    }
+
     /// What the token may do on each path (`sys/capabilities-self`).
     pub async fn capabilities(&self, paths: &[String]) -> Result<HashMap<String, Vec<String>>, String> {
         let mut request = self
@@ -197,6 +221,14 @@ impl Vault {
         let (kind, detail) = match &e {
             ClientError::APIError { code, errors } => {
                 let text = errors.join("; ");
+                if *code == 404 && text.contains("no handler for route") {
+                    // Not a missing secret: nothing is mounted there, and creating cannot help.
+                    return Error::new(
+                        self.label(),
+                        ErrorKind::Permanent,
+                        format!("{what}: no secrets engine is mounted at `{}/`", self.mount),
+                    );
+                }
                 let kind = match code {
                     404 => ErrorKind::NotFound,
                     400 if text.contains("check-and-set") => ErrorKind::Conflict,
@@ -306,6 +338,19 @@ impl Store for Vault {
     }
 
     async fn check(&self) -> Result<(), Error> {
+        // A KV version 1 mount would take the staging and data paths as plain keys: refuse it
+        // (and anything else) before a mint, as far as Vault lets this token see the mount.
+        match self.connection.mount(&self.mount).await.map_err(|e| self.error(ErrorKind::Transient, e))? {
+            Some((kind, version)) if kind == "kv" && version == "2" => {}
+            Some((kind, version)) => {
+                let what = if kind == "kv" { format!("KV version {version}") } else { format!("a `{kind}` engine") };
+                return Err(self.error(
+                    ErrorKind::Permanent,
+                    format!("`{}/` is {what}; rotator needs a KV version 2 mount", self.mount),
+                ));
+            }
+            None => {}
+        }
         match self.read(&self.path).await? {
             None if !self.create => Err(self.error(
                 ErrorKind::NotFound,

@@ -205,3 +205,44 @@ async fn vault_approle_login_from_the_configuration_file() {
     env.rotator(&["rotate", "approle"]).await.assert_code(0);
     env.assert_converged(&[spec], &[]).await;
 }
+
+/// A Vault destination whose mount does not exist, or is KV version 1, is refused by `plan`'s
+/// preflight and by `rotate` before anything is minted (it used to say "will be created" and
+/// then fail after the mint).
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_mounts_that_cannot_work_are_refused_before_a_mint() {
+    let env = Env::start().await;
+    let kv1 = format!("kv1-{}", env.prefix);
+    let (status, body) = env
+        .vault(
+            reqwest::Method::POST,
+            &format!("sys/mounts/{kv1}"),
+            Some(serde_json::json!({ "type": "kv", "options": { "version": "1" } })),
+        )
+        .await;
+    assert!(status < 300, "{status} {body}");
+    for (mount, expected) in
+        [(format!("nosuch-{}", env.prefix), "no secrets engine is mounted"), (kv1.clone(), "KV version 1")]
+    {
+        env.policy(
+            "mounted.yaml",
+            &format!(
+                "name: mounted\ncredential: {{ kind: api_key, name: mounted }}\nschedule: {{ every: 30d }}\n\
+                 destinations:\n  - vault: {{ mount: {mount}, path: x, create: true }}\n"
+            ),
+        );
+        let plan = env.rotator(&["plan"]).await;
+        assert_ne!(plan.code, 0, "{mount}: {}", plan.stdout);
+        assert!(
+            plan.stdout.contains(expected) || plan.stderr.contains(expected),
+            "{mount}: {}\n{}",
+            plan.stdout,
+            plan.stderr
+        );
+        let run = env.rotator(&["rotate", "mounted"]).await;
+        assert_eq!(run.code, 1, "{mount}: {}\n{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains(expected), "{mount}: {}", run.stdout);
+        assert_eq!(env.sim.stats().creates, 0, "{mount}: nothing minted");
+    }
+    env.vault(reqwest::Method::DELETE, &format!("sys/mounts/{kv1}"), None).await;
+}
