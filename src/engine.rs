@@ -744,6 +744,15 @@ impl Engine {
 
     /// A rotation left in `Started` by an earlier process: whatever it minted is unrecoverable.
     async fn abandon(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+        // The intent of a mint is recorded before the create call: without one, nothing was
+        // minted, and the rotation (an accepted request, say, interrupted by a shutdown) simply
+        // goes on from where it stopped instead of failing.
+        let steps = self.journal.steps(&work.rotation.id).await?;
+        if !steps.iter().any(|s| s.step == "mint" || s.step == "revoke-first") {
+            self.note(work, "resume", "done", "interrupted before minting; going on").await?;
+            work.memory.started_here = true;
+            return Ok(Flow::Continue);
+        }
         let name = work.rotation.credential_name.clone();
         self.note(work, "abandon", "intent", &format!("look up `{name}`")).await?;
         let revoked = self.revoke_named(work, None).await?;

@@ -644,3 +644,26 @@ async fn a_rotation_that_failed_before_recording_does_not_hide_a_holder() {
     assert!(run.stdout.contains("policy `decide-b` still serves"), "{}", run.stdout);
     assert!(env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await, "decide-b still works");
 }
+
+/// A rotation recorded but interrupted before it minted anything (a crash, or a shutdown right
+/// after a request was accepted) is resumed by the next run, not failed: one rotation, completed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_interrupted_before_minting_is_resumed_not_failed() {
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "early".into(),
+        kind: CredentialKind::OauthClient,
+        dests: vec![Dest::File(PathBuf::from("out/early.json"))],
+        grace: "0s",
+    };
+    let old = env.adopt(std::slice::from_ref(&spec)).await;
+    let crashing = Env { env: vec![("ROTATOR_CRASH_AT".into(), "started".into())], ..env };
+    assert_eq!(crashing.rotator(&["rotate", "early"]).await.code, -1);
+    let env = Env { env: Vec::new(), ..crashing };
+    env.rotator(&["rotate", "early"]).await.assert_code(0);
+    let history = env.rotator(&["history", "early", "--format", "json"]).await;
+    let rotations: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let phases: Vec<&str> = rotations.as_array().unwrap().iter().map(|r| r["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, vec!["completed"], "{}", history.stdout);
+    env.assert_converged(&[spec], &old).await;
+}
