@@ -1009,11 +1009,9 @@ impl Engine {
                     }
                     crash_point(&format!("revoked-{i}"));
                     let detail = match result {
-                        (revoked, true) => format!("revoked {id} ({revoked:?}); its secret was presented and refused"),
+                        (revoked, true) => format!("{id}: {revoked}; its secret was presented and refused"),
                         (revoked, false) => {
-                            format!(
-                                "revoked {id} ({revoked:?}); no longer listed (its secret was not at hand to present)"
-                            )
+                            format!("{id}: {revoked}; no longer listed (its secret was not at hand to present)")
                         }
                     };
                     self.note(work, "revoke", "done", &detail).await?;

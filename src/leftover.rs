@@ -173,9 +173,7 @@ impl Engine {
                 Ok(result) => {
                     rotation.revoked_credentials.push(id.clone());
                     revoked.push(id.clone());
-                    self.journal
-                        .step(&rotation.id, "revoke", "done", &format!("revoked {id} ({result:?})"), lease)
-                        .await?;
+                    self.journal.step(&rotation.id, "revoke", "done", &format!("{id}: {result}"), lease).await?;
                 }
                 Err(e) => {
                     self.journal.step(&rotation.id, "revoke", "failed", &e.to_string(), lease).await?;

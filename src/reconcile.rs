@@ -23,6 +23,8 @@ pub struct Finding {
     pub detail: String,
     /// Whether `--fix` repaired it in this run.
     pub fixed: bool,
+    /// What to do about it, when there is something to do.
+    pub next_step: Option<String>,
 }
 
 /// The whole comparison.
@@ -31,11 +33,29 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Active credentials at Toktra not named like a rotator mint of any policy: left alone.
     pub unmanaged: usize,
+    /// Their IDs.
+    pub unmanaged_ids: Vec<String>,
 }
 
 impl Finding {
     fn new(kind: &str, policy: &str, detail: String) -> Finding {
-        Finding { kind: kind.into(), policy: policy.into(), detail, fixed: false }
+        let next_step = match kind {
+            "orphan" => Some("`rotator reconcile --fix` revokes it".to_string()),
+            "stale_staging" => Some("`rotator reconcile --fix` discards it".to_string()),
+            "leftover" => Some("`rotator reconcile --fix` (or any `rotator rotate`) finishes it".to_string()),
+            "drift" | "broken" => {
+                Some(format!("`rotator rotate {policy}` makes one working credential current everywhere"))
+            }
+            "stuck" => Some(format!("fix the cause, then `rotator rotate {policy}` resumes it")),
+            "busy" => Some("run again when the rotation in flight is done".to_string()),
+            _ => None,
+        };
+        Finding { kind: kind.into(), policy: policy.into(), detail, fixed: false, next_step }
+    }
+
+    /// Whether `--fix` can repair this kind of finding.
+    pub fn fixable(&self) -> bool {
+        matches!(self.kind.as_str(), "orphan" | "stale_staging" | "leftover")
     }
 }
 
@@ -63,12 +83,9 @@ impl Engine {
                 Ok(items) => {
                     listed.insert(kind, items);
                 }
-                Err(e) => report.findings.push(Finding {
-                    kind: "error".into(),
-                    policy: "-".into(),
-                    detail: format!("cannot list {kind}s at toktra: {e}"),
-                    fixed: false,
-                }),
+                Err(e) => {
+                    report.findings.push(Finding::new("error", "-", format!("cannot list {kind}s at toktra: {e}")))
+                }
             }
         }
         let mut claimed: BTreeSet<(CredentialKind, String)> = BTreeSet::new();
@@ -98,28 +115,34 @@ impl Engine {
                 continue;
             }
             let finding = match self.finish_leftover(rotation.clone(), policies).await {
-                Ok(outcome) => Finding {
-                    kind: "leftover".into(),
-                    policy: rotation.policy.clone(),
-                    fixed: outcome.phase.is_terminal(),
-                    detail: format!(
-                        "{detail}; now {}{}",
-                        outcome.phase,
-                        outcome.waiting.or(outcome.error).map(|w| format!(": {w}")).unwrap_or_default()
-                    ),
-                },
+                Ok(outcome) => {
+                    let mut finding = Finding::new(
+                        "leftover",
+                        &rotation.policy,
+                        format!(
+                            "{detail}; now {}{}",
+                            outcome.phase,
+                            outcome.waiting.or(outcome.error).map(|w| format!(": {w}")).unwrap_or_default()
+                        ),
+                    );
+                    finding.fixed = outcome.phase.is_terminal();
+                    finding
+                }
                 Err(e) => Finding::new("leftover", &rotation.policy, format!("{detail}; not finished: {e}")),
             };
             report.findings.push(finding);
         }
-        report.unmanaged = listed
+        report.unmanaged_ids = listed
             .iter()
             .flat_map(|(kind, items)| items.iter().map(move |c| (*kind, c)))
             .filter(|(kind, c)| !claimed.contains(&(*kind, c.id.clone())))
             .filter(|(kind, c)| {
                 !policies.iter().any(|p| p.credential.kind == *kind && minted_by(&c.name, &p.credential.name).is_some())
             })
-            .count();
+            .map(|(_, c)| c.id.clone())
+            .collect();
+        report.unmanaged_ids.sort();
+        report.unmanaged = report.unmanaged_ids.len();
         Ok(report)
     }
 
@@ -275,7 +298,7 @@ impl Engine {
             let mut f = finding(
                 "orphan",
                 format!(
-                    "{} `{}` is active, minted by rotator, and neither current nor awaiting revocation",
+                    "{} `{}` is active, named like a mint of this policy, and neither current nor awaiting revocation",
                     orphan.id, orphan.name
                 ),
             );

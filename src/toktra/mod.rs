@@ -178,6 +178,15 @@ pub enum Revoked {
     AlreadyGone,
 }
 
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Revoked::Now => "revoked now",
+            Revoked::AlreadyGone => "already revoked",
+        })
+    }
+}
+
 /// Result of presenting a credential to Toktra.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {

@@ -303,6 +303,17 @@ async fn reconcile_finds_orphans_drift_and_stale_staging_and_fixes_what_it_may()
     assert!(kinds.contains(&"orphan") && kinds.contains(&"stale_staging"), "{report}");
     // The hand-made key and the admin key rotator itself uses.
     assert_eq!(report["unmanaged"], 2, "{report}");
+    assert!(report["unmanaged_ids"].as_array().unwrap().iter().any(|id| id == unmanaged.id.as_str()), "{report}");
+    for finding in report["findings"].as_array().unwrap() {
+        assert!(finding["next_step"].as_str().is_some_and(|s| s.contains("--fix")), "a next step: {finding}");
+    }
+    let plain = env.rotator(&["reconcile"]).await;
+    assert!(
+        plain.stdout.contains("next: `rotator reconcile --fix`") && plain.stdout.contains(&unmanaged.id),
+        "{}",
+        plain.stdout
+    );
+    assert!(plain.stderr.contains("--fix repairs"), "{}", plain.stderr);
 
     let run = env.rotator(&["reconcile", "--fix"]).await;
     run.assert_code(0);
