@@ -96,7 +96,7 @@ pub struct PlanArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["names", "all", "selector"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["names", "all", "selector", "due"])))]
 pub struct RotateArgs {
     /// Policies to rotate.
     #[arg(conflicts_with = "all")]
@@ -121,6 +121,10 @@ pub struct RotateArgs {
     /// until the new credential is promoted (an outage, accepted to cut an attacker off first).
     #[arg(long, requires = "compromised")]
     pub revoke_first: bool,
+    /// Rotate only those of the chosen policies (all, without names or --selector) that are due
+    /// now by their schedule and window: for cron-driven jobs. Without it, `rotate` means now.
+    #[arg(long, conflicts_with_all = ["compromised", "dry_run"])]
+    pub due: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -422,7 +426,7 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         };
         return plan(ctx, &names, &[], compromise, args.format).await;
     }
-    let selected = select(&policies, &args.names, args.all, &selector)?;
+    let mut selected = select(&policies, &args.names, args.all || args.due, &selector)?;
     check_default_region(&config, &policies).await?;
     let journal = open_journal(&config).await?;
     // Every run first finishes what earlier runs left: crashed rotations and revocations whose
@@ -462,6 +466,36 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         let message = format!("toktra is not usable with this configuration; nothing was changed: {e}");
         return Err(if e.is_transient() { Failure::Failed(message) } else { Failure::Invalid(message) });
     }
+    // What the schedules say, read before anything changes: `--due` rotates only what is due;
+    // otherwise a rotation the schedule would not have started is said to be early.
+    let now = chrono::Utc::now();
+    let schedule =
+        crate::plan::plan(&engine.toktra, &engine.clients, Some(&engine.journal), &selected, None, now).await;
+    let due_of = |name: &str| schedule.policies.iter().find(|p| p.policy == name).map(|p| p.due.clone());
+    if args.due {
+        selected.retain(|p| due_of(&p.name).is_some_and(|d| d.next_start <= now));
+        if selected.is_empty() {
+            eprintln!("nothing is due now");
+        }
+    }
+    let mut early = Vec::new();
+    for policy in &selected {
+        let Some(due) = due_of(&policy.name) else { continue };
+        if due.at > now + chrono::Duration::hours(1) {
+            early.push(format!(
+                "`{}` was not due until {} ({} early): rotated because it was asked for",
+                policy.name,
+                when(due.at),
+                crate::status::age((due.at - now).num_seconds())
+            ));
+        } else if due.next_start > now {
+            early.push(format!(
+                "`{}` is due but outside its window (it opens {}): rotated because it was asked for",
+                policy.name,
+                when(due.next_start)
+            ));
+        }
+    }
     let mut outcomes = Vec::new();
     for rotation in leftovers {
         tracing::warn!(policy = %rotation.policy, rotation = %rotation.id, phase = %rotation.phase, "finishing an unfinished rotation of a policy that no longer exists");
@@ -489,6 +523,9 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         "toktra calls of this run"
     );
     print_outcomes(&outcomes, args.format);
+    for note in &early {
+        eprintln!("note: {note}");
+    }
     check_outcomes(&outcomes)
 }
 

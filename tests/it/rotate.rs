@@ -200,3 +200,38 @@ async fn grace_keeps_the_old_credential_until_a_later_run_revokes_it() {
     let other = env.active().into_iter().find(|c| c.name.starts_with("other-")).expect("other was rotated").id;
     assert_only_active(&env, &[&new_id, &other]);
 }
+
+/// `rotate NAME` means now, but says when the schedule would not have started it; `rotate
+/// --due` rotates exactly what is due (a policy without a credential), for cron-driven jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_runs_say_when_they_ignore_the_schedule_and_due_rotates_only_what_is_due() {
+    use std::path::PathBuf;
+
+    use crate::harness::{Dest, Spec};
+
+    let env = Env::start().await;
+    let adopted = Spec {
+        name: "adopted".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(PathBuf::from("out/adopted.json"))],
+        grace: "0s",
+    };
+    let old = env.adopt(std::slice::from_ref(&adopted)).await;
+    let empty =
+        Spec { name: "empty".into(), dests: vec![Dest::File(PathBuf::from("out/empty.json"))], ..adopted.clone() };
+    env.policy("empty.yaml", &empty.yaml());
+
+    let run = env.rotator(&["rotate", "--due"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(env.served(&empty.dests[0]).await.is_some(), "the policy without a credential was due");
+    let served = text(&env.served(&adopted.dests[0]).await.unwrap(), "key_id");
+    assert_eq!(served, old[0].1, "the adopted key is 90 days from due and stays");
+    let run = env.rotator(&["rotate", "--due"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("nothing is due now"), "{}", run.stderr);
+
+    let run = env.rotator(&["rotate", "adopted"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("note: `adopted` was not due until"), "{}", run.stderr);
+    env.assert_converged(&[adopted, empty], &old).await;
+}
