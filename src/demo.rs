@@ -59,9 +59,18 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("policies")).with_context(|| format!("creating {}", dir.display()))?;
     let result = demo(&dir).await;
     if keep {
-        println!("\nThe demo's files are in {}", dir.display());
+        // Absolute, so the commands work from anywhere.
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        println!("\nThe demo's files are in {}. To look around (no simulator needed):", dir.display());
+        let env = format!("ROTATOR_DATABASE_URL={}", dir.join("journal.db").display());
+        let policies = dir.join("policies");
+        println!("  {env} rotator --policies {} status", policies.display());
+        println!("  {env} rotator --policies {} history --steps", policies.display());
+        println!("  rotator validate {}", policies.display());
+        println!("  cat {}", dir.join("policies/out/billing-export.json.previous").display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
+        println!("\nThe demo's scratch files were removed; `rotator demo --dir DIR` keeps them to look around.");
     }
     result
 }
@@ -177,7 +186,8 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         bail!("the demo's rotation did not complete");
     }
     println!(
-        "\nDone at {}. partner-sync keeps its old client for its 1h grace; a later `rotator rotate` run revokes it.",
+        "\nDone at {}. partner-sync keeps its old client for its 1h grace: against a real Toktra, the next \
+         `rotator rotate` (or `rotator serve`) after the grace revokes it.",
         Utc::now().format("%H:%M:%S UTC")
     );
     Ok(())

@@ -10,7 +10,8 @@ fn main() -> ExitCode {
         rotator::cli::Command::Serve(_) => rotator::telemetry::LogFormat::Json,
         _ => rotator::telemetry::LogFormat::Text,
     });
-    rotator::telemetry::init(format, cli.verbose);
+    let quiet = matches!(cli.command, rotator::cli::Command::Demo(_));
+    rotator::telemetry::init(format, cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -12,8 +12,14 @@ pub enum LogFormat {
 
 const QUIET: &str = "rustify=off,vaultrs=off,tokio_cron_scheduler=warn,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn,reqwest=warn";
 
-pub fn init(format: LogFormat, verbose: bool) {
-    let default = if verbose { format!("debug,{QUIET}") } else { format!("info,{QUIET}") };
+/// `quiet`: warnings and errors only unless `verbose` (the demo, whose output is its story).
+pub fn init(format: LogFormat, verbose: bool, quiet: bool) {
+    let level = match (verbose, quiet) {
+        (true, _) => "debug",
+        (false, true) => "warn",
+        (false, false) => "info",
+    };
+    let default = format!("{level},{QUIET}");
     // RUST_LOG adds to the quiet defaults rather than replacing them, so `RUST_LOG=debug` does
     // not bring back the noisy libraries; naming one of them (`vaultrs=debug`) still does.
     let filter = match std::env::var("RUST_LOG") {
@@ -23,7 +29,10 @@ pub fn init(format: LogFormat, verbose: bool) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => {
-            builder.with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+            // Colour only on a terminal, and never when NO_COLOR is set (no-color.org).
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_target(false).with_ansi(colour).try_init()
         }
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
