@@ -90,9 +90,28 @@ struct Hold {
     /// Failed attempts in a row (the back-off doubles from 1 minute per failure, up to 1 hour).
     failures: u32,
     until: DateTime<Utc>,
-    /// Held because of another holder's lease or a wait (grace, idleness) rather than a failure:
-    /// on-demand requests wait for these too, but not for a failure back-off.
-    waiting: bool,
+    why: HoldReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldReason {
+    /// The last attempt failed: scheduled work backs off.
+    Failed,
+    /// The last rotation waits for its grace period or for the old credential to go idle:
+    /// looked at again on a later tick, not on every wake-up.
+    Waiting,
+    /// Another process holds the policy's lease.
+    Busy,
+}
+
+impl HoldReason {
+    /// Whether an on-demand request waits for the hold too. Back-offs and waits only pace the
+    /// reconciler's own work; a request runs at once (resuming the unfinished rotation first,
+    /// as `Engine::rotate` does). Only another holder's lease makes it wait, since running then
+    /// could only end `Busy` again.
+    fn holds_requests(self) -> bool {
+        self == HoldReason::Busy
+    }
 }
 
 /// Keeps a policy marked as running while its task lives, even if the task panics.
@@ -451,8 +470,7 @@ impl Daemon {
     async fn work_for(&self, policy: &Policy, rotations: &[&Rotation], now: DateTime<Utc>) -> Option<Work> {
         let hold = self.holds.lock().ok()?.get(&policy.name).copied().filter(|h| h.until > now);
         let queued = self.queued.lock().ok()?.get(&policy.name).cloned();
-        // An on-demand request overrides a failure back-off, not a wait for another holder.
-        if hold.is_some_and(|h| h.waiting || queued.is_none()) {
+        if hold.is_some_and(|h| h.why.holds_requests() || queued.is_none()) {
             return None;
         }
         if let Some(q) = queued {
@@ -578,7 +596,11 @@ impl Daemon {
                     self.back_off(&policy.name, now);
                 } else if waiting {
                     // Grace or idleness: look again on a later tick, not on every wake-up.
-                    self.hold(&policy.name, now + chrono::Duration::from_std(self.tick).unwrap_or_default(), true);
+                    self.hold(
+                        &policy.name,
+                        now + chrono::Duration::from_std(self.tick).unwrap_or_default(),
+                        HoldReason::Waiting,
+                    );
                 } else if let Ok(mut holds) = self.holds.lock() {
                     holds.remove(&policy.name);
                     if let Ok(mut sent) = self.failure_sent.lock() {
@@ -592,7 +614,7 @@ impl Daemon {
             // Busy: another process holds the policy; look again when its lease may be over.
             Err(engine::Error::Busy { holder, until, .. }) => {
                 tracing::info!(policy = %policy.name, holder, "policy busy elsewhere; trying again later");
-                self.hold(&policy.name, until.max(now + chrono::Duration::seconds(5)), true);
+                self.hold(&policy.name, until.max(now + chrono::Duration::seconds(5)), HoldReason::Busy);
             }
             Err(e) => {
                 tracing::error!(policy = %policy.name, error = %e, "rotation could not run");
@@ -615,10 +637,10 @@ impl Daemon {
         }
     }
 
-    fn hold(&self, policy: &str, until: DateTime<Utc>, waiting: bool) {
+    fn hold(&self, policy: &str, until: DateTime<Utc>, why: HoldReason) {
         if let Ok(mut holds) = self.holds.lock() {
             let failures = holds.get(policy).map(|h| h.failures).unwrap_or(0);
-            holds.insert(policy.to_string(), Hold { failures, until, waiting });
+            holds.insert(policy.to_string(), Hold { failures, until, why });
         }
     }
 
@@ -628,7 +650,11 @@ impl Daemon {
             let wait = Duration::from_secs(60 * (1u64 << (failures - 1).min(6))).min(Duration::from_secs(3_600));
             holds.insert(
                 policy.to_string(),
-                Hold { failures, until: now + chrono::Duration::from_std(wait).unwrap_or_default(), waiting: false },
+                Hold {
+                    failures,
+                    until: now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    why: HoldReason::Failed,
+                },
             );
             tracing::warn!(policy, failures, retry_in = %crate::duration::format(wait), "rotation failed; backing off");
         }
