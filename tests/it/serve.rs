@@ -446,6 +446,23 @@ async fn serve_finishes_a_deleted_policys_work_and_tells_of_held_revocations() {
     service.signal("TERM");
 }
 
+impl Service {
+    /// Any request, with the token: status, `Content-Type` and the body as JSON (`Null` if it is
+    /// not JSON).
+    async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, String, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).body(body);
+        for (name, value) in headers {
+            r = r.header(*name, *value);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let text = r.text().await.unwrap();
+        (status, content_type, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
 /// Issue 9, item 12: a request made while the policy's last rotation waits for its grace period
 /// runs at once. The tick is a minute, so only the request's wake-up can explain a prompt run.
 #[tokio::test(flavor = "multi_thread")]
@@ -478,4 +495,94 @@ async fn a_request_during_a_grace_period_runs_at_once() {
     assert!(env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await);
     let first_row = service.wait_rotation(&first, 5, |r| r["phase"] == "promoted").await;
     assert!(first_row["revoked_at"].is_null(), "{first_row}");
+}
+
+/// Issue 9, item 10: every error the service answers is `{"error", "message"}` JSON, including
+/// the ones the HTTP framework produces, and only `application/json` is JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_http_error_is_json() {
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "errors".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("errors.json".into())],
+        grace: "0s",
+    };
+    env.policy("errors.yaml", &spec.yaml());
+    env.seed(&spec, &env.legacy(CredentialKind::ApiKey, "errors-legacy").await).await;
+    let service = env.serve(&[]).await;
+    let json = [("content-type", "application/json")];
+    let big_header = "h".repeat(64 * 1024);
+    let long_query = format!("/v1/rotations?policy={}", "p".repeat(16 * 1024));
+    // (method, path, headers, body, status, error code)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("GET", "/v1/policies/errors/rotate", vec![], vec![], 405, "method_not_allowed"),
+        ("DELETE", "/v1/rotations", vec![], vec![], 405, "method_not_allowed"),
+        ("POST", "/healthz", json.to_vec(), vec![], 405, "method_not_allowed"),
+        ("GET", "/v1/rotations?limit=abc", vec![], vec![], 400, "bad_request"),
+        ("GET", "/v1/policies/%FF%FE", vec![], vec![], 400, "bad_request"),
+        ("GET", "/v1/rotations/%C3%28", vec![], vec![], 400, "bad_request"),
+        ("POST", "/v1/policies/errors/rotate", json.to_vec(), vec![b' '; 80 * 1024], 413, "payload_too_large"),
+        ("GET", &long_query, vec![], vec![], 414, "uri_too_long"),
+        ("GET", "/healthz", vec![("x-big", &big_header)], vec![], 431, "request_header_fields_too_large"),
+        ("GET", "/v1/nosuch", vec![], vec![], 404, "not_found"),
+        // Not JSON, with a body or without one.
+        (
+            "POST",
+            "/v1/policies/errors/rotate",
+            vec![("content-type", "application/jsonp")],
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/v1/policies/errors/rotate",
+            vec![("content-type", "application/jsonp")],
+            vec![],
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/v1/policies/errors/rotate",
+            vec![("content-type", "text/plain")],
+            vec![],
+            415,
+            "unsupported_media_type",
+        ),
+        ("POST", "/v1/policies/errors/rotate", json.to_vec(), b"{\"reason\":".to_vec(), 400, "bad_request"),
+        // JSON with parameters, and in capitals, is JSON (the unknown policy is what is wrong).
+        (
+            "POST",
+            "/v1/policies/nosuch/rotate",
+            vec![("content-type", "application/json; charset=utf-8")],
+            b"{}".to_vec(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/v1/policies/nosuch/rotate",
+            vec![("content-type", "Application/JSON")],
+            b"{}".to_vec(),
+            404,
+            "not_found",
+        ),
+    ];
+    for (method, path, headers, body, status, code) in cases {
+        let shown = &path[..path.len().min(60)];
+        let (got, content_type, value) = service.raw(method, path, &headers, body).await;
+        assert_eq!(got, status, "{method} {shown}: {value}");
+        assert!(content_type.starts_with("application/json"), "{method} {shown}: content type `{content_type}`");
+        assert_eq!(value["error"], code, "{method} {shown}: {value}");
+        assert!(value["message"].as_str().is_some_and(|m| !m.is_empty()), "{method} {shown}: {value}");
+        assert!(value.as_object().unwrap().keys().all(|k| k == "error" || k == "message"), "{value}");
+    }
+    // 405 still says what is allowed.
+    let r = service.http.get(format!("{}/v1/policies/errors/rotate", service.base)).bearer_auth(&service.token);
+    assert_eq!(r.send().await.unwrap().headers()["allow"], "POST");
+    // No error echoed the token or the oversized input.
+    assert!(!service.log_text().contains(&service.token));
 }
