@@ -110,7 +110,7 @@ pub struct RotateArgs {
     /// Show the plan for these policies instead, changing nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Why (recorded in the journal; required with --compromised).
+    /// Why (recorded in the journal, at most 1024 bytes; required with --compromised).
     #[arg(long, required_if_eq("compromised", "true"))]
     pub reason: Option<String>,
     /// Suspected exposure: revoke the old credential right after promotion, whatever its grace,
@@ -409,6 +409,10 @@ pub async fn engine(config: &Config, policies: &[&Policy], journal: Journal) -> 
 }
 
 async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
+    // Before anything else: nothing is read, opened or created for a request that cannot run.
+    if let Some(reason) = &args.reason {
+        crate::daemon::check_reason(reason).map_err(|m| Failure::Invalid(format!("--reason: {m}")))?;
+    }
     let config = ctx.config()?;
     let policies = load_policies(&ctx.policies)?;
     let selector = args.selector.concat();

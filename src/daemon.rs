@@ -41,11 +41,28 @@ pub struct Queued {
     pub at: DateTime<Utc>,
 }
 
+/// The longest rotation `reason` accepted, in bytes of UTF-8: it is stored in the journal and
+/// served by `GET /v1/rotations`, so it must not grow them without bound.
+// TODO-robustness: the bound belongs with `engine::Request`, so library callers get it too.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Checks a rotation `reason` against `MAX_REASON_BYTES`; the message never repeats the reason.
+pub fn check_reason(reason: &str) -> Result<(), String> {
+    match reason.len() {
+        n if n > MAX_REASON_BYTES => {
+            Err(format!("the reason is {n} bytes long; at most {MAX_REASON_BYTES} bytes (1 KiB) are accepted"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why an on-demand request was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     UnknownPolicy,
     InFlight(String),
+    /// The request itself is wrong (a reason that is too long).
+    Invalid(String),
     ShuttingDown,
 }
 
@@ -195,8 +212,21 @@ impl Daemon {
         if self.is_stopping() {
             return Err(Refused::ShuttingDown);
         }
+        if let Some(reason) = &reason {
+            check_reason(reason).map_err(Refused::Invalid)?;
+        }
         if !self.policies().iter().any(|p| p.name == policy) {
             return Err(Refused::UnknownPolicy);
+        }
+        // A request waiting for its turn is reported as queued (as `GET /v1/rotations/{id}`
+        // shows it) until its rotation is recorded, even while the reconciler works on the
+        // policy (resuming an earlier rotation first).
+        let waiting = self.queued.lock().ok().and_then(|q| q.get(policy).cloned());
+        if let Some(q) = waiting {
+            return Err(Refused::InFlight(match self.engine.journal.get(&q.id).await {
+                Ok(Some(row)) => format!("rotation {} of this policy is in flight ({})", q.id, row.phase),
+                _ => queued_message(&q),
+            }));
         }
         if self.running.lock().map(|r| r.contains(policy)).unwrap_or(false) {
             return Err(Refused::InFlight("a rotation of this policy is running".into()));
@@ -215,7 +245,7 @@ impl Daemon {
         {
             let Ok(mut queued) = self.queued.lock() else { return Err(Refused::ShuttingDown) };
             if let Some(q) = queued.get(policy) {
-                return Err(Refused::InFlight(format!("rotation {} is already requested", q.id)));
+                return Err(Refused::InFlight(queued_message(q)));
             }
             queued.insert(
                 policy.to_string(),
@@ -797,6 +827,14 @@ impl Daemon {
         s.toktra_rate_limit_waits = stats.rate_limit_waits;
         s
     }
+}
+
+fn queued_message(q: &Queued) -> String {
+    format!(
+        "rotation {} of this policy is already queued (requested at {})",
+        q.id,
+        q.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
 }
 
 /// Rotations by policy, keeping the journal's order (most recent first).

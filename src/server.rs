@@ -390,6 +390,7 @@ async fn rotate(
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no policy `{name}`")))
         }
         Err(Refused::InFlight(why)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
+        Err(Refused::Invalid(why)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", why)),
         Err(Refused::ShuttingDown) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is stopping"))
         }

@@ -463,6 +463,68 @@ impl Service {
     }
 }
 
+/// A TCP proxy in front of OpenBao that can hold what rotator sends to Vault, so a test can keep
+/// a rotation inside a Vault call for as long as it needs.
+struct VaultGate {
+    url: String,
+    open: tokio::sync::watch::Sender<bool>,
+    /// Writes to Vault held at the gate now.
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+impl VaultGate {
+    async fn start(upstream: &str) -> VaultGate {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (open, gate) = tokio::sync::watch::channel(true);
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = held.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+                let (mut gate, count) = (gate.clone(), count.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        if !*gate.borrow() {
+                            count.fetch_add(1, SeqCst);
+                            let _ = gate.wait_for(|open| *open).await;
+                            count.fetch_sub(1, SeqCst);
+                        }
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown().await;
+                });
+            }
+        });
+        VaultGate { url, open, held }
+    }
+
+    fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Waits until a request to Vault is held at the closed gate.
+    async fn wait_held(&self, service: &Service) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "nothing reached Vault:\n{}", service.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Issue 9, item 12: a request made while the policy's last rotation waits for its grace period
 /// runs at once. The tick is a minute, so only the request's wake-up can explain a prompt run.
 #[tokio::test(flavor = "multi_thread")]
@@ -585,4 +647,78 @@ async fn every_http_error_is_json() {
     assert_eq!(r.send().await.unwrap().headers()["allow"], "POST");
     // No error echoed the token or the oversized input.
     assert!(!service.log_text().contains(&service.token));
+}
+
+/// Issue 9, item 9 (API and CLI): a rotation's `reason` is at most 1 KiB, and a second request
+/// for a policy whose request is queued says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reason_is_bounded_and_a_queued_request_says_queued() {
+    let env = Env::start().await;
+    let gate = VaultGate::start(&env.vault_addr).await;
+    let env = Env {
+        env: vec![
+            ("VAULT_ADDR".into(), gate.url.clone()),
+            ("ROTATOR_CONCURRENCY".into(), "1".into()),
+            ("ROTATOR_TICK".into(), "60s".into()),
+        ],
+        ..env
+    };
+    let slow = Spec {
+        name: "slow".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/slow", env.prefix))],
+        grace: "0s",
+    };
+    let quick = Spec {
+        name: "quick".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("quick.json".into())],
+        grace: "0s",
+    };
+    env.policy("slow.yaml", &slow.yaml());
+    env.policy("quick.yaml", &quick.yaml());
+    env.seed(&slow, &env.legacy(CredentialKind::ApiKey, "slow-legacy").await).await;
+    env.seed(&quick, &env.legacy(CredentialKind::ApiKey, "quick-legacy").await).await;
+    let creates = env.sim.stats().creates;
+
+    // The CLI refuses before anything happens: no journal, no Toktra call.
+    let run = env.rotator(&["rotate", "quick", "--reason", &"r".repeat(1025)]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("--reason") && run.stderr.contains("1024"), "{}", run.stderr);
+    assert!(!run.stderr.contains(&"r".repeat(100)), "the message does not echo the reason: {}", run.stderr);
+    assert_eq!(env.sim.stats().creates, creates);
+    assert!(!env.journal_path().exists(), "nothing was recorded");
+
+    let service = env.serve(&[]).await;
+    let (status, body) =
+        service.post("/v1/policies/quick/rotate", serde_json::json!({ "reason": "é".repeat(513) })).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+    assert!(text(&body, "message").contains("1024"), "{body}");
+    let (status, body) = service.get("/v1/rotations").await;
+    assert_eq!((status, body["rotations"].as_array().map(Vec::len)), (200, Some(0)), "{body}");
+
+    // `slow` takes the only slot and stays inside a Vault call; `quick` waits in the queue.
+    service.get("/v1/policies").await;
+    gate.close();
+    let (status, body) = service.post("/v1/policies/slow/rotate", serde_json::json!({ "reason": "slow" })).await;
+    assert_eq!(status, 202, "{body}");
+    let slow_id = text(&body, "id");
+    gate.wait_held(&service).await;
+    let exactly = "q".repeat(1024);
+    let (status, body) = service.post("/v1/policies/quick/rotate", serde_json::json!({ "reason": exactly })).await;
+    assert_eq!(status, 202, "a reason of exactly 1024 bytes is fine: {body}");
+    let quick_id = text(&body, "id");
+    for (policy, id) in [("quick", &quick_id), ("slow", &slow_id)] {
+        let (status, row) = service.get(&format!("/v1/rotations/{id}")).await;
+        assert_eq!((status, row["phase"].as_str()), (200, Some("queued")), "{row}");
+        let (status, body) = service.post(&format!("/v1/policies/{policy}/rotate"), serde_json::json!({})).await;
+        assert_eq!((status, body["error"].as_str()), (409, Some("conflict")), "{body}");
+        let message = text(&body, "message");
+        assert!(message.contains("queued") && message.contains(id.as_str()), "{policy}: {message}");
+        assert!(!message.contains("running"), "{policy}: {message}");
+    }
+    gate.open();
+    service.wait_rotation(&slow_id, 30, |r| r["phase"] == "completed").await;
+    let done = service.wait_rotation(&quick_id, 30, |r| r["phase"] == "completed").await;
+    assert_eq!(done["reason"], exactly);
 }
