@@ -31,6 +31,21 @@ type Since = (DateTime<Utc>, Basis);
 /// How often the service looks for orphans (and at start).
 const RECONCILE_EVERY: Duration = Duration::from_secs(3_600);
 
+/// How long a reload may take to read the policy directory (10,000 files take well under a
+/// second) before it is given up and the previous set keeps running.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a reload ended.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The new set is in force; this many policies.
+    Accepted(usize),
+    /// The previous set keeps running; every problem was logged.
+    Rejected(policy::Invalid),
+    /// Another reload was still running.
+    Skipped,
+}
+
 /// An on-demand rotation waiting for the next pass.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Queued {
@@ -99,6 +114,10 @@ pub struct Daemon {
     stopping: watch::Sender<bool>,
     /// The last pass completed without a journal error.
     healthy: AtomicBool,
+    /// Held by the reload running now.
+    reloading: tokio::sync::Mutex<()>,
+    /// A thread is reading the policy directory (it may outlive its reload's time bound).
+    loader_busy: Arc<AtomicBool>,
 }
 
 /// Why a policy is held back, and until when.
@@ -181,6 +200,8 @@ impl Daemon {
             concurrency: config.concurrency,
             stopping,
             healthy: AtomicBool::new(true),
+            reloading: tokio::sync::Mutex::new(()),
+            loader_busy: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -257,9 +278,61 @@ impl Daemon {
     }
 
     /// Loads the policy directory again; a valid set replaces the one in force, an invalid one
-    /// is rejected with every problem logged and the old set keeps running.
-    pub fn reload(&self) -> Result<usize, policy::Invalid> {
-        match policy::load_dir(&self.policies_dir) {
+    /// is rejected with every problem logged and the old set keeps running. The directory is
+    /// read on a thread of its own with a time bound (`RELOAD_TIMEOUT`), so a file that blocks
+    /// its reader (a FIFO, a hung network file system) delays neither the API, nor the
+    /// reconciler, nor a shutdown. One reload runs at a time; a SIGHUP meanwhile is skipped.
+    pub async fn reload(&self) -> Reloaded {
+        let Ok(_one_at_a_time) = self.reloading.try_lock() else {
+            tracing::warn!("SIGHUP: a reload is still running; this one is skipped (send SIGHUP again once it ended)");
+            return Reloaded::Skipped;
+        };
+        let dir = &self.policies_dir;
+        let problem = |message: String| {
+            policy::Invalid(vec![policy::Problem {
+                location: policy::Location { file: dir.clone(), line: 0, column: 0 },
+                field: String::new(),
+                message,
+            }])
+        };
+        let loaded = if self.loader_busy.swap(true, Ordering::SeqCst) {
+            // An earlier load timed out and its thread has not returned: starting another
+            // would pile up blocked threads.
+            Err(problem("the previous load of the policy directory has not returned yet (blocked reading a file?); not starting another".into()))
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (path, busy) = (dir.clone(), self.loader_busy.clone());
+            // A thread of its own rather than `spawn_blocking`: the runtime waits for its
+            // blocking threads when it shuts down, and this one may never return.
+            let spawned = std::thread::Builder::new().name("policy-reload".into()).spawn(move || {
+                let loaded = policy::load_dir(&path);
+                busy.store(false, Ordering::SeqCst);
+                let _ = tx.send(loaded);
+            });
+            match spawned {
+                Err(e) => {
+                    self.loader_busy.store(false, Ordering::SeqCst);
+                    Err(problem(format!("cannot start a thread to read the policy directory: {e}")))
+                }
+                Ok(_) => match tokio::time::timeout(RELOAD_TIMEOUT, rx).await {
+                    Ok(Ok(loaded)) => loaded,
+                    Ok(Err(_)) => Err(problem("reading the policy directory failed (the reader panicked)".into())),
+                    Err(_) => Err(problem(format!(
+                        "the policy directory was not read within {} (a file that blocks its reader, such as a FIFO?)",
+                        crate::duration::format(RELOAD_TIMEOUT)
+                    ))),
+                },
+            }
+        };
+        match self.apply(loaded) {
+            Ok(n) => Reloaded::Accepted(n),
+            Err(invalid) => Reloaded::Rejected(invalid),
+        }
+    }
+
+    /// Swaps in a loaded policy set if the service can run it as a whole.
+    fn apply(&self, loaded: Result<Vec<Policy>, policy::Invalid>) -> Result<usize, policy::Invalid> {
+        match loaded {
             Ok(policies) => {
                 // What `validate` cannot decide: two destinations that only the default AWS
                 // region makes one secret.

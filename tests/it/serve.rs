@@ -469,6 +469,18 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// Sends SIGTERM and waits for the exit; fails if it takes longer than `secs`.
+    async fn terminate(self, secs: u64) -> (std::process::ExitStatus, Duration, String) {
+        let started = Instant::now();
+        self.signal("TERM");
+        let mut child = self.child;
+        let log = self.log;
+        let status = tokio::time::timeout(Duration::from_secs(secs), child.wait()).await.unwrap_or_else(|_| {
+            panic!("still running {secs}s after SIGTERM:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+        });
+        (status.unwrap(), started.elapsed(), std::fs::read_to_string(&log).unwrap_or_default())
+    }
 }
 
 /// A TCP proxy in front of OpenBao that can hold what rotator sends to Vault, so a test can keep
@@ -479,6 +491,7 @@ struct VaultGate {
     /// Writes to Vault held at the gate now.
     held: Arc<std::sync::atomic::AtomicUsize>,
 }
+
 impl VaultGate {
     async fn start(upstream: &str) -> VaultGate {
         use std::sync::atomic::Ordering::SeqCst;
@@ -795,4 +808,41 @@ async fn sigterm_while_a_request_starts_mints_nothing() {
     // `Abandon` mints for a `started` rotation without a `mint` intent, assert here that the
     // request's rotation, if recorded, is `completed`:
     //     assert!(history().await.iter().filter(|r| r["id"] == id.as_str()).all(|r| r["phase"] == "completed"));
+}
+
+/// Issue 9, item 7 (service part): a reload that cannot finish (a FIFO named like a policy file)
+/// blocks neither the API nor later signals, and SIGTERM still ends the process within its
+/// shutdown timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fifo_in_the_policy_directory_hangs_neither_reload_nor_shutdown() {
+    let env = Env { env: vec![("ROTATOR_SHUTDOWN_TIMEOUT".into(), "5s".into())], ..Env::start().await };
+    let spec = Spec {
+        name: "steady".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("steady.json".into())],
+        grace: "0s",
+    };
+    env.policy("steady.yaml", &spec.yaml());
+    env.seed(&spec, &env.legacy(CredentialKind::ApiKey, "steady-legacy").await).await;
+    let service = env.serve(&[]).await;
+    let fifo = env.dir.join("policies/x.yaml");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let reloads = || service.log_text().matches("SIGHUP").count();
+    for n in 1..=2 {
+        service.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads() < n {
+            assert!(Instant::now() < deadline, "SIGHUP {n} was not handled:\n{}", service.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for _ in 0..5 {
+            let healthz = service.http.get(format!("{}/healthz", service.base)).timeout(Duration::from_secs(2));
+            assert_eq!(healthz.send().await.unwrap().status(), 200);
+            let (status, body) = service.get("/v1/policies").await;
+            assert_eq!((status, body["policies"][0]["name"].as_str()), (200, Some("steady")), "{body}");
+        }
+    }
+    let (status, elapsed, log) = service.terminate(5 + 3).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    println!("stopped {elapsed:.1?} after SIGTERM");
 }
