@@ -46,6 +46,25 @@ pub enum Reloaded {
     Skipped,
 }
 
+/// The outcome of the last reload (or of the load at start).
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub at: DateTime<Utc>,
+    /// Why the last reload was rejected (the previous set keeps running: the configuration in
+    /// force is stale); `None` when it was accepted.
+    pub rejected: Option<String>,
+}
+
+/// What a policy does, to tell a changed policy from an unchanged one on reload: everything
+/// but where it was defined (moving lines in a file changes nothing). `Policy` has no
+/// `PartialEq`; its `Debug` covers every field.
+fn what_it_does(p: &Policy) -> String {
+    format!(
+        "{:?}",
+        (&p.name, &p.description, &p.labels, &p.credential, &p.schedule, &p.destinations, &p.revoke, &p.notify)
+    )
+}
+
 /// An on-demand rotation waiting for the next pass.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Queued {
@@ -116,6 +135,7 @@ pub struct Daemon {
     healthy: AtomicBool,
     /// Held by the reload running now.
     reloading: tokio::sync::Mutex<()>,
+    reload_status: Mutex<ReloadStatus>,
     /// A thread is reading the policy directory (it may outlive its reload's time bound).
     loader_busy: Arc<AtomicBool>,
 }
@@ -201,6 +221,8 @@ impl Daemon {
             stopping,
             healthy: AtomicBool::new(true),
             reloading: tokio::sync::Mutex::new(()),
+            // The set given here was loaded at start.
+            reload_status: Mutex::new(ReloadStatus { at: Utc::now(), rejected: None }),
             loader_busy: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -332,74 +354,106 @@ impl Daemon {
 
     /// Swaps in a loaded policy set if the service can run it as a whole.
     fn apply(&self, loaded: Result<Vec<Policy>, policy::Invalid>) -> Result<usize, policy::Invalid> {
-        match loaded {
-            Ok(policies) => {
-                // What `validate` cannot decide: two destinations that only the default AWS
-                // region makes one secret.
-                let region = self.engine.clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
-                if let Err(invalid) = policy::check_default_region(&policies, region.as_deref()) {
-                    tracing::error!("reload rejected: {invalid}");
-                    return Err(invalid);
-                }
-                let mut missing: Vec<String> = policies
-                    .iter()
-                    .flat_map(|p| p.destinations.iter().map(move |d| (p, d)))
-                    .filter(|(p, d)| Destination::new(d, p.credential.kind, &self.engine.clients).is_err())
-                    .map(|(p, d)| format!("policy `{}`: {} is not configured in this service", p.name, d.label()))
-                    .collect();
-                for p in &policies {
-                    for channel in p.notify.iter().filter(|c| !self.notifier.knows(c)) {
-                        missing.push(format!(
-                            "{}: notify: channel `{channel}` is not defined in the configuration",
-                            p.source
-                        ));
-                    }
-                }
-                if !missing.is_empty() {
-                    for m in &missing {
-                        tracing::error!("reload rejected: {m}");
-                    }
-                    return Err(policy::Invalid(
-                        missing
-                            .into_iter()
-                            .map(|message| policy::Problem {
-                                location: policy::Location { file: self.policies_dir.clone(), line: 0, column: 0 },
-                                field: String::new(),
-                                message,
-                            })
-                            .collect(),
-                    ));
-                }
-                let n = policies.len();
-                let names: BTreeSet<String> = policies.iter().map(|p| p.name.clone()).collect();
-                if let Ok(mut current) = self.policies.write() {
-                    *current = Arc::new(policies);
-                }
-                // Forget what belonged to policies that are gone (and every cached age, since a
-                // policy's destinations may have changed).
-                if let Ok(mut q) = self.queued.lock() {
-                    q.retain(|p, _| names.contains(p));
-                }
-                if let Ok(mut h) = self.holds.lock() {
-                    h.retain(|p, _| names.contains(p));
-                }
-                if let Ok(mut o) = self.overdue_sent.lock() {
-                    o.retain(|p, _| names.contains(p));
-                }
-                if let Ok(mut b) = self.basis.lock() {
-                    b.clear();
-                }
-                tracing::info!(policies = n, "policies reloaded");
-                self.wake.notify_one();
-                Ok(n)
-            }
+        let now = Utc::now();
+        let policies = match loaded.and_then(|policies| self.runnable(&policies).map(|()| policies)) {
+            Ok(policies) => policies,
             Err(invalid) => {
                 for problem in &invalid.0 {
                     tracing::error!(problem = %problem, "reload rejected; the previous policy set keeps running");
                 }
-                Err(invalid)
+                let first = invalid.0.first().map(ToString::to_string).unwrap_or_default();
+                let rejected = match invalid.0.len() {
+                    1 => first,
+                    n => format!("{n} problems, the first: {first}"),
+                };
+                if let Ok(mut status) = self.reload_status.lock() {
+                    *status = ReloadStatus { at: now, rejected: Some(rejected) };
+                }
+                return Err(invalid);
+            }
+        };
+        let n = policies.len();
+        let names: BTreeSet<String> = policies.iter().map(|p| p.name.clone()).collect();
+        let before: BTreeMap<String, String> =
+            self.policies().iter().map(|p| (p.name.clone(), what_it_does(p))).collect();
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for p in &policies {
+            match before.get(&p.name) {
+                None => added.push(p.name.as_str()),
+                Some(old) if *old != what_it_does(p) => changed.push(p.name.as_str()),
+                Some(_) => {}
             }
         }
+        let removed: Vec<&str> = before.keys().filter(|name| !names.contains(*name)).map(String::as_str).collect();
+        tracing::info!(
+            policies = n,
+            added = %added.join(", "),
+            removed = %removed.join(", "),
+            changed = %changed.join(", "),
+            "policies reloaded"
+        );
+        if let Ok(mut current) = self.policies.write() {
+            *current = Arc::new(policies);
+        }
+        // Forget what belonged to policies that are gone (and every cached age, since a
+        // policy's destinations may have changed).
+        if let Ok(mut q) = self.queued.lock() {
+            q.retain(|p, _| names.contains(p));
+        }
+        if let Ok(mut h) = self.holds.lock() {
+            h.retain(|p, _| names.contains(p));
+        }
+        if let Ok(mut o) = self.overdue_sent.lock() {
+            o.retain(|p, _| names.contains(p));
+        }
+        if let Ok(mut b) = self.basis.lock() {
+            b.clear();
+        }
+        if let Ok(mut status) = self.reload_status.lock() {
+            *status = ReloadStatus { at: now, rejected: None };
+        }
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// What only the service can decide about a valid policy set: destinations that only the
+    /// default AWS region makes one secret, destinations and channels this service's
+    /// configuration does not provide.
+    fn runnable(&self, policies: &[Policy]) -> Result<(), policy::Invalid> {
+        let region = self.engine.clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
+        policy::check_default_region(policies, region.as_deref())?;
+        let mut missing: Vec<String> = policies
+            .iter()
+            .flat_map(|p| p.destinations.iter().map(move |d| (p, d)))
+            .filter(|(p, d)| Destination::new(d, p.credential.kind, &self.engine.clients).is_err())
+            .map(|(p, d)| format!("policy `{}`: {} is not configured in this service", p.name, d.label()))
+            .collect();
+        for p in policies {
+            for channel in p.notify.iter().filter(|c| !self.notifier.knows(c)) {
+                missing.push(format!("{}: notify: channel `{channel}` is not defined in the configuration", p.source));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(policy::Invalid(
+            missing
+                .into_iter()
+                .map(|message| policy::Problem {
+                    location: policy::Location { file: self.policies_dir.clone(), line: 0, column: 0 },
+                    field: String::new(),
+                    message,
+                })
+                .collect(),
+        ))
+    }
+
+    /// The last reload (or the load at start), for `/metrics` and `/readyz`.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload_status.lock().map(|s| s.clone()).unwrap_or_else(|_| ReloadStatus {
+            at: Utc::now(),
+            rejected: Some("internal: the reload status is unreadable".into()),
+        })
     }
 
     /// Asks the reconciler to stop: no new work; rotations stop after their current step.
@@ -913,6 +967,9 @@ impl Daemon {
                 .map(|r| r.old_credentials.len() as u64)
                 .sum::<u64>();
         }
+        let reload = self.reload_status();
+        s.reload_success = reload.rejected.is_none();
+        s.reload_timestamp = reload.at.timestamp() as f64;
         let stats = self.engine.toktra.stats();
         s.toktra_requests = stats.by_status;
         s.toktra_retries = stats.retries;

@@ -275,19 +275,37 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr) ->
     app.layer(middleware::from_fn(bounded_head)).layer(middleware::from_fn(json_errors))
 }
 
+/// Readiness: every check by name, `503` naming the failing ones. `policies` fails while the
+/// configuration in force is stale (the last reload was rejected and an older set runs).
 async fn ready(State(state): State<AppState>) -> Response {
-    let journal = state.daemon.engine.journal.ping().await;
-    let policies = state.daemon.policies().len();
-    match journal {
-        Ok(()) if !state.daemon.is_stopping() => {
-            Json(json!({ "status": "ready", "policies": policies })).into_response()
-        }
-        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "stopping" }))).into_response(),
+    let journal = match state.daemon.engine.journal.ping().await {
+        Ok(()) => json!({ "ok": true }),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: journal unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "journal unreachable" }))).into_response()
+            json!({ "ok": false, "message": "the journal is unreachable (see the log)" })
         }
-    }
+    };
+    let reload = state.daemon.reload_status();
+    let loaded = state.daemon.policies().len();
+    let at = reload.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let policies = match &reload.rejected {
+        None => json!({ "ok": true, "loaded": loaded, "last_reload": at }),
+        Some(why) => json!({
+            "ok": false,
+            "loaded": loaded,
+            "last_reload": at,
+            "message": format!("stale configuration: the reload at {at} was rejected ({why}); the previous set of {loaded} policies keeps running"),
+        }),
+    };
+    let checks = json!({ "journal": journal, "policies": policies });
+    let failing: Vec<&str> =
+        ["journal", "policies"].into_iter().filter(|name| checks[*name]["ok"] != json!(true)).collect();
+    let (status, word) = match (state.daemon.is_stopping(), failing.is_empty()) {
+        (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+        (false, true) => (StatusCode::OK, "ready"),
+        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+    };
+    (status, Json(json!({ "status": word, "failing": failing, "checks": checks, "policies": loaded }))).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -470,6 +470,10 @@ impl Service {
         }
     }
 
+    async fn metrics(&self) -> String {
+        self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
+    }
+
     /// Sends SIGTERM and waits for the exit; fails if it takes longer than `secs`.
     async fn terminate(self, secs: u64) -> (std::process::ExitStatus, Duration, String) {
         let started = Instant::now();
@@ -845,4 +849,102 @@ async fn a_fifo_in_the_policy_directory_hangs_neither_reload_nor_shutdown() {
     let (status, elapsed, log) = service.terminate(5 + 3).await;
     assert_eq!(status.code(), Some(0), "{log}");
     println!("stopped {elapsed:.1?} after SIGTERM");
+}
+
+/// Issue 9, item 17: reloads are visible outside the log. A rejected one logs every problem,
+/// sets `rotator_policy_reload_success` to 0 and makes `/readyz` report stale configuration;
+/// an accepted one logs what changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn reloads_show_in_metrics_readyz_and_the_log() {
+    let env = Env::start().await;
+    let first = Spec {
+        name: "first".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("first.json".into())],
+        grace: "0s",
+    };
+    env.policy("first.yaml", &first.yaml());
+    env.seed(&first, &env.legacy(CredentialKind::ApiKey, "first-legacy").await).await;
+    let service = env.serve(&[]).await;
+    let gauge = |metrics: &str, name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    let readyz = async || {
+        let r = service.http.get(format!("{}/readyz", service.base)).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let metrics = service.metrics().await;
+    assert_eq!(gauge(&metrics, "rotator_policy_reload_success"), 1.0, "{metrics}");
+    let started = gauge(&metrics, "rotator_policy_reload_timestamp_seconds");
+    assert!(started > 1.7e9, "{metrics}");
+    let (status, body) = readyz().await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
+
+    // Two problems in one file: both are logged, the metric and /readyz say the set is stale.
+    env.policy("bad.yaml", "name: Bad_Name\ncredential: { kind: api_key, name: bad }\nschedule: { every: 10m }\ndestinations:\n  - file: { path: bad.json }\n");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the timestamp has whole-second resolution
+    service.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gauge(&service.metrics().await, "rotator_policy_reload_success") != 0.0 {
+        assert!(Instant::now() < deadline, "the rejection never showed in the metrics:\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gauge(&service.metrics().await, "rotator_policy_reload_timestamp_seconds") > started);
+    let log = service.log_text();
+    let rejected: Vec<&str> = log.lines().filter(|l| l.contains("reload rejected") && l.contains("bad.yaml")).collect();
+    assert!(rejected.len() >= 2, "every problem logged: {rejected:?}");
+    assert!(
+        rejected.iter().any(|l| l.contains("name")) && rejected.iter().any(|l| l.contains("every")),
+        "{rejected:?}"
+    );
+    let (status, body) = readyz().await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("not_ready")), "{body}");
+    assert_eq!(body["failing"], serde_json::json!(["policies"]), "{body}");
+    assert_eq!(body["checks"]["policies"]["ok"], false, "{body}");
+    assert!(text(&body["checks"]["policies"], "message").contains("stale"), "{body}");
+    assert_eq!(body["checks"]["journal"]["ok"], true, "{body}");
+    let (_, policies) = service.get("/v1/policies").await;
+    assert_eq!(policies["policies"].as_array().unwrap().len(), 1, "the previous set keeps running");
+
+    // An accepted reload clears it and says what changed.
+    std::fs::remove_file(env.dir.join("policies/bad.yaml")).unwrap();
+    let second = Spec { name: "second".into(), dests: vec![Dest::File("second.json".into())], ..first.clone() };
+    env.policy("second.yaml", &second.yaml());
+    service.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gauge(&service.metrics().await, "rotator_policy_reload_success") != 1.0 {
+        assert!(Instant::now() < deadline, "the reload never succeeded:\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = readyz().await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
+    let reloaded = |log: &str| -> Vec<Value> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["message"] == "policies reloaded")
+            .collect()
+    };
+    let entries = reloaded(&service.log_text());
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        (entries[0]["added"].as_str(), entries[0]["removed"].as_str()),
+        (Some("second"), Some("")),
+        "{entries:?}"
+    );
+
+    env.policy("first.yaml", &first.yaml().replace("grace: 0s", "grace: 1h"));
+    std::fs::remove_file(env.dir.join("policies/second.yaml")).unwrap();
+    service.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reloaded(&service.log_text()).len() < 2 {
+        assert!(Instant::now() < deadline, "the second reload was not logged:\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entry = &reloaded(&service.log_text())[1];
+    assert_eq!(
+        (entry["added"].as_str(), entry["removed"].as_str(), entry["changed"].as_str()),
+        (Some(""), Some("second"), Some("first")),
+        "{entry}"
+    );
 }
