@@ -110,7 +110,7 @@ pub struct RotateArgs {
     /// Show the plan for these policies instead, changing nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Why (recorded in the journal; required with --compromised).
+    /// Why (recorded in the journal, at most 1024 bytes; required with --compromised).
     #[arg(long, required_if_eq("compromised", "true"))]
     pub reason: Option<String>,
     /// Suspected exposure: revoke the old credential right after promotion, whatever its grace,
@@ -413,6 +413,10 @@ pub async fn engine(config: &Config, policies: &[&Policy], journal: Journal) -> 
 }
 
 async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
+    // Before anything else: nothing is read, opened or created for a request that cannot run.
+    if let Some(reason) = &args.reason {
+        crate::daemon::check_reason(reason).map_err(|m| Failure::Invalid(format!("--reason: {m}")))?;
+    }
     let config = ctx.config()?;
     let policies = load_policies(&ctx.policies)?;
     let selector = args.selector.concat();
@@ -823,13 +827,16 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
     let addr = listener.local_addr().map_err(|e| Failure::Other(e.into()))?;
     tracing::info!(%addr, policies = count, concurrency = config.concurrency, tick = %crate::duration::format(config.tick), "rotator serving");
 
+    // Each SIGHUP reloads in a task of its own, so a slow reload delays nothing (the next
+    // SIGHUP is skipped while it runs, with a log line).
     let reloader = {
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading policies");
-                let _ = daemon.reload();
+                let daemon = daemon.clone();
+                tokio::spawn(async move { daemon.reload().await });
             }
         })
     };
@@ -840,25 +847,44 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopping: no new work; letting the steps in flight finish");
         stopper.stop();
     };
-    let server =
-        axum::serve(listener, crate::server::router(daemon.clone(), token, addr)).with_graceful_shutdown(shutdown);
-    let drained = daemon.clone();
-    tokio::select! {
-        served = server => served.map_err(|e| Failure::Other(e.into()))?,
-        // Open HTTP requests do not hold the exit past the shutdown timeout.
-        _ = async move {
-            drained.stopped().await;
-            tokio::time::sleep(config.shutdown_timeout).await;
-        } => tracing::warn!("HTTP requests still open at the shutdown timeout; closing them"),
+    let server = axum::serve(listener, crate::server::router(daemon.clone(), token, addr))
+        .with_graceful_shutdown(shutdown)
+        .into_future();
+    let mut server = tokio::spawn(server);
+    let failed = tokio::select! {
+        served = &mut server => {
+            // The server ended without a stop signal: stop the rest too.
+            daemon.stop();
+            Some(served)
+        }
+        _ = daemon.stopped() => None,
+    };
+    // Everything below ends by one deadline: open HTTP requests, the steps in flight, and (with
+    // a little slack) notifications and the journal.
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    if failed.is_none() && tokio::time::timeout_at(deadline, &mut server).await.is_err() {
+        tracing::warn!("HTTP requests still open at the shutdown timeout; closing them");
+        server.abort();
     }
     reloader.abort();
-    let _ = tokio::time::timeout(config.shutdown_timeout + std::time::Duration::from_secs(5), reconciler).await;
+    if tokio::time::timeout_at(deadline, reconciler).await.is_err() {
+        tracing::warn!("shutdown timeout: rotations still in flight are left to be resumed by the next start");
+    }
     // Give queued notifications (the failure of the step that just finished, say) a moment.
-    daemon.notifier.drain(std::time::Duration::from_secs(5)).await;
+    let slack = std::time::Duration::from_secs(1);
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    daemon.notifier.drain(left.clamp(slack, std::time::Duration::from_secs(5))).await;
     for task in notifications {
         task.abort();
     }
-    daemon.engine.journal.close().await;
+    if tokio::time::timeout(slack, daemon.engine.journal.close()).await.is_err() {
+        tracing::warn!("the journal did not close in time");
+    }
+    match failed {
+        Some(Ok(Err(e))) => return Err(Failure::Other(e.into())),
+        Some(Err(e)) => return Err(Failure::Other(anyhow::anyhow!("the HTTP server task failed: {e}"))),
+        _ => {}
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -31,6 +31,40 @@ type Since = (DateTime<Utc>, Basis);
 /// How often the service looks for orphans (and at start).
 const RECONCILE_EVERY: Duration = Duration::from_secs(3_600);
 
+/// How long a reload may take to read the policy directory (10,000 files take well under a
+/// second) before it is given up and the previous set keeps running.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a reload ended.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The new set is in force; this many policies.
+    Accepted(usize),
+    /// The previous set keeps running; every problem was logged.
+    Rejected(policy::Invalid),
+    /// Another reload was still running.
+    Skipped,
+}
+
+/// The outcome of the last reload (or of the load at start).
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub at: DateTime<Utc>,
+    /// Why the last reload was rejected (the previous set keeps running: the configuration in
+    /// force is stale); `None` when it was accepted.
+    pub rejected: Option<String>,
+}
+
+/// What a policy does, to tell a changed policy from an unchanged one on reload: everything
+/// but where it was defined (moving lines in a file changes nothing). `Policy` has no
+/// `PartialEq`; its `Debug` covers every field.
+fn what_it_does(p: &Policy) -> String {
+    format!(
+        "{:?}",
+        (&p.name, &p.description, &p.labels, &p.credential, &p.schedule, &p.destinations, &p.revoke, &p.notify)
+    )
+}
+
 /// An on-demand rotation waiting for the next pass.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Queued {
@@ -41,11 +75,28 @@ pub struct Queued {
     pub at: DateTime<Utc>,
 }
 
+/// The longest rotation `reason` accepted, in bytes of UTF-8: it is stored in the journal and
+/// served by `GET /v1/rotations`, so it must not grow them without bound.
+// TODO-robustness: the bound belongs with `engine::Request`, so library callers get it too.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Checks a rotation `reason` against `MAX_REASON_BYTES`; the message never repeats the reason.
+pub fn check_reason(reason: &str) -> Result<(), String> {
+    match reason.len() {
+        n if n > MAX_REASON_BYTES => {
+            Err(format!("the reason is {n} bytes long; at most {MAX_REASON_BYTES} bytes (1 KiB) are accepted"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why an on-demand request was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     UnknownPolicy,
     InFlight(String),
+    /// The request itself is wrong (a reason that is too long).
+    Invalid(String),
     ShuttingDown,
 }
 
@@ -82,6 +133,11 @@ pub struct Daemon {
     stopping: watch::Sender<bool>,
     /// The last pass completed without a journal error.
     healthy: AtomicBool,
+    /// Held by the reload running now.
+    reloading: tokio::sync::Mutex<()>,
+    reload_status: Mutex<ReloadStatus>,
+    /// A thread is reading the policy directory (it may outlive its reload's time bound).
+    loader_busy: Arc<AtomicBool>,
 }
 
 /// Why a policy is held back, and until when.
@@ -90,9 +146,28 @@ struct Hold {
     /// Failed attempts in a row (the back-off doubles from 1 minute per failure, up to 1 hour).
     failures: u32,
     until: DateTime<Utc>,
-    /// Held because of another holder's lease or a wait (grace, idleness) rather than a failure:
-    /// on-demand requests wait for these too, but not for a failure back-off.
-    waiting: bool,
+    why: HoldReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldReason {
+    /// The last attempt failed: scheduled work backs off.
+    Failed,
+    /// The last rotation waits for its grace period or for the old credential to go idle:
+    /// looked at again on a later tick, not on every wake-up.
+    Waiting,
+    /// Another process holds the policy's lease.
+    Busy,
+}
+
+impl HoldReason {
+    /// Whether an on-demand request waits for the hold too. Back-offs and waits only pace the
+    /// reconciler's own work; a request runs at once (resuming the unfinished rotation first,
+    /// as `Engine::rotate` does). Only another holder's lease makes it wait, since running then
+    /// could only end `Busy` again.
+    fn holds_requests(self) -> bool {
+        self == HoldReason::Busy
+    }
 }
 
 /// Keeps a policy marked as running while its task lives, even if the task panics.
@@ -148,6 +223,10 @@ impl Daemon {
             concurrency: config.concurrency,
             stopping,
             healthy: AtomicBool::new(true),
+            reloading: tokio::sync::Mutex::new(()),
+            // The set given here was loaded at start.
+            reload_status: Mutex::new(ReloadStatus { at: Utc::now(), rejected: None }),
+            loader_busy: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -179,8 +258,21 @@ impl Daemon {
         if self.is_stopping() {
             return Err(Refused::ShuttingDown);
         }
+        if let Some(reason) = &reason {
+            check_reason(reason).map_err(Refused::Invalid)?;
+        }
         if !self.policies().iter().any(|p| p.name == policy) {
             return Err(Refused::UnknownPolicy);
+        }
+        // A request waiting for its turn is reported as queued (as `GET /v1/rotations/{id}`
+        // shows it) until its rotation is recorded, even while the reconciler works on the
+        // policy (resuming an earlier rotation first).
+        let waiting = self.queued.lock().ok().and_then(|q| q.get(policy).cloned());
+        if let Some(q) = waiting {
+            return Err(Refused::InFlight(match self.engine.journal.get(&q.id).await {
+                Ok(Some(row)) => format!("rotation {} of this policy is in flight ({})", q.id, row.phase),
+                _ => queued_message(&q),
+            }));
         }
         if self.running.lock().map(|r| r.contains(policy)).unwrap_or(false) {
             return Err(Refused::InFlight("a rotation of this policy is running".into()));
@@ -199,7 +291,7 @@ impl Daemon {
         {
             let Ok(mut queued) = self.queued.lock() else { return Err(Refused::ShuttingDown) };
             if let Some(q) = queued.get(policy) {
-                return Err(Refused::InFlight(format!("rotation {} is already requested", q.id)));
+                return Err(Refused::InFlight(queued_message(q)));
             }
             queued.insert(
                 policy.to_string(),
@@ -211,79 +303,163 @@ impl Daemon {
     }
 
     /// Loads the policy directory again; a valid set replaces the one in force, an invalid one
-    /// is rejected with every problem logged and the old set keeps running.
-    pub fn reload(&self) -> Result<usize, policy::Invalid> {
-        match policy::load_dir(&self.policies_dir) {
-            Ok(policies) => {
-                // What `validate` cannot decide: two destinations that only the default AWS
-                // region makes one secret.
-                let region = self.engine.clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
-                if let Err(invalid) = policy::check_default_region(&policies, region.as_deref()) {
-                    tracing::error!("reload rejected: {invalid}");
-                    return Err(invalid);
+    /// is rejected with every problem logged and the old set keeps running. The directory is
+    /// read on a thread of its own with a time bound (`RELOAD_TIMEOUT`), so a file that blocks
+    /// its reader (a FIFO, a hung network file system) delays neither the API, nor the
+    /// reconciler, nor a shutdown. One reload runs at a time; a SIGHUP meanwhile is skipped.
+    pub async fn reload(&self) -> Reloaded {
+        let Ok(_one_at_a_time) = self.reloading.try_lock() else {
+            tracing::warn!("SIGHUP: a reload is still running; this one is skipped (send SIGHUP again once it ended)");
+            return Reloaded::Skipped;
+        };
+        let dir = &self.policies_dir;
+        let problem = |message: String| {
+            policy::Invalid(vec![policy::Problem {
+                location: policy::Location { file: dir.clone(), line: 0, column: 0 },
+                field: String::new(),
+                message,
+            }])
+        };
+        let loaded = if self.loader_busy.swap(true, Ordering::SeqCst) {
+            // An earlier load timed out and its thread has not returned: starting another
+            // would pile up blocked threads.
+            Err(problem("the previous load of the policy directory has not returned yet (blocked reading a file?); not starting another".into()))
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (path, busy) = (dir.clone(), self.loader_busy.clone());
+            // A thread of its own rather than `spawn_blocking`: the runtime waits for its
+            // blocking threads when it shuts down, and this one may never return.
+            let spawned = std::thread::Builder::new().name("policy-reload".into()).spawn(move || {
+                let loaded = policy::load_dir(&path);
+                busy.store(false, Ordering::SeqCst);
+                let _ = tx.send(loaded);
+            });
+            match spawned {
+                Err(e) => {
+                    self.loader_busy.store(false, Ordering::SeqCst);
+                    Err(problem(format!("cannot start a thread to read the policy directory: {e}")))
                 }
-                let mut missing: Vec<String> = policies
-                    .iter()
-                    .flat_map(|p| p.destinations.iter().map(move |d| (p, d)))
-                    .filter(|(p, d)| Destination::new(d, p.credential.kind, &self.engine.clients).is_err())
-                    .map(|(p, d)| format!("policy `{}`: {} is not configured in this service", p.name, d.label()))
-                    .collect();
-                for p in &policies {
-                    for channel in p.notify.iter().filter(|c| !self.notifier.knows(c)) {
-                        missing.push(format!(
-                            "{}: notify: channel `{channel}` is not defined in the configuration",
-                            p.source
-                        ));
-                    }
-                }
-                if !missing.is_empty() {
-                    for m in &missing {
-                        tracing::error!("reload rejected: {m}");
-                    }
-                    return Err(policy::Invalid(
-                        missing
-                            .into_iter()
-                            .map(|message| policy::Problem {
-                                location: policy::Location { file: self.policies_dir.clone(), line: 0, column: 0 },
-                                field: String::new(),
-                                message,
-                            })
-                            .collect(),
-                    ));
-                }
-                let n = policies.len();
-                let names: BTreeSet<String> = policies.iter().map(|p| p.name.clone()).collect();
-                if let Ok(mut current) = self.policies.write() {
-                    *current = Arc::new(policies);
-                }
-                if let Ok(mut loaded) = self.engine.options.loaded.write() {
-                    *loaded = Some(names.clone());
-                }
-                // Forget what belonged to policies that are gone (and every cached age, since a
-                // policy's destinations may have changed).
-                if let Ok(mut q) = self.queued.lock() {
-                    q.retain(|p, _| names.contains(p));
-                }
-                if let Ok(mut h) = self.holds.lock() {
-                    h.retain(|p, _| names.contains(p));
-                }
-                if let Ok(mut o) = self.overdue_sent.lock() {
-                    o.retain(|p, _| names.contains(p));
-                }
-                if let Ok(mut b) = self.basis.lock() {
-                    b.clear();
-                }
-                tracing::info!(policies = n, "policies reloaded");
-                self.wake.notify_one();
-                Ok(n)
+                Ok(_) => match tokio::time::timeout(RELOAD_TIMEOUT, rx).await {
+                    Ok(Ok(loaded)) => loaded,
+                    Ok(Err(_)) => Err(problem("reading the policy directory failed (the reader panicked)".into())),
+                    Err(_) => Err(problem(format!(
+                        "the policy directory was not read within {} (a file that blocks its reader, such as a FIFO?)",
+                        crate::duration::format(RELOAD_TIMEOUT)
+                    ))),
+                },
             }
+        };
+        match self.apply(loaded) {
+            Ok(n) => Reloaded::Accepted(n),
+            Err(invalid) => Reloaded::Rejected(invalid),
+        }
+    }
+
+    /// Swaps in a loaded policy set if the service can run it as a whole.
+    fn apply(&self, loaded: Result<Vec<Policy>, policy::Invalid>) -> Result<usize, policy::Invalid> {
+        let now = Utc::now();
+        let policies = match loaded.and_then(|policies| self.runnable(&policies).map(|()| policies)) {
+            Ok(policies) => policies,
             Err(invalid) => {
                 for problem in &invalid.0 {
                     tracing::error!(problem = %problem, "reload rejected; the previous policy set keeps running");
                 }
-                Err(invalid)
+                let first = invalid.0.first().map(ToString::to_string).unwrap_or_default();
+                let rejected = match invalid.0.len() {
+                    1 => first,
+                    n => format!("{n} problems, the first: {first}"),
+                };
+                if let Ok(mut status) = self.reload_status.lock() {
+                    *status = ReloadStatus { at: now, rejected: Some(rejected) };
+                }
+                return Err(invalid);
+            }
+        };
+        let n = policies.len();
+        let names: BTreeSet<String> = policies.iter().map(|p| p.name.clone()).collect();
+        let before: BTreeMap<String, String> =
+            self.policies().iter().map(|p| (p.name.clone(), what_it_does(p))).collect();
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for p in &policies {
+            match before.get(&p.name) {
+                None => added.push(p.name.as_str()),
+                Some(old) if *old != what_it_does(p) => changed.push(p.name.as_str()),
+                Some(_) => {}
             }
         }
+        let removed: Vec<&str> = before.keys().filter(|name| !names.contains(*name)).map(String::as_str).collect();
+        tracing::info!(
+            policies = n,
+            added = %added.join(", "),
+            removed = %removed.join(", "),
+            changed = %changed.join(", "),
+            "policies reloaded"
+        );
+        if let Ok(mut current) = self.policies.write() {
+            *current = Arc::new(policies);
+        }
+        if let Ok(mut loaded) = self.engine.options.loaded.write() {
+            *loaded = Some(names.clone());
+        }
+        // Forget what belonged to policies that are gone (and every cached age, since a
+        // policy's destinations may have changed).
+        if let Ok(mut q) = self.queued.lock() {
+            q.retain(|p, _| names.contains(p));
+        }
+        if let Ok(mut h) = self.holds.lock() {
+            h.retain(|p, _| names.contains(p));
+        }
+        if let Ok(mut o) = self.overdue_sent.lock() {
+            o.retain(|p, _| names.contains(p));
+        }
+        if let Ok(mut b) = self.basis.lock() {
+            b.clear();
+        }
+        if let Ok(mut status) = self.reload_status.lock() {
+            *status = ReloadStatus { at: now, rejected: None };
+        }
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// What only the service can decide about a valid policy set: destinations that only the
+    /// default AWS region makes one secret, destinations and channels this service's
+    /// configuration does not provide.
+    fn runnable(&self, policies: &[Policy]) -> Result<(), policy::Invalid> {
+        let region = self.engine.clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
+        policy::check_default_region(policies, region.as_deref())?;
+        let mut missing: Vec<String> = policies
+            .iter()
+            .flat_map(|p| p.destinations.iter().map(move |d| (p, d)))
+            .filter(|(p, d)| Destination::new(d, p.credential.kind, &self.engine.clients).is_err())
+            .map(|(p, d)| format!("policy `{}`: {} is not configured in this service", p.name, d.label()))
+            .collect();
+        for p in policies {
+            for channel in p.notify.iter().filter(|c| !self.notifier.knows(c)) {
+                missing.push(format!("{}: notify: channel `{channel}` is not defined in the configuration", p.source));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(policy::Invalid(
+            missing
+                .into_iter()
+                .map(|message| policy::Problem {
+                    location: policy::Location { file: self.policies_dir.clone(), line: 0, column: 0 },
+                    field: String::new(),
+                    message,
+                })
+                .collect(),
+        ))
+    }
+
+    /// The last reload (or the load at start), for `/metrics` and `/readyz`.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload_status.lock().map(|s| s.clone()).unwrap_or_else(|_| ReloadStatus {
+            at: Utc::now(),
+            rejected: Some("internal: the reload status is unreadable".into()),
+        })
     }
 
     /// Asks the reconciler to stop: no new work; rotations stop after their current step.
@@ -325,6 +501,12 @@ impl Daemon {
             Err(_) => {
                 tracing::warn!("shutdown timeout: rotations still in flight are left to be resumed by the next start")
             }
+        }
+        // Requests are kept in memory only: say which accepted ones never started.
+        let running = self.running.lock().map(|r| r.clone()).unwrap_or_default();
+        let left = self.queued.lock().map(|q| q.values().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        for q in left.iter().filter(|q| !running.contains(&q.policy)) {
+            tracing::warn!(policy = %q.policy, request = %q.id, "stopping: a requested rotation was not started and is not kept; request it again after the restart");
         }
     }
 
@@ -369,6 +551,11 @@ impl Daemon {
             }
             let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             let Some(mut work) = self.work_for(policy, rotations, now).await else { continue };
+            // `work_for` may have waited (dating a credential reads destinations and Toktra):
+            // what a stop said meanwhile holds.
+            if self.is_stopping() {
+                break;
+            }
             let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
                 // At the concurrency limit: the next pass picks it up.
                 continue;
@@ -394,6 +581,11 @@ impl Daemon {
             let daemon = self.clone();
             let policy = policy.clone();
             tokio::spawn(async move {
+                // Claimed before the stop was seen, not begun: leave it to the next start.
+                if daemon.is_stopping() {
+                    tracing::info!(policy = %policy.name, "stopping: not starting the work claimed for this policy");
+                    return;
+                }
                 daemon.execute(&policy, work).await;
                 drop(guard);
                 drop(permit);
@@ -430,6 +622,9 @@ impl Daemon {
             let guard = Running { daemon: self.clone(), policy: rotation.policy.clone() };
             let (daemon, policies, rotation) = (self.clone(), policies.clone(), rotation.clone());
             tokio::spawn(async move {
+                if daemon.is_stopping() {
+                    return;
+                }
                 let name = rotation.policy.clone();
                 let loaded: Vec<&Policy> = policies.iter().collect();
                 let now = Utc::now();
@@ -457,8 +652,7 @@ impl Daemon {
     async fn work_for(&self, policy: &Policy, rotations: &[&Rotation], now: DateTime<Utc>) -> Option<Work> {
         let hold = self.holds.lock().ok()?.get(&policy.name).copied().filter(|h| h.until > now);
         let queued = self.queued.lock().ok()?.get(&policy.name).cloned();
-        // An on-demand request overrides a failure back-off, not a wait for another holder.
-        if hold.is_some_and(|h| h.waiting || queued.is_none()) {
+        if hold.is_some_and(|h| h.why.holds_requests() || queued.is_none()) {
             return None;
         }
         if let Some(q) = queued {
@@ -584,7 +778,11 @@ impl Daemon {
                     self.back_off(&policy.name, now);
                 } else if waiting {
                     // Grace or idleness: look again on a later tick, not on every wake-up.
-                    self.hold(&policy.name, now + chrono::Duration::from_std(self.tick).unwrap_or_default(), true);
+                    self.hold(
+                        &policy.name,
+                        now + chrono::Duration::from_std(self.tick).unwrap_or_default(),
+                        HoldReason::Waiting,
+                    );
                 } else if let Ok(mut holds) = self.holds.lock() {
                     holds.remove(&policy.name);
                     if let Ok(mut sent) = self.failure_sent.lock() {
@@ -598,7 +796,7 @@ impl Daemon {
             // Busy: another process holds the policy; look again when its lease may be over.
             Err(engine::Error::Busy { holder, until, .. }) => {
                 tracing::info!(policy = %policy.name, holder, "policy busy elsewhere; trying again later");
-                self.hold(&policy.name, until.max(now + chrono::Duration::seconds(5)), true);
+                self.hold(&policy.name, until.max(now + chrono::Duration::seconds(5)), HoldReason::Busy);
             }
             Err(e) => {
                 tracing::error!(policy = %policy.name, error = %e, "rotation could not run");
@@ -621,10 +819,10 @@ impl Daemon {
         }
     }
 
-    fn hold(&self, policy: &str, until: DateTime<Utc>, waiting: bool) {
+    fn hold(&self, policy: &str, until: DateTime<Utc>, why: HoldReason) {
         if let Ok(mut holds) = self.holds.lock() {
             let failures = holds.get(policy).map(|h| h.failures).unwrap_or(0);
-            holds.insert(policy.to_string(), Hold { failures, until, waiting });
+            holds.insert(policy.to_string(), Hold { failures, until, why });
         }
     }
 
@@ -634,7 +832,11 @@ impl Daemon {
             let wait = Duration::from_secs(60 * (1u64 << (failures - 1).min(6))).min(Duration::from_secs(3_600));
             holds.insert(
                 policy.to_string(),
-                Hold { failures, until: now + chrono::Duration::from_std(wait).unwrap_or_default(), waiting: false },
+                Hold {
+                    failures,
+                    until: now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    why: HoldReason::Failed,
+                },
             );
             tracing::warn!(policy, failures, retry_in = %crate::duration::format(wait), "rotation failed; backing off");
         }
@@ -771,12 +973,23 @@ impl Daemon {
                 .map(|r| r.old_credentials.len() as u64)
                 .sum::<u64>();
         }
+        let reload = self.reload_status();
+        s.reload_success = reload.rejected.is_none();
+        s.reload_timestamp = reload.at.timestamp() as f64;
         let stats = self.engine.toktra.stats();
         s.toktra_requests = stats.by_status;
         s.toktra_retries = stats.retries;
         s.toktra_rate_limit_waits = stats.rate_limit_waits;
         s
     }
+}
+
+fn queued_message(q: &Queued) -> String {
+    format!(
+        "rotation {} of this policy is already queued (requested at {})",
+        q.id,
+        q.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
 }
 
 /// Rotations by policy, keeping the journal's order (most recent first).

@@ -48,6 +48,10 @@ pub struct Snapshot {
     pub toktra_requests: BTreeMap<String, u64>,
     pub toktra_retries: u64,
     pub toktra_rate_limit_waits: u64,
+    /// Whether the last policy reload (or the load at start) was accepted.
+    pub reload_success: bool,
+    /// When it happened, Unix seconds.
+    pub reload_timestamp: f64,
 }
 
 /// Escapes a label value (backslash, quote, newline).
@@ -139,6 +143,20 @@ impl Metrics {
         );
         single(&mut out, "rotator_rotations_in_flight", "gauge", "Rotations running now.", s.in_flight as f64);
         single(&mut out, "rotator_policies", "gauge", "Policies loaded.", s.policies as f64);
+        single(
+            &mut out,
+            "rotator_policy_reload_success",
+            "gauge",
+            "1 if the last policy reload (or the load at start) was accepted; 0 if it was rejected and an older set runs.",
+            f64::from(u8::from(s.reload_success)),
+        );
+        single(
+            &mut out,
+            "rotator_policy_reload_timestamp_seconds",
+            "gauge",
+            "When the policy directory was last loaded or a reload was tried (Unix time).",
+            s.reload_timestamp,
+        );
         let name = "rotator_toktra_requests_total";
         let _ = writeln!(out, "# HELP {name} Toktra API responses, by status.\n# TYPE {name} counter");
         for (status, n) in &s.toktra_requests {
@@ -189,6 +207,7 @@ mod tests {
         s.credential_age.insert("ci".into(), 42.0);
         s.overdue.insert("ci".into(), 1);
         s.toktra_requests.insert("201".into(), 3);
+        s.reload_timestamp = 1_700_000_000.0;
         let text = m.render(&s);
         for line in [
             "rotator_rotations_total{policy=\"ci\",outcome=\"completed\"} 2",
@@ -199,6 +218,8 @@ mod tests {
             "rotator_overdue_policies 1",
             "rotator_toktra_requests_total{status=\"201\"} 3",
             "rotator_destination_errors_total{kind=\"vault\"} 1",
+            "rotator_policy_reload_success 0",
+            "rotator_policy_reload_timestamp_seconds 1700000000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +21,17 @@ use serde_json::{Value, json};
 use crate::daemon::{Daemon, Refused};
 use crate::journal::Rotation;
 use crate::secret::Secret;
+
+/// The longest request target (path and query) answered; longer ones get `414`. Well below
+/// hyper's own limit (64 KiB), which answers with an empty body.
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most header bytes (names and values) answered; more get `431`. Well below hyper's own
+/// limit (about 400 KiB of request head, or 100 headers), which answers with an empty body.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// The largest request body read (a rotation request is a reason of at most 1 KiB and a flag).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The most of a framework-produced error text passed on as the message.
+const MAX_MESSAGE_CHARS: usize = 300;
 
 #[derive(Clone)]
 struct AppState {
@@ -50,6 +62,48 @@ impl ApiError {
             "internal_error",
             format!("internal error; request id {request_id}"),
         )
+    }
+
+    /// An extractor's rejection (bad query string, undecodable path segment, oversized body),
+    /// with axum's explanation as the message.
+    fn rejected(status: StatusCode, text: String) -> ApiError {
+        ApiError::new(status, code(status), bounded(&text))
+    }
+}
+
+/// The `error` code for a status.
+fn code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_ACCEPTABLE => "not_acceptable",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::LENGTH_REQUIRED => "length_required",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::MISDIRECTED_REQUEST => "misdirected_request",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_entity",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request_header_fields_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal_error",
+    }
+}
+
+/// A message for the client from text the framework wrote: one line, no control characters,
+/// at most `MAX_MESSAGE_CHARS` characters.
+fn bounded(text: &str) -> String {
+    let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let clean = clean.trim();
+    match clean.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &clean[..cut]),
+        None => clean.to_string(),
     }
 }
 
@@ -119,6 +173,79 @@ async fn require_own_host(State(state): State<AppState>, request: Request, next:
     .into_response()
 }
 
+/// Every error is `{"error", "message"}` JSON, also the ones axum produces itself (`405` with its
+/// empty body, plain-text rejections of layers): a non-JSON error response is rewritten, its
+/// text (bounded) becoming the message for a `4xx`; its other headers are kept.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 4 * 1024).await {
+        Ok(bytes) if status.is_client_error() => String::from_utf8_lossy(&bytes).into_owned(),
+        // A server error's text may describe internals: the status says enough.
+        _ => String::new(),
+    };
+    let message = match bounded(&text) {
+        // axum adds the `Allow` header after every layer, so it is not known here.
+        m if m.is_empty() && status == StatusCode::METHOD_NOT_ALLOWED => {
+            format!("{method} is not allowed here (the `Allow` header lists what is)")
+        }
+        m if m.is_empty() => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        m => m,
+    };
+    let error = ApiError::new(status, code(status), message).into_response();
+    let (error_parts, body) = error.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+        if let Some(value) = error_parts.headers.get(&name) {
+            parts.headers.insert(name, value.clone());
+        }
+    }
+    Response::from_parts(parts, body)
+}
+
+/// Whether a `Content-Type` is JSON: exactly the media type `application/json` (in any case),
+/// with or without parameters (`; charset=utf-8`). `application/jsonp` is not JSON.
+fn is_json_media_type(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(is_json_media_type)
+}
+
+/// Request heads larger than this service needs are refused here, with JSON, before anything
+/// else looks at them (hyper's own, larger limits answer with an empty body).
+async fn bounded_head(request: Request, next: Next) -> Response {
+    let target = request.uri().path_and_query().map(|pq| pq.as_str().len()).unwrap_or(0);
+    if target > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            code(StatusCode::URI_TOO_LONG),
+            format!("the request target is longer than {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            code(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            format!("the request headers are larger than {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// The router for the service listening on `listen`; `token` is `None` only when the operator
 /// chose to serve without authentication on loopback.
 pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr) -> axum::Router {
@@ -138,27 +265,47 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr) ->
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
-    if state.token.is_some() {
-        // With a token, a reverse proxy may name the service as it likes.
-        return app;
-    }
-    app.layer(middleware::from_fn_with_state(state, require_own_host))
+    // With a token, a reverse proxy may name the service as it likes.
+    let app = match state.token.is_some() {
+        true => app,
+        false => app.layer(middleware::from_fn_with_state(state, require_own_host)),
+    };
+    app.layer(middleware::from_fn(bounded_head)).layer(middleware::from_fn(json_errors))
 }
 
+/// Readiness: every check by name, `503` naming the failing ones. `policies` fails while the
+/// configuration in force is stale (the last reload was rejected and an older set runs).
 async fn ready(State(state): State<AppState>) -> Response {
-    let journal = state.daemon.engine.journal.ping().await;
-    let policies = state.daemon.policies().len();
-    match journal {
-        Ok(()) if !state.daemon.is_stopping() => {
-            Json(json!({ "status": "ready", "policies": policies })).into_response()
-        }
-        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "stopping" }))).into_response(),
+    let journal = match state.daemon.engine.journal.ping().await {
+        Ok(()) => json!({ "ok": true }),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: journal unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "journal unreachable" }))).into_response()
+            json!({ "ok": false, "message": "the journal is unreachable (see the log)" })
         }
-    }
+    };
+    let reload = state.daemon.reload_status();
+    let loaded = state.daemon.policies().len();
+    let at = reload.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let policies = match &reload.rejected {
+        None => json!({ "ok": true, "loaded": loaded, "last_reload": at }),
+        Some(why) => json!({
+            "ok": false,
+            "loaded": loaded,
+            "last_reload": at,
+            "message": format!("stale configuration: the reload at {at} was rejected ({why}); the previous set of {loaded} policies keeps running"),
+        }),
+    };
+    let checks = json!({ "journal": journal, "policies": policies });
+    let failing: Vec<&str> =
+        ["journal", "policies"].into_iter().filter(|name| checks[*name]["ok"] != json!(true)).collect();
+    let (status, word) = match (state.daemon.is_stopping(), failing.is_empty()) {
+        (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+        (false, true) => (StatusCode::OK, "ready"),
+        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+    };
+    (status, Json(json!({ "status": word, "failing": failing, "checks": checks, "policies": loaded }))).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -196,7 +343,11 @@ async fn list_policies(State(state): State<AppState>) -> Result<Json<Value>, Api
     Ok(Json(json!({ "policies": out })))
 }
 
-async fn get_policy(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_policy(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = name.map_err(|r| ApiError::rejected(r.status(), r.body_text()))?;
     let history = state.daemon.engine.journal.history(Some(&name), 1_000).await.map_err(ApiError::internal)?;
     policy_json(&state, &name, &history)
         .await
@@ -214,23 +365,30 @@ struct RotateBody {
 
 async fn rotate(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(|r| ApiError::rejected(r.status(), r.body_text()))?;
     // JSON only: a browser page cannot send that cross-origin without a preflight. Without a
     // token nothing else stops a page from posting, so there even an empty body must say it is
-    // JSON (a form or a `fetch` without a preflight cannot).
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"));
-    if !json && (!body.is_empty() || state.token.is_none()) {
+    // JSON (a form or a `fetch` without a preflight cannot). A declared type must be JSON even
+    // for an empty body.
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let json = content_type.is_some_and(is_json_media_type);
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code(StatusCode::PAYLOAD_TOO_LARGE),
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        status => ApiError::rejected(status, r.body_text()),
+    })?;
+    if !json && (content_type.is_some() || !body.is_empty() || state.token.is_none()) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "send the body as application/json",
+            "the request must be JSON (`Content-Type: application/json`)",
         ));
     }
     let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -250,6 +408,7 @@ async fn rotate(
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no policy `{name}`")))
         }
         Err(Refused::InFlight(why)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
+        Err(Refused::Invalid(why)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", why)),
         Err(Refused::ShuttingDown) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is stopping"))
         }
@@ -264,8 +423,9 @@ struct RotationsQuery {
 
 async fn list_rotations(
     State(state): State<AppState>,
-    Query(q): Query<RotationsQuery>,
+    query: Result<Query<RotationsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|r| ApiError::rejected(r.status(), r.body_text()))?;
     let rows = state
         .daemon
         .engine
@@ -276,7 +436,11 @@ async fn list_rotations(
     Ok(Json(json!({ "rotations": rows })))
 }
 
-async fn get_rotation(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_rotation(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id.map_err(|r| ApiError::rejected(r.status(), r.body_text()))?;
     if let Some(rotation) = state.daemon.engine.journal.get(&id).await.map_err(ApiError::internal)? {
         let steps = state.daemon.engine.journal.steps(&id).await.map_err(ApiError::internal)?;
         let mut v = serde_json::to_value(&rotation).map_err(ApiError::internal)?;
@@ -291,7 +455,28 @@ async fn get_rotation(State(state): State<AppState>, Path(id): Path<String>) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, is_own_host};
+    use super::{MAX_MESSAGE_CHARS, bounded, constant_time_eq, is_json_media_type, is_own_host};
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn json_media_types() {
+        for json in
+            ["application/json", "Application/JSON", "application/json; charset=utf-8", " application/json ;x=y"]
+        {
+            assert!(is_json_media_type(&HeaderValue::from_static(json)), "{json}");
+        }
+        for other in ["application/jsonp", "application/json-seq", "text/json", "application/x-json", "", "json"] {
+            assert!(!is_json_media_type(&HeaderValue::from_static(other)), "{other}");
+        }
+    }
+
+    #[test]
+    fn framework_texts_become_bounded_one_line_messages() {
+        assert_eq!(bounded("  Invalid URL:\n\u{1b}[31mx\r "), "Invalid URL:  [31mx");
+        let long = bounded(&"é".repeat(1_000));
+        assert_eq!(long.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(long.ends_with('…'));
+    }
 
     #[test]
     fn own_hosts() {
