@@ -449,6 +449,14 @@ impl Engine {
             Ok::<_, StepError>(())
         }
         .await;
+        if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+            // A shutdown began while the destinations were read: record nothing, so nothing is
+            // left to resume or fail; a durable request is run by the next start.
+            tracing::info!(policy = %policy.name, rotation = %id, "shutting down; not starting the rotation");
+            let mut outcome = self.outcome(false, &rotation, Vec::new(), &[], now);
+            outcome.interrupted = true;
+            return Ok(outcome);
+        }
         if let Err(StepError { message, .. }) = prepared {
             rotation.phase = Phase::Failed;
             rotation.error = Some(message.clone());

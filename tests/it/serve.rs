@@ -806,12 +806,9 @@ async fn sigterm_while_a_request_starts_mints_nothing() {
     env.rotator(&["rotate", "stopping"]).await.assert_code(0);
     env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
         .await;
-    // TODO-correctness: the engine records the rotation although the stop came while it read
-    // the destinations, and the next run abandons it as failed ("interrupted before the new
-    // credential was staged"). Once `Engine::start` checks the stop before recording and
-    // `Abandon` mints for a `started` rotation without a `mint` intent, assert here that the
-    // request's rotation, if recorded, is `completed`:
-    //     assert!(history().await.iter().filter(|r| r["id"] == id.as_str()).all(|r| r["phase"] == "completed"));
+    // The request's rotation, if it was recorded at all, was resumed and completed, not failed.
+    let rotations = history().await;
+    assert!(rotations.iter().filter(|r| r["id"] == id.as_str()).all(|r| r["phase"] == "completed"), "{rotations:?}");
 }
 
 /// Issue 9, item 7 (service part): a reload that cannot finish (a FIFO named like a policy file)
