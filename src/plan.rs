@@ -81,9 +81,7 @@ pub async fn plan(
                 });
                 listed.insert(kind, items);
             }
-            Err(e) => {
-                management.push(Check { target: format!("toktra: list {kind}s"), ok: false, detail: e.to_string() })
-            }
+            Err(e) => management.push(Check { target: format!("toktra: list {kind}s"), ok: false, detail: e.reason() }),
         }
     }
     let history = match journal {

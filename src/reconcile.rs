@@ -83,9 +83,11 @@ impl Engine {
                 Ok(items) => {
                     listed.insert(kind, items);
                 }
-                Err(e) => {
-                    report.findings.push(Finding::new("error", "-", format!("cannot list {kind}s at toktra: {e}")))
-                }
+                Err(e) => report.findings.push(Finding::new(
+                    "error",
+                    "-",
+                    format!("cannot list {kind}s at toktra: {}", e.reason()),
+                )),
             }
         }
         let mut claimed: BTreeSet<(CredentialKind, String)> = BTreeSet::new();

@@ -51,6 +51,16 @@ impl File {
                 ErrorKind::Permanent,
                 format!("{} is a symbolic link; rotator does not follow links at a destination", path.display()),
             )),
+            // Only a regular file (or nothing yet) can hold a credential: a directory, FIFO or
+            // device there is refused before anything is minted.
+            Ok(meta) if !meta.file_type().is_file() => Err(self.error(
+                ErrorKind::Permanent,
+                format!(
+                    "{} is {}, not a file",
+                    path.display(),
+                    if meta.is_dir() { "a directory" } else { "a special file (FIFO, socket or device)" }
+                ),
+            )),
             _ => Ok(()),
         }
     }

@@ -116,6 +116,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// The message without the call it is about (`list oauth_clients: `), for places that name
+    /// the call themselves.
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        let what = match self {
+            Error::Transport { what, .. }
+            | Error::Api { what, .. }
+            | Error::Decode { what, .. }
+            | Error::RateLimited { what, .. } => what.as_str(),
+            Error::Settings(_) => return text,
+        };
+        text.strip_prefix(what).and_then(|t| t.strip_prefix(": ")).map(str::to_string).unwrap_or(text)
+    }
+
     /// Whether trying the same thing again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -910,6 +924,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_reason_does_not_repeat_the_call() {
+        let e =
+            Error::Api { what: "list oauth_clients".into(), status: 401, code: "unauthorized".into(), message: None };
+        assert_eq!(e.to_string(), "list oauth_clients: toktra answered 401 unauthorized");
+        assert_eq!(e.reason(), "toktra answered 401 unauthorized");
+    }
 
     #[test]
     fn token_lifetimes() {

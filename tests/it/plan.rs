@@ -246,3 +246,22 @@ async fn vault_mounts_that_cannot_work_are_refused_before_a_mint() {
     }
     env.vault(reqwest::Method::DELETE, &format!("sys/mounts/{kv1}"), None).await;
 }
+
+/// A file destination that is an existing directory is refused by `plan` and by `rotate`
+/// before anything is minted, saying what is wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_destination_that_is_a_directory_is_refused_before_a_mint() {
+    let env = Env::start().await;
+    std::fs::create_dir_all(env.dir.join("policies/out/adir.json")).unwrap();
+    env.policy(
+        "adir.yaml",
+        "name: adir\ncredential: { kind: api_key, name: adir }\nschedule: { every: 30d }\ndestinations:\n  - file: { path: out/adir.json }\n",
+    );
+    let plan = env.rotator(&["plan"]).await;
+    assert_ne!(plan.code, 0, "{}", plan.stdout);
+    assert!(plan.stdout.contains("is a directory, not a file"), "{}", plan.stdout);
+    let run = env.rotator(&["rotate", "adir"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("is a directory, not a file"), "{}", run.stdout);
+    assert_eq!(env.sim.stats().creates, 0, "nothing minted");
+}
