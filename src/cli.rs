@@ -60,6 +60,23 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Run the Toktra simulator as a server (for local experiments and tests).
     ToktraSim(SimArgs),
+    /// Start a project: a commented `rotator.toml`, one sample policy and the JSON Schema its
+    /// editor modeline points at. Refuses to overwrite anything.
+    Init(InitArgs),
+    /// Print a shell completion script, e.g. `rotator completions bash > /etc/bash_completion.d/rotator`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write (created if missing).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -275,6 +292,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Reconcile(args) => reconcile(&ctx, args).await,
         Command::Demo(args) => crate::demo::run(args.dir).await.map_err(Failure::Other),
         Command::Serve(args) => serve(&ctx, args).await,
+        Command::Init(args) => init(&args.dir),
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut command, "rotator", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Schema(args) => {
             print!(
                 "{}",
@@ -1064,6 +1087,54 @@ async fn reconcile(ctx: &Ctx, args: ReconcileArgs) -> Result<(), Failure> {
             )))
         }
     }
+}
+
+/// The sample policy `rotator init` writes: a file destination, so it rotates without any cloud
+/// account once a Toktra is configured.
+const INIT_POLICY: &str = r#"# yaml-language-server: $schema=../schema/policy.schema.json
+# A sample policy written by `rotator init`. Check it with `rotator validate`, see what would
+# happen with `rotator plan`. The reference: `rotator schema --markdown`.
+name: example
+description: An API key for an example integration, kept in a local file (mode 0600)
+labels: { team: platform }
+credential:
+  kind: api_key            # or oauth_client
+  name: example            # base name at Toktra; rotations mint `example-<rotation id>`
+schedule:
+  every: 90d
+destinations:
+  - file: { path: out/example.json }
+  # - aws_secrets_manager: { secret_id: prod/toktra/example, region: eu-central-1, create: true }
+  # - vault: { mount: secret, path: toktra/example, create: true }
+revoke:
+  grace: 24h
+"#;
+
+/// `rotator init`: writes the three starting files, or none when any of them exists.
+fn init(dir: &std::path::Path) -> Result<(), Failure> {
+    let files = [
+        (dir.join("rotator.toml"), include_str!("../rotator.example.toml").to_string()),
+        (dir.join("policies").join("example.yaml"), INIT_POLICY.to_string()),
+        (dir.join("schema").join("policy.schema.json"), crate::policy::json_schema()),
+    ];
+    if let Some((path, _)) = files.iter().find(|(path, _)| path.symlink_metadata().is_ok()) {
+        return Err(Failure::Invalid(format!("{} exists; init writes nothing over existing files", path.display())));
+    }
+    for (path, text) in &files {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Failure::Invalid(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        std::fs::write(path, text).map_err(|e| Failure::Invalid(format!("cannot write {}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "\nNext:\n  rotator --policies {p} validate\n  export TOKTRA_API_KEY=...   # rotator's own admin credential\n  \
+         rotator --config {c} --policies {p} plan",
+        p = dir.join("policies").display(),
+        c = dir.join("rotator.toml").display()
+    );
+    Ok(())
 }
 
 async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {

@@ -124,3 +124,33 @@ async fn read_only_commands_only_read() {
     std::fs::remove_file(env.dir.join("rotator.toml")).unwrap();
     env.assert_converged(&[spec], &old).await;
 }
+
+/// `rotator init` writes a configuration, a sample policy that validates and the schema its
+/// modeline names, and refuses to overwrite; `rotator completions` prints a script.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_starts_a_project_and_completions_print() {
+    let env = Env::start().await;
+    let dir = env.dir.join("project");
+    let target = dir.display().to_string();
+    let run = env.rotator(&["init", &target]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for file in ["rotator.toml", "policies/example.yaml", "schema/policy.schema.json"] {
+        assert!(dir.join(file).is_file(), "{file} written");
+    }
+    let policy = std::fs::read_to_string(dir.join("policies/example.yaml")).unwrap();
+    let modeline = policy.lines().next().unwrap().trim_start_matches("# yaml-language-server: $schema=");
+    assert!(dir.join("policies").join(modeline).is_file(), "the modeline points at the schema: {modeline}");
+    let policies = dir.join("policies").display().to_string();
+    let run = env.rotator(&["--policies", &policies, "validate"]).await;
+    assert_eq!(run.code, 0, "the sample policy validates\n{}\n{}", run.stdout, run.stderr);
+    std::fs::write(dir.join("policies/example.yaml"), "edited").unwrap();
+    let run = env.rotator(&["init", &target]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("exists"), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(dir.join("policies/example.yaml")).unwrap(), "edited", "nothing overwritten");
+    for shell in ["bash", "zsh", "fish"] {
+        let run = env.rotator(&["completions", shell]).await;
+        assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains("rotator") && run.stdout.contains("rotate"), "{shell}");
+    }
+}
