@@ -154,3 +154,39 @@ async fn init_starts_a_project_and_completions_print() {
         assert!(run.stdout.contains("rotator") && run.stdout.contains("rotate"), "{shell}");
     }
 }
+
+/// Every command the README shows that runs without Toktra, Vault or AWS (validate, schema,
+/// init, completions, demo) runs as shown against the repository's own files.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_offline_commands_run_as_shown() {
+    let env = Env::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut in_block = false;
+    let mut commands = Vec::new();
+    for line in readme.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        let line = line.split(" #").next().unwrap().trim();
+        let line = line.trim_start_matches("- run: ").replace("cargo run -- ", "rotator ");
+        let Some(rest) = line.strip_prefix("rotator ") else { continue };
+        let words: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+        if words.first().is_some_and(|w| ["validate", "schema", "init", "completions", "demo"].contains(&w.as_str())) {
+            commands.push(words);
+        }
+    }
+    assert!(commands.iter().any(|c| c[0] == "validate") && commands.iter().any(|c| c[0] == "demo"), "{commands:?}");
+    let policies = root.join("policies").display().to_string();
+    for words in &commands {
+        let mut args: Vec<&str> = vec!["--policies", &policies];
+        args.extend(words.iter().map(String::as_str));
+        let run = env.rotator(&args).await;
+        assert_eq!(run.code, 0, "README: rotator {}\n{}\n{}", words.join(" "), run.stdout, run.stderr);
+    }
+    println!("README commands run: {}", commands.len());
+}
