@@ -109,11 +109,17 @@ impl Connection {
         if let Some(ns) = &self.namespace {
             request = request.header("X-Vault-Namespace", ns);
         }
-        let response = request.send().await.map_err(|e| format!("read mount: {}", e.without_url()))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("read mount at {}: {}", self.address, crate::toktra::causes(&e.without_url())))?;
         if !response.status().is_success() {
             return Ok(None);
         }
-        let body: Value = response.json().await.map_err(|e| format!("read mount: {}", e.without_url()))?;
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("read mount at {}: {}", self.address, crate::toktra::causes(&e.without_url())))?;
         let data = body.get("data").unwrap_or(&body);
         let kind = data.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
         let version =
@@ -131,9 +137,13 @@ impl Connection {
         if let Some(ns) = &self.namespace {
             request = request.header("X-Vault-Namespace", ns);
         }
-        let response = request.send().await.map_err(|e| format!("capabilities-self: {}", e.without_url()))?;
+        let response = request.send().await.map_err(|e| {
+            format!("capabilities-self at {}: {}", self.address, crate::toktra::causes(&e.without_url()))
+        })?;
         let status = response.status();
-        let body: Value = response.json().await.map_err(|e| format!("capabilities-self: {}", e.without_url()))?;
+        let body: Value = response.json().await.map_err(|e| {
+            format!("capabilities-self at {}: {}", self.address, crate::toktra::causes(&e.without_url()))
+        })?;
         if !status.is_success() {
             return Err(format!("capabilities-self: vault answered {status}"));
         }
@@ -252,9 +262,14 @@ impl Vault {
                     };
                     (kind, format!("{what}: vault answered {code}"))
                 }
-                rustify::errors::ClientError::RequestError { .. } => {
-                    (ErrorKind::Transient, format!("{what}: {source}"))
-                }
+                rustify::errors::ClientError::RequestError { .. } => (
+                    ErrorKind::Transient,
+                    format!(
+                        "{what}: could not reach vault at {}: {}",
+                        self.connection.address,
+                        crate::toktra::causes(source)
+                    ),
+                ),
                 other => (ErrorKind::Permanent, format!("{what}: {other}")),
             },
             other => (ErrorKind::Permanent, format!("{what}: {other}")),

@@ -99,11 +99,14 @@ impl Settings {
 /// `Client::request`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: could not reach toktra: {source}")]
+    /// The cause chain is in the message (the innermost cause says what actually happened:
+    /// refused, timed out, a TLS failure), so it is not also a `source`.
+    #[error("{what}: could not reach toktra at {host}: {}", causes(error))]
     Transport {
         what: String,
-        #[source]
-        source: reqwest::Error,
+        /// `host:port` of the base URL.
+        host: String,
+        error: reqwest::Error,
     },
     #[error("{what}: toktra answered {status} {code}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Api { what: String, status: u16, code: String, message: Option<String> },
@@ -148,7 +151,7 @@ impl Error {
     /// For a create: the request may have reached Toktra even though no answer came back.
     pub fn is_ambiguous(&self) -> bool {
         match self {
-            Error::Transport { source, .. } => !source.is_connect(),
+            Error::Transport { error, .. } => !error.is_connect(),
             Error::Api { status, .. } => *status >= 500,
             Error::Decode { .. } => true,
             _ => false,
@@ -299,6 +302,14 @@ impl Client {
             budget: SyncMutex::new(Budget::default()),
             stats: SyncMutex::new(Stats::default()),
         })
+    }
+
+    /// `host:port` of the base URL, for messages (never its path, query or credentials).
+    fn host(&self) -> String {
+        reqwest::Url::parse(&self.settings.base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(443))))
+            .unwrap_or_else(|| "(unparsable base URL)".into())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -666,7 +677,7 @@ impl Client {
                 Ok(r) => r,
                 Err(source) => {
                     self.count_status("error");
-                    let e = Error::Transport { what: what.to_string(), source: source.without_url() };
+                    let e = Error::Transport { what: what.to_string(), host: self.host(), error: source.without_url() };
                     if idempotent && attempt < self.settings.retry.attempts {
                         tracing::debug!(error = %e, attempt, "transient toktra failure; retrying");
                         self.count_retry();
@@ -685,7 +696,7 @@ impl Client {
             let bytes = match response.bytes().await {
                 Ok(b) => b,
                 Err(source) => {
-                    let e = Error::Transport { what: what.to_string(), source: source.without_url() };
+                    let e = Error::Transport { what: what.to_string(), host: self.host(), error: source.without_url() };
                     if idempotent && attempt < self.settings.retry.attempts {
                         self.count_retry();
                         tokio::time::sleep(self.backoff(attempt)).await;
@@ -789,6 +800,22 @@ fn token_lifetime(expires_in: Option<&Value>) -> Duration {
         Some(s) if s.is_finite() && s >= 1.0 => Duration::from_secs_f64(s.min(MAX_TOKEN_LIFETIME.as_secs_f64())),
         _ => DEFAULT_TOKEN_LIFETIME,
     }
+}
+
+/// An error and its causes on one line (`error sending request: client error (Connect):
+/// tcp connect error: Connection refused (os error 111)`), each said once.
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// `Retry-After` in seconds, else the time until `X-RateLimit-Reset` (Unix seconds).

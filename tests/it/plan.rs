@@ -265,3 +265,24 @@ async fn a_file_destination_that_is_a_directory_is_refused_before_a_mint() {
     assert!(run.stdout.contains("is a directory, not a file"), "{}", run.stdout);
     assert_eq!(env.sim.stats().creates, 0, "nothing minted");
 }
+
+/// Toktra or Vault unreachable: `plan` names the address and the cause (refused), and does not
+/// repeat the call in the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_services_are_named_with_their_cause() {
+    let mut env = Env::start().await;
+    env.policy(
+        "far.yaml",
+        "name: far\ncredential: { kind: api_key, name: far }\nschedule: { every: 30d }\ndestinations:\n  - vault: { mount: secret, path: far, create: true }\n",
+    );
+    // A port nothing listens on (bound, then closed).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    env.env.push(("TOKTRA_API_URL".into(), format!("http://127.0.0.1:{closed}/v1")));
+    env.env.push(("VAULT_ADDR".into(), format!("http://127.0.0.1:{closed}")));
+    let plan = env.rotator(&["plan"]).await;
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(plan.stdout.contains(&format!("could not reach toktra at 127.0.0.1:{closed}")), "{}", plan.stdout);
+    assert!(plan.stdout.contains(&format!("at http://127.0.0.1:{closed}")), "{}", plan.stdout);
+    assert!(plan.stdout.contains("refused"), "the cause: {}", plan.stdout);
+    assert!(!plan.stdout.contains("list oauth_clients: list oauth_clients"), "{}", plan.stdout);
+}
