@@ -793,6 +793,21 @@ fn print_plan(plan: &crate::plan::Plan) {
             println!("    {} {}: {}", mark(c.ok), c.target, c.detail);
         }
     }
+    let n = plan.policies.len();
+    let due = plan.policies.iter().filter(|p| p.due.next_start <= plan.at).count();
+    let overdue = plan.policies.iter().filter(|p| p.due.overdue).count();
+    let failed =
+        plan.management.iter().chain(plan.policies.iter().flat_map(|p| p.checks.iter())).filter(|c| !c.ok).count();
+    println!(
+        "\n{n} {}: {due} due now ({overdue} overdue), {} later; {}",
+        if n == 1 { "policy" } else { "policies" },
+        n - due,
+        match failed {
+            0 => "every preflight check passed".to_string(),
+            1 => "1 preflight check FAILED".to_string(),
+            f => format!("{f} preflight checks FAILED"),
+        }
+    );
 }
 
 async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
