@@ -617,6 +617,12 @@ pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)]
     }
 }
 
+/// Text for a terminal: control characters (a newline or an escape sequence in a reason or a
+/// vendor's message) shown escaped, so output cannot be forged or garbled.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 /// One time format for people: RFC 3339 to the second, UTC.
 fn when(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -659,10 +665,10 @@ fn print_table(outcomes: &[(&String, Result<Vec<&Outcome>, &engine::Error>)]) {
                         );
                     }
                     if let Some(waiting) = &o.waiting {
-                        println!("{:<24}   waiting: {waiting}", "");
+                        println!("{:<24}   waiting: {}", "", printable(waiting));
                     }
                     if let Some(error) = &o.error {
-                        println!("{:<24}   error: {error}", "");
+                        println!("{:<24}   error: {}", "", printable(error));
                     }
                     if let Some(c) = &o.compromise {
                         println!("{:<24}   compromise: exposed [{}]", "", c.exposed.join(", "));
@@ -1030,36 +1036,37 @@ async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure> {
             println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
         }
         Format::Text => {
+            // Columns as wide as what they hold (policy names go up to 63 characters).
+            let width =
+                |values: &mut dyn Iterator<Item = usize>, header: &str| values.max().unwrap_or(0).max(header.len());
+            let pw = width(&mut rotations.iter().map(|r| r.policy.len()), "POLICY");
+            let cw = width(
+                &mut rotations.iter().map(|r| r.new_credential_id.as_deref().unwrap_or("-").len()),
+                "NEW CREDENTIAL",
+            );
             println!(
-                "{:<20} {:<20} {:<36} {:<12} {:<26} REASON",
+                "{:<20} {:<pw$} {:<36} {:<12} {:<cw$} REASON",
                 "STARTED", "POLICY", "ROTATION", "PHASE", "NEW CREDENTIAL"
             );
             for (i, r) in rotations.iter().enumerate() {
                 println!(
-                    "{:<20} {:<20} {:<36} {:<12} {:<26} {}{}",
-                    r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                    "{:<20} {:<pw$} {:<36} {:<12} {:<cw$} {}{}",
+                    when(r.started_at),
                     r.policy,
                     r.id,
                     r.phase,
                     r.new_credential_id.as_deref().unwrap_or("-"),
-                    r.reason.as_deref().unwrap_or("-"),
+                    printable(r.reason.as_deref().unwrap_or("-")),
                     if r.compromised { " [compromised]" } else { "" }
                 );
                 if !r.old_credentials.is_empty() {
                     println!("{:<20}   replaced [{}]", "", r.old_credentials.join(", "));
                 }
                 if let Some(e) = &r.error {
-                    println!("{:<20}   error: {e}", "");
+                    println!("{:<20}   error: {}", "", printable(e));
                 }
                 for s in steps.get(i).into_iter().flatten() {
-                    println!(
-                        "{:<20}   {}  {:<12} {:<7} {}",
-                        "",
-                        s.at.format("%H:%M:%S%.3f"),
-                        s.step,
-                        s.status,
-                        s.detail
-                    );
+                    println!("{:<20}   {}  {:<12} {:<7} {}", "", when(s.at), s.step, s.status, printable(&s.detail));
                 }
             }
         }

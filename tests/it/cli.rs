@@ -190,3 +190,37 @@ async fn the_readmes_offline_commands_run_as_shown() {
     }
     println!("README commands run: {}", commands.len());
 }
+
+/// Free text is shown escaped: a reason with a newline and an escape sequence cannot forge or
+/// colour `history` lines; history columns fit long policy names.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_escapes_control_characters_and_fits_long_names() {
+    use rotator::policy::CredentialKind;
+
+    use crate::harness::{Dest, Spec};
+
+    let env = Env::start().await;
+    let name = "a-policy-name-that-is-much-longer-than-twenty-characters";
+    let spec = Spec {
+        name: name.into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("out/long.json".into())],
+        grace: "0s",
+    };
+    let old = env.adopt(std::slice::from_ref(&spec)).await;
+    env.rotator(&["rotate", name, "--reason", "first line\nforged line \u{1b}[31mred"]).await.assert_code(0);
+    let run = env.rotator(&["history"]).await;
+    run.assert_code(0);
+    assert!(
+        !run.stdout.contains('\u{1b}') && run.stdout.contains("first line\\nforged line \\u{1b}[31mred"),
+        "{}",
+        run.stdout
+    );
+    let header = run.stdout.lines().next().unwrap();
+    let row = run.stdout.lines().nth(1).unwrap();
+    let json = env.rotator(&["history", "--format", "json"]).await;
+    let id = serde_json::from_str::<serde_json::Value>(&json.stdout).unwrap()[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(row.find(&id), header.find("ROTATION"), "the columns line up:\n{header}\n{row}");
+    assert!(row.contains(&format!("{name} ")), "{row}");
+    env.assert_converged(&[spec], &old).await;
+}

@@ -130,7 +130,11 @@ async fn plan_reports_overdue_and_the_journal_basis() {
     assert!(plan["policies"][0]["credential_age_seconds"].as_i64().unwrap() >= 200 * 86_400);
     let text_plan = env.rotator(&["plan"]).await;
     assert!(text_plan.stdout.contains("OVERDUE") && text_plan.stdout.contains("overdue by"), "{}", text_plan.stdout);
-    assert!(text_plan.stdout.contains("1 policy: 1 due now (1 overdue), 0 later;"), "a summary line: {}", text_plan.stdout);
+    assert!(
+        text_plan.stdout.contains("1 policy: 1 due now (1 overdue), 0 later;"),
+        "a summary line: {}",
+        text_plan.stdout
+    );
 
     // After a rotation, the journal is the basis and the next one is 90 days out.
     env.rotator(&["rotate", "old"]).await.assert_code(0);
