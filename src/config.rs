@@ -148,6 +148,24 @@ pub struct Error {
     pub message: String,
 }
 
+/// The 1-based line of the value of `dotted` (e.g. `toktra.api_url`) in a TOML text.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let table = toml::de::DeTable::parse(text).ok()?;
+    let mut current = table.get_ref();
+    let parts: Vec<&str> = dotted.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (_, value) = current.iter().find(|(key, _)| key.get_ref().as_ref() == *part)?;
+        if i + 1 == parts.len() {
+            return Some(text[..value.span().start.min(text.len())].matches('\n').count() + 1);
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(table) => current = table,
+            _ => return None,
+        }
+    }
+    None
+}
+
 fn error(variable: impl Into<String>, message: impl Into<String>) -> Error {
     Error { variable: variable.into(), message: message.into() }
 }
@@ -296,9 +314,10 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, Error> {
         let default = Path::new(DEFAULT_CONFIG_FILE);
         let path = path.map(Path::to_path_buf).or_else(|| default.exists().then(|| default.to_path_buf()));
+        let mut text = String::new();
         let file: File = match &path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
+                text = std::fs::read_to_string(p)
                     .map_err(|e| error(p.display().to_string(), format!("cannot read: {e}")))?;
                 toml::from_str(&text).map_err(|e| {
                     let (line, column) = e
@@ -313,8 +332,12 @@ impl Config {
             }
             None => File::default(),
         };
+        // A problem with a key of the file is located at its line.
         let source = |key: &str| match &path {
-            Some(p) => format!("{} ({key})", p.display()),
+            Some(p) => match line_of(&text, key) {
+                Some(line) => format!("{}:{line} ({key})", p.display()),
+                None => format!("{} ({key})", p.display()),
+            },
             None => key.to_string(),
         };
 
@@ -343,20 +366,21 @@ impl Config {
                 None => 4,
             },
         };
-        let tick = parse_duration("ROTATOR_TICK", var("ROTATOR_TICK").or(file.tick), Duration::from_secs(30))?;
+        // A value is blamed on where it came from: the variable when set, else the file's key.
+        let pick = |variable: &str, key: &str, from_file: Option<String>| match var(variable) {
+            Some(v) => (variable.to_string(), Some(v)),
+            None if from_file.is_some() => (source(key), from_file),
+            None => (variable.to_string(), None),
+        };
+        let (tick_source, tick) = pick("ROTATOR_TICK", "tick", file.tick);
+        let tick = parse_duration(&tick_source, tick, Duration::from_secs(30))?;
         if tick.is_zero() {
-            return Err(error("ROTATOR_TICK", "must be at least 1s"));
+            return Err(error(tick_source, "must be at least 1s"));
         }
-        let shutdown_timeout = parse_duration(
-            "ROTATOR_SHUTDOWN_TIMEOUT",
-            var("ROTATOR_SHUTDOWN_TIMEOUT").or(file.shutdown_timeout),
-            Duration::from_secs(60),
-        )?;
-        let rotation_budget = parse_duration(
-            "ROTATOR_ROTATION_BUDGET",
-            var("ROTATOR_ROTATION_BUDGET").or(file.rotation_budget),
-            Duration::from_secs(15 * 60),
-        )?;
+        let (key, text) = pick("ROTATOR_SHUTDOWN_TIMEOUT", "shutdown_timeout", file.shutdown_timeout);
+        let shutdown_timeout = parse_duration(&key, text, Duration::from_secs(60))?;
+        let (key, text) = pick("ROTATOR_ROTATION_BUDGET", "rotation_budget", file.rotation_budget);
+        let rotation_budget = parse_duration(&key, text, Duration::from_secs(15 * 60))?;
 
         let toktra_auth = match (var("TOKTRA_API_KEY"), var("TOKTRA_CLIENT_ID").or(file.toktra.client_id.clone())) {
             (Some(_), Some(_)) if var("TOKTRA_CLIENT_ID").is_some() => {
@@ -387,8 +411,10 @@ impl Config {
                 (None, None) => None,
             },
         };
-        let toktra_timeout =
-            parse_duration("TOKTRA_TIMEOUT", var("TOKTRA_TIMEOUT").or(file.toktra.timeout), Duration::from_secs(30))?;
+        let toktra_timeout = {
+            let (key, text) = pick("TOKTRA_TIMEOUT", "toktra.timeout", file.toktra.timeout);
+            parse_duration(&key, text, Duration::from_secs(30))?
+        };
         let toktra_page_size = match var("TOKTRA_PAGE_SIZE") {
             Some(t) => t
                 .parse::<u32>()

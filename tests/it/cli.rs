@@ -224,3 +224,20 @@ async fn history_escapes_control_characters_and_fits_long_names() {
     assert!(row.contains(&format!("{name} ")), "{row}");
     env.assert_converged(&[spec], &old).await;
 }
+
+/// A bad value in the configuration file is reported at its file and line, naming the key, not
+/// an environment variable that was never set.
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_errors_point_at_the_file_and_line() {
+    let env = Env::start().await;
+    env.policy("ok.yaml", "name: ok\ncredential: { kind: api_key, name: ok }\nschedule: { every: 30d }\ndestinations:\n  - file: { path: ok.json }\n");
+    for (text, expected) in [
+        ("# settings\nconcurrency = 2\ntick = \"soon\"\n", "rotator.toml:3 (tick)"),
+        ("[toktra]\n\ntimeout = \"30 s\"\n", "rotator.toml:3 (toktra.timeout)"),
+    ] {
+        std::fs::write(env.dir.join("rotator.toml"), text).unwrap();
+        let run = env.rotator(&["plan"]).await;
+        assert_eq!(run.code, 2, "{text}\n{}", run.stderr);
+        assert!(run.stderr.contains(expected) && !run.stderr.contains("ROTATOR_TICK"), "{text}\n{}", run.stderr);
+    }
+}
