@@ -430,7 +430,11 @@ pub async fn engine(config: &Config, policies: &[&Policy], journal: Journal) -> 
         toktra: Arc::new(toktra),
         journal,
         clients: Arc::new(clients),
-        options: engine::Options { rotation_budget: config.rotation_budget, ..Default::default() },
+        options: engine::Options {
+            rotation_budget: config.rotation_budget,
+            lease_ttl: config.lease_ttl,
+            ..Default::default()
+        },
         stop: None,
     })
 }
@@ -859,7 +863,11 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         toktra: Arc::new(toktra),
         journal,
         clients: Arc::new(clients),
-        options: engine::Options { rotation_budget: config.rotation_budget, ..Default::default() },
+        options: engine::Options {
+            rotation_budget: config.rotation_budget,
+            lease_ttl: config.lease_ttl,
+            ..Default::default()
+        },
         stop: None,
     };
     let metrics = Arc::new(crate::metrics::Metrics::default());

@@ -74,6 +74,9 @@ pub struct Config {
     /// How long one rotation retries transient failures in one run (and, after
     /// `--revoke-first`, mints again) before it stops and a later run resumes it.
     pub rotation_budget: Duration,
+    /// How long a policy's lease lasts without a heartbeat: the failover time after a replica
+    /// dies mid-rotation.
+    pub lease_ttl: Duration,
     pub toktra_url: String,
     pub toktra_auth: Option<ManagementAuth>,
     pub toktra_timeout: Duration,
@@ -182,6 +185,7 @@ struct File {
     tick: Option<String>,
     shutdown_timeout: Option<String>,
     rotation_budget: Option<String>,
+    lease_ttl: Option<String>,
     allow_insecure_http: Option<bool>,
     #[serde(default)]
     toktra: ToktraFile,
@@ -381,6 +385,11 @@ impl Config {
         let shutdown_timeout = parse_duration(&key, text, Duration::from_secs(60))?;
         let (key, text) = pick("ROTATOR_ROTATION_BUDGET", "rotation_budget", file.rotation_budget);
         let rotation_budget = parse_duration(&key, text, Duration::from_secs(15 * 60))?;
+        let (key, text) = pick("ROTATOR_LEASE_TTL", "lease_ttl", file.lease_ttl);
+        let lease_ttl = parse_duration(&key, text, Duration::from_secs(30))?;
+        if lease_ttl < Duration::from_secs(4) {
+            return Err(error(key, "must be at least 4s (the heartbeat renews it every quarter)"));
+        }
 
         let toktra_auth = match (var("TOKTRA_API_KEY"), var("TOKTRA_CLIENT_ID").or(file.toktra.client_id.clone())) {
             (Some(_), Some(_)) if var("TOKTRA_CLIENT_ID").is_some() => {
@@ -498,6 +507,7 @@ impl Config {
             tick,
             shutdown_timeout,
             rotation_budget,
+            lease_ttl,
             toktra_url,
             toktra_auth,
             toktra_timeout,

@@ -99,8 +99,10 @@ pub struct Outcome {
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Identifies this process in leases: `host:pid`. Each acquisition appends a random part.
+    /// Identifies this process in leases: `host:pid:boot:pidns` (see [`this_process`]). Each
+    /// acquisition appends a random part.
     pub holder: String,
+    /// How long a lease lasts without a heartbeat: a replica that dies is taken over after this.
     pub lease_ttl: Duration,
     /// Attempts per destination operation for transient failures.
     pub store_attempts: u32,
@@ -116,13 +118,29 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
-            holder: format!("{}:{}", hostname(), std::process::id()),
-            lease_ttl: Duration::from_secs(120),
+            holder: this_process(),
+            lease_ttl: Duration::from_secs(30),
             store_attempts: 6,
             rotation_budget: Duration::from_secs(15 * 60),
             loaded: Arc::default(),
         }
     }
+}
+
+/// `host:pid:boot:pidns`: the host name, this process's PID, the first characters of the boot
+/// ID and the PID namespace's inode. Only a holder with the same host, boot and namespace can be
+/// judged by looking at `/proc/<pid>` here (a container with the same host name but its own PID
+/// namespace, or the same host after a reboot, cannot).
+pub fn this_process() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|b| b.trim().chars().filter(|c| *c != '-').take(12).collect::<String>())
+        .unwrap_or_default();
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|l| l.to_string_lossy().trim_start_matches("pid:[").trim_end_matches(']').parse::<u64>().ok())
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    format!("{}:{}:{boot}:{namespace}", hostname(), std::process::id())
 }
 
 fn hostname() -> String {
@@ -311,8 +329,9 @@ impl Engine {
                 match journal.renew(&beat, ttl).await {
                     Ok(true) => last_ok = Instant::now(),
                     Ok(false) => break,
-                    // The journal may be briefly unreachable; the lease holds until it expires.
-                    Err(e) if last_ok.elapsed() < ttl => {
+                    // The journal may be briefly unreachable; the lease holds until it expires, and
+                    // the work stops a quarter of it before then, so no step outlives the lease.
+                    Err(e) if last_ok.elapsed() < ttl - ttl / 4 => {
                         tracing::warn!(error = %e, "could not renew the lease; retrying")
                     }
                     Err(_) => break,
@@ -1293,20 +1312,47 @@ pub(crate) fn after_failed_promotion(serving: &[Option<bool>], transient: bool) 
     }
 }
 
-/// Whether `holder` (`host:pid:random`) is a process of this host (`this` is `host:pid`) that no
-/// longer runs. PIDs can be reused; a reused PID only delays the takeover until the lease expires.
-// TODO-robustness: containers sharing a hostname but not a PID namespace would misjudge each
-// other's processes; add the boot id and the PID namespace to the holder.
+/// Whether `holder` (`host:pid:boot:pidns:random`) is a process that no longer runs, judged by
+/// `/proc/<pid>` only when host, boot ID and PID namespace all match `this` (`host:pid:boot:pidns`,
+/// see [`this_process`]); any other holder (another host, container or boot, or an older format)
+/// is left to its lease's expiry. PIDs can be reused; a reused PID only delays the takeover.
 fn dead_local_holder(holder: &str, this: &str) -> bool {
-    let mut parts = holder.split(':');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else { return false };
-    let this_host = this.split(':').next().unwrap_or_default();
-    host == this_host && pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    let place = |id: &str| -> Option<(String, u32, String, String)> {
+        let parts: Vec<&str> = id.split(':').collect();
+        let (host, pid, boot, namespace) = (parts.first()?, parts.get(1)?, parts.get(2)?, parts.get(3)?);
+        (!boot.is_empty() && !namespace.is_empty())
+            .then(|| (host.to_string(), pid.parse().ok(), boot.to_string(), namespace.to_string()))
+            .and_then(|(h, p, b, n)| p.map(|p| (h, p, b, n)))
+    };
+    let (Some((host, pid, boot, namespace)), Some((this_host, _, this_boot, this_namespace))) =
+        (place(holder), place(this))
+    else {
+        return false;
+    };
+    (host, boot, namespace) == (this_host, this_boot, this_namespace)
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{AfterPromotion, after_failed_promotion};
+    use super::{AfterPromotion, after_failed_promotion, dead_local_holder, this_process};
+
+    /// Only a holder of this host, boot and PID namespace is judged by its PID here.
+    #[test]
+    fn a_holder_is_judged_dead_locally_only_in_the_same_host_boot_and_namespace() {
+        let this = this_process();
+        let parts: Vec<&str> = this.split(':').collect();
+        assert_eq!(parts.len(), 4, "{this}");
+        let (host, boot, namespace) = (parts[0], parts[2], parts[3]);
+        // A PID that cannot exist (above the kernel's pid_max).
+        let gone = 999_999_999u32;
+        assert!(dead_local_holder(&format!("{host}:{gone}:{boot}:{namespace}:abcd"), &this));
+        assert!(!dead_local_holder(&format!("{host}:{}:{boot}:{namespace}:abcd", std::process::id()), &this), "alive");
+        assert!(!dead_local_holder(&format!("{host}:{gone}:{boot}:1:abcd"), &this), "another PID namespace");
+        assert!(!dead_local_holder(&format!("{host}:{gone}:otherboot:{namespace}:abcd"), &this), "another boot");
+        assert!(!dead_local_holder(&format!("elsewhere:{gone}:{boot}:{namespace}:abcd"), &this), "another host");
+        assert!(!dead_local_holder(&format!("{host}:{gone}:abcd"), &this), "the older format waits for expiry");
+    }
 
     /// The destinations' answers after a failed promotion, for AWS (`AWSCURRENT` moved but
     /// `AWSPENDING` not cleared), Vault (data written, metadata refused) and files (renamed, the
