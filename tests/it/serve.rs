@@ -1140,3 +1140,46 @@ async fn compromise_requests_go_first() {
     let started = |r: &Value| chrono::DateTime::parse_from_rfc3339(&text(r, "started_at")).unwrap();
     assert!(started(&urgent_row) < started(&plain_row), "the compromise request ran first: {urgent_row}\n{plain_row}");
 }
+
+/// Issue 10, item 1: the service dies right after recording a request's rotation, before any
+/// side effect (the `started` crash point). The request is done with its rotation: the next
+/// service resumes that rotation and starts no second one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_recording_a_request_does_not_run_it_twice() {
+    let mut env = Env { env: vec![("ROTATOR_TICK".into(), "60s".into())], ..Env::start().await };
+    let spec = Spec {
+        name: "once".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("once.json".into())],
+        grace: "0s",
+    };
+    env.policy("once.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "once-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let creates = env.sim.stats().creates;
+    env.env.push(("ROTATOR_CRASH_AT".into(), "started".into()));
+    let first = env.serve(&[]).await;
+    let (status, body) = first.post("/v1/policies/once/rotate", serde_json::json!({ "reason": "once" })).await;
+    assert_eq!(status, 202, "{body}");
+    let id = text(&body, "id");
+    let mut child = first.child;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("crashes").unwrap();
+    assert!(!status.success(), "{}", std::fs::read_to_string(&first.log).unwrap_or_default());
+    env.env.pop();
+
+    let second = env.serve(&[]).await;
+    let done = second.wait_rotation(&id, 30, |r| r["phase"] == "completed").await;
+    assert_eq!(done["reason"], "once", "{done}");
+    let (_, rows) = second.get("/v1/rotations?policy=once").await;
+    assert_eq!(rows["rotations"].as_array().unwrap().len(), 1, "one rotation for the request: {rows}");
+    assert_eq!(env.sim.stats().creates, creates + 1);
+    // The request is done: a new one is accepted at once.
+    let (status, body) = second.post("/v1/policies/once/rotate", serde_json::json!({ "reason": "next" })).await;
+    assert_eq!(status, 202, "{body}");
+    let next = text(&body, "id");
+    second.wait_rotation(&next, 30, |r| r["phase"] == "completed").await;
+    let (status, _, log) = second.terminate(20).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
+}
