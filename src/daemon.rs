@@ -2,7 +2,8 @@
 //! policies, the journal and the time what work is due (scheduled rotations, revocations whose
 //! grace ended, unfinished rotations, on-demand requests) and advances it under a global
 //! concurrency limit. A tokio-cron-scheduler job wakes it on a tick; an on-demand request only
-//! records itself and wakes it, so scheduled and on-demand rotations run the same code path.
+//! records itself in the journal and wakes it, so scheduled and on-demand rotations run the same
+//! code path, and any process on the journal runs a request whichever one accepted it.
 //! SIGHUP swaps in a new policy set only if it is valid as a whole; shutdown lets the steps in
 //! flight finish and leaves the rest to be resumed.
 
@@ -17,7 +18,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::Config;
 use crate::engine::{self, Engine, Outcome, Status};
-use crate::journal::Rotation;
+use crate::journal::{self, Rotation};
 use crate::metrics::{Metrics, Snapshot};
 use crate::notify::{Event, Notifier};
 use crate::policy::{self, Policy};
@@ -65,14 +66,16 @@ fn what_it_does(p: &Policy) -> String {
     )
 }
 
-/// An on-demand rotation waiting for the next pass.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Queued {
+/// The longest `Idempotency-Key` accepted, in bytes (visible ASCII only).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// An accepted on-demand request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The ID its rotation has (or will have).
     pub id: String,
-    pub policy: String,
-    pub reason: Option<String>,
-    pub compromised: bool,
-    pub at: DateTime<Utc>,
+    /// An earlier request with the same `Idempotency-Key`, answered again.
+    pub replayed: bool,
 }
 
 /// The longest rotation `reason` accepted, in bytes of UTF-8: it is stored in the journal and
@@ -91,13 +94,15 @@ pub fn check_reason(reason: &str) -> Result<(), String> {
 }
 
 /// Why an on-demand request was refused.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Refused {
     UnknownPolicy,
     InFlight(String),
     /// The request itself is wrong (a reason that is too long).
     Invalid(String),
     ShuttingDown,
+    /// The journal could not record it (or say whether it may be recorded).
+    Journal(journal::Error),
 }
 
 /// State shared by the reconciler, the HTTP API and the signal handlers.
@@ -108,10 +113,6 @@ pub struct Daemon {
     policies_dir: PathBuf,
     /// The policy set in force; replaced whole by a valid reload.
     policies: RwLock<Arc<Vec<Policy>>>,
-    /// On-demand requests, by policy.
-    // TODO-robustness: in memory only: a request answered `202` just before a crash is lost;
-    // the journal could hold them.
-    queued: Mutex<BTreeMap<String, Queued>>,
     /// Policies with a rotation running in this process now.
     running: Mutex<BTreeSet<String>>,
     /// When each policy's current credential came to be, for policies the journal has not
@@ -210,7 +211,6 @@ impl Daemon {
             notifier,
             policies_dir,
             policies: RwLock::new(Arc::new(policies)),
-            queued: Mutex::new(BTreeMap::new()),
             running: Mutex::new(BTreeSet::new()),
             basis: Mutex::new(HashMap::new()),
             overdue_sent: Mutex::new(HashMap::new()),
@@ -234,10 +234,6 @@ impl Daemon {
         self.policies.read().map(|p| p.clone()).unwrap_or_default()
     }
 
-    pub fn queued(&self, id: &str) -> Option<Queued> {
-        self.queued.lock().ok()?.values().find(|q| q.id == id).cloned()
-    }
-
     /// Resolves once `stop` was called.
     pub async fn stopped(&self) {
         let mut rx = self.stopping.subscribe();
@@ -252,34 +248,47 @@ impl Daemon {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Records an on-demand rotation and wakes the reconciler; answers with the rotation ID the
-    /// rotation will have.
-    pub async fn request(&self, policy: &str, reason: Option<String>, compromised: bool) -> Result<String, Refused> {
+    /// Records an on-demand rotation in the journal and wakes the reconciler; answers with the
+    /// rotation ID the rotation will have. A request with an `Idempotency-Key` already used for
+    /// the policy is answered with that request's ID, whatever became of it.
+    pub async fn request(
+        &self,
+        policy: &str,
+        reason: Option<String>,
+        compromised: bool,
+        idempotency_key: Option<String>,
+    ) -> Result<Accepted, Refused> {
         if self.is_stopping() {
             return Err(Refused::ShuttingDown);
         }
         if let Some(reason) = &reason {
             check_reason(reason).map_err(Refused::Invalid)?;
         }
+        if let Some(key) = &idempotency_key {
+            check_idempotency_key(key).map_err(Refused::Invalid)?;
+        }
         if !self.policies().iter().any(|p| p.name == policy) {
             return Err(Refused::UnknownPolicy);
         }
-        // A request waiting for its turn is reported as queued (as `GET /v1/rotations/{id}`
-        // shows it) until its rotation is recorded, even while the reconciler works on the
-        // policy (resuming an earlier rotation first).
-        let waiting = self.queued.lock().ok().and_then(|q| q.get(policy).cloned());
-        if let Some(q) = waiting {
-            return Err(Refused::InFlight(match self.engine.journal.get(&q.id).await {
-                Ok(Some(row)) => format!("rotation {} of this policy is in flight ({})", q.id, row.phase),
-                _ => queued_message(&q),
-            }));
+        let journal = &self.engine.journal;
+        let replay = async |key: &Option<String>| -> Result<Option<Accepted>, Refused> {
+            let Some(key) = key else { return Ok(None) };
+            let found = journal.request_by_key(policy, key).await.map_err(Refused::Journal)?;
+            Ok(found.map(|r| Accepted { id: r.id, replayed: true }))
+        };
+        if let Some(accepted) = replay(&idempotency_key).await? {
+            return Ok(accepted);
         }
+        // A request waiting for its turn (whichever process accepted it) is reported as queued,
+        // as `GET /v1/rotations/{id}` shows it, until its rotation is recorded, even while a
+        // process works on the policy (resuming an earlier rotation first).
+        self.refuse_if_open(policy).await?;
         if self.running.lock().map(|r| r.contains(policy)).unwrap_or(false) {
             return Err(Refused::InFlight("a rotation of this policy is running".into()));
         }
         // Unfinished rotations that are not just waiting to revoke (another replica's, or a
         // crashed one's) are in flight as far as a caller is concerned.
-        match self.engine.journal.unfinished(Some(policy)).await {
+        match journal.unfinished(Some(policy)).await {
             Ok(unfinished) => {
                 if let Some(r) = unfinished.iter().find(|r| r.phase != Phase::Promoted) {
                     return Err(Refused::InFlight(format!("rotation {} is unfinished ({})", r.id, r.phase)));
@@ -287,19 +296,38 @@ impl Daemon {
             }
             Err(e) => tracing::warn!(error = %e, "could not read the journal for a request"),
         }
-        let id = uuid::Uuid::now_v7().to_string();
-        {
-            let Ok(mut queued) = self.queued.lock() else { return Err(Refused::ShuttingDown) };
-            if let Some(q) = queued.get(policy) {
-                return Err(Refused::InFlight(queued_message(q)));
+        let request = journal::Request {
+            id: uuid::Uuid::now_v7().to_string(),
+            policy: policy.to_string(),
+            reason,
+            compromised,
+            idempotency_key,
+            created_at: Utc::now(),
+            state: journal::RequestState::Queued,
+        };
+        if let Err(e) = journal.add_request(&request).await {
+            // Refused by a unique index when another process recorded a request for the policy
+            // (or with the key) meanwhile; anything else is the journal's failure.
+            if let Some(accepted) = replay(&request.idempotency_key).await? {
+                return Ok(accepted);
             }
-            queued.insert(
-                policy.to_string(),
-                Queued { id: id.clone(), policy: policy.to_string(), reason, compromised, at: Utc::now() },
-            );
+            self.refuse_if_open(policy).await?;
+            return Err(Refused::Journal(e));
         }
+        tracing::info!(policy, request = %request.id, compromised, "rotation requested");
         self.wake.notify_one();
-        Ok(id)
+        Ok(Accepted { id: request.id, replayed: false })
+    }
+
+    /// Refuses a request for a policy that has one open already.
+    async fn refuse_if_open(&self, policy: &str) -> Result<(), Refused> {
+        let journal = &self.engine.journal;
+        let open = journal.open_requests().await.map_err(Refused::Journal)?;
+        let Some(q) = open.into_iter().find(|r| r.policy == policy) else { return Ok(()) };
+        Err(Refused::InFlight(match journal.get(&q.id).await {
+            Ok(Some(row)) => format!("rotation {} of this policy is in flight ({})", q.id, row.phase),
+            _ => queued_message(&q),
+        }))
     }
 
     /// Loads the policy directory again; a valid set replaces the one in force, an invalid one
@@ -403,9 +431,6 @@ impl Daemon {
         }
         // Forget what belonged to policies that are gone (and every cached age, since a
         // policy's destinations may have changed).
-        if let Ok(mut q) = self.queued.lock() {
-            q.retain(|p, _| names.contains(p));
-        }
         if let Ok(mut h) = self.holds.lock() {
             h.retain(|p, _| names.contains(p));
         }
@@ -502,11 +527,12 @@ impl Daemon {
                 tracing::warn!("shutdown timeout: rotations still in flight are left to be resumed by the next start")
             }
         }
-        // Requests are kept in memory only: say which accepted ones never started.
-        let running = self.running.lock().map(|r| r.clone()).unwrap_or_default();
-        let left = self.queued.lock().map(|q| q.values().cloned().collect::<Vec<_>>()).unwrap_or_default();
-        for q in left.iter().filter(|q| !running.contains(&q.policy)) {
-            tracing::warn!(policy = %q.policy, request = %q.id, "stopping: a requested rotation was not started and is not kept; request it again after the restart");
+        // Requests not recorded as rotations stay in the journal for the next start (or another
+        // replica): say so.
+        if let Ok(left) = self.engine.journal.open_requests().await {
+            for q in &left {
+                tracing::info!(policy = %q.policy, request = %q.id, "stopping: a requested rotation is left queued in the journal");
+            }
         }
     }
 
@@ -540,9 +566,22 @@ impl Daemon {
                 return;
             }
         };
+        // Every pass reads the requests from the journal: whichever process accepted them.
+        let requests = match self.engine.journal.open_requests().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "journal unreachable; skipping this pass");
+                return;
+            }
+        };
         let by_policy = group(&history);
         let policies = self.policies();
-        for policy in policies.iter() {
+        // Oldest first, compromise requests before all (the journal's order): when slots are
+        // short, policies with requests go first in that order, then the rest in policy order.
+        let mut order: Vec<&Policy> = policies.iter().collect();
+        order.sort_by_key(|p| requests.iter().position(|r| r.policy == p.name).unwrap_or(usize::MAX));
+        for policy in order {
             if self.is_stopping() {
                 break;
             }
@@ -550,7 +589,8 @@ impl Daemon {
                 continue;
             }
             let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            let Some(mut work) = self.work_for(policy, rotations, now).await else { continue };
+            let request = requests.iter().find(|r| r.policy == policy.name);
+            let Some(mut work) = self.work_for(policy, rotations, request, now).await else { continue };
             // `work_for` may have waited (dating a credential reads destinations and Toktra):
             // what a stop said meanwhile holds.
             if self.is_stopping() {
@@ -567,16 +607,12 @@ impl Daemon {
                 continue;
             }
             let guard = Running { daemon: self.clone(), policy: policy.name.clone() };
-            if let Work::Rotate(request) = &work
-                && request.id.is_none()
-                && let Some(q) = self.queued.lock().ok().and_then(|q| q.get(&policy.name).cloned())
+            if let Work::Rotate(scheduled) = &work
+                && scheduled.id.is_none()
+                && let Ok(open) = self.engine.journal.open_requests().await
+                && let Some(q) = open.into_iter().find(|r| r.policy == policy.name)
             {
-                work = Work::Rotate(engine::Request {
-                    reason: q.reason,
-                    compromised: q.compromised,
-                    revoke_first: false,
-                    id: Some(q.id),
-                });
+                work = requested(q);
             }
             let daemon = self.clone();
             let policy = policy.clone();
@@ -586,11 +622,23 @@ impl Daemon {
                     tracing::info!(policy = %policy.name, "stopping: not starting the work claimed for this policy");
                     return;
                 }
+                if let Work::Rotate(engine::Request { id: Some(id), .. }) = &work
+                    && let Err(e) = daemon.engine.journal.start_request(id).await
+                {
+                    tracing::warn!(policy = %policy.name, request = %id, error = %e, "could not mark the request started");
+                }
                 daemon.execute(&policy, work).await;
                 drop(guard);
                 drop(permit);
-                // A request may be waiting for a slot or for this policy.
-                if daemon.queued.lock().map(|q| !q.is_empty()).unwrap_or(false) {
+                // A request of another policy may be waiting for a slot (one of this policy that
+                // could not run now waits for the next tick rather than spinning).
+                if daemon
+                    .engine
+                    .journal
+                    .open_requests()
+                    .await
+                    .is_ok_and(|open| open.iter().any(|r| r.policy != policy.name))
+                {
                     daemon.wake.notify_one();
                 }
             });
@@ -649,19 +697,19 @@ impl Daemon {
     }
 
     /// What to do for `policy` now, if anything.
-    async fn work_for(&self, policy: &Policy, rotations: &[&Rotation], now: DateTime<Utc>) -> Option<Work> {
+    async fn work_for(
+        &self,
+        policy: &Policy,
+        rotations: &[&Rotation],
+        request: Option<&journal::Request>,
+        now: DateTime<Utc>,
+    ) -> Option<Work> {
         let hold = self.holds.lock().ok()?.get(&policy.name).copied().filter(|h| h.until > now);
-        let queued = self.queued.lock().ok()?.get(&policy.name).cloned();
-        if hold.is_some_and(|h| h.why.holds_requests() || queued.is_none()) {
+        if hold.is_some_and(|h| h.why.holds_requests() || request.is_none()) {
             return None;
         }
-        if let Some(q) = queued {
-            return Some(Work::Rotate(engine::Request {
-                reason: q.reason,
-                compromised: q.compromised,
-                revoke_first: false,
-                id: Some(q.id),
-            }));
+        if let Some(q) = request {
+            return Some(requested(q.clone()));
         }
         let unfinished: Vec<&&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
         if unfinished.iter().any(|r| r.phase != Phase::Promoted) {
@@ -759,14 +807,9 @@ impl Daemon {
         let now = Utc::now();
         match result {
             Ok(outcomes) => {
-                // A request is done when its rotation ran; otherwise (an unfinished rotation
-                // could not be completed first) it stays queued for a later pass.
-                if let Some(id) = &requested
-                    && outcomes.iter().any(|o| &o.rotation_id == id)
-                    && let Ok(mut queued) = self.queued.lock()
-                {
-                    queued.remove(&policy.name);
-                }
+                // A request is done once its rotation is recorded (the journal marks it so in
+                // the same transaction); otherwise (an unfinished rotation could not be
+                // completed first, a stop came first) it stays queued for a later pass.
                 if let Ok(mut b) = self.basis.lock() {
                     b.remove(&policy.name);
                 }
@@ -984,12 +1027,27 @@ impl Daemon {
     }
 }
 
-fn queued_message(q: &Queued) -> String {
+fn queued_message(q: &journal::Request) -> String {
     format!(
         "rotation {} of this policy is already queued (requested at {})",
         q.id,
-        q.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        q.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )
+}
+
+/// The work a recorded request asks for: a rotation with the request's ID.
+fn requested(q: journal::Request) -> Work {
+    Work::Rotate(engine::Request { reason: q.reason, compromised: q.compromised, revoke_first: false, id: Some(q.id) })
+}
+
+/// Checks an `Idempotency-Key`: 1 to 255 bytes of visible ASCII. The message never repeats it.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+        ));
+    }
+    Ok(())
 }
 
 /// Rotations by policy, keeping the journal's order (most recent first).

@@ -1,6 +1,7 @@
 //! The durable journal: one row per rotation (its phase and the IDs it needs to resume), one row
-//! per step before and after each side effect, and per-policy leases that keep one rotation in
-//! flight per policy. SQLite by default (a file, created on first use), PostgreSQL for several
+//! per step before and after each side effect, per-policy leases that keep one rotation in
+//! flight per policy, and on-demand requests from the moment they are accepted until their
+//! rotation is recorded. SQLite by default (a file, created on first use), PostgreSQL for several
 //! replicas; the SQL is written once for both through sqlx's `Any` driver. The journal holds
 //! credential IDs and fingerprints, never a secret value: nothing of type `Secret` can reach it,
 //! because every column is written from plain strings the engine builds from IDs.
@@ -134,6 +135,46 @@ pub struct Holder {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An on-demand rotation request, recorded before it is answered so any process on the journal
+/// can run it. Its ID becomes the rotation's ID; recording that rotation marks the request `done`
+/// in the same transaction, so a request runs at most once.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Request {
+    pub id: String,
+    pub policy: String,
+    pub reason: Option<String>,
+    pub compromised: bool,
+    /// The client's `Idempotency-Key`: a retried request with the same key for the same policy
+    /// gets this request back.
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub state: RequestState,
+}
+
+/// Where a request is: waiting (`queued`), taken up by a process that has not recorded its
+/// rotation yet (`started`; any process runs it again if that one dies), or recorded (`done`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    Queued,
+    Started,
+    Done,
+}
+
+impl RequestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Queued => "queued",
+            RequestState::Started => "started",
+            RequestState::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> Option<RequestState> {
+        [RequestState::Queued, RequestState::Started, RequestState::Done].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
 /// Columns added to `rotations` after its first version, with their SQL definitions; new
 /// journals get them from `SCHEMA`, older ones from `Journal::migrate`.
 const ADDED_COLUMNS: &[(&str, &str)] = &[
@@ -182,6 +223,21 @@ const SCHEMA: &[&str] = &[
         expires_at BIGINT NOT NULL,
         fence BIGINT NOT NULL
     )",
+    // Journals made before requests were durable get the table (and its indexes) on open.
+    "CREATE TABLE IF NOT EXISTS requests (
+        id TEXT PRIMARY KEY,
+        policy TEXT NOT NULL,
+        reason TEXT,
+        compromised BIGINT NOT NULL,
+        idempotency_key TEXT,
+        created_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )",
+    // One open request per policy, whichever process accepted it: the database refuses a second.
+    "CREATE UNIQUE INDEX IF NOT EXISTS requests_open_by_policy ON requests (policy) WHERE state <> 'done'",
+    // A key names one request per policy (NULLs, requests without a key, are all distinct).
+    "CREATE UNIQUE INDEX IF NOT EXISTS requests_by_key ON requests (policy, idempotency_key)",
 ];
 
 /// Timestamps are stored as fixed-width RFC 3339 UTC text, which sorts correctly as text on
@@ -364,13 +420,14 @@ impl Journal {
     }
 
     /// Records a new rotation. Called before any side effect, under the policy's lease.
+    /// A request with the rotation's ID is marked `done` in the same transaction.
     pub async fn insert(&self, r: &Rotation, lease: &Lease) -> Result<(), Error> {
-        let n = insert_query(r, lease)
-            .execute(&self.pool)
-            .await
-            .map_err(|source| Error::Query { what: "insert rotation", source })?
-            .rows_affected();
-        Self::fenced(n, "insert rotation")
+        let query = |source| Error::Query { what: "insert rotation", source };
+        let mut tx = self.pool.begin().await.map_err(query)?;
+        let n = insert_query(r, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
+        Self::fenced(n, "insert rotation")?;
+        request_done_query(&r.id).execute(&mut *tx).await.map_err(query)?;
+        tx.commit().await.map_err(query)
     }
 
     /// Saves a rotation's mutable fields, only while `lease` is still the policy's lease.
@@ -408,6 +465,7 @@ impl Journal {
         let mut tx = self.pool.begin().await.map_err(query)?;
         let inserted = insert_query(new, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
         Self::fenced(inserted, "insert rotation")?;
+        request_done_query(&new.id).execute(&mut *tx).await.map_err(query)?;
         for old in superseded {
             let updated = update_query(old, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
             Self::fenced(updated, "update rotation")?;
@@ -655,6 +713,65 @@ impl Journal {
             .map_err(|source| Error::Query { what: "release lease", source })
     }
 
+    /// Records an accepted on-demand request. Refused by the database (an error) when the policy
+    /// has an open request already or the key was used for it; the caller reads which.
+    pub async fn add_request(&self, r: &Request) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO requests (id, policy, reason, compromised, idempotency_key, created_at, state, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $6)",
+        )
+        .bind(&r.id)
+        .bind(&r.policy)
+        .bind(r.reason.clone())
+        .bind(r.compromised as i64)
+        .bind(r.idempotency_key.clone())
+        .bind(ts(r.created_at))
+        .bind(r.state.as_str())
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Query { what: "record request", source })
+    }
+
+    /// Requests not yet recorded as rotations, compromise requests first, then oldest first.
+    pub async fn open_requests(&self) -> Result<Vec<Request>, Error> {
+        self.requests("WHERE state <> 'done' ORDER BY compromised DESC, created_at, id", &[], "read requests").await
+    }
+
+    /// The request with this ID, whatever its state.
+    pub async fn request(&self, id: &str) -> Result<Option<Request>, Error> {
+        Ok(self.requests("WHERE id = $1", &[id], "read request").await?.pop())
+    }
+
+    /// The request made for `policy` with this `Idempotency-Key`, whatever its state.
+    pub async fn request_by_key(&self, policy: &str, key: &str) -> Result<Option<Request>, Error> {
+        Ok(self.requests("WHERE policy = $1 AND idempotency_key = $2", &[policy, key], "read request").await?.pop())
+    }
+
+    async fn requests(&self, filter: &'static str, binds: &[&str], what: &'static str) -> Result<Vec<Request>, Error> {
+        // `filter` is one of this module's constants, never input.
+        let sql = format!(
+            "SELECT id, policy, reason, compromised, idempotency_key, created_at, state FROM requests {filter}"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(|source| Error::Query { what, source })?;
+        rows.iter().map(request_from_row).collect()
+    }
+
+    /// Notes that a process took the request up (it stays open until its rotation is recorded).
+    pub async fn start_request(&self, id: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE requests SET state = 'started', updated_at = $2 WHERE id = $1 AND state = 'queued'")
+            .bind(id)
+            .bind(ts(Utc::now()))
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Query { what: "start request", source })
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -663,6 +780,30 @@ impl Journal {
 /// How the `waiting` of a rotation superseded by rotation `id` begins.
 pub fn superseded_by(id: &str) -> String {
     format!("superseded by rotation {id}")
+}
+
+/// Marks the request whose rotation is being recorded as `done` (a no-op for rotations nobody
+/// requested through the API).
+fn request_done_query(id: &str) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query("UPDATE requests SET state = 'done', updated_at = $2 WHERE id = $1 AND state <> 'done'")
+        .bind(id)
+        .bind(ts(Utc::now()))
+}
+
+fn request_from_row(row: &AnyRow) -> Result<Request, Error> {
+    let q = |source| Error::Query { what: "read request", source };
+    let id: String = row.try_get(0).map_err(q)?;
+    let state: String = row.try_get(6).map_err(q)?;
+    let corrupt = |detail: String| Error::Corrupt { id: id.clone(), detail };
+    Ok(Request {
+        policy: row.try_get(1).map_err(q)?,
+        reason: row.try_get(2).map_err(q)?,
+        compromised: row.try_get::<i64, _>(3).map_err(q)? != 0,
+        idempotency_key: row.try_get(4).map_err(q)?,
+        created_at: parse_ts(&id, Some(row.try_get(5).map_err(q)?))?.unwrap_or_default(),
+        state: RequestState::parse(&state).ok_or_else(|| corrupt(format!("request state `{state}`")))?,
+        id,
+    })
 }
 
 /// The fenced `INSERT` of a new rotation: it writes nothing unless `lease` is the policy's lease.

@@ -18,7 +18,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::daemon::{Daemon, Refused};
+use crate::daemon::{Accepted, Daemon, Refused};
 use crate::journal::Rotation;
 use crate::secret::Secret;
 
@@ -400,9 +400,25 @@ async fn rotate(
     if body.compromised && body.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "a compromised rotation needs a `reason`"));
     }
-    match state.daemon.request(&name, body.reason, body.compromised).await {
-        Ok(id) => {
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(key) => Some(key.to_string()),
+            Err(_) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        },
+    };
+    match state.daemon.request(&name, body.reason, body.compromised, idempotency_key).await {
+        Ok(Accepted { id, replayed: false }) => {
             Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "policy": name, "status": "queued" }))).into_response())
+        }
+        // A retry of an accepted request: the first one's ID, and where it is now.
+        Ok(Accepted { id, replayed: true }) => {
+            let journal = &state.daemon.engine.journal;
+            let status = match journal.get(&id).await.map_err(ApiError::internal)? {
+                Some(rotation) => rotation.phase.as_str().to_string(),
+                None => "queued".to_string(),
+            };
+            Ok((StatusCode::OK, Json(json!({ "id": id, "policy": name, "status": status }))).into_response())
         }
         Err(Refused::UnknownPolicy) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no policy `{name}`")))
@@ -412,6 +428,7 @@ async fn rotate(
         Err(Refused::ShuttingDown) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is stopping"))
         }
+        Err(Refused::Journal(e)) => Err(ApiError::internal(e)),
     }
 }
 
@@ -447,8 +464,16 @@ async fn get_rotation(
         v["steps"] = serde_json::to_value(steps).map_err(ApiError::internal)?;
         return Ok(Json(v));
     }
-    match state.daemon.queued(&id) {
-        Some(q) => Ok(Json(json!({ "id": q.id, "policy": q.policy, "phase": "queued", "requested_at": q.at }))),
+    // Not recorded yet: a request waiting for its turn, whichever process accepted it.
+    match state.daemon.engine.journal.request(&id).await.map_err(ApiError::internal)? {
+        Some(q) => Ok(Json(json!({
+            "id": q.id,
+            "policy": q.policy,
+            "phase": "queued",
+            "reason": q.reason,
+            "compromised": q.compromised,
+            "requested_at": q.created_at,
+        }))),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no rotation `{id}`"))),
     }
 }

@@ -84,3 +84,15 @@ async fn one_rotation_in_flight_per_policy_across_processes_on_postgres() {
     env.assert_converged(&[spec], &[]).await;
     drop_database(&env).await;
 }
+
+/// Issue 10, item 1, on PostgreSQL: a request accepted by a service that is killed is known to
+/// the next service on the same database and run by it, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_outlives_the_service_that_accepted_it_on_postgres() {
+    let mut env = Env::start().await;
+    let url = database(&env).await;
+    env.env.push(("ROTATOR_DATABASE_URL".into(), url));
+    crate::serve::a_request_outlives_the_service_that_accepted_it(&mut env).await;
+    assert!(!env.journal_path().exists(), "the SQLite default was not used");
+    drop_database(&env).await;
+}

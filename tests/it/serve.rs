@@ -945,3 +945,241 @@ async fn reloads_show_in_metrics_readyz_and_the_log() {
         "{entry}"
     );
 }
+
+impl Service {
+    /// Sends SIGKILL and waits for the process to be gone.
+    async fn kill(self) {
+        self.signal("KILL");
+        let mut child = self.child;
+        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("gone after SIGKILL").unwrap();
+    }
+
+    /// `POST /v1/policies/{policy}/rotate` with an `Idempotency-Key`.
+    async fn rotate_with_key(&self, policy: &str, key: &str, body: Value) -> (u16, Value) {
+        let (status, _, body) = self
+            .raw(
+                "POST",
+                &format!("/v1/policies/{policy}/rotate"),
+                &[("content-type", "application/json"), ("idempotency-key", key)],
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+        (status, body)
+    }
+}
+
+/// Issue 10, item 1: an accepted request is in the journal before its `202`. The service that
+/// accepted it is killed (SIGKILL) before it could record the rotation (its first Vault read is
+/// held at the gate); a second service on the same journal, which never saw the request, answers
+/// `queued` for it and is stopped (SIGTERM) before it can record it either; a third runs it, with
+/// the ID the first one answered, exactly once. Shared with the PostgreSQL test.
+pub(crate) async fn a_request_outlives_the_service_that_accepted_it(env: &mut Env) {
+    let gate = VaultGate::start(&env.vault_addr).await;
+    env.env.extend([
+        ("VAULT_ADDR".to_string(), gate.url.clone()),
+        ("ROTATOR_TICK".to_string(), "60s".to_string()),
+        ("ROTATOR_SHUTDOWN_TIMEOUT".to_string(), "10s".to_string()),
+    ]);
+    let spec = Spec {
+        name: "durable".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/durable", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("durable.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "durable-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let creates = env.sim.stats().creates;
+
+    let first = env.serve(&[]).await;
+    // Dates the adopted credential (a Vault read) before the gate closes.
+    assert_eq!(first.get("/v1/policies/durable").await.0, 200);
+    gate.close();
+    let (status, body) = first.post("/v1/policies/durable/rotate", serde_json::json!({ "reason": "durable" })).await;
+    assert_eq!(status, 202, "{body}");
+    let id = text(&body, "id");
+    gate.wait_held(&first).await;
+    let (status, row) = first.get(&format!("/v1/rotations/{id}")).await;
+    assert_eq!((status, row["phase"].as_str()), (200, Some("queued")), "{row}");
+    first.kill().await;
+
+    // A service that never saw the request knows it from the journal, and refuses a second one.
+    let second = env.serve(&[]).await;
+    let (status, row) = second.get(&format!("/v1/rotations/{id}")).await;
+    assert_eq!(
+        (status, row["phase"].as_str(), row["reason"].as_str()),
+        (200, Some("queued"), Some("durable")),
+        "{row}"
+    );
+    let (status, body) = second.post("/v1/policies/durable/rotate", serde_json::json!({ "reason": "again" })).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("conflict")), "{body}");
+    let message = text(&body, "message");
+    assert!(message.contains("queued") && message.contains(id.as_str()), "{message}");
+    second.signal("TERM");
+    second.wait_log("stopping: no new work", 10).await;
+    gate.open();
+    let mut child = second.child;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&second.log).unwrap_or_default());
+    assert_eq!(env.sim.stats().creates, creates, "nothing was minted by the stopped services");
+
+    let third = env.serve(&[]).await;
+    let done = third.wait_rotation(&id, 60, |r| r["phase"] == "completed").await;
+    assert_eq!(done["reason"], "durable", "{done}");
+    assert_eq!(text(&env.served(&spec.dests[0]).await.unwrap(), "rotation_id"), id);
+    let (status, body) = third.get("/v1/rotations?policy=durable").await;
+    let rows = body["rotations"].as_array().unwrap();
+    assert_eq!((status, rows.len()), (200, 1), "the request ran once: {body}");
+    assert_eq!(env.sim.stats().creates, creates + 1);
+    let (status, _, log) = third.terminate(20).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_outlives_the_service_that_accepted_it_on_sqlite() {
+    let mut env = Env::start().await;
+    a_request_outlives_the_service_that_accepted_it(&mut env).await;
+    assert!(env.journal_path().exists());
+}
+
+/// Issue 10, item 1: a retried `POST` with the same `Idempotency-Key` (for the same policy)
+/// answers with the first request's ID, while it is queued and after it ran, and never starts a
+/// second rotation; another key is another request.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_answers_with_the_first_request() {
+    let env = Env::start().await;
+    let spec = Spec {
+        name: "retried".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("retried.json".into())],
+        grace: "0s",
+    };
+    env.policy("retried.yaml", &spec.yaml());
+    env.seed(&spec, &env.legacy(CredentialKind::ApiKey, "retried-legacy").await).await;
+    let service = env.serve(&[]).await;
+    let body = serde_json::json!({ "reason": "retried" });
+
+    let (status, first) = service.rotate_with_key("retried", "deploy-42", body.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let id = text(&first, "id");
+    let (status, again) = service.rotate_with_key("retried", "deploy-42", body.clone()).await;
+    assert!(matches!(status, 200 | 202), "{status} {again}");
+    assert_eq!(text(&again, "id"), id, "{again}");
+    service.wait_rotation(&id, 30, |r| r["phase"] == "completed").await;
+    let (status, late) = service.rotate_with_key("retried", "deploy-42", body.clone()).await;
+    assert_eq!((status, text(&late, "id")), (200, id.clone()), "{late}");
+    let (_, rows) = service.get("/v1/rotations?policy=retried").await;
+    assert_eq!(rows["rotations"].as_array().unwrap().len(), 1, "{rows}");
+
+    // Another key is another request.
+    let (status, other) = service.rotate_with_key("retried", "deploy-43", body.clone()).await;
+    assert_eq!(status, 202, "{other}");
+    let other = text(&other, "id");
+    assert_ne!(other, id);
+    service.wait_rotation(&other, 30, |r| r["phase"] == "completed").await;
+    let (_, rows) = service.get("/v1/rotations?policy=retried").await;
+    assert_eq!(rows["rotations"].as_array().unwrap().len(), 2, "{rows}");
+
+    // A key that is empty, too long or not printable ASCII is refused, and not echoed.
+    let long = "k".repeat(256);
+    for key in ["", long.as_str(), "a key"] {
+        let (status, refused) = service.rotate_with_key("retried", key, body.clone()).await;
+        assert_eq!((status, refused["error"].as_str()), (400, Some("bad_request")), "{key:?}: {refused}");
+        assert!(key.is_empty() || !text(&refused, "message").contains(key), "{refused}");
+    }
+}
+
+/// Issue 10, item 1: with several requests waiting for the only slot, a compromise request runs
+/// before an ordinary one made earlier.
+#[tokio::test(flavor = "multi_thread")]
+async fn compromise_requests_go_first() {
+    let env = Env::start().await;
+    let gate = VaultGate::start(&env.vault_addr).await;
+    let env = Env {
+        env: vec![
+            ("VAULT_ADDR".into(), gate.url.clone()),
+            ("ROTATOR_CONCURRENCY".into(), "1".into()),
+            ("ROTATOR_TICK".into(), "60s".into()),
+        ],
+        ..env
+    };
+    let spec = |name: &str, dest: Dest| Spec {
+        name: name.into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![dest],
+        grace: "0s",
+    };
+    let slow = spec("slow", Dest::Vault(format!("{}/slow", env.prefix)));
+    let plain = spec("a-plain", Dest::File("a-plain.json".into()));
+    let urgent = spec("b-urgent", Dest::File("b-urgent.json".into()));
+    for s in [&slow, &plain, &urgent] {
+        env.policy(&format!("{}.yaml", s.name), &s.yaml());
+        env.seed(s, &env.legacy(CredentialKind::ApiKey, &format!("{}-legacy", s.name)).await).await;
+    }
+    let service = env.serve(&[]).await;
+    service.get("/v1/policies").await;
+    gate.close();
+    let (status, body) = service.post("/v1/policies/slow/rotate", serde_json::json!({ "reason": "slot" })).await;
+    assert_eq!(status, 202, "{body}");
+    let slow_id = text(&body, "id");
+    gate.wait_held(&service).await;
+    let (status, body) = service.post("/v1/policies/a-plain/rotate", serde_json::json!({ "reason": "routine" })).await;
+    assert_eq!(status, 202, "{body}");
+    let plain_id = text(&body, "id");
+    let (status, body) = service
+        .post("/v1/policies/b-urgent/rotate", serde_json::json!({ "reason": "leaked", "compromised": true }))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let urgent_id = text(&body, "id");
+    gate.open();
+    service.wait_rotation(&slow_id, 30, |r| r["phase"] == "completed").await;
+    let plain_row = service.wait_rotation(&plain_id, 30, |r| r["phase"] == "completed").await;
+    let urgent_row = service.wait_rotation(&urgent_id, 30, |r| r["phase"] == "completed").await;
+    let started = |r: &Value| chrono::DateTime::parse_from_rfc3339(&text(r, "started_at")).unwrap();
+    assert!(started(&urgent_row) < started(&plain_row), "the compromise request ran first: {urgent_row}\n{plain_row}");
+}
+
+/// Issue 10, item 1: the service dies right after recording a request's rotation, before any
+/// side effect (the `started` crash point). The request is done with its rotation: the next
+/// service resumes that rotation and starts no second one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_recording_a_request_does_not_run_it_twice() {
+    let mut env = Env { env: vec![("ROTATOR_TICK".into(), "60s".into())], ..Env::start().await };
+    let spec = Spec {
+        name: "once".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("once.json".into())],
+        grace: "0s",
+    };
+    env.policy("once.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "once-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let creates = env.sim.stats().creates;
+    env.env.push(("ROTATOR_CRASH_AT".into(), "started".into()));
+    let first = env.serve(&[]).await;
+    let (status, body) = first.post("/v1/policies/once/rotate", serde_json::json!({ "reason": "once" })).await;
+    assert_eq!(status, 202, "{body}");
+    let id = text(&body, "id");
+    let mut child = first.child;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("crashes").unwrap();
+    assert!(!status.success(), "{}", std::fs::read_to_string(&first.log).unwrap_or_default());
+    env.env.pop();
+
+    let second = env.serve(&[]).await;
+    let done = second.wait_rotation(&id, 30, |r| r["phase"] == "completed").await;
+    assert_eq!(done["reason"], "once", "{done}");
+    let (_, rows) = second.get("/v1/rotations?policy=once").await;
+    assert_eq!(rows["rotations"].as_array().unwrap().len(), 1, "one rotation for the request: {rows}");
+    assert_eq!(env.sim.stats().creates, creates + 1);
+    // The request is done: a new one is accepted at once.
+    let (status, body) = second.post("/v1/policies/once/rotate", serde_json::json!({ "reason": "next" })).await;
+    assert_eq!(status, 202, "{body}");
+    let next = text(&body, "id");
+    second.wait_rotation(&next, 30, |r| r["phase"] == "completed").await;
+    let (status, _, log) = second.terminate(20).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
+        .await;
+}
