@@ -744,9 +744,28 @@ impl Engine {
         self.note(work, "mint", "intent", &format!("create {kind} `{name}`")).await?;
         crash_point("minting");
         let description = format!("rotator policy {} rotation {}", policy.name, work.rotation.id);
-        let minted = match self.toktra.create(kind, &name, &policy.credential.scopes, &description).await {
-            Ok(minted) => minted,
-            Err(e) => return Err(self.failed(work, "mint", e.to_string()).await),
+        // The client already retried; a failure that may still pass (answers lost a few times in
+        // a row) gets one more round after a pause rather than failing the rotation at once.
+        // Whatever a lost answer created is found by name and revoked first. (A longer outage
+        // fails the rotation, which is reported and retried by a later run.)
+        let mut attempt = 0u32;
+        let minted = loop {
+            match self.toktra.create(kind, &name, &policy.credential.scopes, &description).await {
+                Ok(minted) => break minted,
+                Err(e) if (e.is_transient() || e.is_ambiguous()) && attempt < 1 && Instant::now() < work.deadline => {
+                    attempt += 1;
+                    self.note(work, "mint", "failed", &format!("{e}; trying again")).await?;
+                    if e.is_ambiguous() {
+                        let strays = self.revoke_named(work, None).await?;
+                        work.revoked.extend(strays);
+                    }
+                    let delay = Duration::from_millis(250 * (1 << attempt.min(7)))
+                        .min(work.deadline.saturating_duration_since(Instant::now()))
+                        .mul_f64(rand::random::<f64>().max(0.5));
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(self.failed(work, "mint", e.to_string()).await),
+            }
         };
         crash_point("minted-unrecorded");
         for stray in &minted.revoked_strays {
