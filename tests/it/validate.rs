@@ -1,0 +1,168 @@
+//! Policy validation: the YAML users write (anchors, merge keys, several documents), where each
+//! problem is reported, and that a file or directory cannot make validation hang or explode.
+//! Through `rotator validate` and `rotator::policy::load_dir`.
+
+use std::path::PathBuf;
+
+use crate::harness::Env;
+
+/// A fresh directory for one test's policy files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("validate-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Loads `files` as one policy directory: the policies, or every problem as
+/// `file:line:col: field: message` with the file relative to the directory.
+fn load(files: &[(&str, &str)]) -> Result<Vec<rotator::policy::Policy>, Vec<String>> {
+    let dir = scratch("load");
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let result = rotator::policy::load_dir(&dir).map_err(|invalid| {
+        let prefix = format!("{}/", dir.display());
+        invalid.0.iter().map(|p| p.to_string().replace(&prefix, "")).collect()
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    result
+}
+
+fn problems(text: &str) -> Vec<String> {
+    load(&[("p.yaml", text)]).err().unwrap_or_default()
+}
+
+const BODY: &str =
+    "credential: { kind: api_key, name: x }\nschedule: { every: 30d }\ndestinations:\n  - file: { path: x.json }\n";
+
+/// Anchors, aliases, merge keys, several documents per file and empty documents before the
+/// first: what YAML users write to share defaults between policies.
+#[test]
+fn anchors_aliases_merge_keys_and_documents() {
+    let text = "\
+---
+# an empty document first
+---
+name: first
+labels: &labels { team: platform }
+credential: { kind: api_key, name: first }
+schedule: &schedule
+  every: 30d
+  timezone: Europe/Berlin
+destinations:
+  - file: { path: first.json }
+revoke: &revoke { grace: 2h }
+---
+name: &name second
+labels: { team: platform }
+credential: { kind: api_key, name: *name }
+schedule:
+  <<: { every: 7d, timezone: UTC }
+  jitter: 1h
+destinations:
+  - file: { path: second.json }
+revoke:
+  <<: { grace: 1h, require_idle: 1h }
+  grace: 30m
+";
+    let policies = load(&[("p.yaml", text)]).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(policies.len(), 2);
+    assert_eq!(policies[1].labels["team"], "platform");
+    assert_eq!(policies[1].credential.name, "second", "an alias of an anchored scalar");
+    assert_eq!(
+        policies[1].schedule.trigger,
+        rotator::schedule::Trigger::Every(std::time::Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(policies[1].schedule.jitter.as_secs(), 3_600);
+    // An explicit key overrides the merged one.
+    assert_eq!(policies[1].revoke.grace.as_secs(), 1_800);
+    assert_eq!(policies[1].revoke.require_idle.map(|d| d.as_secs()), Some(3_600));
+    assert_eq!(policies[0].source.line, 4, "the first policy starts after the empty document");
+}
+
+/// Merge keys share defaults within a document (`<<: *defaults`), the form the issue reported
+/// refused as an unknown field `<<`.
+#[test]
+fn merge_keys_share_defaults() {
+    let text = format!(
+        "name: a\n{}revoke: &defaults {{ grace: 1h, require_idle: 30m }}\n---\nname: b\ncredential: {{ kind: api_key, name: b }}\nschedule: {{ every: 30d }}\ndestinations:\n  - file: {{ path: b.json }}\nrevoke:\n  <<: {{ grace: 2h }}\n",
+        BODY
+    );
+    let policies = load(&[("p.yaml", &text)]).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(policies[1].revoke.grace.as_secs(), 7_200);
+    let text = "defaults: &d { kind: api_key }\n";
+    assert!(problems(text).iter().any(|p| p.starts_with("p.yaml:1:1: defaults: unknown field `defaults`")));
+    let text = format!(
+        "name: a\ncredential:\n  <<: &d {{ kind: api_key, name: a }}\nschedule: {{ every: 30d }}\ndestinations:\n  - file: {{ path: a.json }}\n---\nname: b\ncredential:\n  <<: {{ kind: api_key }}\n  name: b\n{}",
+        &BODY[BODY.find("schedule").unwrap()..].replace("x.json", "b.json")
+    );
+    load(&[("p.yaml", &text)]).unwrap_or_else(|p| panic!("{p:#?}"));
+}
+
+/// Every `file:line:col` is where the parser saw the field, in the cases the old text search
+/// got wrong: quoted keys, flow mappings on one line, values merged from an anchor, duplicate
+/// keys, documents after empty ones.
+#[test]
+fn every_location_comes_from_the_parser() {
+    let cases: &[(&str, &str)] = &[
+        // Quoted keys.
+        (
+            "\"name\": a\n\"credential\": { kind: api_key, name: x }\n\"schedule\": { \"every\": 5m }\ndestinations:\n  - file: { path: x.json }\n",
+            "p.yaml:3:15: schedule.every: `5m` is shorter than the minimum of 1h",
+        ),
+        // Flow mappings: the second `path` on the line, not the first.
+        (
+            "name: a\ncredential: { kind: api_key, name: x }\nschedule: { every: 30d }\ndestinations: [{ file: { path: a.json } }, { file: { path: \"\" } }]\n",
+            "p.yaml:4:54: destinations[1].file.path: must not be empty",
+        ),
+        (
+            "name: a\ncredential: { kind: api_key, name: x }\nschedule: { every: 30d }\ndestinations: [{ vault: { mount: secret, path: a } }, { vault: { mount: secret, path: a } }]\n",
+            "p.yaml:4:55: destinations[1]: destination `vault:secret/a` is listed twice",
+        ),
+        // A value merged from an anchor is reported where it is written.
+        (
+            "name: a\ncredential: { kind: api_key, name: x }\nschedule:\n  <<: &base\n    every: 30d\n    timezone: Mars/Olympus\ndestinations:\n  - file: { path: x.json }\n",
+            "p.yaml:6:5: schedule.timezone: `Mars/Olympus` is not an IANA time zone",
+        ),
+        // A key given twice, at its second place.
+        (
+            &format!("name: a\n{BODY}revoke: {{ grace: 1h }}\nrevoke: {{ grace: 2h }}\n"),
+            "p.yaml:7:1: revoke: `revoke` is given twice (first at line 6); remove one",
+        ),
+        (
+            &format!("name: a\n{}", BODY.replace("every: 30d", "every: 30d, every: 40d")),
+            "p.yaml:3:25: schedule.every: `every` is given twice (first at line 3)",
+        ),
+        // Documents after empty ones, and the second policy of a file.
+        (
+            &format!("---\n# nothing\n---\n---\nname: a\n{BODY}---\nname: b\n{}", BODY.replace("30d", "30x")),
+            "p.yaml:13:13: schedule.every: duration `30x` has unknown unit `x`",
+        ),
+        // A key that is also a word in a value before it.
+        (
+            "name: a\ndescription: \"schedule: every: 1h\"\ncredential: { kind: api_key, name: x }\nschedule:\n  every: 30m\ndestinations:\n  - file: { path: x.json }\n",
+            "p.yaml:5:3: schedule.every: `30m` is shorter than the minimum of 1h",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, expected) in cases {
+        let found = problems(text);
+        if !found.iter().any(|p| p.starts_with(expected)) {
+            wrong.push(format!("expected `{expected}` in {found:#?}\n--- input ---\n{text}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+/// The same through the binary: exit 2 and the line of each problem, and exit 0 once fixed.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_reports_duplicate_keys_at_their_line() {
+    let env = Env::start().await;
+    env.policy("dup.yaml", &format!("name: dup\n{}name: again\n", BODY.replace("x.json", "dup.json")));
+    let run = env.rotator(&["validate"]).await;
+    run.assert_code(2);
+    assert!(run.stdout.contains("dup.yaml:6:1: name: `name` is given twice (first at line 1)"), "{}", run.stdout);
+    env.policy("dup.yaml", &format!("name: dup\n{}", BODY.replace("x.json", "dup.json")));
+    env.rotator(&["validate"]).await.assert_code(0);
+}
