@@ -166,3 +166,57 @@ async fn validate_reports_duplicate_keys_at_their_line() {
     env.policy("dup.yaml", &format!("name: dup\n{}", BODY.replace("x.json", "dup.json")));
     env.rotator(&["validate"]).await.assert_code(0);
 }
+
+/// Issue 9, item 1: one run reports every problem of every document: a wrong type or an unknown
+/// field next to bad values of other fields hides none of them (`kind: api_keys` used to be the
+/// only problem until fixed, then five more appeared).
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_reports_every_problem_of_every_document_at_once() {
+    let env = Env::start().await;
+    env.policy(
+        "many.yaml",
+        "\
+name: first
+labels: [team]
+credential: { kind: api_keys, name: first, scopes: [\"usage read\"] }
+schedule:
+  every: 5m
+  colour: red
+  window: { days: [funday, mon, someday], start: \"25:00\", duration: 0s }
+destinations:
+  - file: { path: first.json }
+  - vault: { mount: secret }
+revoke: { grace: soon }
+---
+credential: { kind: oauth_client, name: second }
+schedule: { every: 30d, jitter: 30d, timezone: Mars/Olympus }
+destinations: []
+notify: [Ops]
+",
+    );
+    let run = env.rotator(&["validate"]).await;
+    run.assert_code(2);
+    let expected = [
+        "many.yaml:2:1: labels: invalid type: sequence, expected a map of labels",
+        "many.yaml:3:15: credential.kind: unknown variant `api_keys`",
+        "many.yaml:3:53: credential.scopes[0]: `usage read` is not a scope",
+        "many.yaml:5:3: schedule.every: `5m` is shorter than the minimum of 1h",
+        "many.yaml:6:3: schedule: unknown field `colour`",
+        "many.yaml:7:20: schedule.window.days[0]: `funday` is not a day",
+        "many.yaml:7:33: schedule.window.days[2]: `someday` is not a day",
+        "many.yaml:7:43: schedule.window.start: `25:00` is not a time of day",
+        "many.yaml:7:59: schedule.window.duration: a window of 0s never opens",
+        "many.yaml:10:5: destinations[1].vault: missing field `path`",
+        "many.yaml:11:11: revoke.grace: malformed duration `soon`",
+        "many.yaml:13:1: missing field `name`",
+        "many.yaml:14:25: schedule.jitter: jitter `30d` must be shorter than the rotation interval `30d`",
+        "many.yaml:14:38: schedule.timezone: `Mars/Olympus` is not an IANA time zone",
+        "many.yaml:15:1: destinations: at least one destination is required",
+        "many.yaml:16:10: notify[0]: `Ops` is not a channel name",
+    ];
+    let shown: Vec<&str> =
+        run.stdout.lines().map(|l| l.rsplit_once("/policies/").map_or(l, |(_, rest)| rest)).collect();
+    let missing: Vec<&&str> = expected.iter().filter(|e| !shown.iter().any(|s| s.starts_with(**e))).collect();
+    assert!(missing.is_empty(), "missing {missing:#?}\n--- output ---\n{}", shown.join("\n"));
+    assert_eq!(shown.len(), expected.len(), "{}", shown.join("\n"));
+}
