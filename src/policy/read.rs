@@ -441,21 +441,38 @@ impl<'a> Reader<'a> {
             }
             _ => None,
         };
-        if let Some(interval) = interval {
-            // The default grace counts too: `every: 1h` without a `revoke` section would keep a
-            // day's worth of credentials alive.
-            let (effective, at, path, note) = match &revoke.grace_field {
-                Some(f) => (revoke.grace, f.at, f.path.clone(), ""),
-                None => (Some(DEFAULT_GRACE), field.at, field.path.clone(), " (the default); set `revoke.grace`"),
-            };
-            if let Some(grace) = effective.filter(|g| *g > interval) {
-                let message = format!(
-                    "grace `{}`{note} is longer than the rotation interval `{}`: credentials would pile up",
-                    duration::format(grace),
-                    duration::format(interval)
-                );
-                self.problem(at, &path, message);
+        match (interval, &revoke.grace_field) {
+            (Some(interval), Some(f)) => {
+                if let Some(grace) = revoke.grace.filter(|g| *g > interval) {
+                    let message = format!(
+                        "grace `{}` is longer than the rotation interval `{}`: credentials would pile up",
+                        duration::format(grace),
+                        duration::format(interval)
+                    );
+                    self.problem(f.at, &f.path, message);
+                }
             }
+            // The default grace counts too: `every: 1h` without a `revoke` section would keep a
+            // day's worth of credentials alive. Said at the interval, which is what was written.
+            (Some(interval), None) if DEFAULT_GRACE > interval && interval >= MIN_INTERVAL => {
+                let (f, what) = match (every_field, cron_field) {
+                    (Some(f), _) => (f, format!("`every: {}` is shorter than", duration::format(interval))),
+                    (None, Some(f)) => (
+                        f,
+                        format!("`{}` fires every {}, shorter than", cron_text(&trigger), duration::format(interval)),
+                    ),
+                    (None, None) => (field, String::new()),
+                };
+                // Half the interval, in whole minutes, as an example that fits.
+                let example = Duration::from_secs(interval.as_secs() / 2 / 60 * 60);
+                let message = format!(
+                    "{what} the default grace of {}h; set `revoke.grace` (for example `{}`)",
+                    DEFAULT_GRACE.as_secs() / 3_600,
+                    duration::format(example)
+                );
+                self.problem(f.at, &f.path, message);
+            }
+            _ => {}
         }
         if let (Some(interval), Some(jitter), Some(f)) = (interval, jitter, fields.value("jitter"))
             && jitter >= interval
@@ -714,4 +731,11 @@ fn shortest_gap(cron: &Cron, tz: chrono_tz::Tz) -> Option<Duration> {
         }
     }
     shortest
+}
+
+fn cron_text(trigger: &Option<Trigger>) -> &str {
+    match trigger {
+        Some(Trigger::Cron(cron)) => cron.text(),
+        _ => "",
+    }
 }

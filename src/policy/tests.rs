@@ -235,7 +235,7 @@ fn review_regressions() {
     let hourly = GOOD.replace("every: 90d", "every: 1h").replace("revoke:\n  grace: 0s\n", "");
     let (_, problems) = parse(&hourly);
     assert!(
-        problems.iter().any(|p| p.to_string().contains("schedule: grace `1d` (the default); set `revoke.grace`")),
+        problems.iter().any(|p| p.to_string().starts_with("p.yaml:4:3: schedule.every: `every: 1h` is shorter than the default grace of 24h; set `revoke.grace` (for example `30m`)")),
         "{problems:#?}"
     );
     // Empty documents before the first policy keep line numbers right.

@@ -220,3 +220,59 @@ notify: [Ops]
     assert!(missing.is_empty(), "missing {missing:#?}\n--- output ---\n{}", shown.join("\n"));
     assert_eq!(shown.len(), expected.len(), "{}", shown.join("\n"));
 }
+
+/// Issue 9, item 2: an interval shorter than the default grace says what to do, at `every`.
+#[test]
+fn a_short_interval_names_the_default_grace() {
+    let text = "name: a\ncredential: { kind: api_key, name: x }\nschedule:\n  every: 1h\n  window: { days: [sat, sun], start: \"02:00\", duration: 4h }\ndestinations:\n  - file: { path: x.json }\n";
+    assert_eq!(
+        problems(text),
+        [
+            "p.yaml:4:3: schedule.every: `every: 1h` is shorter than the default grace of 24h; set `revoke.grace` (for example `30m`)"
+        ]
+    );
+    let text = text.replace("every: 1h", "cron: \"0 */6 * * *\"");
+    assert_eq!(
+        problems(&text),
+        [
+            "p.yaml:4:3: schedule.cron: `0 */6 * * *` fires every 6h, shorter than the default grace of 24h; set `revoke.grace` (for example `3h`)"
+        ]
+    );
+    let fixed = format!("{}revoke: {{ grace: 30m }}\n", text.replace("cron: \"0 */6 * * *\"", "every: 1h"));
+    assert_eq!(problems(&fixed), Vec::<String>::new());
+}
+
+/// Every policy the README shows (fenced `yaml` blocks with a `name:` line) and every file in
+/// `policies/` validates, each README example on its own.
+#[test]
+fn the_readme_and_policies_examples_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut examples = Vec::new();
+    let mut block: Option<Vec<&str>> = None;
+    for line in readme.lines() {
+        match (&mut block, line.trim_start()) {
+            (None, "```yaml") => block = Some(Vec::new()),
+            (Some(lines), "```") => {
+                if lines.iter().any(|l| l.starts_with("name:")) {
+                    examples.push(lines.join("\n") + "\n");
+                }
+                block = None;
+            }
+            (Some(lines), _) => lines.push(line),
+            (None, _) => {}
+        }
+    }
+    assert!(!examples.is_empty(), "the README shows at least one policy");
+    for (i, example) in examples.iter().enumerate() {
+        if let Err(problems) = load(&[("readme.yaml", example)]) {
+            panic!(
+                "README policy example {} does not validate:\n{}\n--- example ---\n{example}",
+                i + 1,
+                problems.join("\n")
+            );
+        }
+    }
+    let policies = rotator::policy::load_dir(&root.join("policies")).unwrap_or_else(|e| panic!("policies/: {e}"));
+    assert!(policies.len() >= 5, "{}", policies.len());
+}
