@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -346,9 +347,9 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
     }
     let mut policies = Vec::new();
     for file in &files {
-        match std::fs::read_to_string(file) {
+        match read_file(file) {
             Ok(text) => parse_file(file, &text, &mut policies, &mut problems),
-            Err(e) => problems.push(file_problem(file, format!("cannot read file: {e}"))),
+            Err(message) => problems.push(file_problem(file, message)),
         }
     }
     places::check_set(&policies, &mut problems);
@@ -372,6 +373,24 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The most bytes one policy file may hold (a few thousand policies); a larger file is refused
+/// unread.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A policy file's text, at most [`MAX_FILE_BYTES`].
+fn read_file(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "the file is larger than {} MiB, the most one policy file may hold; split it into several files",
+            MAX_FILE_BYTES / 1024 / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("the file is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
+}
+
 fn file_problem(file: &Path, message: String) -> Problem {
     Problem { location: Location { file: file.to_path_buf(), line: 0, column: 0 }, field: String::new(), message }
 }
@@ -380,11 +399,16 @@ fn file_problem(file: &Path, message: String) -> Problem {
 /// the order they appear in the file.
 pub fn parse_file(file: &Path, text: &str, policies: &mut Vec<Policy>, problems: &mut Vec<Problem>) {
     let mut reader = read::Reader::new(file);
-    for document in yaml::documents(text) {
-        match document {
-            Ok(root) => policies.extend(reader.document(&root)),
-            Err(e) => reader.problem(e.at, "", e.message),
+    match yaml::documents(text) {
+        Ok(documents) => {
+            for document in documents {
+                match document {
+                    Ok(root) => policies.extend(reader.document(&root)),
+                    Err(e) => reader.problem(e.at, "", e.message),
+                }
+            }
         }
+        Err(refused) => reader.problem(refused.at, "", refused.message),
     }
     let mut found = reader.into_problems();
     found.sort_by_key(|p| (p.location.line, p.location.column));

@@ -339,25 +339,40 @@ fn overlapping<'a>(policies: &[&'a Policy], default_region: Option<&str>) -> Vec
     found
 }
 
-/// An earlier destination of one policy writing a place `destination` writes (a certain
-/// overlap before a possible one).
-pub(super) fn first_overlap<'a>(
-    destination: &Destination,
-    earlier: impl Iterator<Item = (usize, &'a Destination)>,
-    default_region: Option<&str>,
-) -> Option<(usize, Overlap)> {
-    let places = destination.places(default_region);
-    let mut found = None;
-    for (j, other) in earlier {
-        for theirs in other.places(default_region) {
-            match places.iter().find_map(|ours| ours.overlap(&theirs)) {
-                Some(Overlap::Same) => return Some((j, Overlap::Same)),
-                Some(Overlap::Maybe) if found.is_none() => found = Some((j, Overlap::Maybe)),
-                _ => {}
+/// The destinations of one policy read so far, by the keys of their places, so that each new
+/// one is compared only with those that share a key (a policy with 20,000 destinations is not
+/// compared pairwise).
+#[derive(Default)]
+pub(super) struct Earlier {
+    by_key: HashMap<String, Vec<(usize, Place)>>,
+}
+
+impl Earlier {
+    /// The earliest destination writing a place `destination` (the `index`-th) writes (a
+    /// certain overlap before a possible one); then `destination` counts as read.
+    pub fn overlap(&mut self, index: usize, destination: &Destination) -> Option<(usize, Overlap)> {
+        let places = destination.places(None);
+        let mut same: Option<usize> = None;
+        let mut maybe: Option<usize> = None;
+        for ours in &places {
+            for key in ours.keys() {
+                for (j, theirs) in self.by_key.get(&key).into_iter().flatten() {
+                    let slot = match ours.overlap(theirs) {
+                        Some(Overlap::Same) => &mut same,
+                        Some(Overlap::Maybe) => &mut maybe,
+                        None => continue,
+                    };
+                    *slot = Some(slot.map_or(*j, |k| k.min(*j)));
+                }
             }
         }
+        for place in places {
+            for key in place.keys() {
+                self.by_key.entry(key).or_default().push((index, place.clone()));
+            }
+        }
+        same.map(|j| (j, Overlap::Same)).or(maybe.map(|j| (j, Overlap::Maybe)))
     }
-    found
 }
 
 fn overlap_problem(o: &Overlapping<'_>, default_region: Option<&str>) -> Problem {

@@ -543,16 +543,16 @@ impl<'a> Reader<'a> {
             self.problem(field.at, &field.path, "at least one destination is required");
             return None;
         }
-        let mut destinations: Vec<(usize, Destination)> = Vec::with_capacity(items.len());
-        let mut ok = true;
+        // By item index; `None` for an item that did not read.
+        let mut destinations: Vec<Option<Destination>> = Vec::with_capacity(items.len());
+        let mut earlier = places::Earlier::default();
         for (i, item) in items.iter().enumerate() {
             let Some(destination) = self.destination(item) else {
-                ok = false;
+                destinations.push(None);
                 continue;
             };
-            let earlier = destinations.iter().map(|(j, d)| (*j, d));
-            if let Some((j, overlap)) = places::first_overlap(&destination, earlier, None) {
-                let other = destinations.iter().find(|(k, _)| *k == j).map(|(_, d)| d.label()).unwrap_or_default();
+            if let Some((j, overlap)) = earlier.overlap(i, &destination) {
+                let other = destinations[j].as_ref().map(Destination::label).unwrap_or_default();
                 let message = match overlap {
                     Overlap::Same if other == destination.label() => format!("destination `{other}` is listed twice"),
                     Overlap::Same => format!(
@@ -565,11 +565,12 @@ impl<'a> Reader<'a> {
                     ),
                 };
                 self.problem(item.at, &item.path, message);
-                ok = false;
+                destinations.push(None);
+                continue;
             }
-            destinations.push((i, destination));
+            destinations.push(Some(destination));
         }
-        ok.then(|| destinations.into_iter().map(|(_, d)| d).collect())
+        destinations.into_iter().collect()
     }
 
     /// One destination, in the canonical form later comparisons and the journal's labels use.

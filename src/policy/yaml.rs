@@ -73,10 +73,17 @@ pub struct Error {
     pub message: String,
 }
 
+/// The most documents one file may hold. A generated file of that many policies validates in
+/// well under a second (`benches/validate.rs`); beyond it, a file is refused as a whole.
+pub const MAX_DOCUMENTS: usize = 10_000;
+
 /// The non-empty documents of `text`, in order. A syntax error ends the file (the parser
 /// cannot go on); a document the parser could read but not build (a bad merge key) is an
-/// error of its own and the next document is read.
-pub fn documents(text: &str) -> Vec<Result<Node, Error>> {
+/// error of its own and the next document is read. `Err` refuses the whole file (more than
+/// [`MAX_DOCUMENTS`]).
+pub fn documents(text: &str) -> Result<Vec<Result<Node, Error>>, Error> {
+    // The parser's budget (nodes, nesting, aliases) applies to each document; the number of
+    // documents is counted here.
     let options = serde_saphyr::options! {
         duplicate_keys: DuplicateKeyPolicy::PassThrough,
         strict_booleans: true,
@@ -84,9 +91,22 @@ pub fn documents(text: &str) -> Vec<Result<Node, Error>> {
         with_snippet: false,
     };
     let mut bytes = text.as_bytes();
-    serde_saphyr::read_with_options::<_, Node>(&mut bytes, options)
-        .map(|document| document.map_err(|e| error(&e)))
-        .collect()
+    let mut documents = Vec::new();
+    for document in serde_saphyr::read_with_options::<_, Node>(&mut bytes, options) {
+        let document = document.map_err(|e| error(&e));
+        if documents.len() == MAX_DOCUMENTS {
+            let at = match &document {
+                Ok(node) => node.at,
+                Err(e) => e.at,
+            };
+            let message = format!(
+                "more than {MAX_DOCUMENTS} documents in one file; split it into several files (the limit keeps validation fast)"
+            );
+            return Err(Error { at, message });
+        }
+        documents.push(document);
+    }
+    Ok(documents)
 }
 
 fn error(e: &serde_saphyr::Error) -> Error {
@@ -202,7 +222,7 @@ mod tests {
     use super::*;
 
     fn only(text: &str) -> Node {
-        let mut documents = documents(text);
+        let mut documents = documents(text).unwrap();
         assert_eq!(documents.len(), 1, "{documents:?}");
         documents.remove(0).unwrap()
     }
@@ -224,7 +244,8 @@ mod tests {
 
     #[test]
     fn anchors_merges_and_empty_documents() {
-        let docs = documents("---\n# nothing\n---\nd: &d { kind: api_key, name: x }\nc:\n  <<: *d\n  name: y\n");
+        let docs =
+            documents("---\n# nothing\n---\nd: &d { kind: api_key, name: x }\nc:\n  <<: *d\n  name: y\n").unwrap();
         assert_eq!(docs.len(), 1);
         let node = docs[0].as_ref().unwrap();
         let (_, c) = entry(node, "c");
@@ -248,7 +269,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_have_a_position_and_end_the_file() {
-        let docs = documents("name: a\n---\nname: [b\n---\nname: c\n");
+        let docs = documents("name: a\n---\nname: [b\n---\nname: c\n").unwrap();
         assert_eq!(docs.len(), 2, "{docs:?}");
         assert!(docs[0].is_ok());
         let e = docs[1].as_ref().unwrap_err();
