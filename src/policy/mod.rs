@@ -13,7 +13,7 @@
 //! the source of the JSON Schema, and it deserializes with serde as the reader reads (unknown
 //! fields denied); tests keep the reader, the raw form and the schema in step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -285,8 +285,12 @@ pub struct Location {
 }
 
 impl fmt::Display for Location {
+    /// `file:line:col`, or just `file` for a problem with the file as a whole (line 0).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        match self.line {
+            0 => write!(f, "{}", self.file.display()),
+            line => write!(f, "{}:{line}:{}", self.file.display(), self.column),
+        }
     }
 }
 
@@ -334,13 +338,10 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
     for path in paths {
         if path.is_dir() {
             let mut found = Vec::new();
-            match collect_files(path, &mut found) {
-                Ok(()) => {
-                    found.sort();
-                    files.extend(found);
-                }
-                Err(e) => problems.push(file_problem(path, format!("cannot read policy directory: {e}"))),
-            }
+            let mut visited = HashSet::new();
+            collect_files(path, &mut found, &mut visited, &mut problems);
+            found.sort();
+            files.extend(found);
         } else {
             files.push(path.clone());
         }
@@ -356,30 +357,90 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
     if problems.is_empty() { Ok(policies) } else { Err(Invalid(problems)) }
 }
 
-/// Policy files under `dir`. Hidden entries are skipped: a Kubernetes ConfigMap mount holds
-/// every file twice more under `..data/` and `..<timestamp>/`.
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+/// Policy files under `dir`, following symlinks (a Kubernetes ConfigMap mount is made of them)
+/// but reading each directory once: a directory reached again (two symlinks to `.`, a link to
+/// an ancestor) is reported, not walked forever. Hidden entries are skipped: such a mount holds
+/// every file twice more under `..data/` and `..<timestamp>/`. A `*.yaml` that is not a regular
+/// file (a FIFO, a device) is reported and never opened.
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<(u64, u64)>, problems: &mut Vec<Problem>) {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(dir) {
+        Ok(meta) if !visited.insert((meta.dev(), meta.ino())) => {
+            let message = "a directory read already (a symlink loop, or a second way to it); not read again";
+            problems.push(file_problem(dir, message.into()));
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => return problems.push(file_problem(dir, format!("cannot read policy directory: {e}"))),
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return problems.push(file_problem(dir, format!("cannot read policy directory: {e}"))),
+    };
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(e) => {
+                problems.push(file_problem(dir, format!("cannot read policy directory: {e}")));
+                continue;
+            }
+        };
         if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
             continue;
         }
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-            out.push(path);
+        let is_policy = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => collect_files(&path, out, visited, problems),
+            Ok(_) if is_policy => out.push(path),
+            Ok(_) => {}
+            // A dangling symlink or a loop of links (ELOOP): reported when it looks like a policy.
+            Err(e) if is_policy => problems.push(file_problem(&path, format!("cannot read file: {e}"))),
+            Err(_) => {}
         }
     }
-    Ok(())
 }
+
+/// `O_NONBLOCK`, which std does not name (the `libc` crate is not a dependency; see
+/// `store::file` for `O_NOFOLLOW`). The same value on every Linux target rotator ships on.
+#[cfg(target_os = "linux")]
+const O_NONBLOCK: i32 = 0o4000;
+#[cfg(not(target_os = "linux"))]
+const O_NONBLOCK: i32 = 0;
 
 /// The most bytes one policy file may hold (a few thousand policies); a larger file is refused
 /// unread.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// A policy file's text, at most [`MAX_FILE_BYTES`].
+/// A policy file's text, at most [`MAX_FILE_BYTES`]. Only a regular file is opened: opening a
+/// FIFO for reading waits for a writer, so its type is checked first; a FIFO swapped in after
+/// the check opens without waiting (`O_NONBLOCK`) and is refused by the second check.
 fn read_file(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = |meta: &std::fs::Metadata| {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        let what = match () {
+            _ if kind.is_dir() => "a directory",
+            _ if kind.is_fifo() => "a FIFO",
+            _ if kind.is_socket() => "a socket",
+            _ if kind.is_block_device() || kind.is_char_device() => "a device",
+            _ => "a special file",
+        };
+        format!("not a regular file ({what}); only regular files are read")
+    };
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read file: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read file: {e}"))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {

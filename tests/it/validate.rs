@@ -340,3 +340,57 @@ fn a_file_holds_at_most_10000_documents_and_16_mib() {
         "{problems:?}"
     );
 }
+
+/// Issue 9, item 7: only regular files are read. A FIFO named `*.yaml` is reported and never
+/// opened (opening it for reading would wait for a writer forever), two symlinks to `.` are
+/// reported as a loop instead of being followed without end, and a symlink to a regular file
+/// (as a Kubernetes ConfigMap mount has) is read. Each run is bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_reads_only_regular_files_and_detects_symlink_loops() {
+    let env = Env::start().await;
+    let policies = env.dir.join("policies");
+    env.policy("good.yaml", &format!("name: good\n{}", BODY.replace("x.json", "good.json")));
+    std::fs::create_dir_all(env.dir.join("elsewhere")).unwrap();
+    std::fs::write(
+        env.dir.join("elsewhere/linked.yaml"),
+        format!("name: linked\n{}", BODY.replace("x.json", "l.json").replace("name: x", "name: linked")),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(env.dir.join("elsewhere/linked.yaml"), policies.join("linked.yaml")).unwrap();
+    let bounded = |args: &'static [&'static str]| {
+        let run = env.rotator(args);
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(60), run)
+                .await
+                .unwrap_or_else(|_| panic!("`rotator {}` did not finish in 60 s", args.join(" ")))
+        }
+    };
+    let run = bounded(&["validate"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("2 policies valid"), "{}", run.stdout);
+
+    let status = std::process::Command::new("mkfifo").arg(policies.join("pipe.yaml")).status().unwrap();
+    assert!(status.success());
+    std::os::unix::fs::symlink(".", policies.join("a")).unwrap();
+    std::os::unix::fs::symlink(".", policies.join("b")).unwrap();
+    let run = bounded(&["validate"]).await;
+    run.assert_code(2);
+    let shown: Vec<&str> =
+        run.stdout.lines().map(|l| l.rsplit_once("/policies/").map_or(l, |(_, rest)| rest)).collect();
+    for expected in [
+        "a: a directory read already (a symlink loop, or a second way to it); not read again",
+        "b: a directory read already (a symlink loop, or a second way to it); not read again",
+        "pipe.yaml: not a regular file (a FIFO); only regular files are read",
+    ] {
+        assert!(shown.contains(&expected), "missing `{expected}` in\n{}", shown.join("\n"));
+    }
+    assert_eq!(shown.len(), 3, "{}", shown.join("\n"));
+    // The same through an explicit path.
+    let pipe = policies.join("pipe.yaml");
+    let run =
+        tokio::time::timeout(std::time::Duration::from_secs(60), env.rotator(&["validate", pipe.to_str().unwrap()]))
+            .await
+            .expect("validate of a FIFO finishes");
+    run.assert_code(2);
+    assert!(run.stdout.contains("pipe.yaml: not a regular file (a FIFO)"), "{}", run.stdout);
+}
