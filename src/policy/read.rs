@@ -341,6 +341,12 @@ impl<'a> Reader<'a> {
                 self.problem(f.at, &f.path, "must be at most 100 characters (minted names add a rotation ID)");
                 return None;
             }
+            // It is sent to Toktra and printed in logs and summaries.
+            if let Some(c) = name.chars().find(|c| c.is_control()) {
+                let message = format!("contains a control character ({}); use printable characters", c.escape_debug());
+                self.problem(f.at, &f.path, message);
+                return None;
+            }
             Some(name)
         });
         let scopes = match fields.value("scopes") {
@@ -656,18 +662,15 @@ impl<'a> Reader<'a> {
         let fields = self.mapping(field, &FILE)?;
         let f = fields.value("path")?;
         let text = self.string(f)?;
-        let path = PathBuf::from(&text);
-        if text.is_empty() {
-            self.problem(f.at, &f.path, "must not be empty");
-            return None;
-        }
-        if path.file_name().is_none() {
-            self.problem(f.at, &f.path, format!("`{text}` names a directory, not a file"));
-            return None;
-        }
         // Relative paths are relative to the policy file's directory.
         let base = self.file.parent().unwrap_or(Path::new("."));
-        Some(FileDestination { path: canonical_file(base, &path) })
+        match file_path(base, &text) {
+            Ok(path) => Some(FileDestination { path }),
+            Err(message) => {
+                self.problem(f.at, &f.path, message);
+                None
+            }
+        }
     }
 
     /// An optional string field: `Some(None)` when left out, `None` when given but not a string.
@@ -689,6 +692,45 @@ impl<'a> Reader<'a> {
         }
         ok.then(|| channels.into_iter().map(|(channel, _)| channel).collect())
     }
+}
+
+/// The longest name a file destination may have: the file destination writes
+/// `<name>.previous.<32 hex>.tmp` beside it (46 bytes more), and a name has at most 255 bytes.
+const MAX_FILE_NAME: usize = 255 - ".previous".len() - ".".len() - 32 - ".tmp".len();
+
+/// A file destination's path in canonical form, or why it cannot work: a destination is a
+/// regular file whose name, and the names of the files written beside it, the filesystem
+/// accepts.
+fn file_path(base: &Path, text: &str) -> Result<PathBuf, String> {
+    let path = Path::new(text);
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if text.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    let Some(name) = path.file_name().filter(|_| !text.ends_with("/.") && text != ".") else {
+        return Err(format!("`{text}` names a directory, not a file"));
+    };
+    if text.ends_with('/') {
+        return Err(format!(
+            "`{text}` ends with `/`, which names a directory; name the file, e.g. `{text}toktra.json`"
+        ));
+    }
+    if name.len() > MAX_FILE_NAME {
+        return Err(format!(
+            "the file name is {} bytes; at most {MAX_FILE_NAME} (rotator writes `<name>.previous.<id>.tmp` beside it, and a name has at most 255 bytes)",
+            name.len()
+        ));
+    }
+    if let Some(long) = path.parent().into_iter().flat_map(Path::components).find(|c| c.as_os_str().len() > 255) {
+        return Err(format!("a directory name is {} bytes; at most 255", long.as_os_str().len()));
+    }
+    let canonical = canonical_file(base, path);
+    if let Some(system) = ["/dev", "/proc", "/sys"].into_iter().find(|root| canonical.starts_with(root)) {
+        return Err(format!("`{text}` is under {system}; a destination is a regular file"));
+    }
+    Ok(canonical)
 }
 
 /// `` `a`, `b` or `c` ``.

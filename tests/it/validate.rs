@@ -394,3 +394,53 @@ async fn validate_reads_only_regular_files_and_detects_symlink_loops() {
     run.assert_code(2);
     assert!(run.stdout.contains("pipe.yaml: not a regular file (a FIFO)"), "{}", run.stdout);
 }
+
+/// Issue 9, items 6 and 9: what cannot work by its text is refused before anything runs. A
+/// credential name with a control character (NUL, ESC, newline); a file destination whose name
+/// is too long for the files rotator writes beside it (the 255-byte `ENAMETOOLONG` that wedged a
+/// rotation), with a NUL byte, ending in `/`, naming a directory, or under /dev, /proc or /sys.
+#[test]
+fn names_and_paths_that_cannot_work_are_refused() {
+    let file = |path: &str| format!("name: a\n{}", BODY.replace("{ path: x.json }", &format!("{{ path: {path} }}")));
+    let credential = |name: &str| format!("name: a\n{}", BODY.replace("name: x }", &format!("name: {name} }}")));
+    let long = "x".repeat(210);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            credential("\"ci\\0\""),
+            "p.yaml:2:30: credential.name: contains a control character (\\0); use printable characters",
+        ),
+        (credential("\"ci\\e[31m\""), "p.yaml:2:30: credential.name: contains a control character (\\u{1b})"),
+        (credential("\"ci\\nprod\""), "p.yaml:2:30: credential.name: contains a control character (\\n)"),
+        (
+            file(&format!("{long}.json")),
+            "p.yaml:5:13: destinations[0].file.path: the file name is 215 bytes; at most 209",
+        ),
+        (
+            file(&format!("{}/x.json", "d".repeat(256))),
+            "p.yaml:5:13: destinations[0].file.path: a directory name is 256 bytes; at most 255",
+        ),
+        (file("\"x\\0.json\""), "p.yaml:5:13: destinations[0].file.path: contains a NUL byte"),
+        (file("out/"), "p.yaml:5:13: destinations[0].file.path: `out/` ends with `/`"),
+        (file("."), "p.yaml:5:13: destinations[0].file.path: `.` names a directory, not a file"),
+        (file(".."), "p.yaml:5:13: destinations[0].file.path: `..` names a directory, not a file"),
+        (file("/"), "p.yaml:5:13: destinations[0].file.path: `/` names a directory, not a file"),
+        (
+            file("/dev/null"),
+            "p.yaml:5:13: destinations[0].file.path: `/dev/null` is under /dev; a destination is a regular file",
+        ),
+        (file("/proc/self/environ"), "p.yaml:5:13: destinations[0].file.path: `/proc/self/environ` is under /proc"),
+        (file("/sys/kernel/x"), "p.yaml:5:13: destinations[0].file.path: `/sys/kernel/x` is under /sys"),
+        (file("../../../../../../../../../../dev/x"), "is under /dev"),
+    ];
+    let mut wrong = Vec::new();
+    for (text, expected) in &cases {
+        let found = problems(text);
+        if !found.iter().any(|p| p.starts_with(expected) || (!expected.starts_with("p.yaml") && p.contains(expected))) {
+            wrong.push(format!("expected `{expected}` in {found:#?}\n--- input ---\n{text}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    // At the limits, valid.
+    assert_eq!(problems(&file(&format!("{}.json", "x".repeat(204)))), Vec::<String>::new());
+    assert_eq!(problems(&credential("\"ci prod\"")), Vec::<String>::new());
+}
