@@ -428,15 +428,16 @@ fn read_file(path: &Path) -> Result<String, String> {
         };
         format!("not a regular file ({what}); only regular files are read")
     };
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let unreadable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => format!("cannot read file: {e}"),
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if !meta.is_file() {
         return Err(not_regular(&meta));
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot read file: {e}"))?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(path).map_err(unreadable)?;
     let meta = file.metadata().map_err(|e| format!("cannot read file: {e}"))?;
     if !meta.is_file() {
         return Err(not_regular(&meta));

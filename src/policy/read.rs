@@ -271,7 +271,11 @@ impl<'a> Reader<'a> {
     }
 
     fn duration(&mut self, field: &Field<'_>) -> Option<Duration> {
-        let text = self.string(field)?;
+        // `every: 30` is read as a number: say what a duration needs, as for `30` in quotes.
+        let text = match &field.node.value {
+            Value::Int(n) => n.to_string(),
+            _ => self.string(field)?,
+        };
         match duration::parse(&text) {
             Ok(d) if d > MAX_DURATION => {
                 self.problem(field.at, &field.path, format!("`{text}` is longer than the maximum of 10 years"));
@@ -279,6 +283,13 @@ impl<'a> Reader<'a> {
             }
             Ok(d) => Some(d),
             Err(message) => {
+                let message = match spelled_out(&text) {
+                    Some(written) if text.contains(char::is_whitespace) => {
+                        format!("`{text}` is not a duration; write `{written}` (no space)")
+                    }
+                    Some(written) => format!("`{text}` is not a duration; write `{written}`"),
+                    None => message,
+                };
                 self.problem(field.at, &field.path, message);
                 None
             }
@@ -731,6 +742,34 @@ fn file_path(base: &Path, text: &str) -> Result<PathBuf, String> {
         return Err(format!("`{text}` is under {system}; a destination is a regular file"));
     }
     Ok(canonical)
+}
+
+/// A duration written with spaces or unit words (`30 days`, `1 hour 30 minutes`, `90days`) as
+/// policies write it (`30d`, `1h30m`, `90d`), if that is what it means.
+fn spelled_out(text: &str) -> Option<String> {
+    const WORDS: &[(&str, &[&str])] = &[
+        ("w", &["w", "wk", "wks", "week", "weeks"]),
+        ("d", &["d", "day", "days"]),
+        ("h", &["h", "hr", "hrs", "hour", "hours"]),
+        ("m", &["m", "min", "mins", "minute", "minutes"]),
+        ("s", &["s", "sec", "secs", "second", "seconds"]),
+    ];
+    let lower = text.trim().to_ascii_lowercase();
+    let mut rest = lower.as_str();
+    let mut written = String::new();
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        written.push_str(&rest[..digits]);
+        rest = rest[digits..].trim_start();
+        let letters = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit = WORDS.iter().find(|(_, words)| words.contains(&&rest[..letters]))?.0;
+        written.push_str(unit);
+        rest = rest[letters..].trim_start_matches([' ', ',']).trim_start_matches("and ").trim_start();
+    }
+    (written != text && duration::parse(&written).is_ok()).then_some(written)
 }
 
 /// `` `a`, `b` or `c` ``.

@@ -93,7 +93,7 @@ pub fn documents(text: &str) -> Result<Vec<Result<Node, Error>>, Error> {
     let mut bytes = text.as_bytes();
     let mut documents = Vec::new();
     for document in serde_saphyr::read_with_options::<_, Node>(&mut bytes, options) {
-        let document = document.map_err(|e| error(&e));
+        let document = document.map_err(|e| error(&e, text));
         if documents.len() == MAX_DOCUMENTS {
             let at = match &document {
                 Ok(node) => node.at,
@@ -109,11 +109,86 @@ pub fn documents(text: &str) -> Result<Vec<Result<Node, Error>>, Error> {
     Ok(documents)
 }
 
-fn error(e: &serde_saphyr::Error) -> Error {
+fn error(e: &serde_saphyr::Error, text: &str) -> Error {
     let at = e.location().map(|l| pos(&l)).unwrap_or(Pos { line: 1, column: 1 });
+    let mut original = e;
+    while let serde_saphyr::Error::AliasError { error, .. } | serde_saphyr::Error::WithSnippet { error, .. } = original
+    {
+        original = error;
+    }
+    if let serde_saphyr::Error::Budget { breach, .. } = original {
+        return Error { at, message: beyond_budget(breach) };
+    }
     let plain = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off, };
     let rendered = e.render_with_options(plain);
-    Error { at, message: strip_location(&rendered).to_string() }
+    Error { at, message: human(strip_location(&rendered), token_at(text, at)) }
+}
+
+/// The parser's message in words a policy author can act on; messages not known here are
+/// passed on as they are.
+fn human(message: &str, token: &str) -> String {
+    let says = |part: &str| message.contains(part);
+    if says("found a tab") || says("tabs disallowed") {
+        return "tabs are not allowed; indent with spaces".into();
+    }
+    if let Some(rest) = message.strip_prefix("unclosed bracket '") {
+        let open = rest.chars().next().unwrap_or('[');
+        let close = if open == '{' { '}' } else { ']' };
+        return format!("`{open}` is never closed with `{close}`");
+    }
+    if says("unclosed quote") {
+        return "this quoted string is never closed".into();
+    }
+    if says("mapping values are not allowed") || says("illegal placement of ':'") {
+        return "unexpected `:`; check the indentation of this line, or quote a value that contains `: `".into();
+    }
+    if says("did not find expected key") || says("simple key expected") {
+        return "expected `key: value` at this indentation; check the indentation of this line".into();
+    }
+    if says("did not find expected '-'") {
+        return "expected a list item (`- ...`) at this indentation; check the indentation of this line".into();
+    }
+    if says("alias references unknown anchor") {
+        let name = token.trim_start_matches('*');
+        return format!("`*{name}` refers to no anchor: define `&{name}` before it, in this document");
+    }
+    if let Some(rest) = message.strip_prefix("unexpected character: `") {
+        let c = rest.trim_end_matches('\'');
+        return format!("a value cannot start with `{c}`; quote it");
+    }
+    if says("misplaced bracket") {
+        return "a closing bracket that closes nothing".into();
+    }
+    if says("merge value must be mapping") {
+        return "`<<` merges a map (`<<: *defaults`) or a list of maps".into();
+    }
+    message.to_string()
+}
+
+/// The word at `at` in `text` (an alias `*name`, a key), for messages.
+fn token_at(text: &str, at: Pos) -> &str {
+    let line = text.lines().nth(at.line.saturating_sub(1)).unwrap_or_default();
+    let start = line.char_indices().nth(at.column.saturating_sub(1)).map_or(line.len(), |(i, _)| i);
+    let rest = &line[start..];
+    let end = rest.find(|c: char| c.is_whitespace() || matches!(c, ',' | ']' | '}')).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// A document beyond the parser's limits, which protect against documents built to exhaust
+/// memory or time (alias bombs among them).
+fn beyond_budget(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    let what = match breach {
+        BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => "holds more values than a policy document may",
+        BudgetBreach::Depth { .. } => "is nested deeper than a policy document may be",
+        BudgetBreach::Aliases { .. } | BudgetBreach::AliasAnchorRatio { .. } | BudgetBreach::Anchors { .. } => {
+            "uses more aliases (`*name`) than a policy document may"
+        }
+        BudgetBreach::ScalarBytes { .. } => "holds more text than a policy document may",
+        BudgetBreach::MergeKeys { .. } => "uses more merge keys (`<<`) than a policy document may",
+        _ => "is larger than a policy document may be",
+    };
+    format!("this document {what}; split it (parser limit: {breach:?})")
 }
 
 /// The renderer appends " at line X, column Y" (or starts with "line X column Y: "); the
@@ -265,6 +340,19 @@ mod tests {
         assert!(matches!(entries[2].1.value, Value::Str(_)));
         assert!(matches!(entries[3].1.value, Value::Bool(true)));
         assert!(matches!(entries[4].1.value, Value::Str(_)));
+    }
+
+    /// An alias bomb (each level ten aliases of the one before) is refused, not expanded.
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let previous = format!("*a{}", i - 1);
+            text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![previous; 10].join(", ")));
+        }
+        let docs = documents(&text).unwrap();
+        let e = docs[0].as_ref().unwrap_err();
+        assert!(e.message.contains("alias") || e.message.contains("policy document may"), "{e:?}");
     }
 
     #[test]

@@ -444,3 +444,71 @@ fn names_and_paths_that_cannot_work_are_refused() {
     assert_eq!(problems(&file(&format!("{}.json", "x".repeat(204)))), Vec::<String>::new());
     assert_eq!(problems(&credential("\"ci prod\"")), Vec::<String>::new());
 }
+
+/// Issue 9, item 13: messages a stranger can act on. A spaced or spelled-out duration says
+/// what to write; YAML syntax errors say what is wrong in words (tabs, unclosed brackets,
+/// indentation), not in the parser's terms.
+#[test]
+fn messages_say_what_to_write() {
+    let with = |from: &str, to: &str| problems(&format!("name: a\n{}", BODY.replace(from, to)));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            with("every: 30d", "every: 30 days"),
+            "p.yaml:3:13: schedule.every: `30 days` is not a duration; write `30d` (no space)",
+        ),
+        (with("every: 30d", "every: 90days"), "p.yaml:3:13: schedule.every: `90days` is not a duration; write `90d`"),
+        (with("every: 30d", "every: 1 hour 30 minutes"), "write `1h30m` (no space)"),
+        (
+            with("every: 30d", "every: 30"),
+            "p.yaml:3:13: schedule.every: duration `30` has no unit; use one of w, d, h, m, s (e.g. `24h`)",
+        ),
+        (problems("name: a\n\tcredential: x\n"), "tabs are not allowed; indent with spaces"),
+        (problems("name: a\ncredential:\n\tkind: api_key\n"), "p.yaml:3:2: tabs are not allowed; indent with spaces"),
+        (problems("name: a\ncredential: { kind: api_key\n"), "p.yaml:2:13: `{` is never closed with `}`"),
+        (problems("name: a\nnotify: [a, b\n"), "p.yaml:2:9: `[` is never closed with `]`"),
+        (problems("name: \"a\n"), "p.yaml:1:7: this quoted string is never closed"),
+        (
+            problems("name: a\n  credential: x\n"),
+            "p.yaml:2:13: unexpected `:`; check the indentation of this line, or quote a value that contains `: `",
+        ),
+        (
+            problems("destinations:\n  - file: {}\n bad: x\n"),
+            "p.yaml:3:2: expected `key: value` at this indentation; check the indentation of this line",
+        ),
+        (
+            problems("name: *nothing\n"),
+            "p.yaml:1:7: `*nothing` refers to no anchor: define `&nothing` before it, in this document",
+        ),
+        (problems("name: @a\n"), "p.yaml:1:7: a value cannot start with `@`; quote it"),
+    ];
+    let mut wrong = Vec::new();
+    for (found, expected) in &cases {
+        if !found.iter().any(|p| p.starts_with(expected) || (!expected.starts_with("p.yaml") && p.contains(expected))) {
+            wrong.push(format!("expected `{expected}` in {found:#?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+/// Issue 9, items 13 and 14: a missing file is named without a made-up `:0:0`, one policy is
+/// "1 policy valid", and an empty set is a warning with exit 2 (nothing was checked).
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_output_reads_as_english() {
+    let env = Env::start().await;
+    let run = env.rotator(&["validate"]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("no policy files (*.yaml, *.yml) in") && run.stderr.contains("nothing to validate"),
+        "{}",
+        run.stderr
+    );
+    env.policy("one.yaml", &format!("name: one\n{}", BODY));
+    let run = env.rotator(&["validate"]).await;
+    run.assert_code(0);
+    assert_eq!(run.stdout, "1 policy valid\n");
+    let run = env.rotator(&["validate", "nosuch.yaml"]).await;
+    run.assert_code(2);
+    assert_eq!(run.stdout, "nosuch.yaml: no such file\n");
+    let run = env.rotator(&["validate", "--format", "github", "nosuch.yaml"]).await;
+    assert_eq!(run.stdout, "::error file=nosuch.yaml,title=rotator policy::no such file\n");
+}
