@@ -343,8 +343,19 @@ fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<(), Failure> {
         Ok(_) => &[][..],
         Err(invalid) => &invalid.0[..],
     };
+    // A set without policies checked nothing: a wrong `--policies` or a misnamed file, most
+    // likely, so it is not reported as valid.
+    let empty = match (&result, args.paths.is_empty()) {
+        (Ok(policies), true) if policies.is_empty() => {
+            Some(format!("no policy files (*.yaml, *.yml) in {}", dir.display()))
+        }
+        (Ok(policies), false) if policies.is_empty() => Some("no policies in the files given".to_string()),
+        _ => None,
+    };
     match args.format {
         LintFormat::Text => match &result {
+            Ok(_) if empty.is_some() => {}
+            Ok(policies) if policies.len() == 1 => println!("1 policy valid"),
             Ok(policies) => println!("{} policies valid", policies.len()),
             Err(invalid) => invalid.0.iter().for_each(|p| println!("{p}")),
         },
@@ -363,7 +374,12 @@ fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<(), Failure> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::json!({ "valid": result.is_ok(), "policies": names, "problems": rows }));
+            let mut report =
+                serde_json::json!({ "valid": result.is_ok() && empty.is_none(), "policies": names, "problems": rows });
+            if let Some(warning) = &empty {
+                report["warning"] = serde_json::json!(warning);
+            }
+            println!("{report}");
         }
         LintFormat::Github => {
             for p in problems {
@@ -372,16 +388,23 @@ fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<(), Failure> {
                 let property = |t: &str| data(t).replace(':', "%3A").replace(',', "%2C");
                 let message =
                     if p.field.is_empty() { p.message.clone() } else { format!("{}: {}", p.field, p.message) };
+                // A problem with the file as a whole has no line to point at.
+                let position = match p.location.line {
+                    0 => String::new(),
+                    line => format!(",line={line},col={}", p.location.column),
+                };
                 println!(
-                    "::error file={},line={},col={},title={}::{}",
+                    "::error file={}{position},title={}::{}",
                     property(&p.location.file.display().to_string()),
-                    p.location.line,
-                    p.location.column,
                     property("rotator policy"),
                     data(&message)
                 );
             }
         }
+    }
+    if let Some(warning) = empty {
+        eprintln!("warning: {warning}");
+        return Err(Failure::Invalid("nothing to validate".into()));
     }
     match result {
         Ok(_) => Ok(()),

@@ -11,7 +11,7 @@ async fn invalid_policies_exit_2_name_the_file_and_change_nothing() {
     let ok = "credential: { kind: api_key, name: bad }\nschedule: { every: 30d }\ndestinations:\n  - file: { path: b.json }\n";
     let cases: Vec<(String, &str)> = vec![
         (format!("name: bad\n{ok}colour: red\n"), "bad.yaml:6:1: colour: unknown field `colour`"),
-        (format!("name: bad\n{}", ok.replace("api_key", "password")), "bad.yaml:2:1: credential: unknown variant `password`"),
+        (format!("name: bad\n{}", ok.replace("api_key", "password")), "bad.yaml:2:15: credential.kind: unknown variant `password`"),
         (format!("name: bad\n{}", ok.replace("30d", "30x")), "bad.yaml:3:13: schedule.every: duration `30x` has unknown unit"),
         (format!("name: bad\n{}", ok.replace("30d", "30m")), "bad.yaml:3:13: schedule.every: `30m` is shorter than the minimum of 1h"),
         (format!("name: bad\n{}revoke: {{ grace: 31d }}\n", ok), "bad.yaml:6:11: revoke.grace: grace `31d` is longer than the rotation interval `30d`"),
@@ -23,7 +23,7 @@ async fn invalid_policies_exit_2_name_the_file_and_change_nothing() {
         (format!("name: good\n{ok}"), "good.yaml:1:1: name: duplicate policy name `good`, first defined at"),
         (format!("name: bad\n{}", ok.replace("b.json", "good.json")), "destinations: destination `file:"),
         (format!("name: bad\n{ok}  - file: {{ path: b.json }}\n"), "bad.yaml:6:5: destinations[1]: destination `file:"),
-        ("name: bad\ncredential: { kind: api_key\n".to_string(), "bad.yaml:3:1: "),
+        ("name: bad\ncredential: { kind: api_key\n".to_string(), "bad.yaml:2:13: "),
         ("name: [not, a, string]\ncredential: { kind: api_key, name: bad }\nschedule: { every: 30d }\ndestinations:\n  - file: { path: b.json }\n".to_string(), "bad.yaml:1:1: name: invalid type: sequence, expected a string"),
         (format!("name: bad\n{}", ok.replace("every: 30d", "every: 30d, jitter: 30d")), "bad.yaml:3:25: schedule.jitter: jitter `30d` must be shorter than the rotation interval"),
     ];

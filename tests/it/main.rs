@@ -16,4 +16,5 @@ mod rotate;
 mod serve;
 mod store;
 mod toktra;
+mod validate;
 mod vendor;
