@@ -339,7 +339,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
         if path.is_dir() {
             let mut found = Vec::new();
             let mut visited = HashSet::new();
-            collect_files(path, &mut found, &mut visited, &mut problems);
+            collect_files(path, &mut found, &mut visited, &mut Vec::new(), &mut problems);
             found.sort();
             files.extend(found);
         } else {
@@ -358,21 +358,43 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
 }
 
 /// Policy files under `dir`, following symlinks (a Kubernetes ConfigMap mount is made of them)
-/// but reading each directory once: a directory reached again (two symlinks to `.`, a link to
-/// an ancestor) is reported, not walked forever. Hidden entries are skipped: such a mount holds
+/// but reading each directory once: a link back to a directory being read (two symlinks to
+/// `.`, a link to an ancestor) is a loop, reported and not walked; a second way to a directory
+/// read already (an alias of a sibling) is simply not read twice. `stack` holds the directories
+/// being read, outermost first. Hidden entries are skipped: such a mount holds
 /// every file twice more under `..data/` and `..<timestamp>/`. A `*.yaml` that is not a regular
 /// file (a FIFO, a device) is reported and never opened.
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<(u64, u64)>, problems: &mut Vec<Problem>) {
+fn collect_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    visited: &mut HashSet<(u64, u64)>,
+    stack: &mut Vec<(u64, u64)>,
+    problems: &mut Vec<Problem>,
+) {
     use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(dir) {
-        Ok(meta) if !visited.insert((meta.dev(), meta.ino())) => {
-            let message = "a directory read already (a symlink loop, or a second way to it); not read again";
-            problems.push(file_problem(dir, message.into()));
-            return;
-        }
-        Ok(_) => {}
+    let id = match std::fs::metadata(dir) {
+        Ok(meta) => (meta.dev(), meta.ino()),
         Err(e) => return problems.push(file_problem(dir, format!("cannot read policy directory: {e}"))),
+    };
+    if stack.contains(&id) {
+        let message = "a symlink loop (a link to a directory being read); not followed";
+        return problems.push(file_problem(dir, message.into()));
     }
+    if !visited.insert(id) {
+        return;
+    }
+    stack.push(id);
+    collect_entries(dir, out, visited, stack, problems);
+    stack.pop();
+}
+
+fn collect_entries(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    visited: &mut HashSet<(u64, u64)>,
+    stack: &mut Vec<(u64, u64)>,
+    problems: &mut Vec<Problem>,
+) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => return problems.push(file_problem(dir, format!("cannot read policy directory: {e}"))),
@@ -390,7 +412,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<(u64,
         }
         let is_policy = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => collect_files(&path, out, visited, problems),
+            Ok(meta) if meta.is_dir() => collect_files(&path, out, visited, stack, problems),
             Ok(_) if is_policy => out.push(path),
             Ok(_) => {}
             // A dangling symlink or a loop of links (ELOOP): reported when it looks like a policy.

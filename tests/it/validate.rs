@@ -378,8 +378,8 @@ async fn validate_reads_only_regular_files_and_detects_symlink_loops() {
     let shown: Vec<&str> =
         run.stdout.lines().map(|l| l.rsplit_once("/policies/").map_or(l, |(_, rest)| rest)).collect();
     for expected in [
-        "a: a directory read already (a symlink loop, or a second way to it); not read again",
-        "b: a directory read already (a symlink loop, or a second way to it); not read again",
+        "a: a symlink loop (a link to a directory being read); not followed",
+        "b: a symlink loop (a link to a directory being read); not followed",
         "pipe.yaml: not a regular file (a FIFO); only regular files are read",
     ] {
         assert!(shown.contains(&expected), "missing `{expected}` in\n{}", shown.join("\n"));
