@@ -338,8 +338,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
     for path in paths {
         if path.is_dir() {
             let mut found = Vec::new();
-            let mut visited = HashSet::new();
-            collect_files(path, &mut found, &mut visited, &mut Vec::new(), &mut problems);
+            collect_files(path, &mut found, &mut problems);
             found.sort();
             files.extend(found);
         } else {
@@ -358,67 +357,60 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Invalid> {
 }
 
 /// Policy files under `dir`, following symlinks (a Kubernetes ConfigMap mount is made of them)
-/// but reading each directory once: a link back to a directory being read (two symlinks to
-/// `.`, a link to an ancestor) is a loop, reported and not walked; a second way to a directory
-/// read already (an alias of a sibling) is simply not read twice. `stack` holds the directories
-/// being read, outermost first. Hidden entries are skipped: such a mount holds
-/// every file twice more under `..data/` and `..<timestamp>/`. A `*.yaml` that is not a regular
-/// file (a FIFO, a device) is reported and never opened.
-fn collect_files(
-    dir: &Path,
-    out: &mut Vec<PathBuf>,
-    visited: &mut HashSet<(u64, u64)>,
-    stack: &mut Vec<(u64, u64)>,
-    problems: &mut Vec<Problem>,
-) {
-    use std::os::unix::fs::MetadataExt;
-    let id = match std::fs::metadata(dir) {
-        Ok(meta) => (meta.dev(), meta.ino()),
-        Err(e) => return problems.push(file_problem(dir, format!("cannot read policy directory: {e}"))),
-    };
-    if stack.contains(&id) {
-        let message = "a symlink loop (a link to a directory being read); not followed";
-        return problems.push(file_problem(dir, message.into()));
-    }
-    if !visited.insert(id) {
-        return;
-    }
-    stack.push(id);
-    collect_entries(dir, out, visited, stack, problems);
-    stack.pop();
+/// but reading each directory once, in name order: a link back to a directory it is in (two
+/// symlinks to `.`) is a loop and reported, not walked forever; another way to a directory
+/// already read is skipped. Hidden entries are skipped: such a mount holds every file twice
+/// more under `..data/` and `..<timestamp>/`.
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
+    let mut walk = Walk { out, problems, visited: HashSet::new(), ancestors: Vec::new() };
+    walk.dir(dir);
 }
 
-fn collect_entries(
-    dir: &Path,
-    out: &mut Vec<PathBuf>,
-    visited: &mut HashSet<(u64, u64)>,
-    stack: &mut Vec<(u64, u64)>,
-    problems: &mut Vec<Problem>,
-) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => return problems.push(file_problem(dir, format!("cannot read policy directory: {e}"))),
-    };
-    for entry in entries {
-        let path = match entry {
-            Ok(entry) => entry.path(),
-            Err(e) => {
-                problems.push(file_problem(dir, format!("cannot read policy directory: {e}")));
+struct Walk<'a> {
+    out: &'a mut Vec<PathBuf>,
+    problems: &'a mut Vec<Problem>,
+    /// Every directory read, by (device, inode).
+    visited: HashSet<(u64, u64)>,
+    /// The directories being read, from the top down.
+    ancestors: Vec<(u64, u64)>,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let id = match std::fs::metadata(dir) {
+            Ok(meta) => (meta.dev(), meta.ino()),
+            Err(e) => return self.problems.push(file_problem(dir, format!("cannot read policy directory: {e}"))),
+        };
+        if self.ancestors.contains(&id) {
+            let message = "a symlink loop (it leads back to a directory it is in); not followed";
+            return self.problems.push(file_problem(dir, message.into()));
+        }
+        if !self.visited.insert(id) {
+            return; // read already, under another name
+        }
+        let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(e) => return self.problems.push(file_problem(dir, format!("cannot read policy directory: {e}"))),
+        };
+        entries.sort();
+        self.ancestors.push(id);
+        for path in entries {
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
                 continue;
             }
-        };
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-            continue;
+            let is_policy = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => self.dir(&path),
+                // Only regular files are read; `read_file` reports any other kind.
+                Ok(_) if is_policy => self.out.push(path),
+                Ok(_) => {}
+                // A dangling symlink or a loop of links (ELOOP), reported when named like a policy.
+                Err(e) if is_policy => self.problems.push(file_problem(&path, format!("cannot read file: {e}"))),
+                Err(_) => {}
+            }
         }
-        let is_policy = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => collect_files(&path, out, visited, stack, problems),
-            Ok(_) if is_policy => out.push(path),
-            Ok(_) => {}
-            // A dangling symlink or a loop of links (ELOOP): reported when it looks like a policy.
-            Err(e) if is_policy => problems.push(file_problem(&path, format!("cannot read file: {e}"))),
-            Err(_) => {}
-        }
+        self.ancestors.pop();
     }
 }
 

@@ -365,9 +365,17 @@ async fn validate_reads_only_regular_files_and_detects_symlink_loops() {
                 .unwrap_or_else(|_| panic!("`rotator {}` did not finish in 60 s", args.join(" ")))
         }
     };
+    // Another way to a directory (not a loop) is read once.
+    std::fs::create_dir_all(policies.join("team")).unwrap();
+    std::fs::write(
+        policies.join("team/team.yaml"),
+        format!("name: team\n{}", BODY.replace("x.json", "t.json").replace("name: x", "name: team")),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("team", policies.join("also-team")).unwrap();
     let run = bounded(&["validate"]).await;
     run.assert_code(0);
-    assert!(run.stdout.contains("2 policies valid"), "{}", run.stdout);
+    assert!(run.stdout.contains("3 policies valid"), "{}", run.stdout);
 
     let status = std::process::Command::new("mkfifo").arg(policies.join("pipe.yaml")).status().unwrap();
     assert!(status.success());
@@ -378,8 +386,8 @@ async fn validate_reads_only_regular_files_and_detects_symlink_loops() {
     let shown: Vec<&str> =
         run.stdout.lines().map(|l| l.rsplit_once("/policies/").map_or(l, |(_, rest)| rest)).collect();
     for expected in [
-        "a: a symlink loop (a link to a directory being read); not followed",
-        "b: a symlink loop (a link to a directory being read); not followed",
+        "a: a symlink loop (it leads back to a directory it is in); not followed",
+        "b: a symlink loop (it leads back to a directory it is in); not followed",
         "pipe.yaml: not a regular file (a FIFO); only regular files are read",
     ] {
         assert!(shown.contains(&expected), "missing `{expected}` in\n{}", shown.join("\n"));
