@@ -107,6 +107,9 @@ pub enum Refused {
 
 /// State shared by the reconciler, the HTTP API and the signal handlers.
 pub struct Daemon {
+    /// The last readiness checks of Toktra and Vault and when they ran: they call out, so
+    /// `/readyz` runs them at most once a minute.
+    pub external_checks: tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub notifier: Notifier,
@@ -206,6 +209,7 @@ impl Daemon {
             *loaded = Some(policies.iter().map(|p| p.name.clone()).collect());
         }
         Arc::new(Daemon {
+            external_checks: tokio::sync::Mutex::new(None),
             engine: Arc::new(engine),
             metrics,
             notifier,
@@ -477,6 +481,45 @@ impl Daemon {
                 })
                 .collect(),
         ))
+    }
+
+    /// Whether the Toktra management credential authenticates and the credential endpoints
+    /// answer, and (when a policy writes to Vault) whether the Vault token is valid with time
+    /// left; each as `{"ok", "message"?}`. Cached for a minute: a probe must not hammer them.
+    pub async fn external_checks(&self) -> serde_json::Value {
+        const EVERY: Duration = Duration::from_secs(60);
+        const LIMIT: Duration = Duration::from_secs(5);
+        let mut cached = self.external_checks.lock().await;
+        if let Some((at, checks)) = cached.as_ref()
+            && at.elapsed() < EVERY
+        {
+            return checks.clone();
+        }
+        let policies = self.policies();
+        let mut kinds: Vec<crate::policy::CredentialKind> = policies.iter().map(|p| p.credential.kind).collect();
+        kinds.sort_by_key(|k| k.as_str());
+        kinds.dedup();
+        let toktra = match tokio::time::timeout(LIMIT, self.engine.toktra.check_management(&kinds)).await {
+            Ok(Ok(())) => serde_json::json!({ "ok": true }),
+            Ok(Err(e)) => serde_json::json!({ "ok": false, "message": e.to_string() }),
+            Err(_) => serde_json::json!({ "ok": false, "message": "toktra did not answer within 5s" }),
+        };
+        let mut checks = serde_json::json!({ "toktra": toktra });
+        let uses_vault =
+            policies.iter().any(|p| p.destinations.iter().any(|d| matches!(d, crate::policy::Destination::Vault(_))));
+        if uses_vault && let Some(vault) = &self.engine.clients.vault {
+            checks["vault"] = match tokio::time::timeout(LIMIT, vault.token_ttl()).await {
+                // 0: a token that never expires.
+                Ok(Ok(ttl)) if ttl == 0 || ttl >= 60 => serde_json::json!({ "ok": true, "ttl_seconds": ttl }),
+                Ok(Ok(ttl)) => {
+                    serde_json::json!({ "ok": false, "ttl_seconds": ttl, "message": format!("the Vault token expires in {ttl}s") })
+                }
+                Ok(Err(e)) => serde_json::json!({ "ok": false, "message": e }),
+                Err(_) => serde_json::json!({ "ok": false, "message": "vault did not answer within 5s" }),
+            };
+        }
+        *cached = Some((std::time::Instant::now(), checks.clone()));
+        checks
     }
 
     /// The last reload (or the load at start), for `/metrics` and `/readyz`.

@@ -297,9 +297,16 @@ async fn ready(State(state): State<AppState>) -> Response {
             "message": format!("stale configuration: the reload at {at} was rejected ({why}); the previous set of {loaded} policies keeps running"),
         }),
     };
-    let checks = json!({ "journal": journal, "policies": policies });
-    let failing: Vec<&str> =
-        ["journal", "policies"].into_iter().filter(|name| checks[*name]["ok"] != json!(true)).collect();
+    let mut checks = json!({ "journal": journal, "policies": policies });
+    if let Value::Object(external) = state.daemon.external_checks().await {
+        for (name, check) in external {
+            checks[name] = check;
+        }
+    }
+    let failing: Vec<String> = checks
+        .as_object()
+        .map(|o| o.iter().filter(|(_, c)| c["ok"] != json!(true)).map(|(name, _)| name.clone()).collect())
+        .unwrap_or_default();
     let (status, word) = match (state.daemon.is_stopping(), failing.is_empty()) {
         (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
         (false, true) => (StatusCode::OK, "ready"),

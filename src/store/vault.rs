@@ -127,6 +127,28 @@ impl Connection {
         Ok(Some((kind, version)))
     }
 
+    /// The token's remaining lifetime in seconds (`auth/token/lookup-self`): `0` for a token
+    /// that never expires (Vault's way of saying so). An error when Vault refuses the token.
+    pub async fn token_ttl(&self) -> Result<u64, String> {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/auth/token/lookup-self", self.address))
+            .header("X-Vault-Token", self.token.expose());
+        if let Some(ns) = &self.namespace {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("token lookup at {}: {}", self.address, crate::toktra::causes(&e.without_url())))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("token lookup at {}: vault answered {status}", self.address));
+        }
+        let body: Value = response.json().await.map_err(|e| format!("token lookup: {}", e.without_url()))?;
+        Ok(body.get("data").and_then(|d| d.get("ttl")).and_then(Value::as_u64).unwrap_or(0))
+    }
+
     /// What the token may do on each path (`sys/capabilities-self`).
     pub async fn capabilities(&self, paths: &[String]) -> Result<HashMap<String, Vec<String>>, String> {
         let mut request = self

@@ -1183,3 +1183,44 @@ async fn a_crash_after_recording_a_request_does_not_run_it_twice() {
     env.assert_converged(&[spec], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().to_string())])
         .await;
 }
+
+/// Issue 10, item 3: `/readyz` is ready only when Toktra's management credential works and
+/// (with a Vault policy) the Vault token is valid with time left; each failing check is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_checks_toktra_and_the_vault_token() {
+    let readyz = async |service: &Service| -> (u16, Value) {
+        let r = reqwest::get(format!("{}/readyz", service.base)).await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    };
+    let spec = |env: &Env| Spec {
+        name: "ready".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/ready", env.prefix))],
+        grace: "0s",
+    };
+
+    let env = Env::start().await;
+    env.policy("ready.yaml", &spec(&env).yaml());
+    let service = env.serve(&[]).await;
+    let (status, body) = readyz(&service).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["checks"]["toktra"]["ok"].as_bool(), body["checks"]["vault"]["ok"].as_bool()),
+        (Some(true), Some(true)),
+        "{body}"
+    );
+    service.signal("TERM");
+
+    // Toktra refuses everything, and the Vault token is not one Vault knows.
+    let mut env =
+        Env::with(sim::Config { faults: sim::Faults { error_rate: 1.0, ..Default::default() }, ..Default::default() })
+            .await;
+    env.policy("ready.yaml", &spec(&env).yaml());
+    env.env.push(("VAULT_TOKEN".into(), "not-a-vault-token".into()));
+    let service = env.serve(&[]).await;
+    let (status, body) = readyz(&service).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["failing"], serde_json::json!(["toktra", "vault"]), "{body}");
+    assert!(!body.to_string().contains("not-a-vault-token"), "no secret in the answer: {body}");
+    service.signal("TERM");
+}
