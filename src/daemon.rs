@@ -110,6 +110,8 @@ pub struct Daemon {
     /// The last readiness checks of Toktra and Vault and when they ran: they call out, so
     /// `/readyz` runs them at most once a minute.
     pub external_checks: tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
+    /// Check name → when it last passed (Unix seconds), for `/metrics`.
+    check_last_success: Mutex<BTreeMap<String, f64>>,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub notifier: Notifier,
@@ -210,6 +212,7 @@ impl Daemon {
         }
         Arc::new(Daemon {
             external_checks: tokio::sync::Mutex::new(None),
+            check_last_success: Mutex::new(BTreeMap::new()),
             engine: Arc::new(engine),
             metrics,
             notifier,
@@ -517,6 +520,11 @@ impl Daemon {
                 Ok(Err(e)) => serde_json::json!({ "ok": false, "message": e }),
                 Err(_) => serde_json::json!({ "ok": false, "message": "vault did not answer within 5s" }),
             };
+        }
+        if let (Some(object), Ok(mut last)) = (checks.as_object(), self.check_last_success.lock()) {
+            for (name, _) in object.iter().filter(|(_, c)| c["ok"] == true) {
+                last.insert(name.clone(), Utc::now().timestamp() as f64);
+            }
         }
         *cached = Some((std::time::Instant::now(), checks.clone()));
         checks
@@ -1066,6 +1074,13 @@ impl Daemon {
         s.toktra_requests = stats.by_status;
         s.toktra_retries = stats.retries;
         s.toktra_rate_limit_waits = stats.rate_limit_waits;
+        // What the last readiness check saw; a scrape never calls out itself.
+        if let Ok(cached) = self.external_checks.try_lock()
+            && let Some((_, checks)) = cached.as_ref()
+        {
+            s.vault_token_ttl = checks["vault"]["ttl_seconds"].as_f64();
+        }
+        s.check_last_success = self.check_last_success.lock().map(|l| l.clone()).unwrap_or_default();
         s
     }
 }

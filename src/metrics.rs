@@ -52,6 +52,10 @@ pub struct Snapshot {
     pub reload_success: bool,
     /// When it happened, Unix seconds.
     pub reload_timestamp: f64,
+    /// The Vault token's remaining lifetime at the last readiness check (0: never expires).
+    pub vault_token_ttl: Option<f64>,
+    /// Readiness check (`toktra`, `vault`) → when it last passed, Unix seconds.
+    pub check_last_success: BTreeMap<String, f64>,
 }
 
 /// Escapes a label value (backslash, quote, newline).
@@ -157,6 +161,25 @@ impl Metrics {
             "When the policy directory was last loaded or a reload was tried (Unix time).",
             s.reload_timestamp,
         );
+        if let Some(ttl) = s.vault_token_ttl {
+            single(
+                &mut out,
+                "rotator_vault_token_ttl_seconds",
+                "gauge",
+                "The Vault token's remaining lifetime at the last readiness check (0: it never expires).",
+                ttl,
+            );
+        }
+        if !s.check_last_success.is_empty() {
+            let name = "rotator_check_last_success_timestamp_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} When each readiness check of an outside service last passed (Unix time).\n# TYPE {name} gauge"
+            );
+            for (check, at) in &s.check_last_success {
+                let _ = writeln!(out, "{name}{{check=\"{}\"}} {at}", label(check));
+            }
+        }
         let name = "rotator_toktra_requests_total";
         let _ = writeln!(out, "# HELP {name} Toktra API responses, by status.\n# TYPE {name} counter");
         for (status, n) in &s.toktra_requests {

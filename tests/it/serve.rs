@@ -1209,6 +1209,12 @@ async fn readiness_checks_toktra_and_the_vault_token() {
         (Some(true), Some(true)),
         "{body}"
     );
+    // What the check saw is in the metrics: the token's lifetime (a root token never expires)
+    // and when each check last passed.
+    let metrics = reqwest::get(format!("{}/metrics", service.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("rotator_vault_token_ttl_seconds 0"), "{metrics}");
+    assert!(metrics.contains("rotator_check_last_success_timestamp_seconds{check=\"toktra\"}"), "{metrics}");
+    assert!(metrics.contains("rotator_check_last_success_timestamp_seconds{check=\"vault\"}"), "{metrics}");
     service.signal("TERM");
 
     // Toktra refuses everything, and the Vault token is not one Vault knows.
