@@ -189,12 +189,16 @@ impl<'a> Reader<'a> {
     /// A mapping of the raw form: unknown fields (at their key) and missing required ones (at
     /// the mapping's key) are reported; the known fields are returned.
     fn mapping<'n>(&mut self, field: &Field<'n>, shape: &Shape) -> Option<Fields<'n>> {
-        let expected = match shape.required {
-            [] => "a map".to_string(),
-            required => format!("a map with {}", quoted_list(required, "and")),
-        };
-        let expected = if shape.def.is_empty() { format!("a policy: {expected}") } else { expected };
-        let mut entries = self.entries(field, &expected)?;
+        if !matches!(field.node.value, Value::Map(_)) {
+            let expected = match shape.required {
+                [] => "a map".to_string(),
+                required => format!("a map with {}", quoted_list(required, "and")),
+            };
+            let expected = if shape.def.is_empty() { format!("a policy: {expected}") } else { expected };
+            self.type_error(field, &expected);
+            return None;
+        }
+        let mut entries = self.entries(field, "a map")?;
         entries.retain(|(key, child)| {
             let known = shape.fields.contains(&key.as_str());
             if !known {
