@@ -922,7 +922,7 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopping: no new work; letting the steps in flight finish");
         stopper.stop();
     };
-    let server = axum::serve(listener, crate::server::router(daemon.clone(), token, addr))
+    let server = axum::serve(listener, crate::server::router(daemon.clone(), token, addr, config.metrics_auth))
         .with_graceful_shutdown(shutdown)
         .into_future();
     let mut server = tokio::spawn(server);

@@ -93,6 +93,8 @@ pub struct Config {
     /// Whether the Toktra URL and `VAULT_ADDR` may be plain `http://` to a host that is not
     /// loopback (otherwise refused: their requests carry credentials).
     pub allow_insecure_http: bool,
+    /// `/metrics` needs the API token too (it names policies and their schedules).
+    pub metrics_auth: bool,
 }
 
 /// Where the HTTP API's bearer token comes from.
@@ -187,6 +189,7 @@ struct File {
     rotation_budget: Option<String>,
     lease_ttl: Option<String>,
     allow_insecure_http: Option<bool>,
+    metrics_auth: Option<bool>,
     #[serde(default)]
     toktra: ToktraFile,
     #[serde(default)]
@@ -460,6 +463,10 @@ impl Config {
             Some(t) => parse_bool("ROTATOR_ALLOW_INSECURE_HTTP", &t)?,
             None => file.allow_insecure_http.unwrap_or(false),
         };
+        let metrics_auth = match var("ROTATOR_METRICS_AUTH") {
+            Some(t) => parse_bool("ROTATOR_METRICS_AUTH", &t)?,
+            None => file.metrics_auth.unwrap_or(false),
+        };
         let (toktra_url_source, toktra_url) = match (var("TOKTRA_API_URL"), file.toktra.api_url) {
             (Some(v), _) => ("TOKTRA_API_URL".to_string(), v),
             (None, Some(v)) => (source("toktra.api_url"), v),
@@ -521,6 +528,7 @@ impl Config {
             aws_profile: var("AWS_PROFILE").or(file.aws.profile),
             channels,
             allow_insecure_http,
+            metrics_auth,
         })
     }
 

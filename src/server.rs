@@ -247,9 +247,14 @@ async fn bounded_head(request: Request, next: Next) -> Response {
 }
 
 /// The router for the service listening on `listen`; `token` is `None` only when the operator
-/// chose to serve without authentication on loopback.
-pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr) -> axum::Router {
+/// chose to serve without authentication on loopback. `metrics_auth`: `/metrics` needs the token
+/// as `/v1` does.
+pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr, metrics_auth: bool) -> axum::Router {
     let state = AppState { daemon, token: token.map(Arc::new), listen };
+    let metrics_route = match metrics_auth {
+        true => get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
+        false => get(metrics),
+    };
     let v1 = axum::Router::new()
         .route("/policies", get(list_policies))
         .route("/policies/{name}", get(get_policy))
@@ -262,7 +267,7 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr) ->
     let app = axum::Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics_route)
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

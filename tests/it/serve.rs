@@ -1230,3 +1230,25 @@ async fn readiness_checks_toktra_and_the_vault_token() {
     assert!(!body.to_string().contains("not-a-vault-token"), "no secret in the answer: {body}");
     service.signal("TERM");
 }
+
+/// Issue 10, item 5 (part): with `metrics_auth`, `/metrics` needs the API token like `/v1`.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_require_the_token() {
+    let mut env = Env::start().await;
+    env.policy(
+        "m.yaml",
+        "name: m\ncredential: { kind: api_key, name: m }\nschedule: { every: 30d }\ndestinations:\n  - file: { path: m.json }\n",
+    );
+    env.env.push(("ROTATOR_METRICS_AUTH".into(), "true".into()));
+    let service = env.serve(&[]).await;
+    let plain = reqwest::get(format!("{}/metrics", service.base)).await.unwrap();
+    assert_eq!(plain.status(), 401);
+    let body: Value = plain.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized", "{body}");
+    let with_token =
+        service.http.get(format!("{}/metrics", service.base)).bearer_auth(&service.token).send().await.unwrap();
+    assert_eq!(with_token.status(), 200);
+    assert!(with_token.text().await.unwrap().contains("rotator_policies 1"));
+    assert_eq!(reqwest::get(format!("{}/healthz", service.base)).await.unwrap().status(), 200, "health stays open");
+    service.signal("TERM");
+}
