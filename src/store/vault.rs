@@ -97,29 +97,44 @@ impl Connection {
         })
     }
 
+    /// One call of the Vault HTTP API that vaultrs does not offer, with this connection's token
+    /// and namespace: the status and the JSON body (`Null` when there is none). `what` names the
+    /// call in errors, with the address and the cause, never the token.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<(reqwest::StatusCode, Value), String> {
+        let mut request = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.address))
+            .header("X-Vault-Token", self.token.expose());
+        if let Some(ns) = &self.namespace {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let failed =
+            |e: reqwest::Error| format!("{what} at {}: {}", self.address, crate::toktra::causes(&e.without_url()));
+        let response = request.send().await.map_err(failed)?;
+        let status = response.status();
+        let text = response.text().await.map_err(failed)?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
     /// The secrets engine mounted at `mount` as `(type, options.version)`, when this token may
     /// see it (`sys/internal/ui/mounts`, allowed for any token with a capability under the
     /// mount); `None` when Vault does not say (that answer is the same for a missing mount and a
     /// token without access).
     pub async fn mount(&self, mount: &str) -> Result<Option<(String, String)>, String> {
-        let mut request = self
-            .http
-            .get(format!("{}/v1/sys/internal/ui/mounts/{}", self.address, mount.trim_matches('/')))
-            .header("X-Vault-Token", self.token.expose());
-        if let Some(ns) = &self.namespace {
-            request = request.header("X-Vault-Namespace", ns);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("read mount at {}: {}", self.address, crate::toktra::causes(&e.without_url())))?;
-        if !response.status().is_success() {
+        let path = format!("sys/internal/ui/mounts/{}", mount.trim_matches('/'));
+        let (status, body) = self.call(reqwest::Method::GET, &path, None, "read mount").await?;
+        if !status.is_success() {
             return Ok(None);
         }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| format!("read mount at {}: {}", self.address, crate::toktra::causes(&e.without_url())))?;
         let data = body.get("data").unwrap_or(&body);
         let kind = data.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
         let version =
@@ -130,42 +145,18 @@ impl Connection {
     /// The token's remaining lifetime in seconds (`auth/token/lookup-self`): `0` for a token
     /// that never expires (Vault's way of saying so). An error when Vault refuses the token.
     pub async fn token_ttl(&self) -> Result<u64, String> {
-        let mut request = self
-            .http
-            .get(format!("{}/v1/auth/token/lookup-self", self.address))
-            .header("X-Vault-Token", self.token.expose());
-        if let Some(ns) = &self.namespace {
-            request = request.header("X-Vault-Namespace", ns);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("token lookup at {}: {}", self.address, crate::toktra::causes(&e.without_url())))?;
-        let status = response.status();
+        let (status, body) = self.call(reqwest::Method::GET, "auth/token/lookup-self", None, "token lookup").await?;
         if !status.is_success() {
             return Err(format!("token lookup at {}: vault answered {status}", self.address));
         }
-        let body: Value = response.json().await.map_err(|e| format!("token lookup: {}", e.without_url()))?;
         Ok(body.get("data").and_then(|d| d.get("ttl")).and_then(Value::as_u64).unwrap_or(0))
     }
 
     /// What the token may do on each path (`sys/capabilities-self`).
     pub async fn capabilities(&self, paths: &[String]) -> Result<HashMap<String, Vec<String>>, String> {
-        let mut request = self
-            .http
-            .post(format!("{}/v1/sys/capabilities-self", self.address))
-            .header("X-Vault-Token", self.token.expose())
-            .json(&serde_json::json!({ "paths": paths }));
-        if let Some(ns) = &self.namespace {
-            request = request.header("X-Vault-Namespace", ns);
-        }
-        let response = request.send().await.map_err(|e| {
-            format!("capabilities-self at {}: {}", self.address, crate::toktra::causes(&e.without_url()))
-        })?;
-        let status = response.status();
-        let body: Value = response.json().await.map_err(|e| {
-            format!("capabilities-self at {}: {}", self.address, crate::toktra::causes(&e.without_url()))
-        })?;
+        let body = serde_json::json!({ "paths": paths });
+        let (status, body) =
+            self.call(reqwest::Method::POST, "sys/capabilities-self", Some(body), "capabilities-self").await?;
         if !status.is_success() {
             return Err(format!("capabilities-self: vault answered {status}"));
         }
