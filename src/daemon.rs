@@ -695,6 +695,7 @@ impl Daemon {
             });
         }
         self.finish_leftovers(&history, &policies, now);
+        self.metrics.pass_completed();
     }
 
     /// Unfinished rotations of policies that are gone (deleted, renamed) still revoke after

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bounds of the rotation-duration histogram, in seconds.
 const BUCKETS: [f64; 8] = [0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 900.0];
@@ -13,6 +14,9 @@ const BUCKETS: [f64; 8] = [0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 900.0];
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Reconciliation passes completed: what tests (and operators) watch to know the service
+    /// has looked again since some change.
+    passes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -90,9 +94,23 @@ impl Metrics {
     }
 
     /// The text exposition of everything.
+    pub fn pass_completed(&self) {
+        self.passes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
+    }
+
     pub fn render(&self, s: &Snapshot) -> String {
         let mut out = String::new();
         let Ok(m) = self.inner.lock() else { return out };
+        let passes = "rotator_reconcile_passes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {passes} Reconciliation passes completed.\n# TYPE {passes} counter\n{passes} {}",
+            self.passes()
+        );
         let mut family = |name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             name.to_string()

@@ -14,6 +14,7 @@ mod plan;
 mod postgres;
 mod rotate;
 mod serve;
+mod service;
 mod store;
 mod toktra;
 mod validate;

@@ -1,7 +1,6 @@
 //! `rotator serve` through HTTP and signals, against real OpenBao and the simulator: the API,
 //! the scheduler, metrics, reloads, graceful shutdown and notifications.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,86 +9,8 @@ use rotator::toktra::sim;
 use serde_json::Value;
 
 use crate::harness::{Dest, Env, Spec, text};
+use crate::service::{Service, VaultGate};
 
-/// A running `rotator serve`.
-struct Service {
-    child: tokio::process::Child,
-    base: String,
-    token: String,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Env {
-    async fn serve(&self, extra: &[&str]) -> Service {
-        let port = free_port();
-        let token = format!("api-{}", uuid::Uuid::new_v4().simple());
-        let log = self.dir.join(format!("serve-{port}.log"));
-        let mut args = vec!["serve", "--listen"];
-        let listen = format!("127.0.0.1:{port}");
-        args.push(&listen);
-        args.extend_from_slice(extra);
-        let mut command = self.command(&args);
-        command.env("ROTATOR_API_TOKEN", &token);
-        // Defaults for these tests, unless the test's environment sets them.
-        for (name, value) in [("ROTATOR_TICK", "1s"), ("ROTATOR_SHUTDOWN_TIMEOUT", "20s")] {
-            if !self.env.iter().any(|(n, _)| n == name) {
-                command.env(name, value);
-            }
-        }
-        command.stderr(std::fs::File::create(&log).unwrap());
-        let child = command.spawn().unwrap();
-        let service =
-            Service { child, base: format!("http://127.0.0.1:{port}"), token, log, http: reqwest::Client::new() };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if service.http.get(format!("{}/healthz", service.base)).send().await.is_ok_and(|r| r.status() == 200) {
-                return service;
-            }
-            assert!(Instant::now() < deadline, "serve did not come up:\n{}", service.log_text());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Service {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r =
-            self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
-    }
-
-    /// Polls until `check` holds for the rotation, or fails after `secs`.
-    async fn wait_rotation(&self, id: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let (status, body) = self.get(&format!("/v1/rotations/{id}")).await;
-            if status == 200 && check(&body) {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "rotation {id} never got there: {body}\n{}", self.log_text());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn api_needs_a_token_and_rotates_on_demand() {
@@ -206,9 +127,10 @@ async fn the_scheduler_rotates_a_due_policy_without_a_request() {
     assert!(env.accepted(CredentialKind::ApiKey, &text(&value, "key_id"), &text(&value, "api_key")).await);
     let (_, body) = service.get("/v1/rotations?policy=due-now").await;
     assert_eq!(body["rotations"][0]["reason"], "scheduled", "{body}");
-    // Give the scheduler a few more ticks: the fresh credential is not due again, the other
+    // Three more passes of the scheduler: the fresh credential is not due again, the other
     // policy never was.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let passes = service.passes().await;
+    service.wait_passes(passes + 3, 30).await;
     let (_, body) = service.get("/v1/rotations").await;
     assert_eq!(body["rotations"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(text(&env.served(&later.dests[0]).await.unwrap(), "key_id"), legacy.id);
@@ -446,109 +368,7 @@ async fn serve_finishes_a_deleted_policys_work_and_tells_of_held_revocations() {
     service.signal("TERM");
 }
 
-impl Service {
-    /// Any request, with the token: status, `Content-Type` and the body as JSON (`Null` if it is
-    /// not JSON).
-    async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, String, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).body(body);
-        for (name, value) in headers {
-            r = r.header(*name, *value);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
-        let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-        let text = r.text().await.unwrap();
-        (status, content_type, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
 
-    async fn wait_log(&self, needle: &str, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !self.log_text().contains(needle) {
-            assert!(Instant::now() < deadline, "never logged `{needle}`:\n{}", self.log_text());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
-    }
-
-    /// Sends SIGTERM and waits for the exit; fails if it takes longer than `secs`.
-    async fn terminate(self, secs: u64) -> (std::process::ExitStatus, Duration, String) {
-        let started = Instant::now();
-        self.signal("TERM");
-        let mut child = self.child;
-        let log = self.log;
-        let status = tokio::time::timeout(Duration::from_secs(secs), child.wait()).await.unwrap_or_else(|_| {
-            panic!("still running {secs}s after SIGTERM:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-        });
-        (status.unwrap(), started.elapsed(), std::fs::read_to_string(&log).unwrap_or_default())
-    }
-}
-
-/// A TCP proxy in front of OpenBao that can hold what rotator sends to Vault, so a test can keep
-/// a rotation inside a Vault call for as long as it needs.
-struct VaultGate {
-    url: String,
-    open: tokio::sync::watch::Sender<bool>,
-    /// Writes to Vault held at the gate now.
-    held: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl VaultGate {
-    async fn start(upstream: &str) -> VaultGate {
-        use std::sync::atomic::Ordering::SeqCst;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let upstream = upstream.trim_start_matches("http://").to_string();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (open, gate) = tokio::sync::watch::channel(true);
-        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = held.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
-                let (mut from_client, mut to_client) = client.into_split();
-                let (mut from_server, mut to_server) = server.into_split();
-                tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
-                let (mut gate, count) = (gate.clone(), count.clone());
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
-                        if !*gate.borrow() {
-                            count.fetch_add(1, SeqCst);
-                            let _ = gate.wait_for(|open| *open).await;
-                            count.fetch_sub(1, SeqCst);
-                        }
-                        if to_server.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to_server.shutdown().await;
-                });
-            }
-        });
-        VaultGate { url, open, held }
-    }
-
-    fn close(&self) {
-        self.open.send_replace(false);
-    }
-
-    fn open(&self) {
-        self.open.send_replace(true);
-    }
-
-    /// Waits until a request to Vault is held at the closed gate.
-    async fn wait_held(&self, service: &Service) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "nothing reached Vault:\n{}", service.log_text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 /// Issue 9, item 12: a request made while the policy's last rotation waits for its grace period
 /// runs at once. The tick is a minute, so only the request's wake-up can explain a prompt run.
@@ -946,27 +766,6 @@ async fn reloads_show_in_metrics_readyz_and_the_log() {
     );
 }
 
-impl Service {
-    /// Sends SIGKILL and waits for the process to be gone.
-    async fn kill(self) {
-        self.signal("KILL");
-        let mut child = self.child;
-        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("gone after SIGKILL").unwrap();
-    }
-
-    /// `POST /v1/policies/{policy}/rotate` with an `Idempotency-Key`.
-    async fn rotate_with_key(&self, policy: &str, key: &str, body: Value) -> (u16, Value) {
-        let (status, _, body) = self
-            .raw(
-                "POST",
-                &format!("/v1/policies/{policy}/rotate"),
-                &[("content-type", "application/json"), ("idempotency-key", key)],
-                serde_json::to_vec(&body).unwrap(),
-            )
-            .await;
-        (status, body)
-    }
-}
 
 /// Issue 10, item 1: an accepted request is in the journal before its `202`. The service that
 /// accepted it is killed (SIGKILL) before it could record the rotation (its first Vault read is
