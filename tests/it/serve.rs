@@ -11,7 +11,6 @@ use serde_json::Value;
 use crate::harness::{Dest, Env, Spec, text};
 use crate::service::{Service, VaultGate};
 
-
 #[tokio::test(flavor = "multi_thread")]
 async fn api_needs_a_token_and_rotates_on_demand() {
     let env =
@@ -367,8 +366,6 @@ async fn serve_finishes_a_deleted_policys_work_and_tells_of_held_revocations() {
     assert_eq!(held, 1, "{:?}", received.lock().unwrap());
     service.signal("TERM");
 }
-
-
 
 /// Issue 9, item 12: a request made while the policy's last rotation waits for its grace period
 /// runs at once. The tick is a minute, so only the request's wake-up can explain a prompt run.
@@ -765,7 +762,6 @@ async fn reloads_show_in_metrics_readyz_and_the_log() {
         "{entry}"
     );
 }
-
 
 /// Issue 10, item 1: an accepted request is in the journal before its `202`. The service that
 /// accepted it is killed (SIGKILL) before it could record the rotation (its first Vault read is

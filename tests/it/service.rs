@@ -104,7 +104,13 @@ impl Service {
 impl Service {
     /// Any request, with the token: status, `Content-Type` and the body as JSON (`Null` if it is
     /// not JSON).
-    pub(crate) async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, String, Value) {
+    pub(crate) async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, String, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut r = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).body(body);
         for (name, value) in headers {
