@@ -799,8 +799,22 @@ impl Engine {
             work.memory.started_here = true;
             return Ok(Flow::Continue);
         }
+        // A create the earlier process sent may still be carried out after it died (or, on
+        // another replica, after its lease ran out); looked up too early, that credential would
+        // be missed and left active. So look only once such a create can no longer land.
+        let wait = create_settle_wait(&steps, self.toktra.settings(), Utc::now())
+            .min(work.deadline.saturating_duration_since(Instant::now()));
         let name = work.rotation.credential_name.clone();
-        self.note(work, "abandon", "intent", &format!("look up `{name}`")).await?;
+        let detail = if wait.is_zero() {
+            format!("look up `{name}`")
+        } else {
+            format!(
+                "look up `{name}` after {} (a create of the interrupted run may still be in flight)",
+                crate::duration::format(wait)
+            )
+        };
+        self.note(work, "abandon", "intent", &detail).await?;
+        tokio::time::sleep(wait).await;
         let revoked = self.revoke_named(work, None).await?;
         for destination in &work.destinations {
             self.retry(work.deadline, || destination.discard(&work.rotation.id)).await?;
@@ -1331,6 +1345,18 @@ pub(crate) fn after_failed_promotion(serving: &[Option<bool>], transient: bool) 
     }
 }
 
+/// How long to wait before looking up what an interrupted mint created: until no create the
+/// interrupted run sent can still land. Every create attempt of that run began at or after its
+/// last `mint` step and ended within `attempts × (timeout + max backoff)`, and (it being dead, or
+/// stopped by its heartbeat before its lease ran out) none began after now, so none lands later
+/// than one timeout from now.
+fn create_settle_wait(steps: &[journal::Step], toktra: &crate::toktra::Settings, now: DateTime<Utc>) -> Duration {
+    let Some(last) = steps.iter().rev().find(|s| s.step == "mint") else { return Duration::ZERO };
+    let window = (toktra.timeout + toktra.retry.max_delay).saturating_mul(toktra.retry.attempts.max(1));
+    let settled = last.at + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    (settled - now).to_std().unwrap_or_default().min(toktra.timeout)
+}
+
 /// Whether `holder` (`host:pid:boot:pidns:random`) is a process that no longer runs, judged by
 /// `/proc/<pid>` only when host, boot ID and PID namespace all match `this` (`host:pid:boot:pidns`,
 /// see [`this_process`]); any other holder (another host, container or boot, or an older format)
@@ -1354,7 +1380,8 @@ fn dead_local_holder(holder: &str, this: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{AfterPromotion, after_failed_promotion, dead_local_holder, this_process};
+    use super::{AfterPromotion, after_failed_promotion, create_settle_wait, dead_local_holder, this_process};
+    use super::{Duration, Secret, Utc, journal};
 
     /// Only a holder of this host, boot and PID namespace is judged by its PID here.
     #[test]
@@ -1371,6 +1398,36 @@ mod tests {
         assert!(!dead_local_holder(&format!("{host}:{gone}:otherboot:{namespace}:abcd"), &this), "another boot");
         assert!(!dead_local_holder(&format!("elsewhere:{gone}:{boot}:{namespace}:abcd"), &this), "another host");
         assert!(!dead_local_holder(&format!("{host}:{gone}:abcd"), &this), "the older format waits for expiry");
+    }
+
+    /// An interrupted mint is looked up once no create of the interrupted run can still land:
+    /// at most one timeout from now, less when its last mint step is older than every attempt it
+    /// could have made, and not at all when it never tried to mint.
+    #[test]
+    fn an_interrupted_mint_is_looked_up_once_its_create_cannot_land() {
+        let mut toktra = crate::toktra::Settings::new(
+            "http://127.0.0.1:1".to_string(),
+            crate::toktra::ManagementAuth::ApiKey(Secret::new("k")),
+        );
+        toktra.timeout = Duration::from_secs(30);
+        toktra.retry.attempts = 2;
+        toktra.retry.max_delay = Duration::from_secs(10);
+        let now = Utc::now();
+        let step = |name: &str, ago: i64| journal::Step {
+            rotation_id: "r".into(),
+            seq: 0,
+            at: now - chrono::Duration::seconds(ago),
+            step: name.into(),
+            status: "intent".into(),
+            detail: String::new(),
+        };
+        let wait = |steps: &[journal::Step]| create_settle_wait(steps, &toktra, now);
+        assert_eq!(wait(&[]), Duration::ZERO);
+        assert_eq!(wait(&[step("revoke-first", 0)]), Duration::ZERO, "never tried to mint");
+        assert_eq!(wait(&[step("mint", 0)]), Duration::from_secs(30), "just sent: one timeout");
+        assert_eq!(wait(&[step("mint", 70)]), Duration::from_secs(10), "2 × (30 s + 10 s) after the intent");
+        assert_eq!(wait(&[step("mint", 100), step("mint", 75)]), Duration::from_secs(5), "the last mint step counts");
+        assert_eq!(wait(&[step("mint", 600)]), Duration::ZERO, "long over");
     }
 
     /// The destinations' answers after a failed promotion, for AWS (`AWSCURRENT` moved but
