@@ -563,9 +563,22 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         reason: args.reason,
         compromised: args.compromised,
         revoke_first: args.revoke_first,
-        id: None,
+        ..Default::default()
     };
-    outcomes.extend(rotate_policies(&engine, &selected, &request).await);
+    // With `--due`, each policy was chosen for what the journal said when the schedule was
+    // read; one that another process rotated since is left alone.
+    let work: Vec<(&Policy, engine::Request)> = selected
+        .iter()
+        .map(|p| {
+            let mut request = request.clone();
+            if args.due {
+                request.decided_after =
+                    schedule.policies.iter().find(|s| s.policy == p.name).map(|s| s.latest_rotation.clone());
+            }
+            (*p, request)
+        })
+        .collect();
+    outcomes.extend(rotate_policies(&engine, &work).await);
     engine.journal.close().await;
     let stats = engine.toktra.stats();
     tracing::info!(
@@ -587,14 +600,15 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
 /// engine error (the policy was busy, the journal failed).
 pub async fn rotate_policies(
     engine: &Engine,
-    policies: &[&Policy],
-    request: &engine::Request,
+    work: &[(&Policy, engine::Request)],
 ) -> Vec<(String, Result<Vec<Outcome>, engine::Error>)> {
     use futures::StreamExt;
-    futures::stream::iter(policies.iter().map(|p| async move { (p.name.clone(), engine.rotate(p, request).await) }))
-        .buffered(4)
-        .collect()
-        .await
+    futures::stream::iter(
+        work.iter().map(|(p, request)| async move { (p.name.clone(), engine.rotate(p, request).await) }),
+    )
+    .buffered(4)
+    .collect()
+    .await
 }
 
 pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)], format: Format) {

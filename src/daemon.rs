@@ -786,8 +786,13 @@ impl Daemon {
                     .send(&policy.notify, Event::PolicyOverdue { policy: policy.name.clone(), due_since: due.at });
             }
         }
-        (due.next_start <= now)
-            .then(|| Work::Rotate(engine::Request { reason: Some("scheduled".into()), ..Default::default() }))
+        (due.next_start <= now).then(|| {
+            Work::Rotate(engine::Request {
+                reason: Some("scheduled".into()),
+                decided_after: Some(rotations.first().map(|r| r.id.clone())),
+                ..Default::default()
+            })
+        })
     }
 
     /// When `policy` is due: from the journal's last promotion, else from its current
@@ -1096,7 +1101,13 @@ fn queued_message(q: &journal::Request) -> String {
 
 /// The work a recorded request asks for: a rotation with the request's ID.
 fn requested(q: journal::Request) -> Work {
-    Work::Rotate(engine::Request { reason: q.reason, compromised: q.compromised, revoke_first: false, id: Some(q.id) })
+    Work::Rotate(engine::Request {
+        reason: q.reason,
+        compromised: q.compromised,
+        revoke_first: false,
+        id: Some(q.id),
+        decided_after: None,
+    })
 }
 
 /// Checks an `Idempotency-Key`: 1 to 255 bytes of visible ASCII. The message never repeats it.

@@ -40,6 +40,11 @@ pub struct Request {
     /// The ID of the new rotation, when the caller must know it in advance (the HTTP API
     /// answers with it before the rotation starts). Must be a UUID.
     pub id: Option<String>,
+    /// For a rotation decided because the policy was due: the policy's latest rotation when
+    /// that was decided (`Some(None)`: it had none). Checked again under the lease, so a policy
+    /// another process (a replica, a second scheduled job) rotated meanwhile is not rotated
+    /// twice in a row. `None`: rotate whatever happened since (an explicit request).
+    pub decided_after: Option<Option<String>>,
 }
 
 /// How a policy's run ended.
@@ -168,6 +173,25 @@ fn crash_point(point: &str) {
 #[inline(always)]
 fn crash_point(_point: &str) {}
 
+/// Test hook beside the crash hook: when `ROTATOR_PAUSE_AT` names this point, the process
+/// creates `$ROTATOR_PAUSE_FILE.reached` and waits there until `$ROTATOR_PAUSE_FILE` exists, so
+/// a test can let another process act inside a window that is otherwise too short to hit.
+#[cfg(feature = "crash-points")]
+async fn pause_point(point: &str) {
+    let (Ok(at), Ok(file)) = (std::env::var("ROTATOR_PAUSE_AT"), std::env::var("ROTATOR_PAUSE_FILE")) else { return };
+    if at != point {
+        return;
+    }
+    let _ = std::fs::write(format!("{file}.reached"), point);
+    while !std::path::Path::new(&file).exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+async fn pause_point(_point: &str) {}
+
 /// Said of a `--revoke-first` rotation that has not promoted a new credential yet.
 pub const NO_WORKING_CREDENTIAL: &str = "consumers have no working credential: the old ones were revoked first (--revoke-first) and no new one is promoted yet";
 
@@ -261,6 +285,7 @@ impl Engine {
     /// Resumes this policy's unfinished rotations, then (unless one of them already rotated the
     /// credential now, or is stuck) runs a new rotation.
     pub async fn rotate(&self, policy: &Policy, request: &Request) -> Result<Vec<Outcome>, Error> {
+        pause_point("before-lease").await;
         let held = self.acquire(&policy.name).await?;
         let result = self.rotate_locked(policy, request, &held).await;
         self.release(&held).await;
@@ -391,6 +416,13 @@ impl Engine {
         if rotated_now && !request.compromised && request.id.is_none() {
             tracing::info!(policy = %policy.name, "the resumed rotation replaced the credential; not starting another");
             return Ok(outcomes);
+        }
+        if let Some(seen) = &request.decided_after {
+            let latest = self.journal.history(Some(&policy.name), 1).await?.into_iter().next().map(|r| r.id);
+            if latest != *seen {
+                tracing::info!(policy = %policy.name, rotation = ?latest, "rotated by another process since it was found due; not rotating again");
+                return Ok(outcomes);
+            }
         }
         if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
             // Shutting down: do not begin a rotation that could only be interrupted.
