@@ -871,8 +871,14 @@ impl Daemon {
                     b.remove(&policy.name);
                 }
                 let last = outcomes.last();
-                let failed =
-                    last.is_some_and(|o| !o.interrupted && matches!(o.status, Status::Failed | Status::Incomplete));
+                // A run another process left (it crashed, or lost its lease) and that this one
+                // wound up as failed is not a failure of the policy: the next pass rotates it
+                // afresh instead of backing off.
+                let failed = last.is_some_and(|o| {
+                    !o.interrupted
+                        && !(o.resumed && o.status == Status::Failed)
+                        && matches!(o.status, Status::Failed | Status::Incomplete)
+                });
                 let waiting = last.is_some_and(|o| o.status == Status::AwaitingRevocation && o.waiting.is_some());
                 if failed {
                     self.back_off(&policy.name, now);

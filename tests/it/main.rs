@@ -12,6 +12,7 @@ mod invariants;
 mod leak;
 mod plan;
 mod postgres;
+mod replicas;
 mod rotate;
 mod serve;
 mod service;

@@ -24,6 +24,13 @@ impl Env {
     /// Starts `rotator serve` on `127.0.0.1:0` and returns once it answers `/healthz` at the
     /// address it logged.
     pub(crate) async fn serve(&self, extra: &[&str]) -> Service {
+        self.serve_as(None, extra).await
+    }
+
+    /// Like [`Env::serve`]; with `host`, the service runs in UTS and PID namespaces of its own
+    /// (`unshare`, as root) under that host name, as a replica on another machine would: no
+    /// other process can judge it dead by its PID.
+    pub(crate) async fn serve_as(&self, host: Option<&str>, extra: &[&str]) -> Service {
         let token = format!("api-{}", uuid::Uuid::new_v4().simple());
         let log = self.dir.join(format!("serve-{}.log", uuid::Uuid::new_v4().simple()));
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
@@ -35,6 +42,9 @@ impl Env {
             if !self.env.iter().any(|(n, _)| n == name) {
                 command.env(name, value);
             }
+        }
+        if let Some(host) = host {
+            command = in_namespaces(&command, host);
         }
         command.stderr(std::fs::File::create(&log).unwrap());
         let child = command.spawn().unwrap();
@@ -56,6 +66,38 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `command` run by `unshare` in new UTS and PID namespaces, with `host` as its host name.
+fn in_namespaces(command: &tokio::process::Command, host: &str) -> tokio::process::Command {
+    let inner = command.as_std();
+    let mut wrapped = tokio::process::Command::new("unshare");
+    wrapped
+        .args([
+            "--uts",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+            r#"h=$1; shift; hostname "$h" && exec "$0" "$@""#,
+        ])
+        .arg(inner.get_program())
+        .arg(host)
+        .args(inner.get_args())
+        .env_clear()
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null());
+    for (name, value) in inner.get_envs() {
+        if let Some(value) = value {
+            wrapped.env(name, value);
+        }
+    }
+    if let Some(dir) = inner.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
 }
 
 /// The address in the service's `rotator serving` log line (JSON lines).
@@ -82,8 +124,9 @@ impl Service {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends a signal to the `rotator` process (inside its namespaces, if it has its own).
     pub(crate) fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
+        let pid = self.rotator_pid().to_string();
         assert!(std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
     }
 
@@ -231,6 +274,16 @@ impl VaultGate {
 }
 
 impl Service {
+    /// The PID of the `rotator` process itself: the child's own, or, for a service started in
+    /// namespaces of its own, that of the process `unshare` started.
+    pub(crate) fn rotator_pid(&self) -> u32 {
+        let pid = self.child.id().expect("running");
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .unwrap_or(pid)
+    }
+
     /// Sends SIGKILL and waits for the process to be gone.
     pub(crate) async fn kill(self) {
         self.signal("KILL");
