@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod engine;
 mod hardening;
+mod http;
 mod identity;
 mod invariants;
 mod leak;

@@ -48,11 +48,27 @@ impl Env {
         }
         command.stderr(std::fs::File::create(&log).unwrap());
         let child = command.spawn().unwrap();
-        let mut service = Service { child, base: String::new(), token, log, http: reqwest::Client::new() };
+        // With TLS (a certificate file in the environment), trust that certificate only.
+        let tls = self.env.iter().find(|(n, _)| n == "ROTATOR_TLS_CERT_FILE").map(|(_, path)| path.clone());
+        let http = match &tls {
+            Some(path) => {
+                let pem = std::fs::read(path).unwrap();
+                reqwest::Client::builder()
+                    .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap()
+            }
+            // No idle connections kept: a test of the connection limit counts its own.
+            None => reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut service = Service { child, base: String::new(), token, log, http };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if service.base.is_empty() {
-                service.base = served_address(&service.log_text()).map(|a| format!("http://{a}")).unwrap_or_default();
+                service.base =
+                    served_address(&service.log_text()).map(|a| format!("{scheme}://{a}")).unwrap_or_default();
             }
             if !service.base.is_empty()
                 && service.http.get(format!("{}/healthz", service.base)).send().await.is_ok_and(|r| r.status() == 200)
