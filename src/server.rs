@@ -464,6 +464,9 @@ async fn rotate(
         }
         Err(Refused::InFlight(why)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
         Err(Refused::Invalid(why)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", why)),
+        Err(Refused::KeyReused(why)) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", why))
+        }
         Err(Refused::ShuttingDown) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is stopping"))
         }

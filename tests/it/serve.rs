@@ -867,6 +867,15 @@ async fn an_idempotency_key_answers_with_the_first_request() {
     assert_eq!((status, text(&late, "id")), (200, id.clone()), "{late}");
     let (_, rows) = service.get("/v1/rotations?policy=retried").await;
     assert_eq!(rows["rotations"].as_array().unwrap().len(), 1, "{rows}");
+    // The same key with another body is refused (422), not answered as if carried out.
+    for other in [
+        serde_json::json!({ "reason": "something else" }),
+        serde_json::json!({ "reason": "retried", "compromised": true }),
+    ] {
+        let (status, refused) = service.rotate_with_key("retried", "deploy-42", other.clone()).await;
+        assert_eq!((status, refused["error"].as_str()), (422, Some("idempotency_key_reused")), "{other}: {refused}");
+        assert!(text(&refused, "message").contains(&id), "{refused}");
+    }
 
     // Another key is another request.
     let (status, other) = service.rotate_with_key("retried", "deploy-43", body.clone()).await;
