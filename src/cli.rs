@@ -583,6 +583,9 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     let stats = engine.toktra.stats();
     tracing::info!(
         requests = stats.requests,
+        management_calls = stats.management_calls,
+        probe_calls = stats.probe_calls,
+        shared_listings = stats.shared_listings,
         retries = stats.retries,
         rate_limit_waits = stats.rate_limit_waits,
         paced_waits = stats.paced_waits,
