@@ -287,6 +287,7 @@ impl Engine {
     pub async fn rotate(&self, policy: &Policy, request: &Request) -> Result<Vec<Outcome>, Error> {
         pause_point("before-lease").await;
         let held = self.acquire(&policy.name).await?;
+        pause_point("after-lease").await;
         let result = self.rotate_locked(policy, request, &held).await;
         self.release(&held).await;
         result
