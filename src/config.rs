@@ -69,6 +69,14 @@ pub enum VaultAuth {
         role: String,
         token: vault::auth::SecretFile,
     },
+    /// The credentials come from the standard AWS chain when a login needs them.
+    Aws {
+        mount: String,
+        role: String,
+        header_value: Option<String>,
+        sts_endpoint: reqwest::Url,
+        sts_region: String,
+    },
 }
 
 impl VaultAuth {
@@ -78,6 +86,7 @@ impl VaultAuth {
             VaultAuth::AppRole { .. } => "approle",
             VaultAuth::Kubernetes { .. } => "kubernetes",
             VaultAuth::Jwt { .. } => "jwt",
+            VaultAuth::Aws { .. } => "aws",
         }
     }
 }
@@ -252,6 +261,7 @@ struct VaultFile {
     approle: Option<AppRoleFile>,
     kubernetes: Option<KubernetesFile>,
     jwt: Option<JwtFile>,
+    aws: Option<AwsAuthFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -261,6 +271,7 @@ enum AuthKind {
     Approle,
     Kubernetes,
     Jwt,
+    Aws,
 }
 
 impl AuthKind {
@@ -270,6 +281,7 @@ impl AuthKind {
             AuthKind::Approle => "approle",
             AuthKind::Kubernetes => "kubernetes",
             AuthKind::Jwt => "jwt",
+            AuthKind::Aws => "aws",
         }
     }
 }
@@ -318,6 +330,21 @@ fn default_jwt_mount() -> String {
     "jwt".into()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AwsAuthFile {
+    #[serde(default = "default_aws_mount")]
+    mount: String,
+    role: String,
+    header_value: Option<String>,
+    sts_endpoint: Option<String>,
+    sts_region: Option<String>,
+}
+
+fn default_aws_mount() -> String {
+    "aws".into()
+}
+
 /// The Vault auth method the `[vault]` table and `VAULT_TOKEN` describe; `source` locates a key
 /// in the file for errors.
 fn vault_auth(file: &VaultFile, source: &dyn Fn(&str) -> String) -> Result<Option<VaultAuth>, Error> {
@@ -325,6 +352,7 @@ fn vault_auth(file: &VaultFile, source: &dyn Fn(&str) -> String) -> Result<Optio
         (AuthKind::Approle, file.approle.is_some()),
         (AuthKind::Kubernetes, file.kubernetes.is_some()),
         (AuthKind::Jwt, file.jwt.is_some()),
+        (AuthKind::Aws, file.aws.is_some()),
     ]
     .into_iter()
     .filter_map(|(kind, present)| present.then_some(kind))
@@ -413,6 +441,28 @@ fn vault_auth(file: &VaultFile, source: &dyn Fn(&str) -> String) -> Result<Optio
                 mount: nonempty("vault.jwt.mount", &j.mount)?,
                 role: nonempty("vault.jwt.role", &j.role)?,
                 token: secret_file("vault.jwt.token_file", &j.token_file),
+            }
+        }
+        AuthKind::Aws => {
+            let a = file.aws.as_ref().ok_or_else(|| missing("aws"))?;
+            let endpoint = a.sts_endpoint.as_deref().unwrap_or(vault::auth::DEFAULT_STS_ENDPOINT);
+            // rotator never sends anything to this URL: it only signs a request naming it, which
+            // Vault sends to STS. So any scheme Vault's `sts_endpoint` uses is fine here.
+            let sts_endpoint = reqwest::Url::parse(endpoint)
+                .ok()
+                .filter(|u| u.host_str().is_some() && matches!(u.scheme(), "https" | "http"))
+                .ok_or_else(|| {
+                    error(source("vault.aws.sts_endpoint"), format!("`{endpoint}` is not an http(s) URL"))
+                })?;
+            VaultAuth::Aws {
+                mount: nonempty("vault.aws.mount", &a.mount)?,
+                role: nonempty("vault.aws.role", &a.role)?,
+                header_value: a.header_value.clone().filter(|v| !v.is_empty()),
+                sts_endpoint,
+                sts_region: match &a.sts_region {
+                    Some(region) => nonempty("vault.aws.sts_region", region)?,
+                    None => vault::auth::DEFAULT_STS_REGION.to_string(),
+                },
             }
         }
     }))
@@ -741,6 +791,19 @@ impl Config {
                 }
                 Some(VaultAuth::Jwt { mount, role, token }) => {
                     vault::Method::Jwt { mount: mount.clone(), role: role.clone(), token: token.clone() }
+                }
+                Some(VaultAuth::Aws { mount, role, header_value, sts_endpoint, sts_region }) => {
+                    let credentials = self.aws_sdk().await.credentials_provider().ok_or_else(|| {
+                        error("vault.aws", "the AWS SDK found no credential provider for the aws login")
+                    })?;
+                    vault::Method::Aws(vault::auth::Aws {
+                        mount: mount.clone(),
+                        role: role.clone(),
+                        header_value: header_value.clone(),
+                        sts_endpoint: sts_endpoint.clone(),
+                        sts_region: sts_region.clone(),
+                        credentials,
+                    })
                 }
                 None => {
                     return Err(error(
