@@ -21,4 +21,5 @@ mod service;
 mod store;
 mod toktra;
 mod validate;
+mod vault_auth;
 mod vendor;
