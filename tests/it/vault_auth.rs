@@ -117,6 +117,11 @@ async fn approle_token_is_renewed_and_replaced_past_its_max_ttl_while_serve_rota
     let old = env.adopt(std::slice::from_ref(&spec)).await;
 
     let service = env.serve(&[]).await;
+    // A 5 s token that is renewed and replaced by logging in again keeps the service ready.
+    let ready =
+        reqwest::get(format!("{}/readyz", service.base)).await.unwrap().json::<serde_json::Value>().await.unwrap();
+    assert_eq!(ready["checks"]["vault"]["ok"], true, "{ready}");
+    assert_eq!(ready["checks"]["vault"]["auth"], "approle", "{ready}");
     let started = Instant::now();
     let mut rotations = 0;
     while started.elapsed() < Duration::from_secs(25) {

@@ -170,6 +170,11 @@ impl Connection {
         self.inner.method.name()
     }
 
+    /// Whether an expiring token is replaced by logging in again (every method but `token`).
+    pub fn can_login(&self) -> bool {
+        self.inner.method.can_login()
+    }
+
     fn session(&self) -> Arc<Session> {
         // A poisoned lock still holds a whole session: replacing it is a single assignment.
         self.inner.session.read().unwrap_or_else(|e| e.into_inner()).clone()
