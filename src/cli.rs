@@ -1040,7 +1040,7 @@ async fn status(ctx: &Ctx, args: FormatArgs) -> Result<(), Failure> {
     let config = ctx.config()?;
     let policies = load_policies(&ctx.policies)?;
     let journal = read_journal(&config).await?;
-    let history = journal.history(None, 100_000).await.map_err(|e| Failure::Other(e.into()))?;
+    let history = journal.pass_view().await.map_err(|e| Failure::Other(e.into()))?;
     journal.close().await;
     let now = chrono::Utc::now();
     let rows = crate::status::status(&policies, &history, now);

@@ -621,7 +621,7 @@ impl Daemon {
             return;
         }
         let now = Utc::now();
-        let history = match self.engine.journal.history(None, 1_000_000).await {
+        let history = match self.engine.journal.pass_view().await {
             Ok(h) => {
                 self.healthy.store(true, Ordering::Relaxed);
                 h
@@ -1073,7 +1073,7 @@ impl Daemon {
     pub async fn snapshot(&self) -> Snapshot {
         let now = Utc::now();
         let policies = self.policies();
-        let history = self.engine.journal.history(None, 1_000_000).await.unwrap_or_default();
+        let history = self.engine.journal.pass_view().await.unwrap_or_default();
         let by_policy = group(&history);
         let mut s = Snapshot {
             policies: policies.len() as u64,

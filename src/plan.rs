@@ -93,7 +93,7 @@ pub async fn plan(
         }
     }
     let history = match journal {
-        Some(j) => match j.history(None, 100_000).await {
+        Some(j) => match j.pass_view().await {
             Ok(h) => h,
             Err(e) => {
                 management.push(Check { target: "journal".into(), ok: false, detail: e.to_string() });

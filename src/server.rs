@@ -372,7 +372,7 @@ async fn policy_json(state: &AppState, name: &str, history: &[Rotation]) -> Opti
 }
 
 async fn list_policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let history = state.daemon.engine.journal.history(None, 1_000_000).await.map_err(ApiError::internal)?;
+    let history = state.daemon.engine.journal.pass_view().await.map_err(ApiError::internal)?;
     let mut out = Vec::new();
     for policy in state.daemon.policies().iter() {
         if let Some(v) = policy_json(&state, &policy.name, &history).await {
