@@ -142,6 +142,10 @@ pub struct RotateArgs {
     /// now by their schedule and window: for cron-driven jobs. Without it, `rotate` means now.
     #[arg(long, conflicts_with_all = ["compromised", "dry_run"])]
     pub due: bool,
+    /// Rotations at the same time (default: `concurrency` in the configuration,
+    /// `ROTATOR_CONCURRENCY`, else 16). Toktra's rate limit is shared by all of them.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -578,7 +582,8 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
             (*p, request)
         })
         .collect();
-    outcomes.extend(rotate_policies(&engine, &work).await);
+    let concurrency = args.concurrency.map(usize::from).unwrap_or(config.concurrency);
+    outcomes.extend(rotate_policies(&engine, &work, concurrency).await);
     engine.journal.close().await;
     let stats = engine.toktra.stats();
     tracing::info!(
@@ -599,17 +604,18 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     check_outcomes(&outcomes)
 }
 
-/// Rotates the policies, a few at a time. Each result is either the policy's outcomes or an
+/// Rotates the policies, `concurrency` at a time. Each result is either the policy's outcomes or an
 /// engine error (the policy was busy, the journal failed).
 pub async fn rotate_policies(
     engine: &Engine,
     work: &[(&Policy, engine::Request)],
+    concurrency: usize,
 ) -> Vec<(String, Result<Vec<Outcome>, engine::Error>)> {
     use futures::StreamExt;
     futures::stream::iter(
         work.iter().map(|(p, request)| async move { (p.name.clone(), engine.rotate(p, request).await) }),
     )
-    .buffered(4)
+    .buffered(concurrency.max(1))
     .collect()
     .await
 }

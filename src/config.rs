@@ -621,7 +621,7 @@ impl Config {
             None => match file.concurrency {
                 Some(0) => return Err(error(source("concurrency"), "must be at least 1")),
                 Some(n) => n,
-                None => 4,
+                None => 16,
             },
         };
         // A value is blamed on where it came from: the variable when set, else the file's key.

@@ -137,7 +137,7 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     let request = engine::Request { reason: Some("demo".into()), ..Default::default() };
     println!("Rotating {} policies: mint -> stage -> verify -> promote -> revoke old\n", selected.len());
     let work: Vec<_> = selected.iter().map(|p| (*p, request.clone())).collect();
-    let outcomes = cli::rotate_policies(&engine, &work).await;
+    let outcomes = cli::rotate_policies(&engine, &work, 4).await;
     cli::print_outcomes(&outcomes, Format::Text);
 
     println!("\nChecking the result against the simulator:");
