@@ -612,12 +612,27 @@ pub async fn rotate_policies(
     concurrency: usize,
 ) -> Vec<(String, Result<Vec<Outcome>, engine::Error>)> {
     use futures::StreamExt;
-    futures::stream::iter(
-        work.iter().map(|(p, request)| async move { (p.name.clone(), engine.rotate(p, request).await) }),
-    )
+    let progress = crate::progress::Progress::new(work.len() as u64);
+    let run = futures::stream::iter(work.iter().map(|(p, request)| {
+        let progress = progress.clone();
+        async move {
+            progress.start();
+            let result = engine.rotate(p, request).await;
+            let failed = result.as_ref().map_or(true, |outcomes| {
+                outcomes.iter().any(|o| matches!(o.status, engine::Status::Failed | engine::Status::Incomplete))
+            });
+            progress.finish(failed);
+            (p.name.clone(), result)
+        }
+    }))
     .buffered(concurrency.max(1))
-    .collect()
-    .await
+    .collect();
+    let outcomes = tokio::select! {
+        outcomes = run => outcomes,
+        never = progress.log_periodically() => match never {},
+    };
+    progress.close();
+    outcomes
 }
 
 pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)], format: Format) {

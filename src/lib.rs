@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod policy;
+pub mod progress;
 pub mod reconcile;
 pub mod rotation;
 pub mod schedule;

@@ -271,3 +271,40 @@ async fn a_policy_rotated_by_another_job_since_it_was_found_due_is_not_rotated_a
     let served = env.served(&Dest::Vault(format!("{}/twice", env.prefix))).await.unwrap();
     assert_eq!(text(&served, "key_id"), text(&rotated, "key_id"));
 }
+
+/// Issue 11, item 3: a long `rotate --all` off a terminal logs progress lines in the log format
+/// (done, failed, in flight, total, rate, time left) on stderr; stdout keeps only the summary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_run_off_a_terminal_logs_its_progress() {
+    let mut env = Env::with(rotator::toktra::sim::Config {
+        faults: rotator::toktra::sim::Faults { latency_ms: 300, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
+    for i in 0..4 {
+        env.policy(
+            &format!("slow-{i}.yaml"),
+            &format!(
+                "name: slow-{i}\ncredential: {{ kind: api_key, name: slow-{i} }}\nschedule: {{ every: 30d }}\n\
+                 destinations:\n  - file: {{ path: slow-{i}.json }}\nrevoke: {{ grace: 0s }}\n"
+            ),
+        );
+    }
+    env.env.push(("ROTATOR_PROGRESS_INTERVAL".into(), "1s".into()));
+    env.env.push(("ROTATOR_CONCURRENCY".into(), "1".into()));
+    let run = env.rotator(&["rotate", "--all", "--log-format", "json"]).await;
+    run.assert_code(0);
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "progress")
+        .collect();
+    assert!(!lines.is_empty(), "no progress line:\n{}", run.stderr);
+    for line in &lines {
+        assert_eq!(line["total"], 4, "{line}");
+        assert!(line["done"].as_u64().unwrap() <= 4 && line["in_flight"].as_u64().unwrap() <= 1, "{line}");
+        assert!(line.get("failed").is_some() && line.get("per_minute").is_some(), "{line}");
+    }
+    assert!(!run.stdout.contains("progress"), "{}", run.stdout);
+}
