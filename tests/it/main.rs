@@ -10,6 +10,7 @@ mod hardening;
 mod identity;
 mod invariants;
 mod leak;
+mod notify;
 mod plan;
 mod postgres;
 mod rotate;

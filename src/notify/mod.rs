@@ -1,10 +1,15 @@
 //! Notifications: events of `rotator serve` (rotation failed, succeeded, policy overdue, orphan
-//! found, compromise rotation done) sent to the channels a policy names. Delivery happens on a
-//! background task with a bounded queue and retries, so it never blocks or fails a rotation;
-//! events are built from IDs and messages only, never from a secret, and webhook URLs (which are
-//! credentials themselves) are never logged.
+//! found, compromise rotation done, revocation held) sent to the channels a policy names:
+//! Slack-compatible webhooks and generic JSON webhooks (signed when configured, see
+//! [`signature`]). Delivery happens on a background task per channel with a bounded queue and
+//! retries, so it never blocks or fails a rotation; events are built from IDs and messages only,
+//! never from a secret, and neither webhook URLs (credentials themselves) nor request bodies are
+//! ever logged.
+
+pub mod signature;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -92,8 +97,9 @@ impl Event {
         }
     }
 
-    fn always(&self) -> bool {
-        !matches!(self, Event::RotationSucceeded { .. })
+    /// Whether `channel` hears of this event: everything, successes only with `on_success`.
+    fn for_channel(&self, channel: &Channel) -> bool {
+        !matches!(self, Event::RotationSucceeded { .. }) || channel.on_success
     }
 }
 
@@ -102,6 +108,11 @@ impl Event {
 #[derive(Clone)]
 pub struct Notifier {
     queues: Arc<std::collections::BTreeMap<String, (Channel, mpsc::Sender<Event>)>>,
+    /// Events queued and not yet delivered or given up, over all channels (what [`drain`]
+    /// waits for: an event taken off its queue may still be on its way).
+    ///
+    /// [`drain`]: Notifier::drain
+    pending: Arc<AtomicUsize>,
 }
 
 const QUEUE: usize = 1_000;
@@ -113,14 +124,16 @@ impl Notifier {
         metrics: Arc<Metrics>,
     ) -> (Notifier, Vec<tokio::task::JoinHandle<()>>) {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        let pending = Arc::new(AtomicUsize::new(0));
         let mut queues = std::collections::BTreeMap::new();
         let mut tasks = Vec::new();
         for (name, channel) in channels {
             let (tx, rx) = mpsc::channel::<Event>(QUEUE);
-            tasks.push(tokio::spawn(deliver(channel.clone(), rx, http.clone(), metrics.clone())));
+            let delivery = Delivery { channel: channel.clone(), http: http.clone(), metrics: metrics.clone() };
+            tasks.push(tokio::spawn(delivery.run(rx, pending.clone())));
             queues.insert(name, (channel, tx));
         }
-        (Notifier { queues: Arc::new(queues) }, tasks)
+        (Notifier { queues: Arc::new(queues), pending }, tasks)
     }
 
     /// Queues `event` for each named channel that wants it; never waits.
@@ -130,24 +143,27 @@ impl Notifier {
                 tracing::warn!(channel = %name, "policy names a notification channel the configuration does not define");
                 continue;
             };
-            if !event.always() && !channel.on_success {
+            if !event.for_channel(channel) {
                 continue;
             }
+            self.pending.fetch_add(1, Ordering::SeqCst);
             if queue.try_send(event.clone()).is_err() {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
                 tracing::error!(channel = %name, "notification queue full; event dropped");
             }
         }
     }
 
-    /// Waits until every queue is empty, or `timeout`.
-    pub async fn drain(&self, timeout: Duration) {
-        let empty = || self.queues.values().all(|(_, q)| q.capacity() == q.max_capacity());
+    /// Waits until every queued event is delivered or given up, or `timeout`; returns how many
+    /// are still pending.
+    pub async fn drain(&self, timeout: Duration) -> usize {
         let _ = tokio::time::timeout(timeout, async {
-            while !empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            while self.pending.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
+        self.pending.load(Ordering::SeqCst)
     }
 
     pub fn knows(&self, name: &str) -> bool {
@@ -155,38 +171,77 @@ impl Notifier {
     }
 }
 
-/// Delivers one channel's events in order, each with retries and backoff.
-async fn deliver(channel: Channel, mut rx: mpsc::Receiver<Event>, http: reqwest::Client, metrics: Arc<Metrics>) {
-    while let Some(event) = rx.recv().await {
-        let body = match channel.kind {
-            ChannelKind::Slack => serde_json::json!({ "text": event.text() }),
-            ChannelKind::Webhook => {
-                let mut v = serde_json::to_value(&event).unwrap_or_default();
-                v["at"] = serde_json::json!(Utc::now());
+/// One channel's delivery task.
+struct Delivery {
+    channel: Channel,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+}
+
+impl Delivery {
+    /// Delivers the channel's events in order, each request with retries and backoff.
+    async fn run(self, mut rx: mpsc::Receiver<Event>, pending: Arc<AtomicUsize>) {
+        while let Some(event) = rx.recv().await {
+            for body in self.bodies(&event, Utc::now()) {
+                let delivered = self.post(&body).await;
+                self.metrics.notification(&self.channel.name, if delivered { "delivered" } else { "failed" });
+                if !delivered {
+                    tracing::error!(channel = %self.channel.name, policy = %event.policy(), "notification dropped");
+                }
+            }
+            pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The request bodies that carry `event` to this channel.
+    fn bodies(&self, event: &Event, at: DateTime<Utc>) -> Vec<Vec<u8>> {
+        let values = match &self.channel.kind {
+            ChannelKind::Slack => vec![serde_json::json!({ "text": event.text() })],
+            ChannelKind::Webhook { .. } => {
+                let mut v = serde_json::to_value(event).unwrap_or_default();
+                v["at"] = serde_json::json!(at);
                 v["source"] = serde_json::json!("rotator");
-                v
+                vec![v]
             }
         };
-        let mut delivered = false;
+        values.iter().map(|v| serde_json::to_vec(v).unwrap_or_default()).collect()
+    }
+
+    /// Posts `body`, retrying what may pass later; whether it was accepted.
+    async fn post(&self, body: &[u8]) -> bool {
+        let name = &self.channel.name;
         for attempt in 1..=ATTEMPTS {
-            match http.post(channel.url.expose()).json(&body).send().await {
-                Ok(r) if r.status().is_success() => {
-                    delivered = true;
-                    break;
+            let mut request = self
+                .http
+                .post(self.channel.url.expose())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+            if let ChannelKind::Webhook { signing_secret: Some(secret) } = &self.channel.kind {
+                // Signed per attempt: a retry carries a current timestamp.
+                let timestamp = Utc::now().timestamp();
+                request = request
+                    .header(signature::TIMESTAMP_HEADER, timestamp.to_string())
+                    .header(signature::SIGNATURE_HEADER, signature::sign(secret, timestamp, body));
+            }
+            // The URL and the body stay out of the log: the channel's name and
+            // the status only.
+            match request.send().await {
+                Ok(r) if r.status().is_success() => return true,
+                // Refused for good (a malformed event, a revoked webhook):
+                // asking again cannot help.
+                Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 408 | 429) => {
+                    tracing::warn!(channel = %name, status = %r.status(), attempt, "notification refused; not retried");
+                    return false;
                 }
-                // The URL is a secret: log the channel's name and the status only.
-                Ok(r) => tracing::warn!(channel = %channel.name, status = %r.status(), attempt, "notification refused"),
+                Ok(r) => tracing::warn!(channel = %name, status = %r.status(), attempt, "notification refused"),
                 Err(e) => {
-                    tracing::warn!(channel = %channel.name, error = %e.without_url(), attempt, "notification not delivered")
+                    tracing::warn!(channel = %name, error = %e.without_url(), attempt, "notification not delivered")
                 }
             }
             if attempt < ATTEMPTS {
                 tokio::time::sleep(Duration::from_millis(500 * (1 << attempt))).await;
             }
         }
-        metrics.notification(&channel.name, if delivered { "delivered" } else { "failed" });
-        if !delivered {
-            tracing::error!(channel = %channel.name, policy = %event.policy(), "notification dropped after {ATTEMPTS} attempts");
-        }
+        false
     }
 }

@@ -1,0 +1,242 @@
+//! Notifications that reach people, heard by a local receiver: HMAC-signed generic webhooks
+//! verified here independently of rotator's code, and the configuration's refusals.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use rotator::policy::CredentialKind;
+use rotator::toktra::sim::Faults;
+use serde_json::{Value, json};
+
+use crate::harness::{Dest, Env, Spec, credential_json, text};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Heard {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Heard {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP receiver on loopback that answers `202` to every POST (as PagerDuty does) and keeps
+/// what it heard.
+struct Receiver {
+    addr: SocketAddr,
+    heard: Arc<Mutex<Vec<Heard>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let heard: Arc<Mutex<Vec<Heard>>> = Arc::default();
+        let store = heard.clone();
+        let app = axum::Router::new().fallback(axum::routing::post(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+                let store = store.clone();
+                async move {
+                    let headers = headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+                        .collect();
+                    store.lock().unwrap().push(Heard { path: uri.path().to_string(), headers, body });
+                    (axum::http::StatusCode::ACCEPTED, r#"{"status":"success","message":"Event processed"}"#)
+                }
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { addr, heard }
+    }
+
+    fn heard(&self, path: &str) -> Vec<Heard> {
+        self.heard.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect()
+    }
+
+    fn all(&self) -> Vec<Heard> {
+        self.heard.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 60 s) until `done` holds for what `path` heard.
+    async fn wait(&self, path: &str, log: impl Fn() -> String, done: impl Fn(&[Heard]) -> bool) -> Vec<Heard> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let heard = self.heard(path);
+            if done(&heard) {
+                return heard;
+            }
+            assert!(Instant::now() < deadline, "{path} never heard enough: {heard:#?}\n{}", log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Webhook events of `heard`, by their `event` field.
+fn events(heard: &[Heard]) -> Vec<String> {
+    heard.iter().map(|h| text(&h.json(), "event")).collect()
+}
+
+/// Checks a generic webhook's signature as a receiver following the README would: the
+/// timestamp is recent, and `X-Rotator-Signature` is `sha256=` and the hex HMAC-SHA256 of
+/// `<timestamp>.<body>` (compared in constant time).
+fn verify(heard: &Heard, secret: &str) -> Result<(), String> {
+    let timestamp = heard.header("x-rotator-timestamp").ok_or("no X-Rotator-Timestamp")?;
+    let at: i64 = timestamp.parse().map_err(|_| format!("timestamp `{timestamp}` is not a number"))?;
+    if (chrono::Utc::now().timestamp() - at).abs() > 300 {
+        return Err(format!("timestamp {at} is not within 5 minutes of now"));
+    }
+    let signature = heard.header("x-rotator-signature").ok_or("no X-Rotator-Signature")?;
+    let hex = signature.strip_prefix("sha256=").ok_or_else(|| format!("`{signature}` does not start with sha256="))?;
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{hex}` is not hex"))?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(heard.body.as_bytes());
+    mac.verify_slice(&bytes).map_err(|_| "the signature does not match".to_string())
+}
+
+/// Asserts that no secret appears anywhere in `heard` or `logs`, except the routing key in
+/// the `routing_key` field of what PagerDuty is sent (where it must be).
+fn assert_no_secret(heard: &[Heard], logs: &[&str], secrets: &[&str], routing_key: Option<&str>) {
+    let secrets: Vec<&str> = secrets.iter().copied().chain(routing_key).collect();
+    for h in heard {
+        let mut value = h.json();
+        if let Some(key) = routing_key
+            && h.path == "/v2/enqueue"
+        {
+            assert_eq!(value["routing_key"], key, "PagerDuty gets its routing key: {}", h.body);
+            value.as_object_mut().unwrap().remove("routing_key");
+        }
+        let rest = format!("{value} {:?}", h.headers);
+        for secret in &secrets {
+            assert!(!rest.contains(secret), "a secret in a notification to {}: {rest}", h.path);
+        }
+    }
+    for log in logs {
+        for secret in &secrets {
+            assert!(!log.contains(secret), "a secret in the log:\n{log}");
+        }
+    }
+}
+
+/// A file destination holding a hand-made credential last rotated 100 days ago: overdue for a
+/// 90-day schedule. Returns the legacy secret.
+async fn overdue_policy(env: &Env, name: &str, notify: &str) -> (Spec, String) {
+    let spec = Spec {
+        name: name.into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File(format!("{name}.json").into())],
+        grace: "0s",
+    };
+    env.policy(&format!("{name}.yaml"), &format!("{}notify: [{notify}]\n", spec.yaml()));
+    let legacy = env.legacy(CredentialKind::ApiKey, &format!("{name}-legacy")).await;
+    let mut value = credential_json(CredentialKind::ApiKey, &legacy.id, &legacy.secret);
+    value["rotated_at"] = json!((chrono::Utc::now() - chrono::Duration::days(100)).to_rfc3339());
+    std::fs::write(env.dir.join(format!("policies/{name}.json")), value.to_string()).unwrap();
+    (spec, legacy.secret.expose().to_string())
+}
+
+/// `serve` signs every request to a generic webhook that has a signing secret (one from a
+/// variable, one from a file); the receiver verifies each with its channel's secret, and neither
+/// with the other's nor after a change to the body. No secret reaches a body or the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_signs_its_webhooks_so_receivers_can_verify_them() {
+    let receiver = Receiver::start().await;
+    let mut env = Env::start().await;
+    let ops_secret = format!("whsec-{}", uuid::Uuid::new_v4().simple());
+    let audit_secret = format!("whsec-{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(env.dir.join("audit-secret"), format!("{audit_secret}\n")).unwrap();
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        format!(
+            r#"[notifications.ops]
+kind = "webhook"
+url = "http://{addr}/ops"
+signing_secret_env = "OPS_SIGNING_SECRET"
+
+[notifications.audit]
+kind = "webhook"
+url = "http://{addr}/audit"
+signing_secret_file = "audit-secret"
+"#,
+            addr = receiver.addr
+        ),
+    )
+    .unwrap();
+    env.env.push(("OPS_SIGNING_SECRET".into(), ops_secret.clone()));
+    env.env.push(("ROTATOR_ROTATION_BUDGET".into(), "3s".into()));
+    let (_spec, legacy_secret) = overdue_policy(&env, "signed", "ops, audit").await;
+    env.sim.set_faults(Faults { create_error_rate: 1.0, ..Default::default() });
+    let service = env.serve(&[]).await;
+    let told = |h: &[Heard]| {
+        events(h).contains(&"policy_overdue".to_string()) && events(h).contains(&"rotation_failed".to_string())
+    };
+    let ops = receiver.wait("/ops", || service.log_text(), told).await;
+    let audit = receiver.wait("/audit", || service.log_text(), told).await;
+    for (heard, secret, other) in [(&ops, &ops_secret, &audit_secret), (&audit, &audit_secret, &ops_secret)] {
+        for h in heard.iter() {
+            verify(h, secret).unwrap_or_else(|e| panic!("{e}: {h:#?}"));
+            assert!(verify(h, other).is_err(), "verifies with another channel's secret: {h:#?}");
+            let forged = Heard { body: h.body.replace("signed", "signet"), ..h.clone() };
+            assert!(verify(&forged, secret).is_err(), "a changed body verifies: {h:#?}");
+        }
+    }
+    assert_no_secret(
+        &receiver.all(),
+        &[&service.log_text()],
+        &[&legacy_secret, &env.admin_key, &service.token, &ops_secret, &audit_secret],
+        None,
+    );
+}
+
+/// A channel's mistakes are refused before anything runs (exit 2), pointing at the key and its
+/// line in rotator.toml, and never repeating a secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn notification_channels_are_checked_and_errors_point_at_the_key() {
+    let env = Env::start().await;
+    let short = "tooshort-s3cr3t";
+    std::fs::write(env.dir.join("short-secret"), short).unwrap();
+    let cases = [
+        (
+            "[notifications.audit]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/x\"\nsigning_secret_env = \"NOT_SET_ANYWHERE\"\n",
+            "rotator.toml:4 (notifications.audit.signing_secret_env): the variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            "[notifications.audit]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/x\"\nsigning_secret_env = \"X\"\nsigning_secret_file = \"short-secret\"\n",
+            "rotator.toml:4 (notifications.audit.signing_secret_env): set `signing_secret_env` or `signing_secret_file`, not both",
+        ),
+        (
+            "[notifications.audit]\nkind = \"webhook\"\nurl = \"http://hooks.example.com/x\"\n",
+            "rotator.toml:3 (notifications.audit.url): plain http:// to `hooks.example.com`",
+        ),
+        (
+            "[notifications.audit]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/x\"\n\nsigning_secret_file = \"short-secret\"\n",
+            "rotator.toml:5 (notifications.audit.signing_secret_file): the signing secret must be at least 32 characters",
+        ),
+        (
+            "[notifications.chat]\nkind = \"slack\"\nurl = \"https://hooks.example.com/x\"\nsigning_secret_file = \"short-secret\"\n",
+            "rotator.toml:4 (notifications.chat.signing_secret_file): only `webhook` channels are signed",
+        ),
+    ];
+    for (toml, expected) in cases {
+        std::fs::write(env.dir.join("rotator.toml"), toml).unwrap();
+        let run = env.rotator(&["rotate", "--all"]).await;
+        assert_eq!(run.code, 2, "{toml}\n{}\n{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(expected), "wanted `{expected}` for\n{toml}\ngot: {}", run.stderr);
+        assert!(!run.stderr.contains(short) && !run.stdout.contains(short), "a secret repeated: {}", run.stderr);
+    }
+}
