@@ -27,10 +27,11 @@ pub const MIN_API_TOKEN_CHARS: usize = 32;
 pub struct Channel {
     pub name: String,
     pub kind: ChannelKind,
-    /// Incoming-webhook URLs carry their own credential, so they are secrets.
+    /// Where events are posted. Incoming-webhook URLs carry their own credential, so they are
+    /// secrets; a PagerDuty channel's is the Events API endpoint.
     pub url: Secret,
     /// Also notify successful rotations (failures, overdue policies, orphans and compromise
-    /// rotations are always sent).
+    /// rotations are always sent). Never set for PagerDuty, which hears of problems only.
     pub on_success: bool,
 }
 
@@ -48,7 +49,13 @@ pub enum ChannelKind {
     /// A generic JSON webhook (the event as a JSON object), signed with HMAC-SHA256 when a
     /// signing secret is configured (see [`crate::notify`]).
     Webhook { signing_secret: Option<Secret> },
+    /// PagerDuty Events API v2: problems trigger an alert, recovery resolves it.
+    PagerDuty { routing_key: Secret },
 }
+
+/// PagerDuty's Events API v2 endpoint (the EU service region uses
+/// `https://events.eu.pagerduty.com/v2/enqueue`).
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
 /// The shortest webhook signing secret accepted: a short one could be found from a single
 /// signed request by trying keys offline.
@@ -262,6 +269,10 @@ struct ChannelFile {
     signing_secret_env: Option<String>,
     /// Webhooks: a file holding the signing secret.
     signing_secret_file: Option<PathBuf>,
+    /// PagerDuty: the name of the variable holding the integration's routing key.
+    routing_key_env: Option<String>,
+    /// PagerDuty: a file holding the routing key.
+    routing_key_file: Option<PathBuf>,
 }
 
 /// `kind` as written in the file; the secrets each kind needs are added by [`Config::load`].
@@ -270,6 +281,8 @@ struct ChannelFile {
 enum KindFile {
     Slack,
     Webhook,
+    #[serde(rename = "pagerduty")]
+    PagerDuty,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -347,6 +360,9 @@ fn load_channel(
         (Some(u), _, _) => (url_variable.clone(), Secret::new(u)),
         (None, Some(u), _) => (key("url"), u.clone()),
         (None, None, Some(p)) => (key("url_file"), read_secret(&key("url_file"), p)?),
+        (None, None, None) if file.kind == KindFile::PagerDuty => {
+            (source(&format!("notifications.{name}")), Secret::new(PAGERDUTY_EVENTS_URL))
+        }
         (None, None, None) => {
             return Err(error(
                 source(&format!("notifications.{name}")),
@@ -354,16 +370,21 @@ fn load_channel(
             ));
         }
     };
-    // What is posted carries a credential (the URL itself, a signature a listener could
-    // replay), so it travels over TLS unless it stays on this host.
+    // What is posted carries a credential (the URL itself, a routing key, a signature a
+    // listener could replay), so it travels over TLS unless it stays on this host.
     require_https(&url_source, url.expose(), allow_insecure_http)?;
 
     let signing_secret = secret_from(&key, "signing_secret", &file.signing_secret_env, &file.signing_secret_file)?;
+    let routing_key = secret_from(&key, "routing_key", &file.routing_key_env, &file.routing_key_file)?;
     // A problem with a secret is blamed on the key that named it.
     let signing_key = key(if file.signing_secret_env.is_some() { "signing_secret_env" } else { "signing_secret_file" });
+    let routing_key_key = key(if file.routing_key_env.is_some() { "routing_key_env" } else { "routing_key_file" });
     let kind = match file.kind {
-        KindFile::Slack if signing_secret.is_some() => {
+        KindFile::Slack | KindFile::PagerDuty if signing_secret.is_some() => {
             return Err(error(signing_key, "only `webhook` channels are signed"));
+        }
+        KindFile::Slack | KindFile::Webhook if routing_key.is_some() => {
+            return Err(error(routing_key_key, "only `pagerduty` channels take a routing key"));
         }
         KindFile::Slack => ChannelKind::Slack,
         KindFile::Webhook => {
@@ -380,6 +401,21 @@ fn load_channel(
                 ));
             }
             ChannelKind::Webhook { signing_secret }
+        }
+        KindFile::PagerDuty => {
+            if file.on_success == Some(true) {
+                return Err(error(
+                    key("on_success"),
+                    "PagerDuty channels hear of problems only (a recovery resolves the alert)",
+                ));
+            }
+            let routing_key = routing_key.ok_or_else(|| {
+                error(
+                    source(&format!("notifications.{name}")),
+                    "no routing key: set `routing_key_env` (the name of a variable) or `routing_key_file`",
+                )
+            })?;
+            ChannelKind::PagerDuty { routing_key }
         }
     };
     Ok(Channel { name: name.to_string(), kind, url, on_success: file.on_success.unwrap_or(false) })
@@ -680,7 +716,8 @@ mod tests {
     fn the_example_configuration_parses() {
         let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rotator.example.toml")).unwrap();
         let file: File = toml::from_str(&text).unwrap();
-        assert_eq!(file.notifications.len(), 2);
+        assert_eq!(file.notifications.len(), 3);
+        assert_eq!(file.notifications["pager"].kind, KindFile::PagerDuty);
         assert!(file.notifications["audit"].signing_secret_env.is_some());
         assert!(file.vault.addr.is_some() && file.toktra.client_id.is_some());
         let bad = toml::from_str::<File>("listen = \"x\"\n[toktra]\napi_key = \"plain\"\n").unwrap_err();

@@ -1,11 +1,12 @@
 //! Notifications: events of `rotator serve` (rotation failed, succeeded, policy overdue, orphan
-//! found, compromise rotation done, revocation held) sent to the channels a policy names:
-//! Slack-compatible webhooks and generic JSON webhooks (signed when configured, see
-//! [`signature`]). Delivery happens on a background task per channel with a bounded queue and
-//! retries, so it never blocks or fails a rotation; events are built from IDs and messages only,
-//! never from a secret, and neither webhook URLs (credentials themselves) nor request bodies are
-//! ever logged.
+//! found, compromise rotation done, revocation held, policy recovered) sent to the channels a
+//! policy names: Slack-compatible webhooks, generic JSON webhooks (signed when configured, see
+//! [`signature`]) and PagerDuty (see [`pagerduty`]). Delivery happens on a background task per
+//! channel with a bounded queue and retries, so it never blocks or fails a rotation; events are
+//! built from IDs and messages only, never from a secret, and neither webhook URLs (credentials
+//! themselves), routing keys nor request bodies are ever logged.
 
+pub mod pagerduty;
 pub mod signature;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use crate::config::{Channel, ChannelKind};
+use crate::engine::{Outcome, Status};
 use crate::metrics::Metrics;
 
 /// What happened.
@@ -53,6 +55,34 @@ pub enum Event {
         rotation_id: String,
         why: String,
     },
+    /// Problems of the policy that are over (a new credential promoted, a revocation done, no
+    /// longer overdue). Only PagerDuty hears of it: it resolves the alerts the problems raised.
+    Recovered {
+        policy: String,
+        cleared: Vec<Problem>,
+    },
+}
+
+/// A kind of problem a policy can have, each an alert of its own at PagerDuty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// A rotation failed or could not run.
+    Rotation,
+    /// The policy is overdue.
+    Overdue,
+    /// An old credential's revocation is held.
+    Revocation,
+}
+
+impl Problem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::Rotation => "rotation",
+            Problem::Overdue => "overdue",
+            Problem::Revocation => "revocation",
+        }
+    }
 }
 
 impl Event {
@@ -63,7 +93,8 @@ impl Event {
             | Event::PolicyOverdue { policy, .. }
             | Event::OrphanFound { policy, .. }
             | Event::CompromiseContained { policy, .. }
-            | Event::RevocationHeld { policy, .. } => policy,
+            | Event::RevocationHeld { policy, .. }
+            | Event::Recovered { policy, .. } => policy,
         }
     }
 
@@ -94,13 +125,40 @@ impl Event {
             Event::RevocationHeld { policy, rotation_id, why } => {
                 format!(":warning: rotator: `{policy}` ({rotation_id}): {why}")
             }
+            Event::Recovered { policy, cleared } => format!(
+                ":white_check_mark: rotator: `{policy}` recovered ({})",
+                cleared.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 
-    /// Whether `channel` hears of this event: everything, successes only with `on_success`.
+    /// Whether `channel` hears of this event. PagerDuty hears of problems and recoveries only;
+    /// the others of everything but recoveries, successes only with `on_success`.
     fn for_channel(&self, channel: &Channel) -> bool {
-        !matches!(self, Event::RotationSucceeded { .. }) || channel.on_success
+        match (&channel.kind, self) {
+            (ChannelKind::PagerDuty { .. }, Event::RotationSucceeded { .. } | Event::OrphanFound { .. }) => false,
+            (ChannelKind::PagerDuty { .. }, _) => true,
+            (_, Event::Recovered { .. }) => false,
+            (_, Event::RotationSucceeded { .. }) => channel.on_success,
+            _ => true,
+        }
     }
+}
+
+/// The problems a policy's latest outcome shows to be over, as an event (`None` if none is).
+/// Judged from the outcome alone, so any process can tell, whatever it remembers: a completed
+/// rotation leaves no problem; a rotation promoted in this run (not held) ends failures and
+/// the overdue state. A resumed rotation still waiting for its revocation says nothing new (it
+/// is looked at on every pass) and clears nothing.
+pub fn recovered(o: &Outcome) -> Option<Event> {
+    let cleared = match o.status {
+        _ if o.interrupted => vec![],
+        Status::Completed if o.resumed => vec![Problem::Rotation, Problem::Revocation],
+        Status::Completed => vec![Problem::Rotation, Problem::Overdue, Problem::Revocation],
+        Status::AwaitingRevocation if !o.held && !o.resumed => vec![Problem::Rotation, Problem::Overdue],
+        _ => vec![],
+    };
+    (!cleared.is_empty()).then(|| Event::Recovered { policy: o.policy.clone(), cleared })
 }
 
 /// Sends events to channels, each channel from a background task and a bounded queue of its own,
@@ -193,7 +251,7 @@ impl Delivery {
         }
     }
 
-    /// The request bodies that carry `event` to this channel.
+    /// The request bodies that carry `event` to this channel (PagerDuty may need several).
     fn bodies(&self, event: &Event, at: DateTime<Utc>) -> Vec<Vec<u8>> {
         let values = match &self.channel.kind {
             ChannelKind::Slack => vec![serde_json::json!({ "text": event.text() })],
@@ -203,6 +261,13 @@ impl Delivery {
                 v["source"] = serde_json::json!("rotator");
                 vec![v]
             }
+            ChannelKind::PagerDuty { routing_key } => pagerduty::events(event, at)
+                .into_iter()
+                .map(|mut v| {
+                    v["routing_key"] = serde_json::json!(routing_key.expose());
+                    v
+                })
+                .collect(),
         };
         values.iter().map(|v| serde_json::to_vec(v).unwrap_or_default()).collect()
     }
@@ -223,11 +288,11 @@ impl Delivery {
                     .header(signature::TIMESTAMP_HEADER, timestamp.to_string())
                     .header(signature::SIGNATURE_HEADER, signature::sign(secret, timestamp, body));
             }
-            // The URL and the body stay out of the log: the channel's name and
+            // The URL, the routing key and the body stay out of the log: the channel's name and
             // the status only.
             match request.send().await {
                 Ok(r) if r.status().is_success() => return true,
-                // Refused for good (a malformed event, a revoked webhook):
+                // Refused for good (a malformed event, a revoked webhook, a wrong routing key):
                 // asking again cannot help.
                 Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 408 | 429) => {
                     tracing::warn!(channel = %name, status = %r.status(), attempt, "notification refused; not retried");

@@ -1,5 +1,6 @@
-//! Notifications that reach people, heard by a local receiver: HMAC-signed generic webhooks
-//! verified here independently of rotator's code, and the configuration's refusals.
+//! Notifications that reach people, heard by a local receiver: PagerDuty Events v2 (a trigger
+//! per problem, a resolve when the policy recovers), HMAC-signed generic webhooks verified here
+//! independently of rotator's code, and the configuration's refusals.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,15 @@ impl Receiver {
     }
 }
 
+/// PagerDuty events of `heard` as `(event_action, dedup_key)`.
+fn actions(heard: &[Heard]) -> Vec<(String, String)> {
+    heard.iter().map(|h| h.json()).map(|v| (text(&v, "event_action"), text(&v, "dedup_key"))).collect()
+}
+
+fn pair(action: &str, key: &str) -> (String, String) {
+    (action.to_string(), key.to_string())
+}
+
 /// Webhook events of `heard`, by their `event` field.
 fn events(heard: &[Heard]) -> Vec<String> {
     heard.iter().map(|h| text(&h.json(), "event")).collect()
@@ -150,6 +160,13 @@ async fn overdue_policy(env: &Env, name: &str, notify: &str) -> (Spec, String) {
     (spec, legacy.secret.expose().to_string())
 }
 
+/// What the policy's file destination serves now: its secret.
+fn served_secret(env: &Env, name: &str) -> String {
+    let value: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.dir.join(format!("policies/{name}.json"))).unwrap()).unwrap();
+    text(&value, "api_key")
+}
+
 /// `serve` signs every request to a generic webhook that has a signing secret (one from a
 /// variable, one from a file); the receiver verifies each with its channel's secret, and neither
 /// with the other's nor after a change to the body. No secret reaches a body or the log.
@@ -203,6 +220,87 @@ signing_secret_file = "audit-secret"
     );
 }
 
+/// `serve` pages PagerDuty when a policy is overdue and when its rotation fails, each under a
+/// stable dedup key with the routing key from a file, and resolves both once a rotation of the
+/// policy succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn pagerduty_is_paged_by_serve_and_resolved_when_the_policy_recovers() {
+    let receiver = Receiver::start().await;
+    let mut env = Env::start().await;
+    let routing_key = format!("R{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(env.dir.join("pagerduty-key"), format!("{routing_key}\n")).unwrap();
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        format!(
+            "[notifications.pager]\nkind = \"pagerduty\"\nurl = \"http://{}/v2/enqueue\"\nrouting_key_file = \"pagerduty-key\"\n",
+            receiver.addr
+        ),
+    )
+    .unwrap();
+    let (_spec, legacy_secret) = overdue_policy(&env, "paged", "pager").await;
+    env.sim.set_faults(Faults { create_error_rate: 1.0, ..Default::default() });
+    env.env.push(("ROTATOR_ROTATION_BUDGET".into(), "3s".into()));
+    let service = env.serve(&[]).await;
+
+    let heard = receiver
+        .wait(
+            "/v2/enqueue",
+            || service.log_text(),
+            |h| {
+                let a = actions(h);
+                a.contains(&pair("trigger", "rotator/paged/overdue"))
+                    && a.contains(&pair("trigger", "rotator/paged/rotation"))
+            },
+        )
+        .await;
+    let failed = heard.iter().map(Heard::json).find(|v| v["dedup_key"] == "rotator/paged/rotation").unwrap();
+    let payload = &failed["payload"];
+    assert_eq!(payload["severity"], "error", "{failed}");
+    assert_eq!(payload["source"], "rotator", "{failed}");
+    assert_eq!(payload["component"], "paged", "{failed}");
+    assert_eq!(payload["class"], "rotation_failed", "{failed}");
+    assert_eq!(payload["custom_details"]["policy"], "paged", "{failed}");
+    assert!(text(payload, "summary").starts_with("rotator: rotation of paged failed"), "{failed}");
+    chrono::DateTime::parse_from_rfc3339(&text(payload, "timestamp")).expect("an RFC 3339 timestamp");
+    let overdue = heard.iter().map(Heard::json).find(|v| v["dedup_key"] == "rotator/paged/overdue").unwrap();
+    assert_eq!(overdue["payload"]["severity"], "warning", "{overdue}");
+    assert!(
+        !actions(&heard).iter().any(|(action, _)| action == "resolve"),
+        "nothing is resolved while the policy fails: {heard:#?}"
+    );
+
+    // Toktra works again and someone asks for a rotation: it succeeds, and both alerts resolve.
+    env.sim.set_faults(Faults::default());
+    let (status, body) = service.post("/v1/policies/paged/rotate", json!({ "reason": "toktra is back" })).await;
+    assert_eq!(status, 202, "{body}");
+    service.wait_rotation(&text(&body, "id"), 60, |r| r["phase"] == "completed").await;
+    let heard = receiver
+        .wait(
+            "/v2/enqueue",
+            || service.log_text(),
+            |h| {
+                let a = actions(h);
+                a.contains(&pair("resolve", "rotator/paged/rotation"))
+                    && a.contains(&pair("resolve", "rotator/paged/overdue"))
+            },
+        )
+        .await;
+    let a = actions(&heard);
+    let last_trigger = a.iter().rposition(|(action, _)| action == "trigger").unwrap();
+    let first_resolve = a.iter().position(|(action, _)| action == "resolve").unwrap();
+    assert!(last_trigger < first_resolve, "resolved after the triggers: {a:?}");
+
+    let log = service.log_text();
+    assert!(!log.contains(&format!("{}/v2/enqueue", receiver.addr)), "the channel's URL stays out of the log");
+    let new_secret = served_secret(&env, "paged");
+    assert_no_secret(
+        &receiver.all(),
+        &[&log],
+        &[&legacy_secret, &new_secret, &env.admin_key, &service.token],
+        Some(&routing_key),
+    );
+}
+
 /// A channel's mistakes are refused before anything runs (exit 2), pointing at the key and its
 /// line in rotator.toml, and never repeating a secret.
 #[tokio::test(flavor = "multi_thread")]
@@ -211,6 +309,11 @@ async fn notification_channels_are_checked_and_errors_point_at_the_key() {
     let short = "tooshort-s3cr3t";
     std::fs::write(env.dir.join("short-secret"), short).unwrap();
     let cases = [
+        ("[notifications.pager]\nkind = \"pagerduty\"\n", "rotator.toml:1 (notifications.pager): no routing key"),
+        (
+            "[notifications.pager]\nkind = \"pagerduty\"\nrouting_key_env = \"NOT_SET_ANYWHERE\"\n",
+            "rotator.toml:3 (notifications.pager.routing_key_env): the variable NOT_SET_ANYWHERE is not set",
+        ),
         (
             "[notifications.audit]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/x\"\nsigning_secret_env = \"NOT_SET_ANYWHERE\"\n",
             "rotator.toml:4 (notifications.audit.signing_secret_env): the variable NOT_SET_ANYWHERE is not set",
@@ -224,12 +327,24 @@ async fn notification_channels_are_checked_and_errors_point_at_the_key() {
             "rotator.toml:3 (notifications.audit.url): plain http:// to `hooks.example.com`",
         ),
         (
+            "[notifications.pager]\nkind = \"pagerduty\"\nurl = \"http://events.example.com/v2/enqueue\"\nrouting_key_file = \"short-secret\"\n",
+            "rotator.toml:3 (notifications.pager.url): plain http:// to `events.example.com`",
+        ),
+        (
             "[notifications.audit]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/x\"\n\nsigning_secret_file = \"short-secret\"\n",
             "rotator.toml:5 (notifications.audit.signing_secret_file): the signing secret must be at least 32 characters",
         ),
         (
             "[notifications.chat]\nkind = \"slack\"\nurl = \"https://hooks.example.com/x\"\nsigning_secret_file = \"short-secret\"\n",
             "rotator.toml:4 (notifications.chat.signing_secret_file): only `webhook` channels are signed",
+        ),
+        (
+            "[notifications.audit]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/x\"\nrouting_key_file = \"short-secret\"\n",
+            "rotator.toml:4 (notifications.audit.routing_key_file): only `pagerduty` channels take a routing key",
+        ),
+        (
+            "[notifications.pager]\nkind = \"pagerduty\"\nrouting_key_file = \"short-secret\"\non_success = true\n",
+            "rotator.toml:4 (notifications.pager.on_success): PagerDuty channels hear of problems only",
         ),
     ];
     for (toml, expected) in cases {
