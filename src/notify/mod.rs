@@ -1,10 +1,10 @@
-//! Notifications: events of `rotator serve` (rotation failed, succeeded, policy overdue, orphan
-//! found, compromise rotation done, revocation held, policy recovered) sent to the channels a
-//! policy names: Slack-compatible webhooks, generic JSON webhooks (signed when configured, see
-//! [`signature`]) and PagerDuty (see [`pagerduty`]). Delivery happens on a background task per
-//! channel with a bounded queue and retries, so it never blocks or fails a rotation; events are
-//! built from IDs and messages only, never from a secret, and neither webhook URLs (credentials
-//! themselves), routing keys nor request bodies are ever logged.
+//! Notifications: events of `rotator serve` and `rotator rotate` (rotation failed, succeeded,
+//! policy overdue, orphan found, compromise rotation done, revocation held, policy recovered)
+//! sent to the channels a policy names: Slack-compatible webhooks, generic JSON webhooks (signed
+//! when configured, see [`signature`]) and PagerDuty (see [`pagerduty`]). Delivery happens on a
+//! background task per channel with a bounded queue and retries, so it never blocks or fails a
+//! rotation; events are built from IDs and messages only, never from a secret, and neither
+//! webhook URLs (credentials themselves), routing keys nor request bodies are ever logged.
 
 pub mod pagerduty;
 pub mod signature;
@@ -161,6 +161,61 @@ pub fn recovered(o: &Outcome) -> Option<Event> {
     (!cleared.is_empty()).then(|| Event::Recovered { policy: o.policy.clone(), cleared })
 }
 
+/// The events of one policy's outcomes in a `rotator rotate` run, in order: what `serve` says
+/// of the same outcomes (`Daemon::report`, which also remembers what it said), judged as the
+/// exit code judges them. A resumed rotation that finished rolling back failed in an earlier
+/// run, which told of it; it is not news again.
+pub fn of_run(outcomes: &[Outcome]) -> Vec<Event> {
+    let mut events = Vec::new();
+    for o in outcomes {
+        if o.held
+            && let Some(why) = &o.waiting
+        {
+            events.push(Event::RevocationHeld {
+                policy: o.policy.clone(),
+                rotation_id: o.rotation_id.clone(),
+                why: why.clone(),
+            });
+        }
+        if o.interrupted || (o.resumed && o.status == Status::AwaitingRevocation) {
+            continue;
+        }
+        let failed = o.status == Status::Incomplete || (o.status == Status::Failed && !o.resumed);
+        let promoted = matches!(o.status, Status::Completed | Status::AwaitingRevocation) && !o.resumed;
+        if failed {
+            events.push(Event::RotationFailed {
+                policy: o.policy.clone(),
+                rotation_id: o.rotation_id.clone(),
+                error: o.error.clone().unwrap_or_default(),
+            });
+        } else if promoted {
+            events.push(Event::RotationSucceeded {
+                policy: o.policy.clone(),
+                rotation_id: o.rotation_id.clone(),
+                new_credential: o.new_credential.clone(),
+            });
+        }
+        if let Some(c) = &o.compromise
+            && o.status == Status::Completed
+        {
+            events.push(Event::CompromiseContained {
+                policy: o.policy.clone(),
+                rotation_id: o.rotation_id.clone(),
+                exposed: c.exposed.clone(),
+                held_by: c.held_by.clone(),
+                seconds_to_containment: c.seconds_to_containment,
+            });
+        }
+    }
+    events.extend(outcomes.last().and_then(recovered));
+    events
+}
+
+/// Whether the outcomes leave the policy no longer overdue (a new credential was promoted).
+pub fn ends_overdue(outcomes: &[Outcome]) -> bool {
+    matches!(outcomes.last().and_then(recovered), Some(Event::Recovered { cleared, .. }) if cleared.contains(&Problem::Overdue))
+}
+
 /// Sends events to channels, each channel from a background task and a bounded queue of its own,
 /// so a dead webhook delays only its own channel.
 #[derive(Clone)]
@@ -308,5 +363,76 @@ impl Delivery {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rotation::Phase;
+
+    fn outcome(status: Status, resumed: bool, held: bool) -> Outcome {
+        Outcome {
+            policy: "p".into(),
+            rotation_id: "r".into(),
+            status,
+            phase: Phase::Completed,
+            new_credential: Some("key-new".into()),
+            old_credentials: vec!["key-old".into()],
+            revoked: vec![],
+            destinations: vec![],
+            revoke_after: None,
+            waiting: held.then(|| "file: serves key-old again".to_string()),
+            held,
+            error: matches!(status, Status::Failed | Status::Incomplete).then(|| "boom".to_string()),
+            compromise: None,
+            resumed,
+            interrupted: false,
+            seconds: 1.0,
+        }
+    }
+
+    /// Each event as a short string: its kind, and what a recovery clears.
+    fn names(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Recovered { cleared, .. } => {
+                    format!("recovered[{}]", cleared.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(","))
+                }
+                other => serde_json::to_value(other).unwrap()["event"].as_str().unwrap().to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_says_what_serve_says_and_recovery_is_judged_on_the_last_outcome() {
+        use Status::*;
+        // (status, resumed, held) of each outcome of a run → the events told.
+        type Run = &'static [(Status, bool, bool)];
+        let cases: &[(Run, &[&str])] = &[
+            (&[(Completed, false, false)], &["rotation_succeeded", "recovered[rotation,overdue,revocation]"]),
+            (&[(AwaitingRevocation, false, false)], &["rotation_succeeded", "recovered[rotation,overdue]"]),
+            (&[(Failed, false, false)], &["rotation_failed"]),
+            (&[(Incomplete, true, false)], &["rotation_failed"]),
+            // Finishing an earlier run's rollback is not news; a resumed wait says nothing new.
+            (&[(Failed, true, false)], &[]),
+            (&[(AwaitingRevocation, true, false)], &[]),
+            // A revocation done later clears its hold and failures, not the overdue state.
+            (&[(Completed, true, false)], &["recovered[rotation,revocation]"]),
+            (&[(AwaitingRevocation, false, true)], &["revocation_held", "rotation_succeeded"]),
+            (&[(AwaitingRevocation, true, true)], &["revocation_held"]),
+            // Where the policy stands is its last outcome.
+            (&[(Completed, true, false), (Failed, false, false)], &["rotation_failed"]),
+            (
+                &[(AwaitingRevocation, true, false), (AwaitingRevocation, false, false)],
+                &["rotation_succeeded", "recovered[rotation,overdue]"],
+            ),
+        ];
+        for (outcomes, expected) in cases {
+            let outcomes: Vec<Outcome> = outcomes.iter().map(|(s, r, h)| outcome(*s, *r, *h)).collect();
+            assert_eq!(names(&of_run(&outcomes)), *expected, "{outcomes:?}");
+            assert_eq!(ends_overdue(&outcomes), expected.iter().any(|e| e.contains("overdue")), "{outcomes:?}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Notifications that reach people, heard by a local receiver: PagerDuty Events v2 (a trigger
 //! per problem, a resolve when the policy recovers), HMAC-signed generic webhooks verified here
-//! independently of rotator's code, and the configuration's refusals.
+//! independently of rotator's code, `rotator rotate` as a scheduled job telling the same
+//! channels as `serve` before it exits, and the configuration's refusals.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -297,6 +298,121 @@ async fn pagerduty_is_paged_by_serve_and_resolved_when_the_policy_recovers() {
         &receiver.all(),
         &[&log],
         &[&legacy_secret, &new_secret, &env.admin_key, &service.token],
+        Some(&routing_key),
+    );
+}
+
+/// `rotator rotate --due` run as a scheduled job tells the channels what `serve` would, and has
+/// delivered it when it exits: a failed run pages PagerDuty (overdue and failed) and posts signed
+/// webhooks; the next, successful run resolves both alerts and posts the success to the channel
+/// that asked for successes; a run Toktra refuses tells that the rotation could not run. Each
+/// webhook's signature verifies with its own secret (one from a variable, one from a file) and
+/// with no other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotate_job_tells_the_same_channels_before_it_exits_and_signs_its_webhooks() {
+    let receiver = Receiver::start().await;
+    let mut env = Env::start().await;
+    let audit_secret = format!("whsec-{}", uuid::Uuid::new_v4().simple());
+    let archive_secret = format!("whsec-{}", uuid::Uuid::new_v4().simple());
+    let routing_key = format!("R{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(env.dir.join("archive-secret"), &archive_secret).unwrap();
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        format!(
+            r#"[notifications.audit]
+kind = "webhook"
+url = "http://{addr}/audit"
+signing_secret_env = "AUDIT_SIGNING_SECRET"
+on_success = true
+
+[notifications.archive]
+kind = "webhook"
+url = "http://{addr}/archive"
+signing_secret_file = "archive-secret"
+
+[notifications.pager]
+kind = "pagerduty"
+url = "http://{addr}/v2/enqueue"
+routing_key_env = "PAGERDUTY_ROUTING_KEY"
+"#,
+            addr = receiver.addr
+        ),
+    )
+    .unwrap();
+    env.env.push(("AUDIT_SIGNING_SECRET".into(), audit_secret.clone()));
+    env.env.push(("PAGERDUTY_ROUTING_KEY".into(), routing_key.clone()));
+    env.env.push(("ROTATOR_ROTATION_BUDGET".into(), "3s".into()));
+    let (_spec, legacy_secret) = overdue_policy(&env, "job", "audit, archive, pager").await;
+
+    // Toktra refuses to create: the run fails, and has told everyone by the time it exits.
+    env.sim.set_faults(Faults { create_error_rate: 1.0, ..Default::default() });
+    let failed = env.rotator(&["rotate", "--due"]).await;
+    failed.assert_code(1);
+    let audit = receiver.heard("/audit");
+    let archive = receiver.heard("/archive");
+    let pager = receiver.heard("/v2/enqueue");
+    assert_eq!(events(&audit), ["policy_overdue", "rotation_failed"], "{audit:#?}\n{}", failed.stderr);
+    assert_eq!(events(&archive), ["policy_overdue", "rotation_failed"], "{archive:#?}");
+    assert_eq!(
+        actions(&pager),
+        [pair("trigger", "rotator/job/overdue"), pair("trigger", "rotator/job/rotation")],
+        "{pager:#?}"
+    );
+    assert_eq!(audit[1].json()["policy"], "job");
+    assert!(text(&audit[1].json(), "error").contains("500"), "{}", audit[1].body);
+
+    // Toktra is back: the next run rotates; the alerts resolve and the success is told to the
+    // channel that wants successes only.
+    env.sim.set_faults(Faults::default());
+    let ok = env.rotator(&["rotate", "--due"]).await;
+    ok.assert_code(0);
+    let audit = receiver.heard("/audit");
+    let archive = receiver.heard("/archive");
+    let pager = receiver.heard("/v2/enqueue");
+    assert_eq!(events(&audit)[2..], ["rotation_succeeded"], "{audit:#?}\n{}", ok.stderr);
+    assert_eq!(archive.len(), 2, "no success for a channel without on_success: {archive:#?}");
+    assert_eq!(
+        actions(&pager)[2..],
+        [
+            pair("resolve", "rotator/job/rotation"),
+            pair("resolve", "rotator/job/overdue"),
+            pair("resolve", "rotator/job/revocation"),
+        ],
+        "{pager:#?}"
+    );
+    assert!(pager[2..].iter().all(|h| h.json().get("payload").is_none()), "a resolve carries no payload");
+
+    // Every webhook request is signed; each verifies with its channel's secret only, and a body
+    // changed on the way does not.
+    for (heard, secret, other) in [(&audit, &audit_secret, &archive_secret), (&archive, &archive_secret, &audit_secret)]
+    {
+        for h in heard.iter() {
+            verify(h, secret).unwrap_or_else(|e| panic!("{e}: {h:#?}"));
+            assert!(verify(h, other).is_err(), "verifies with another channel's secret: {h:#?}");
+            let forged = Heard { body: h.body.replace("job", "jab"), ..h.clone() };
+            assert!(verify(&forged, secret).is_err(), "a changed body verifies: {h:#?}");
+        }
+    }
+    assert!(pager.iter().all(|h| h.header("x-rotator-signature").is_none()), "PagerDuty requests are not signed");
+
+    // A run that cannot start (Toktra refuses the management credential) tells each policy it
+    // was asked to rotate that its rotation could not run, and still exits 2.
+    let wrong_key = format!("tk_admin_{}", uuid::Uuid::new_v4().simple());
+    let refused = Env { env: [env.env.clone(), vec![("TOKTRA_API_KEY".into(), wrong_key.clone())]].concat(), ..env };
+    let unusable = refused.rotator(&["rotate", "job"]).await;
+    unusable.assert_code(2);
+    let audit = receiver.heard("/audit");
+    assert_eq!(events(&audit)[3..], ["rotation_failed"], "{audit:#?}\n{}", unusable.stderr);
+    let error = text(&audit[3].json(), "error");
+    assert!(error.starts_with("the rotation could not run: toktra is not usable"), "{error}");
+    assert_eq!(actions(&receiver.heard("/v2/enqueue"))[5..], [pair("trigger", "rotator/job/rotation")]);
+    verify(&audit[3], &audit_secret).unwrap();
+
+    let new_secret = served_secret(&refused, "job");
+    assert_no_secret(
+        &receiver.all(),
+        &[&failed.stdout, &failed.stderr, &ok.stdout, &ok.stderr, &unusable.stdout, &unusable.stderr],
+        &[&legacy_secret, &new_secret, &refused.admin_key, &wrong_key, &audit_secret, &archive_secret],
         Some(&routing_key),
     );
 }
