@@ -591,9 +591,22 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         reason: args.reason,
         compromised: args.compromised,
         revoke_first: args.revoke_first,
-        id: None,
+        ..Default::default()
     };
-    outcomes.extend(rotate_policies(&engine, &selected, &request).await);
+    // With `--due`, each policy was chosen for what the journal said when the schedule was
+    // read; one that another process rotated since is left alone.
+    let work: Vec<(&Policy, engine::Request)> = selected
+        .iter()
+        .map(|p| {
+            let mut request = request.clone();
+            if args.due {
+                request.decided_after =
+                    schedule.policies.iter().find(|s| s.policy == p.name).map(|s| s.latest_rotation.clone());
+            }
+            (*p, request)
+        })
+        .collect();
+    outcomes.extend(rotate_policies(&engine, &work).await);
     engine.journal.close().await;
     let stats = engine.toktra.stats();
     tracing::info!(
@@ -683,14 +696,15 @@ async fn finish_notifications(
 /// engine error (the policy was busy, the journal failed).
 pub async fn rotate_policies(
     engine: &Engine,
-    policies: &[&Policy],
-    request: &engine::Request,
+    work: &[(&Policy, engine::Request)],
 ) -> Vec<(String, Result<Vec<Outcome>, engine::Error>)> {
     use futures::StreamExt;
-    futures::stream::iter(policies.iter().map(|p| async move { (p.name.clone(), engine.rotate(p, request).await) }))
-        .buffered(4)
-        .collect()
-        .await
+    futures::stream::iter(
+        work.iter().map(|(p, request)| async move { (p.name.clone(), engine.rotate(p, request).await) }),
+    )
+    .buffered(4)
+    .collect()
+    .await
 }
 
 pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)], format: Format) {
@@ -993,19 +1007,35 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
     let (notifier, notifications) = crate::notify::Notifier::start(config.channels.clone(), metrics.clone());
     let count = policies.len();
     let daemon = crate::daemon::Daemon::new(&config, ctx.policies.clone(), policies, engine, metrics, notifier);
+    let tls = match &config.http.tls {
+        Some((cert, key)) => Some(Arc::new(
+            crate::listener::Tls::load(cert, key)
+                .map_err(|e| Failure::Invalid(format!("tls_cert_file/tls_key_file: {e}")))?,
+        )),
+        None => None,
+    };
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::Invalid(format!("listen {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Failure::Other(e.into()))?;
-    tracing::info!(%addr, policies = count, concurrency = config.concurrency, tick = %crate::duration::format(config.tick), "rotator serving");
+    tracing::info!(%addr, tls = tls.is_some(), policies = count, concurrency = config.concurrency, tick = %crate::duration::format(config.tick), "rotator serving");
 
     // Each SIGHUP reloads in a task of its own, so a slow reload delays nothing (the next
-    // SIGHUP is skipped while it runs, with a log line).
+    // SIGHUP is skipped while it runs, with a log line). The TLS certificate and key are read
+    // again too; a pair that does not load keeps the one in force.
     let reloader = {
-        let daemon = daemon.clone();
+        let (daemon, tls) = (daemon.clone(), tls.clone());
         tokio::spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading policies");
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "TLS certificate and key not reloaded; the previous pair stays in force")
+                        }
+                    }
+                }
                 let daemon = daemon.clone();
                 tokio::spawn(async move { daemon.reload().await });
             }
@@ -1018,10 +1048,23 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopping: no new work; letting the steps in flight finish");
         stopper.stop();
     };
-    let server = axum::serve(listener, crate::server::router(daemon.clone(), token, addr, config.metrics_auth))
-        .with_graceful_shutdown(shutdown)
-        .into_future();
-    let mut server = tokio::spawn(server);
+    let options = crate::server::Options {
+        token,
+        listen: addr,
+        metrics_auth: config.metrics_auth,
+        request_timeout: config.http.request_timeout,
+    };
+    let limits = crate::listener::Limits {
+        max_connections: config.http.max_connections,
+        header_timeout: config.http.header_timeout,
+    };
+    let mut server = tokio::spawn(crate::listener::serve(
+        listener,
+        crate::server::router(daemon.clone(), options),
+        limits,
+        tls,
+        shutdown,
+    ));
     let failed = tokio::select! {
         served = &mut server => {
             // The server ended without a stop signal: stop the rest too.
@@ -1030,31 +1073,33 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         }
         _ = daemon.stopped() => None,
     };
-    // Everything below ends by one deadline: open HTTP requests, the steps in flight, and (with
-    // a little slack) notifications and the journal.
-    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
-    if failed.is_none() && tokio::time::timeout_at(deadline, &mut server).await.is_err() {
+    // Everything below ends within `shutdown_timeout` of the stop: open HTTP requests and the
+    // steps in flight get it less a reserve, in which queued notifications (the failure of the
+    // step that just finished, say) are delivered and the journal is closed.
+    let stopped_at = tokio::time::Instant::now();
+    let reserve = (config.shutdown_timeout / 4).min(std::time::Duration::from_secs(5));
+    let work_deadline = stopped_at + config.shutdown_timeout - reserve;
+    let deadline = stopped_at + config.shutdown_timeout;
+    if failed.is_none() && tokio::time::timeout_at(work_deadline, &mut server).await.is_err() {
         tracing::warn!("HTTP requests still open at the shutdown timeout; closing them");
         server.abort();
     }
     reloader.abort();
-    if tokio::time::timeout_at(deadline, reconciler).await.is_err() {
+    if tokio::time::timeout_at(work_deadline, reconciler).await.is_err() {
         tracing::warn!("shutdown timeout: rotations still in flight are left to be resumed by the next start");
     }
-    // Give queued notifications (the failure of the step that just finished, say) a moment.
-    let slack = std::time::Duration::from_secs(1);
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    daemon.notifier.drain(left.clamp(slack, std::time::Duration::from_secs(5))).await;
+    let close_reserve = reserve / 4;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).saturating_sub(close_reserve);
+    daemon.notifier.drain(left).await;
     for task in notifications {
         task.abort();
     }
-    if tokio::time::timeout(slack, daemon.engine.journal.close()).await.is_err() {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if tokio::time::timeout(left, daemon.engine.journal.close()).await.is_err() {
         tracing::warn!("the journal did not close in time");
     }
-    match failed {
-        Some(Ok(Err(e))) => return Err(Failure::Other(e.into())),
-        Some(Err(e)) => return Err(Failure::Other(anyhow::anyhow!("the HTTP server task failed: {e}"))),
-        _ => {}
+    if let Some(Err(e)) = failed {
+        return Err(Failure::Other(anyhow::anyhow!("the HTTP server task failed: {e}")));
     }
     tracing::info!("stopped");
     Ok(())

@@ -107,6 +107,21 @@ pub struct Config {
     pub allow_insecure_http: bool,
     /// `/metrics` needs the API token too (it names policies and their schedules).
     pub metrics_auth: bool,
+    /// How `serve` accepts connections.
+    pub http: Http,
+}
+
+/// The HTTP server's limits and TLS.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// Connections open at once; more wait in the backlog.
+    pub max_connections: usize,
+    /// For a request's head (and the TLS handshake).
+    pub header_timeout: Duration,
+    /// For a whole request, body included, from its head to the response.
+    pub request_timeout: Duration,
+    /// Certificate chain and private key (PEM files), reloaded on `SIGHUP`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where the HTTP API's bearer token comes from.
@@ -202,6 +217,11 @@ struct File {
     lease_ttl: Option<String>,
     allow_insecure_http: Option<bool>,
     metrics_auth: Option<bool>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    request_timeout: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
     #[serde(default)]
     toktra: ToktraFile,
     #[serde(default)]
@@ -593,6 +613,41 @@ impl Config {
             Some(t) => parse_bool("ROTATOR_METRICS_AUTH", &t)?,
             None => file.metrics_auth.unwrap_or(false),
         };
+        let max_connections = match var("ROTATOR_MAX_CONNECTIONS") {
+            Some(t) => t.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                error("ROTATOR_MAX_CONNECTIONS", format!("`{t}` is not a number of connections (at least 1)"))
+            })?,
+            None => match file.max_connections {
+                Some(0) => return Err(error(source("max_connections"), "must be at least 1")),
+                Some(n) => n,
+                None => 512,
+            },
+        };
+        let (key, text) = pick("ROTATOR_HEADER_TIMEOUT", "header_timeout", file.header_timeout);
+        let header_timeout = parse_duration(&key, text, Duration::from_secs(10))?;
+        if header_timeout.is_zero() {
+            return Err(error(key, "must be at least 1s"));
+        }
+        let (key, text) = pick("ROTATOR_REQUEST_TIMEOUT", "request_timeout", file.request_timeout);
+        let request_timeout = parse_duration(&key, text, Duration::from_secs(30))?;
+        if request_timeout.is_zero() {
+            return Err(error(key, "must be at least 1s"));
+        }
+        let cert = var("ROTATOR_TLS_CERT_FILE").map(PathBuf::from).map(|p| ("ROTATOR_TLS_CERT_FILE".to_string(), p));
+        let cert = cert.or_else(|| file.tls_cert_file.clone().map(|p| (source("tls_cert_file"), p)));
+        let key = var("ROTATOR_TLS_KEY_FILE").map(PathBuf::from).map(|p| ("ROTATOR_TLS_KEY_FILE".to_string(), p));
+        let key = key.or_else(|| file.tls_key_file.clone().map(|p| (source("tls_key_file"), p)));
+        let tls = match (cert, key) {
+            (Some((_, cert)), Some((_, key))) => Some((cert, key)),
+            (Some((from, _)), None) => {
+                return Err(error(from, "a TLS certificate needs its key: set tls_key_file too"));
+            }
+            (None, Some((from, _))) => {
+                return Err(error(from, "a TLS key needs its certificate: set tls_cert_file too"));
+            }
+            (None, None) => None,
+        };
+        let http = Http { max_connections, header_timeout, request_timeout, tls };
         let (toktra_url_source, toktra_url) = match (var("TOKTRA_API_URL"), file.toktra.api_url) {
             (Some(v), _) => ("TOKTRA_API_URL".to_string(), v),
             (None, Some(v)) => (source("toktra.api_url"), v),
@@ -640,6 +695,7 @@ impl Config {
             channels,
             allow_insecure_http,
             metrics_auth,
+            http,
         })
     }
 

@@ -100,6 +100,8 @@ pub enum Refused {
     InFlight(String),
     /// The request itself is wrong (a reason that is too long).
     Invalid(String),
+    /// The `Idempotency-Key` names an earlier request of the policy with another body.
+    KeyReused(String),
     ShuttingDown,
     /// The journal could not record it (or say whether it may be recorded).
     Journal(journal::Error),
@@ -278,12 +280,22 @@ impl Daemon {
             return Err(Refused::UnknownPolicy);
         }
         let journal = &self.engine.journal;
-        let replay = async |key: &Option<String>| -> Result<Option<Accepted>, Refused> {
+        let replay = async |key: &Option<String>, reason: Option<&str>| -> Result<Option<Accepted>, Refused> {
             let Some(key) = key else { return Ok(None) };
-            let found = journal.request_by_key(policy, key).await.map_err(Refused::Journal)?;
-            Ok(found.map(|r| Accepted { id: r.id, replayed: true }))
+            let Some(found) = journal.request_by_key(policy, key).await.map_err(Refused::Journal)? else {
+                return Ok(None);
+            };
+            // A retry repeats its request; the same key with another body is a caller's mistake
+            // that would otherwise be answered as if it had been carried out.
+            if (found.reason.as_deref(), found.compromised) != (reason, compromised) {
+                return Err(Refused::KeyReused(format!(
+                    "this Idempotency-Key was used for request {} of the policy with another body (reason or compromised differ)",
+                    found.id
+                )));
+            }
+            Ok(Some(Accepted { id: found.id, replayed: true }))
         };
-        if let Some(accepted) = replay(&idempotency_key).await? {
+        if let Some(accepted) = replay(&idempotency_key, reason.as_deref()).await? {
             return Ok(accepted);
         }
         // A request waiting for its turn (whichever process accepted it) is reported as queued,
@@ -315,7 +327,7 @@ impl Daemon {
         if let Err(e) = journal.add_request(&request).await {
             // Refused by a unique index when another process recorded a request for the policy
             // (or with the key) meanwhile; anything else is the journal's failure.
-            if let Some(accepted) = replay(&request.idempotency_key).await? {
+            if let Some(accepted) = replay(&request.idempotency_key, request.reason.as_deref()).await? {
                 return Ok(accepted);
             }
             self.refuse_if_open(policy).await?;
@@ -793,8 +805,13 @@ impl Daemon {
                     .send(&policy.notify, Event::PolicyOverdue { policy: policy.name.clone(), due_since: due.at });
             }
         }
-        (due.next_start <= now)
-            .then(|| Work::Rotate(engine::Request { reason: Some("scheduled".into()), ..Default::default() }))
+        (due.next_start <= now).then(|| {
+            Work::Rotate(engine::Request {
+                reason: Some("scheduled".into()),
+                decided_after: Some(rotations.first().map(|r| r.id.clone())),
+                ..Default::default()
+            })
+        })
     }
 
     /// When `policy` is due: from the journal's last promotion, else from its current
@@ -873,8 +890,14 @@ impl Daemon {
                     b.remove(&policy.name);
                 }
                 let last = outcomes.last();
-                let failed =
-                    last.is_some_and(|o| !o.interrupted && matches!(o.status, Status::Failed | Status::Incomplete));
+                // A run another process left (it crashed, or lost its lease) and that this one
+                // wound up as failed is not a failure of the policy: the next pass rotates it
+                // afresh instead of backing off.
+                let failed = last.is_some_and(|o| {
+                    !o.interrupted
+                        && !(o.resumed && o.status == Status::Failed)
+                        && matches!(o.status, Status::Failed | Status::Incomplete)
+                });
                 let waiting = last.is_some_and(|o| o.status == Status::AwaitingRevocation && o.waiting.is_some());
                 if failed {
                     self.back_off(&policy.name, now);
@@ -1109,7 +1132,13 @@ fn queued_message(q: &journal::Request) -> String {
 
 /// The work a recorded request asks for: a rotation with the request's ID.
 fn requested(q: journal::Request) -> Work {
-    Work::Rotate(engine::Request { reason: q.reason, compromised: q.compromised, revoke_first: false, id: Some(q.id) })
+    Work::Rotate(engine::Request {
+        reason: q.reason,
+        compromised: q.compromised,
+        revoke_first: false,
+        id: Some(q.id),
+        decided_after: None,
+    })
 }
 
 /// Checks an `Idempotency-Key`: 1 to 255 bytes of visible ASCII. The message never repeats it.

@@ -136,7 +136,8 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     let selected: Vec<&policy::Policy> = policies.iter().collect();
     let request = engine::Request { reason: Some("demo".into()), ..Default::default() };
     println!("Rotating {} policies: mint -> stage -> verify -> promote -> revoke old\n", selected.len());
-    let outcomes = cli::rotate_policies(&engine, &selected, &request).await;
+    let work: Vec<_> = selected.iter().map(|p| (*p, request.clone())).collect();
+    let outcomes = cli::rotate_policies(&engine, &work).await;
     cli::print_outcomes(&outcomes, Format::Text);
 
     println!("\nChecking the result against the simulator:");

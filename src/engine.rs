@@ -40,6 +40,11 @@ pub struct Request {
     /// The ID of the new rotation, when the caller must know it in advance (the HTTP API
     /// answers with it before the rotation starts). Must be a UUID.
     pub id: Option<String>,
+    /// For a rotation decided because the policy was due: the policy's latest rotation when
+    /// that was decided (`Some(None)`: it had none). Checked again under the lease, so a policy
+    /// another process (a replica, a second scheduled job) rotated meanwhile is not rotated
+    /// twice in a row. `None`: rotate whatever happened since (an explicit request).
+    pub decided_after: Option<Option<String>>,
 }
 
 /// How a policy's run ended.
@@ -168,6 +173,25 @@ fn crash_point(point: &str) {
 #[inline(always)]
 fn crash_point(_point: &str) {}
 
+/// Test hook beside the crash hook: when `ROTATOR_PAUSE_AT` names this point, the process
+/// creates `$ROTATOR_PAUSE_FILE.reached` and waits there until `$ROTATOR_PAUSE_FILE` exists, so
+/// a test can let another process act inside a window that is otherwise too short to hit.
+#[cfg(feature = "crash-points")]
+async fn pause_point(point: &str) {
+    let (Ok(at), Ok(file)) = (std::env::var("ROTATOR_PAUSE_AT"), std::env::var("ROTATOR_PAUSE_FILE")) else { return };
+    if at != point {
+        return;
+    }
+    let _ = std::fs::write(format!("{file}.reached"), point);
+    while !std::path::Path::new(&file).exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+async fn pause_point(_point: &str) {}
+
 /// Said of a `--revoke-first` rotation that has not promoted a new credential yet.
 pub const NO_WORKING_CREDENTIAL: &str = "consumers have no working credential: the old ones were revoked first (--revoke-first) and no new one is promoted yet";
 
@@ -261,6 +285,7 @@ impl Engine {
     /// Resumes this policy's unfinished rotations, then (unless one of them already rotated the
     /// credential now, or is stuck) runs a new rotation.
     pub async fn rotate(&self, policy: &Policy, request: &Request) -> Result<Vec<Outcome>, Error> {
+        pause_point("before-lease").await;
         let held = self.acquire(&policy.name).await?;
         let result = self.rotate_locked(policy, request, &held).await;
         self.release(&held).await;
@@ -391,6 +416,13 @@ impl Engine {
         if rotated_now && !request.compromised && request.id.is_none() {
             tracing::info!(policy = %policy.name, "the resumed rotation replaced the credential; not starting another");
             return Ok(outcomes);
+        }
+        if let Some(seen) = &request.decided_after {
+            let latest = self.journal.history(Some(&policy.name), 1).await?.into_iter().next().map(|r| r.id);
+            if latest != *seen {
+                tracing::info!(policy = %policy.name, rotation = ?latest, "rotated by another process since it was found due; not rotating again");
+                return Ok(outcomes);
+            }
         }
         if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
             // Shutting down: do not begin a rotation that could only be interrupted.
@@ -799,8 +831,22 @@ impl Engine {
             work.memory.started_here = true;
             return Ok(Flow::Continue);
         }
+        // A create the earlier process sent may still be carried out after it died (or, on
+        // another replica, after its lease ran out); looked up too early, that credential would
+        // be missed and left active. So look only once such a create can no longer land.
+        let wait = create_settle_wait(&steps, self.toktra.settings(), Utc::now())
+            .min(work.deadline.saturating_duration_since(Instant::now()));
         let name = work.rotation.credential_name.clone();
-        self.note(work, "abandon", "intent", &format!("look up `{name}`")).await?;
+        let detail = if wait.is_zero() {
+            format!("look up `{name}`")
+        } else {
+            format!(
+                "look up `{name}` after {} (a create of the interrupted run may still be in flight)",
+                crate::duration::format(wait)
+            )
+        };
+        self.note(work, "abandon", "intent", &detail).await?;
+        tokio::time::sleep(wait).await;
         let revoked = self.revoke_named(work, None).await?;
         for destination in &work.destinations {
             self.retry(work.deadline, || destination.discard(&work.rotation.id)).await?;
@@ -1331,6 +1377,18 @@ pub(crate) fn after_failed_promotion(serving: &[Option<bool>], transient: bool) 
     }
 }
 
+/// How long to wait before looking up what an interrupted mint created: until no create the
+/// interrupted run sent can still land. Every create attempt of that run began at or after its
+/// last `mint` step and ended within `attempts × (timeout + max backoff)`, and (it being dead, or
+/// stopped by its heartbeat before its lease ran out) none began after now, so none lands later
+/// than one timeout from now.
+fn create_settle_wait(steps: &[journal::Step], toktra: &crate::toktra::Settings, now: DateTime<Utc>) -> Duration {
+    let Some(last) = steps.iter().rev().find(|s| s.step == "mint") else { return Duration::ZERO };
+    let window = (toktra.timeout + toktra.retry.max_delay).saturating_mul(toktra.retry.attempts.max(1));
+    let settled = last.at + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    (settled - now).to_std().unwrap_or_default().min(toktra.timeout)
+}
+
 /// Whether `holder` (`host:pid:boot:pidns:random`) is a process that no longer runs, judged by
 /// `/proc/<pid>` only when host, boot ID and PID namespace all match `this` (`host:pid:boot:pidns`,
 /// see [`this_process`]); any other holder (another host, container or boot, or an older format)
@@ -1354,7 +1412,8 @@ fn dead_local_holder(holder: &str, this: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{AfterPromotion, after_failed_promotion, dead_local_holder, this_process};
+    use super::{AfterPromotion, after_failed_promotion, create_settle_wait, dead_local_holder, this_process};
+    use super::{Duration, Secret, Utc, journal};
 
     /// Only a holder of this host, boot and PID namespace is judged by its PID here.
     #[test]
@@ -1371,6 +1430,36 @@ mod tests {
         assert!(!dead_local_holder(&format!("{host}:{gone}:otherboot:{namespace}:abcd"), &this), "another boot");
         assert!(!dead_local_holder(&format!("elsewhere:{gone}:{boot}:{namespace}:abcd"), &this), "another host");
         assert!(!dead_local_holder(&format!("{host}:{gone}:abcd"), &this), "the older format waits for expiry");
+    }
+
+    /// An interrupted mint is looked up once no create of the interrupted run can still land:
+    /// at most one timeout from now, less when its last mint step is older than every attempt it
+    /// could have made, and not at all when it never tried to mint.
+    #[test]
+    fn an_interrupted_mint_is_looked_up_once_its_create_cannot_land() {
+        let mut toktra = crate::toktra::Settings::new(
+            "http://127.0.0.1:1".to_string(),
+            crate::toktra::ManagementAuth::ApiKey(Secret::new("k")),
+        );
+        toktra.timeout = Duration::from_secs(30);
+        toktra.retry.attempts = 2;
+        toktra.retry.max_delay = Duration::from_secs(10);
+        let now = Utc::now();
+        let step = |name: &str, ago: i64| journal::Step {
+            rotation_id: "r".into(),
+            seq: 0,
+            at: now - chrono::Duration::seconds(ago),
+            step: name.into(),
+            status: "intent".into(),
+            detail: String::new(),
+        };
+        let wait = |steps: &[journal::Step]| create_settle_wait(steps, &toktra, now);
+        assert_eq!(wait(&[]), Duration::ZERO);
+        assert_eq!(wait(&[step("revoke-first", 0)]), Duration::ZERO, "never tried to mint");
+        assert_eq!(wait(&[step("mint", 0)]), Duration::from_secs(30), "just sent: one timeout");
+        assert_eq!(wait(&[step("mint", 70)]), Duration::from_secs(10), "2 × (30 s + 10 s) after the intent");
+        assert_eq!(wait(&[step("mint", 100), step("mint", 75)]), Duration::from_secs(5), "the last mint step counts");
+        assert_eq!(wait(&[step("mint", 600)]), Duration::ZERO, "long over");
     }
 
     /// The destinations' answers after a failed promotion, for AWS (`AWSCURRENT` moved but

@@ -240,6 +240,11 @@ const SCHEMA: &[&str] = &[
     "CREATE UNIQUE INDEX IF NOT EXISTS requests_by_key ON requests (policy, idempotency_key)",
 ];
 
+/// A lease duration in milliseconds, for SQL.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
 /// Timestamps are stored as fixed-width RFC 3339 UTC text, which sorts correctly as text on
 /// both backends.
 fn ts(t: DateTime<Utc>) -> String {
@@ -262,6 +267,7 @@ pub struct Journal {
     /// What `SELECT` reads of a rotation: [`COLUMNS`], except that a journal opened read-only
     /// from an earlier version reads the columns it lacks as their defaults.
     columns: std::sync::Arc<str>,
+    sqlite: bool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -327,7 +333,7 @@ impl Journal {
             });
         }
         let pool = options.connect(&full).await.map_err(|source| Error::Open { url: shown.clone(), source })?;
-        let journal = Journal { pool, url: shown, columns: COLUMNS.into() };
+        let journal = Journal { pool, url: shown, columns: COLUMNS.into(), sqlite };
         let mut tx = journal.pool.begin().await.map_err(|source| Error::Query { what: "create schema", source })?;
         if !sqlite {
             // Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
@@ -388,7 +394,8 @@ impl Journal {
             .connect(&full)
             .await
             .map_err(|source| Error::Open { url: shown.clone(), source })?;
-        let mut journal = Journal { pool, url: shown, columns: COLUMNS.into() };
+        let sqlite = full.starts_with("sqlite:");
+        let mut journal = Journal { pool, url: shown, columns: COLUMNS.into(), sqlite };
         // Read-only: no migration, so the columns added since its version read as defaults.
         let mut columns = COLUMNS.to_string();
         for (column, definition) in ADDED_COLUMNS {
@@ -613,23 +620,30 @@ impl Journal {
             .collect()
     }
 
-    /// Takes the policy's lease for `ttl` if it is free, expired, or already ours.
-    // TODO-robustness: expiry is judged by this host's clock; with several replicas on
-    // PostgreSQL, the database's `now()` would remove clock skew from the picture. Returns the
+    /// SQL for the database's clock in Unix milliseconds. Lease expiry is set and judged by it
+    /// alone, never by a replica's clock, so replicas whose clocks disagree still agree on
+    /// whether a lease has expired.
+    fn db_now(&self) -> &'static str {
+        if self.sqlite {
+            "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)"
+        } else {
+            "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        }
+    }
+
+    /// Takes the policy's lease for `ttl` if it is free, expired, or already ours. Returns the
     /// current holder when someone else has it.
     pub async fn acquire(&self, policy: &str, holder: &str, ttl: Duration) -> Result<Result<Lease, Holder>, Error> {
-        let now = Utc::now();
-        let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
-        let taken = sqlx::query(
-            "INSERT INTO leases (policy, holder, expires_at, fence) VALUES ($1, $2, $3, 1)
+        let now = self.db_now();
+        let taken = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO leases (policy, holder, expires_at, fence) VALUES ($1, $2, {now} + $3, 1)
              ON CONFLICT (policy) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
                 fence = leases.fence + 1
-             WHERE leases.expires_at < $4 OR leases.holder = excluded.holder",
-        )
+             WHERE leases.expires_at < {now} OR leases.holder = excluded.holder"
+        )))
         .bind(policy)
         .bind(holder)
-        .bind(expires.timestamp_millis())
-        .bind(now.timestamp_millis())
+        .bind(millis(ttl))
         .execute(&self.pool)
         .await
         .map_err(|source| Error::Query { what: "acquire lease", source })?
@@ -661,12 +675,12 @@ impl Journal {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>, Error> {
-        let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
-        let n = sqlx::query(
-            "UPDATE leases SET holder = $1, expires_at = $2, fence = fence + 1 WHERE policy = $3 AND holder = $4",
-        )
+        let n = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE leases SET holder = $1, expires_at = {} + $2, fence = fence + 1 WHERE policy = $3 AND holder = $4",
+            self.db_now()
+        )))
         .bind(holder)
-        .bind(expires.timestamp_millis())
+        .bind(millis(ttl))
         .bind(policy)
         .bind(dead)
         .execute(&self.pool)
@@ -688,16 +702,18 @@ impl Journal {
 
     /// Extends a held lease; `false` if it was lost (expired and taken by someone else).
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, Error> {
-        let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
-        let n = sqlx::query("UPDATE leases SET expires_at = $1 WHERE policy = $2 AND holder = $3 AND fence = $4")
-            .bind(expires.timestamp_millis())
-            .bind(&lease.policy)
-            .bind(&lease.holder)
-            .bind(lease.fence)
-            .execute(&self.pool)
-            .await
-            .map_err(|source| Error::Query { what: "renew lease", source })?
-            .rows_affected();
+        let n = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE leases SET expires_at = {} + $1 WHERE policy = $2 AND holder = $3 AND fence = $4",
+            self.db_now()
+        )))
+        .bind(millis(ttl))
+        .bind(&lease.policy)
+        .bind(&lease.holder)
+        .bind(lease.fence)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| Error::Query { what: "renew lease", source })?
+        .rows_affected();
         Ok(n == 1)
     }
 

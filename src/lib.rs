@@ -9,6 +9,7 @@ pub mod duration;
 pub mod engine;
 pub mod journal;
 pub mod leftover;
+pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod plan;

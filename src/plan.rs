@@ -37,6 +37,8 @@ pub struct PolicyPlan {
     pub current_credential: Option<String>,
     pub credential_age_seconds: Option<i64>,
     pub due: Due,
+    /// The policy's latest rotation in the journal, finished or not.
+    pub latest_rotation: Option<String>,
     /// An unfinished rotation the next run resumes first.
     pub in_flight: Option<String>,
     /// Old credentials still awaiting revocation.
@@ -221,6 +223,7 @@ async fn plan_policy(
             .map(|(t, _)| (now - t).num_seconds()),
         current_credential: current_id,
         due,
+        latest_rotation: rotations.first().map(|r| r.id.clone()),
         in_flight,
         pending_revocations,
         steps,

@@ -246,10 +246,35 @@ async fn bounded_head(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// The router for the service listening on `listen`; `token` is `None` only when the operator
-/// chose to serve without authentication on loopback. `metrics_auth`: `/metrics` needs the token
-/// as `/v1` does.
-pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr, metrics_auth: bool) -> axum::Router {
+/// A request, body included, gets `limit` from its head to its response; then `408`. (The head
+/// itself is bounded by the listener's header timeout.)
+async fn bounded_time(State(limit): State<std::time::Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request took longer than {} (request_timeout)", crate::duration::format(limit)),
+        )
+        .into_response(),
+    }
+}
+
+/// What the router is told besides the daemon.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `None` only when the operator chose to serve without authentication on loopback.
+    pub token: Option<Secret>,
+    /// The address served, for the `Host` check without a token.
+    pub listen: SocketAddr,
+    /// `/metrics` needs the token as `/v1` does.
+    pub metrics_auth: bool,
+    pub request_timeout: std::time::Duration,
+}
+
+/// The service's router.
+pub fn router(daemon: Arc<Daemon>, options: Options) -> axum::Router {
+    let Options { token, listen, metrics_auth, request_timeout } = options;
     let state = AppState { daemon, token: token.map(Arc::new), listen };
     let metrics_route = match metrics_auth {
         true => get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
@@ -277,7 +302,9 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Secret>, listen: SocketAddr, me
         true => app,
         false => app.layer(middleware::from_fn_with_state(state, require_own_host)),
     };
-    app.layer(middleware::from_fn(bounded_head)).layer(middleware::from_fn(json_errors))
+    app.layer(middleware::from_fn_with_state(request_timeout, bounded_time))
+        .layer(middleware::from_fn(bounded_head))
+        .layer(middleware::from_fn(json_errors))
 }
 
 /// Readiness: every check by name, `503` naming the failing ones. `policies` fails while the
@@ -437,6 +464,9 @@ async fn rotate(
         }
         Err(Refused::InFlight(why)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
         Err(Refused::Invalid(why)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", why)),
+        Err(Refused::KeyReused(why)) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", why))
+        }
         Err(Refused::ShuttingDown) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is stopping"))
         }

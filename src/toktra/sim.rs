@@ -84,6 +84,10 @@ pub struct Faults {
     /// Share of creates answered `500 internal_error` without doing anything (the create
     /// endpoint failing while the rest of the API works).
     pub create_error_rate: f64,
+    /// Creates are carried out this long after they arrive, in a task of their own, so a
+    /// create whose client has gone (killed, timed out) still lands later, as a vendor's queue
+    /// would have it. 0: at once.
+    pub create_delay_ms: u64,
     /// Credential IDs whose revocation is refused with `403 forbidden` (a vendor protecting a
     /// credential, or a management credential lacking the right), until the list changes.
     pub refuse_revocation: Vec<String>,
@@ -235,6 +239,8 @@ pub struct Stats {
     pub injected_rate_limits: u64,
     pub injected_drops: u64,
     pub injected_create_timeouts: u64,
+    /// Creates received and not carried out yet (see `Faults::create_delay_ms`).
+    pub creates_pending: u64,
     /// 429s from the real per-credential limit.
     pub real_rate_limits: u64,
     /// Credentials created through the API (a create hit by the timeout fault counts: it happened).
@@ -1246,7 +1252,23 @@ async fn v1(State(shared): State<Arc<Shared>>, ConnectInfo(conn): ConnectInfo<Co
         return shared.finish(shared.injected_rate_limit());
     }
 
-    let reply = shared.handle(&call);
+    let reply = if creates && faults.create_delay_ms > 0 {
+        shared.lock().stats.creates_pending += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let delayed = shared.clone();
+        tokio::spawn(async move {
+            delayed.pause(Duration::from_millis(faults.create_delay_ms)).await;
+            let reply = delayed.handle(&call);
+            delayed.lock().stats.creates_pending -= 1;
+            let _ = tx.send(reply);
+        });
+        match rx.await {
+            Ok(reply) => reply,
+            Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        }
+    } else {
+        shared.handle(&call)
+    };
     let created = reply.created();
     let response = shared.finish(reply);
     if created && roll(faults.create_timeout_rate) {

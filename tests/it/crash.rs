@@ -126,3 +126,49 @@ async fn random_kills_then_one_clean_run_converge() {
     run.assert_code(0);
     env.assert_converged(&specs, &old).await;
 }
+
+/// Issue 10, item 4: a create the killed process sent lands after it died (the vendor carries
+/// it out 3 s after it arrived). The next run takes the dead process's lease at once (the local
+/// PID check) but looks the mint up only once that create can no longer land (one Toktra
+/// timeout, 4 s here), so it finds the late credential and revokes it instead of leaving it
+/// active and unrecorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_that_lands_after_the_crash_is_found_and_revoked() {
+    let env = Env::with(sim::Config {
+        faults: sim::Faults { create_delay_ms: 3000, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
+    let spec = Spec {
+        name: "late".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::Vault(format!("{}/late", env.prefix))],
+        grace: "0s",
+    };
+    env.policy("late.yaml", &spec.yaml());
+    let legacy = env.legacy(CredentialKind::ApiKey, "late-legacy").await;
+    env.seed(&spec, &legacy).await;
+
+    let mut first = env.command(&["rotate", "late"]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while env.sim.stats().creates_pending == 0 {
+        assert!(std::time::Instant::now() < deadline, "the create never reached the simulator");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().await.unwrap();
+
+    let run = env.rotator(&["rotate", "late"]).await;
+    assert_eq!(env.sim.stats().creates_pending, 0, "the late create has landed");
+    // Whatever the late create made is revoked; only the served credential is active.
+    let served = env.served(&spec.dests[0]).await.unwrap();
+    let active: Vec<String> = env.active().into_iter().map(|c| c.id).collect();
+    assert_eq!(active, vec![crate::harness::text(&served, spec.id_field())], "{}\n{}", run.stdout, run.stderr);
+    let history = env.rotator(&["history", "late", "--steps"]).await;
+    assert!(
+        history.stdout.contains("a create of the interrupted run may still be in flight"),
+        "the lookup waited for the create:\n{}\n{}\n{}",
+        history.stdout,
+        run.stdout,
+        run.stderr
+    );
+}

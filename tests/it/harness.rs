@@ -96,7 +96,10 @@ impl Env {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true");
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            // The simulator answers in milliseconds; a short timeout keeps the wait before
+            // looking up an interrupted mint (one timeout at most) short. Tests may override it.
+            .env("TOKTRA_TIMEOUT", "4s");
         match &self.admin_client {
             Some((id, secret)) => command.env("TOKTRA_CLIENT_ID", id).env("TOKTRA_CLIENT_SECRET", secret),
             None => command.env("TOKTRA_API_KEY", &self.admin_key),

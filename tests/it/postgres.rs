@@ -11,7 +11,7 @@ use sqlx::AssertSqlSafe;
 use crate::harness::{Dest, Env, Spec};
 
 /// A fresh database for this test; its URL.
-async fn database(env: &Env) -> String {
+pub(crate) async fn database(env: &Env) -> String {
     sqlx::any::install_default_drivers();
     let admin = "postgres://postgres@127.0.0.1:5432/postgres";
     let pool = sqlx::AnyPool::connect(admin)
@@ -24,7 +24,7 @@ async fn database(env: &Env) -> String {
 }
 
 /// Drops the test's database (the machine's server outlives the test run).
-async fn drop_database(env: &Env) {
+pub(crate) async fn drop_database(env: &Env) {
     let pool = sqlx::AnyPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
     let name = env.prefix.replace('-', "_");
     sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&pool).await.unwrap();

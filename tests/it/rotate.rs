@@ -2,7 +2,7 @@
 
 use rotator::policy::CredentialKind;
 
-use crate::harness::{Env, credential_json, text};
+use crate::harness::{Dest, Env, credential_json, text};
 
 /// No active credential at the simulator that no destination holds.
 fn assert_only_active(env: &Env, ids: &[&str]) {
@@ -234,4 +234,40 @@ async fn manual_runs_say_when_they_ignore_the_schedule_and_due_rotates_only_what
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("note: `adopted` was not due until"), "{}", run.stderr);
     env.assert_converged(&[adopted, empty], &old).await;
+}
+
+/// Issue 10, item 4: whether a policy is due is checked again once its lease is taken. A
+/// scheduled job (`rotate --due`) finds the policy due and is held before taking the lease;
+/// meanwhile a second job rotates it; when the first goes on, it sees the journal moved and
+/// leaves the policy alone instead of rotating it twice in a row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_rotated_by_another_job_since_it_was_found_due_is_not_rotated_again() {
+    let mut env = Env::start().await;
+    env.policy(
+        "twice.yaml",
+        "name: twice\ncredential: { kind: api_key, name: twice }\nschedule: { every: 30d }\n\
+         destinations:\n  - vault: { mount: secret, path: '{prefix}/twice', create: true }\nrevoke: { grace: 0s }\n",
+    );
+    let go = env.dir.join("go");
+    env.env.push(("ROTATOR_PAUSE_AT".into(), "before-lease".into()));
+    env.env.push(("ROTATOR_PAUSE_FILE".into(), go.display().to_string()));
+    let held = env.command(&["rotate", "--due"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let reached = env.dir.join("go.reached");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !reached.exists() {
+        assert!(std::time::Instant::now() < deadline, "the first job never found the policy due");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    env.env.clear();
+    env.rotator(&["rotate", "--due"]).await.assert_code(0);
+    let rotated = env.served(&Dest::Vault(format!("{}/twice", env.prefix))).await.expect("rotated by the second job");
+
+    std::fs::write(&go, "").unwrap();
+    let first = held.wait_with_output().await.unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stdout));
+    let history = env.rotator(&["history", "twice", "--format", "json"]).await;
+    let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "rotated once: {}", history.stdout);
+    let served = env.served(&Dest::Vault(format!("{}/twice", env.prefix))).await.unwrap();
+    assert_eq!(text(&served, "key_id"), text(&rotated, "key_id"));
 }

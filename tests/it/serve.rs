@@ -11,7 +11,6 @@ use serde_json::Value;
 use crate::harness::{Dest, Env, Spec, text};
 use crate::service::{Service, VaultGate};
 
-
 #[tokio::test(flavor = "multi_thread")]
 async fn api_needs_a_token_and_rotates_on_demand() {
     let env =
@@ -367,8 +366,6 @@ async fn serve_finishes_a_deleted_policys_work_and_tells_of_held_revocations() {
     assert_eq!(held, 1, "{:?}", received.lock().unwrap());
     service.signal("TERM");
 }
-
-
 
 /// Issue 9, item 12: a request made while the policy's last rotation waits for its grace period
 /// runs at once. The tick is a minute, so only the request's wake-up can explain a prompt run.
@@ -766,7 +763,6 @@ async fn reloads_show_in_metrics_readyz_and_the_log() {
     );
 }
 
-
 /// Issue 10, item 1: an accepted request is in the journal before its `202`. The service that
 /// accepted it is killed (SIGKILL) before it could record the rotation (its first Vault read is
 /// held at the gate); a second service on the same journal, which never saw the request, answers
@@ -871,6 +867,15 @@ async fn an_idempotency_key_answers_with_the_first_request() {
     assert_eq!((status, text(&late, "id")), (200, id.clone()), "{late}");
     let (_, rows) = service.get("/v1/rotations?policy=retried").await;
     assert_eq!(rows["rotations"].as_array().unwrap().len(), 1, "{rows}");
+    // The same key with another body is refused (422), not answered as if carried out.
+    for other in [
+        serde_json::json!({ "reason": "something else" }),
+        serde_json::json!({ "reason": "retried", "compromised": true }),
+    ] {
+        let (status, refused) = service.rotate_with_key("retried", "deploy-42", other.clone()).await;
+        assert_eq!((status, refused["error"].as_str()), (422, Some("idempotency_key_reused")), "{other}: {refused}");
+        assert!(text(&refused, "message").contains(&id), "{refused}");
+    }
 
     // Another key is another request.
     let (status, other) = service.rotate_with_key("retried", "deploy-43", body.clone()).await;

@@ -24,6 +24,13 @@ impl Env {
     /// Starts `rotator serve` on `127.0.0.1:0` and returns once it answers `/healthz` at the
     /// address it logged.
     pub(crate) async fn serve(&self, extra: &[&str]) -> Service {
+        self.serve_as(None, extra).await
+    }
+
+    /// Like [`Env::serve`]; with `host`, the service runs in UTS and PID namespaces of its own
+    /// (`unshare`, as root) under that host name, as a replica on another machine would: no
+    /// other process can judge it dead by its PID.
+    pub(crate) async fn serve_as(&self, host: Option<&str>, extra: &[&str]) -> Service {
         let token = format!("api-{}", uuid::Uuid::new_v4().simple());
         let log = self.dir.join(format!("serve-{}.log", uuid::Uuid::new_v4().simple()));
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
@@ -36,13 +43,32 @@ impl Env {
                 command.env(name, value);
             }
         }
+        if let Some(host) = host {
+            command = in_namespaces(&command, host);
+        }
         command.stderr(std::fs::File::create(&log).unwrap());
         let child = command.spawn().unwrap();
-        let mut service = Service { child, base: String::new(), token, log, http: reqwest::Client::new() };
+        // With TLS (a certificate file in the environment), trust that certificate only.
+        let tls = self.env.iter().find(|(n, _)| n == "ROTATOR_TLS_CERT_FILE").map(|(_, path)| path.clone());
+        let http = match &tls {
+            Some(path) => {
+                let pem = std::fs::read(path).unwrap();
+                reqwest::Client::builder()
+                    .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap()
+            }
+            // No idle connections kept: a test of the connection limit counts its own.
+            None => reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut service = Service { child, base: String::new(), token, log, http };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if service.base.is_empty() {
-                service.base = served_address(&service.log_text()).map(|a| format!("http://{a}")).unwrap_or_default();
+                service.base =
+                    served_address(&service.log_text()).map(|a| format!("{scheme}://{a}")).unwrap_or_default();
             }
             if !service.base.is_empty()
                 && service.http.get(format!("{}/healthz", service.base)).send().await.is_ok_and(|r| r.status() == 200)
@@ -56,6 +82,38 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `command` run by `unshare` in new UTS and PID namespaces, with `host` as its host name.
+fn in_namespaces(command: &tokio::process::Command, host: &str) -> tokio::process::Command {
+    let inner = command.as_std();
+    let mut wrapped = tokio::process::Command::new("unshare");
+    wrapped
+        .args([
+            "--uts",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+            r#"h=$1; shift; hostname "$h" && exec "$0" "$@""#,
+        ])
+        .arg(inner.get_program())
+        .arg(host)
+        .args(inner.get_args())
+        .env_clear()
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null());
+    for (name, value) in inner.get_envs() {
+        if let Some(value) = value {
+            wrapped.env(name, value);
+        }
+    }
+    if let Some(dir) = inner.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
 }
 
 /// The address in the service's `rotator serving` log line (JSON lines).
@@ -82,8 +140,9 @@ impl Service {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends a signal to the `rotator` process (inside its namespaces, if it has its own).
     pub(crate) fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
+        let pid = self.rotator_pid().to_string();
         assert!(std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
     }
 
@@ -104,7 +163,13 @@ impl Service {
 impl Service {
     /// Any request, with the token: status, `Content-Type` and the body as JSON (`Null` if it is
     /// not JSON).
-    pub(crate) async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, String, Value) {
+    pub(crate) async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, String, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut r = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).body(body);
         for (name, value) in headers {
@@ -225,6 +290,16 @@ impl VaultGate {
 }
 
 impl Service {
+    /// The PID of the `rotator` process itself: the child's own, or, for a service started in
+    /// namespaces of its own, that of the process `unshare` started.
+    pub(crate) fn rotator_pid(&self) -> u32 {
+        let pid = self.child.id().expect("running");
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .unwrap_or(pid)
+    }
+
     /// Sends SIGKILL and waits for the process to be gone.
     pub(crate) async fn kill(self) {
         self.signal("KILL");
