@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::engine::{self, Engine, Outcome, Status};
 use crate::journal::Journal;
-use crate::notify::Event;
+use crate::notify::{Event, Problem};
 use crate::policy::{self, Destination, Policy};
 use crate::telemetry::LogFormat;
 
@@ -607,6 +607,7 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         })
         .collect();
     outcomes.extend(rotate_policies(&engine, &work).await);
+    let overdue_ended = overdue_ended(&engine.journal, &policies, &overdue, chrono::Utc::now()).await;
     engine.journal.close().await;
     let stats = engine.toktra.stats();
     tracing::info!(
@@ -620,7 +621,7 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     let events = outcomes
         .iter()
         .map(|(policy, result)| {
-            let events = match result {
+            let mut events = match result {
                 Ok(list) => crate::notify::of_run(list),
                 // Another process is rotating it and tells of its own outcome.
                 Err(engine::Error::Busy { .. }) => Vec::new(),
@@ -630,15 +631,18 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
                     error: format!("the rotation could not run: {e}"),
                 }],
             };
+            // The overdue state ended without this run's recovery saying so (a resumed
+            // rotation promoted, or another process rotated the policy meanwhile).
+            let said = events
+                .iter()
+                .any(|e| matches!(e, Event::Recovered { cleared, .. } if cleared.contains(&Problem::Overdue)));
+            if overdue_ended.contains(policy) && !said {
+                events.push(Event::Recovered { policy: policy.clone(), cleared: vec![Problem::Overdue] });
+            }
             (policy.clone(), events)
         })
         .collect();
-    let overdue = overdue
-        .into_iter()
-        .filter(|(name, _)| {
-            !outcomes.iter().any(|(p, r)| p == name && r.as_ref().is_ok_and(|l| crate::notify::ends_overdue(l)))
-        })
-        .collect();
+    let overdue = overdue.into_iter().filter(|(name, _)| !overdue_ended.contains(name)).collect();
     tell(&notifier, &policies, &overdue, events);
     print_outcomes(&outcomes, args.format);
     for note in &early {
@@ -646,6 +650,35 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     }
     finish_notifications(&notifier, deliveries, config.shutdown_timeout).await;
     check_outcomes(&outcomes)
+}
+
+/// Which of the `overdue` policies no longer are, judged from the journal's latest promotion
+/// now, as a later pass of `serve` would: a rotation this run promoted (a resumed one included)
+/// or another process promoted meanwhile ends it. When the journal cannot tell, it still is.
+async fn overdue_ended(
+    journal: &Journal,
+    policies: &[Policy],
+    overdue: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::collections::BTreeSet<String> {
+    let mut ended = std::collections::BTreeSet::new();
+    for name in overdue.keys() {
+        let Some(policy) = policies.iter().find(|p| &p.name == name) else { continue };
+        let history = match journal.history(Some(name), 100).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(policy = %name, error = %e, "cannot read the journal to tell whether the policy is still overdue");
+                continue;
+            }
+        };
+        let promoted = history.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at);
+        if promoted.is_some_and(|at| {
+            !crate::schedule::due(name, &policy.schedule, Some((at, crate::schedule::Basis::Journal)), now).overdue
+        }) {
+            ended.insert(name.clone());
+        }
+    }
+    ended
 }
 
 fn toktra_unusable(e: &crate::toktra::Error) -> Failure {

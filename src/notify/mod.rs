@@ -211,11 +211,6 @@ pub fn of_run(outcomes: &[Outcome]) -> Vec<Event> {
     events
 }
 
-/// Whether the outcomes leave the policy no longer overdue (a new credential was promoted).
-pub fn ends_overdue(outcomes: &[Outcome]) -> bool {
-    matches!(outcomes.last().and_then(recovered), Some(Event::Recovered { cleared, .. }) if cleared.contains(&Problem::Overdue))
-}
-
 /// Sends events to channels, each channel from a background task and a bounded queue of its own,
 /// so a dead webhook delays only its own channel.
 #[derive(Clone)]
@@ -432,7 +427,6 @@ mod tests {
         for (outcomes, expected) in cases {
             let outcomes: Vec<Outcome> = outcomes.iter().map(|(s, r, h)| outcome(*s, *r, *h)).collect();
             assert_eq!(names(&of_run(&outcomes)), *expected, "{outcomes:?}");
-            assert_eq!(ends_overdue(&outcomes), expected.iter().any(|e| e.contains("overdue")), "{outcomes:?}");
         }
     }
 }

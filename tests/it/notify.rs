@@ -417,6 +417,53 @@ routing_key_env = "PAGERDUTY_ROUTING_KEY"
     );
 }
 
+/// A job that finishes a rotation a crashed run left (the resumed rotation promotes, so no new
+/// one starts) tells that the policy is no longer overdue: the overdue alert resolves, and no
+/// alert is raised for an overdue state the run ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotate_job_that_finishes_a_crashed_rotation_resolves_the_overdue_alert() {
+    let receiver = Receiver::start().await;
+    let mut env = Env::start().await;
+    let routing_key = format!("R{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        format!(
+            "[notifications.pager]\nkind = \"pagerduty\"\nurl = \"http://{}/v2/enqueue\"\nrouting_key_env = \"PAGERDUTY_ROUTING_KEY\"\n",
+            receiver.addr
+        ),
+    )
+    .unwrap();
+    env.env.push(("PAGERDUTY_ROUTING_KEY".into(), routing_key.clone()));
+    let (_spec, legacy_secret) = overdue_policy(&env, "crashed", "pager").await;
+    let crashing = Env { env: [env.env.clone(), vec![("ROTATOR_CRASH_AT".into(), "verified".into())]].concat(), ..env };
+    let crashed = crashing.rotator(&["rotate", "--due"]).await;
+    assert_eq!(crashed.code, -1, "killed at the crash point: {}", crashed.stderr);
+    let env = Env { env: crashing.env[..1].to_vec(), ..crashing };
+
+    let run = env.rotator(&["rotate", "--due", "--format", "json"]).await;
+    run.assert_code(0);
+    let outcomes: Value = serde_json::from_str(&run.stdout).unwrap();
+    let rotations = outcomes[0]["rotations"].as_array().unwrap();
+    assert!(
+        rotations.len() == 1 && rotations[0]["resumed"] == true && rotations[0]["status"] == "completed",
+        "only the crashed rotation, resumed to completion: {}",
+        run.stdout
+    );
+    let pager = receiver.heard("/v2/enqueue");
+    let a = actions(&pager);
+    assert!(a.iter().all(|(action, _)| action == "resolve"), "nothing triggered: {a:?}\n{}", run.stderr);
+    for key in ["rotator/crashed/rotation", "rotator/crashed/overdue", "rotator/crashed/revocation"] {
+        assert!(a.contains(&pair("resolve", key)), "{key} resolved: {a:?}");
+    }
+    let new_secret = served_secret(&env, "crashed");
+    assert_no_secret(
+        &pager,
+        &[&crashed.stderr, &run.stdout, &run.stderr],
+        &[&legacy_secret, &new_secret, &env.admin_key],
+        Some(&routing_key),
+    );
+}
+
 /// A channel's mistakes are refused before anything runs (exit 2), pointing at the key and its
 /// line in rotator.toml, and never repeating a secret.
 #[tokio::test(flavor = "multi_thread")]
