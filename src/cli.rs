@@ -612,6 +612,9 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     let stats = engine.toktra.stats();
     tracing::info!(
         requests = stats.requests,
+        management_calls = stats.management_calls,
+        probe_calls = stats.probe_calls,
+        shared_listings = stats.shared_listings,
         retries = stats.retries,
         rate_limit_waits = stats.rate_limit_waits,
         paced_waits = stats.paced_waits,
@@ -1024,6 +1027,9 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         || policies.iter().flat_map(|p| &p.destinations).any(|d| matches!(d, Destination::AwsSecretsManager(_)));
     let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
     let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+    // The Vault token is renewed (or replaced by a new login) for as long as the service runs;
+    // the task ends when this handle is dropped, at the end of this function.
+    let _vault_renewal = clients.vault.as_ref().map(|v| v.renew_in_background());
     let journal = open_journal(&config).await?;
     let engine = Engine {
         toktra: Arc::new(toktra),

@@ -61,11 +61,46 @@ pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue"
 /// signed request by trying keys offline.
 pub const MIN_SIGNING_SECRET_CHARS: usize = 32;
 
-/// How rotator logs in to Vault when no token is given.
-#[derive(Clone)]
+/// How rotator authenticates to Vault (`[vault] auth`), as configured; files are read at every
+/// login. [`Config::clients`] turns it into a [`vault::Method`].
+#[derive(Debug, Clone)]
 pub enum VaultAuth {
     Token(Secret),
-    AppRole { mount: String, role_id: String, secret_id: Secret },
+    AppRole {
+        mount: String,
+        role_id: String,
+        secret_id: vault::auth::SecretFile,
+    },
+    Kubernetes {
+        mount: String,
+        role: String,
+        token: vault::auth::SecretFile,
+    },
+    Jwt {
+        mount: String,
+        role: String,
+        token: vault::auth::SecretFile,
+    },
+    /// The credentials come from the standard AWS chain when a login needs them.
+    Aws {
+        mount: String,
+        role: String,
+        header_value: Option<String>,
+        sts_endpoint: reqwest::Url,
+        sts_region: String,
+    },
+}
+
+impl VaultAuth {
+    pub fn name(&self) -> &'static str {
+        match self {
+            VaultAuth::Token(_) => "token",
+            VaultAuth::AppRole { .. } => "approle",
+            VaultAuth::Kubernetes { .. } => "kubernetes",
+            VaultAuth::Jwt { .. } => "jwt",
+            VaultAuth::Aws { .. } => "aws",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -253,7 +288,34 @@ struct VaultFile {
     addr: Option<String>,
     token_file: Option<PathBuf>,
     namespace: Option<String>,
+    /// The auth method; without it, a token if one is given, else the one method table present.
+    auth: Option<AuthKind>,
     approle: Option<AppRoleFile>,
+    kubernetes: Option<KubernetesFile>,
+    jwt: Option<JwtFile>,
+    aws: Option<AwsAuthFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AuthKind {
+    Token,
+    Approle,
+    Kubernetes,
+    Jwt,
+    Aws,
+}
+
+impl AuthKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::Token => "token",
+            AuthKind::Approle => "approle",
+            AuthKind::Kubernetes => "kubernetes",
+            AuthKind::Jwt => "jwt",
+            AuthKind::Aws => "aws",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +329,175 @@ struct AppRoleFile {
 
 fn default_approle_mount() -> String {
     "approle".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesFile {
+    #[serde(default = "default_kubernetes_mount")]
+    mount: String,
+    role: String,
+    #[serde(default = "default_kubernetes_token_file")]
+    token_file: PathBuf,
+}
+
+fn default_kubernetes_mount() -> String {
+    "kubernetes".into()
+}
+
+fn default_kubernetes_token_file() -> PathBuf {
+    vault::auth::DEFAULT_KUBERNETES_TOKEN_FILE.into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtFile {
+    #[serde(default = "default_jwt_mount")]
+    mount: String,
+    role: String,
+    token_file: PathBuf,
+}
+
+fn default_jwt_mount() -> String {
+    "jwt".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AwsAuthFile {
+    #[serde(default = "default_aws_mount")]
+    mount: String,
+    role: String,
+    header_value: Option<String>,
+    sts_endpoint: Option<String>,
+    sts_region: Option<String>,
+}
+
+fn default_aws_mount() -> String {
+    "aws".into()
+}
+
+/// The Vault auth method the `[vault]` table and `VAULT_TOKEN` describe; `source` locates a key
+/// in the file for errors.
+fn vault_auth(file: &VaultFile, source: &dyn Fn(&str) -> String) -> Result<Option<VaultAuth>, Error> {
+    let tables: Vec<AuthKind> = [
+        (AuthKind::Approle, file.approle.is_some()),
+        (AuthKind::Kubernetes, file.kubernetes.is_some()),
+        (AuthKind::Jwt, file.jwt.is_some()),
+        (AuthKind::Aws, file.aws.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, present)| present.then_some(kind))
+    .collect();
+    let token = || -> Result<Option<Secret>, Error> {
+        match (var("VAULT_TOKEN"), &file.token_file) {
+            (Some(t), _) => Ok(Some(Secret::new(t))),
+            (None, Some(p)) => read_secret(&source("vault.token_file"), p).map(Some),
+            (None, None) => Ok(None),
+        }
+    };
+    let kind = match file.auth {
+        Some(kind) => {
+            // A table for another method is a mistake waiting to be made: say so now.
+            if let Some(other) = tables.iter().find(|t| **t != kind) {
+                return Err(error(
+                    source(&format!("vault.{}", other.as_str())),
+                    format!(
+                        "[vault.{}] is given but auth = \"{}\": remove it, or choose it",
+                        other.as_str(),
+                        kind.as_str()
+                    ),
+                ));
+            }
+            if kind != AuthKind::Token && file.token_file.is_some() {
+                return Err(error(
+                    source("vault.token_file"),
+                    format!("token_file is only read with auth = \"token\", not \"{}\"", kind.as_str()),
+                ));
+            }
+            kind
+        }
+        // As before `auth` existed: a token wins, else the one method configured.
+        None if var("VAULT_TOKEN").is_some() || file.token_file.is_some() => AuthKind::Token,
+        None => match tables.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            several => {
+                let names: Vec<String> = several.iter().map(|k| format!("[vault.{}]", k.as_str())).collect();
+                return Err(error(
+                    source("vault"),
+                    format!("{} are all given: choose one with auth = \"…\"", names.join(" and ")),
+                ));
+            }
+        },
+    };
+    let nonempty = |key: &str, value: &str| {
+        if value.trim().is_empty() {
+            Err(error(source(key), "must not be empty"))
+        } else {
+            Ok(value.trim().to_string())
+        }
+    };
+    let secret_file = |key: &str, path: &Path| vault::auth::SecretFile { path: path.to_path_buf(), key: source(key) };
+    let missing = |table: &str| {
+        error(
+            source("vault.auth"),
+            format!("auth = \"{table}\" needs a [vault.{table}] table (see rotator.example.toml)"),
+        )
+    };
+    Ok(Some(match kind {
+        AuthKind::Token => {
+            VaultAuth::Token(token()?.ok_or_else(|| {
+                error(source("vault.auth"), "auth = \"token\" needs VAULT_TOKEN or [vault] token_file")
+            })?)
+        }
+        AuthKind::Approle => {
+            let a = file.approle.as_ref().ok_or_else(|| missing("approle"))?;
+            VaultAuth::AppRole {
+                mount: nonempty("vault.approle.mount", &a.mount)?,
+                role_id: nonempty("vault.approle.role_id", &a.role_id)?,
+                secret_id: secret_file("vault.approle.secret_id_file", &a.secret_id_file),
+            }
+        }
+        AuthKind::Kubernetes => {
+            let k = file.kubernetes.as_ref().ok_or_else(|| missing("kubernetes"))?;
+            VaultAuth::Kubernetes {
+                mount: nonempty("vault.kubernetes.mount", &k.mount)?,
+                role: nonempty("vault.kubernetes.role", &k.role)?,
+                token: secret_file("vault.kubernetes.token_file", &k.token_file),
+            }
+        }
+        AuthKind::Jwt => {
+            let j = file.jwt.as_ref().ok_or_else(|| missing("jwt"))?;
+            VaultAuth::Jwt {
+                mount: nonempty("vault.jwt.mount", &j.mount)?,
+                role: nonempty("vault.jwt.role", &j.role)?,
+                token: secret_file("vault.jwt.token_file", &j.token_file),
+            }
+        }
+        AuthKind::Aws => {
+            let a = file.aws.as_ref().ok_or_else(|| missing("aws"))?;
+            let endpoint = a.sts_endpoint.as_deref().unwrap_or(vault::auth::DEFAULT_STS_ENDPOINT);
+            // rotator never sends anything to this URL: it only signs a request naming it, which
+            // Vault sends to STS. So any scheme Vault's `sts_endpoint` uses is fine here.
+            let sts_endpoint = reqwest::Url::parse(endpoint)
+                .ok()
+                .filter(|u| u.host_str().is_some() && matches!(u.scheme(), "https" | "http"))
+                .ok_or_else(|| {
+                    error(source("vault.aws.sts_endpoint"), format!("`{endpoint}` is not an http(s) URL"))
+                })?;
+            VaultAuth::Aws {
+                mount: nonempty("vault.aws.mount", &a.mount)?,
+                role: nonempty("vault.aws.role", &a.role)?,
+                header_value: a.header_value.clone().filter(|v| !v.is_empty()),
+                sts_endpoint,
+                sts_region: match &a.sts_region {
+                    Some(region) => nonempty("vault.aws.sts_region", region)?,
+                    None => vault::auth::DEFAULT_STS_REGION.to_string(),
+                },
+            }
+        }
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -594,16 +825,7 @@ impl Config {
             }
         }
 
-        let vault_auth = match (var("VAULT_TOKEN"), &file.vault.token_file, &file.vault.approle) {
-            (Some(t), _, _) => Some(VaultAuth::Token(Secret::new(t))),
-            (None, Some(p), _) => Some(VaultAuth::Token(read_secret(&source("vault.token_file"), p)?)),
-            (None, None, Some(a)) => Some(VaultAuth::AppRole {
-                mount: a.mount.clone(),
-                role_id: a.role_id.clone(),
-                secret_id: read_secret(&source("vault.approle.secret_id_file"), &a.secret_id_file)?,
-            }),
-            (None, None, None) => None,
-        };
+        let vault_auth = vault_auth(&file.vault, &source)?;
 
         let allow_insecure_http = match var("ROTATOR_ALLOW_INSECURE_HTTP") {
             Some(t) => parse_bool("ROTATOR_ALLOW_INSECURE_HTTP", &t)?,
@@ -722,45 +944,70 @@ impl Config {
                 .vault_addr
                 .as_deref()
                 .ok_or_else(|| error("VAULT_ADDR", "a policy writes to Vault but VAULT_ADDR is not set"))?;
-            let token = match &self.vault_auth {
-                Some(VaultAuth::Token(token)) => token.clone(),
-                // TODO-robustness: the token is not renewed; a long-running `serve` needs a token
-                // whose TTL outlives it, or a re-login on 403.
-                Some(VaultAuth::AppRole { mount, role_id, secret_id }) => {
-                    vault::approle_login(addr, self.vault_namespace.as_deref(), mount, role_id, secret_id)
-                        .await
-                        .map_err(|m| error("vault.approle", m))?
+            // The token is renewed by `serve` (`Connection::renew_in_background`), and any call
+            // that finds it expired logs in again once (`store::vault::connection`).
+            let method = match &self.vault_auth {
+                Some(VaultAuth::Token(token)) => vault::Method::Token(token.clone()),
+                Some(VaultAuth::AppRole { mount, role_id, secret_id }) => vault::Method::AppRole {
+                    mount: mount.clone(),
+                    role_id: role_id.clone(),
+                    secret_id: secret_id.clone(),
+                },
+                Some(VaultAuth::Kubernetes { mount, role, token }) => {
+                    vault::Method::Kubernetes { mount: mount.clone(), role: role.clone(), token: token.clone() }
+                }
+                Some(VaultAuth::Jwt { mount, role, token }) => {
+                    vault::Method::Jwt { mount: mount.clone(), role: role.clone(), token: token.clone() }
+                }
+                Some(VaultAuth::Aws { mount, role, header_value, sts_endpoint, sts_region }) => {
+                    let credentials = self.aws_sdk().await.credentials_provider().ok_or_else(|| {
+                        error("vault.aws", "the AWS SDK found no credential provider for the aws login")
+                    })?;
+                    vault::Method::Aws(vault::auth::Aws {
+                        mount: mount.clone(),
+                        role: role.clone(),
+                        header_value: header_value.clone(),
+                        sts_endpoint: sts_endpoint.clone(),
+                        sts_region: sts_region.clone(),
+                        credentials,
+                    })
                 }
                 None => {
                     return Err(error(
                         "VAULT_TOKEN",
-                        "a policy writes to Vault but neither VAULT_TOKEN nor [vault] token_file/approle is set",
+                        "a policy writes to Vault but neither VAULT_TOKEN nor [vault] token_file or an auth method is set",
                     ));
                 }
             };
+            let name = method.name();
             Some(
-                vault::Connection::new(addr, &token, self.vault_namespace.as_deref(), Duration::from_secs(15))
-                    .map_err(|message| error("VAULT_ADDR", message))?,
+                vault::Connection::login(addr, self.vault_namespace.as_deref(), Duration::from_secs(15), method)
+                    .await
+                    .map_err(|message| {
+                        error(if name == "token" { "VAULT_ADDR".into() } else { format!("vault.{name}") }, message)
+                    })?,
             )
         } else {
             None
         };
-        let aws = if need_aws {
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-            if let Some(endpoint) = &self.aws_endpoint {
-                loader = loader.endpoint_url(endpoint);
-            }
-            if let Some(region) = &self.aws_region {
-                loader = loader.region(aws_config::Region::new(region.clone()));
-            }
-            if let Some(profile) = &self.aws_profile {
-                loader = loader.profile_name(profile);
-            }
-            Some(loader.load().await)
-        } else {
-            None
-        };
+        let aws = if need_aws { Some(self.aws_sdk().await) } else { None };
         Ok(store::Clients { aws, vault })
+    }
+
+    /// The AWS SDK's configuration from the standard chain, with this configuration's region,
+    /// endpoint and profile.
+    async fn aws_sdk(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(endpoint) = &self.aws_endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(region) = &self.aws_region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(profile) = &self.aws_profile {
+            loader = loader.profile_name(profile);
+        }
+        loader.load().await
     }
 }
 

@@ -524,8 +524,11 @@ impl Daemon {
             policies.iter().any(|p| p.destinations.iter().any(|d| matches!(d, crate::policy::Destination::Vault(_))));
         if uses_vault && let Some(vault) = &self.engine.clients.vault {
             checks["vault"] = match tokio::time::timeout(LIMIT, vault.token_ttl()).await {
-                // 0: a token that never expires.
-                Ok(Ok(ttl)) if ttl == 0 || ttl >= 60 => serde_json::json!({ "ok": true, "ttl_seconds": ttl }),
+                // 0: a token that never expires. A method that can log in again replaces a token
+                // before it runs out, so only a `token` that cannot is judged by its time left.
+                Ok(Ok(ttl)) if ttl == 0 || ttl >= 60 || vault.can_login() => {
+                    serde_json::json!({ "ok": true, "ttl_seconds": ttl, "auth": vault.method() })
+                }
                 Ok(Ok(ttl)) => {
                     serde_json::json!({ "ok": false, "ttl_seconds": ttl, "message": format!("the Vault token expires in {ttl}s") })
                 }

@@ -287,6 +287,7 @@ impl Engine {
     pub async fn rotate(&self, policy: &Policy, request: &Request) -> Result<Vec<Outcome>, Error> {
         pause_point("before-lease").await;
         let held = self.acquire(&policy.name).await?;
+        pause_point("after-lease").await;
         let result = self.rotate_locked(policy, request, &held).await;
         self.release(&held).await;
         result
@@ -801,7 +802,11 @@ impl Engine {
         };
         crash_point("minted-unrecorded");
         for stray in &minted.revoked_strays {
-            self.note(work, "mint", "done", &format!("revoked {stray}: its create answer was lost")).await?;
+            self.note(work, "mint", "done", &format!("revoked {stray}: its {CREATE_ANSWER_LOST}")).await?;
+        }
+        if minted.lost_answers > 0 && minted.revoked_strays.is_empty() {
+            let detail = format!("{} {CREATE_ANSWER_LOST}s: nothing found by name yet", minted.lost_answers);
+            self.note(work, "mint", "done", &detail).await?;
         }
         let record = Record {
             kind,
@@ -1036,9 +1041,12 @@ impl Engine {
             .cloned()
             .collect();
         // A create whose answer was lost may have made a second credential under this
-        // rotation's name; it is not the new credential, so it goes.
-        let swept = self.revoke_named(work, new_id.as_deref()).await?;
-        work.revoked.extend(swept);
+        // rotation's name; it is not the new credential, so it goes. Only then is the account
+        // listed: otherwise the mint is known to have made exactly one credential.
+        if create_was_uncertain(&self.journal.steps(&work.rotation.id).await?) {
+            let swept = self.revoke_named(work, new_id.as_deref()).await?;
+            work.revoked.extend(swept);
+        }
         if !old.is_empty()
             && let Some(why) = self.still_served(work, &old).await?
         {
@@ -1051,7 +1059,10 @@ impl Engine {
             && !work.rotation.compromised
             && let Some(idle) = work.policy.revoke.require_idle
         {
-            let listed = self.toktra.list(kind).await?;
+            // Last use as listed within the last half minute: one listing serves every
+            // rotation of the run that needs it.
+            let since = Instant::now().checked_sub(SHARED_LISTING_AGE).unwrap_or_else(Instant::now);
+            let listed = self.toktra.list_since(kind, since).await?;
             let now = Utc::now();
             let busy: Vec<String> = listed
                 .iter()
@@ -1189,7 +1200,10 @@ impl Engine {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        if self.toktra.list(kind).await.map_err(|e| e.to_string())?.iter().any(|c| c.id == id) {
+        // Without the secret, the listing is the only way to see that the revocation took.
+        if !work.old_secrets.contains_key(id)
+            && self.toktra.list(kind).await.map_err(|e| e.to_string())?.iter().any(|c| c.id == id)
+        {
             return Err(format!("{id} is still listed after revocation"));
         }
         Ok((result, work.old_secrets.contains_key(id)))
@@ -1375,6 +1389,18 @@ pub(crate) fn after_failed_promotion(serving: &[Option<bool>], transient: bool) 
     } else {
         AfterPromotion::Forward
     }
+}
+
+/// Said in the journal of a mint one of whose create attempts lost its answer.
+const CREATE_ANSWER_LOST: &str = "create answer was lost";
+
+/// How old a shared listing may be for `require_idle`'s last-use check.
+const SHARED_LISTING_AGE: Duration = Duration::from_secs(30);
+
+/// Whether a rotation's mint may have made a credential it does not know of: an attempt of the
+/// create failed (and was tried again), or lost its answer.
+fn create_was_uncertain(steps: &[journal::Step]) -> bool {
+    steps.iter().any(|s| s.step == "mint" && (s.status == "failed" || s.detail.contains(CREATE_ANSWER_LOST)))
 }
 
 /// How long to wait before looking up what an interrupted mint created: until no create the

@@ -534,6 +534,36 @@ impl Journal {
         self.fetch(sql, policy.unwrap_or(""), "read unfinished rotations").await
     }
 
+    /// What a reconciliation pass needs rather than the whole history: for each policy its
+    /// latest rotation and its latest promoted one, and every unfinished rotation; newest first.
+    /// The window functions read the `(policy, started_at)` index, on SQLite and PostgreSQL.
+    pub async fn pass_view(&self) -> Result<Vec<Rotation>, Error> {
+        let list = |keep: fn(Phase) -> bool| -> String {
+            Phase::ALL.iter().filter(|p| keep(**p)).map(|p| format!("'{}'", p.as_str())).collect::<Vec<_>>().join(", ")
+        };
+        let (promoted, terminal) = (list(Phase::is_promoted), list(Phase::is_terminal));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM (
+                SELECT {},
+                    ROW_NUMBER() OVER (PARTITION BY policy ORDER BY started_at DESC, id DESC) AS latest,
+                    ROW_NUMBER() OVER (
+                        PARTITION BY policy, CASE WHEN phase IN ({promoted}) THEN 1 ELSE 0 END
+                        ORDER BY started_at DESC, id DESC
+                    ) AS latest_of_class
+                FROM rotations
+             ) AS t
+             WHERE latest = 1 OR (latest_of_class = 1 AND phase IN ({promoted})) OR phase NOT IN ({terminal})
+             ORDER BY started_at DESC, id DESC",
+            self.columns
+        );
+        // Built only from this module's constants and phase names, never from input.
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what: "read the latest rotations", source })?;
+        rows.iter().map(rotation_from_row).collect()
+    }
+
     /// Most recent rotations first; all policies when `policy` is `None`.
     /// Policies other than `except` that still serve `credential` as far as the journal knows:
     /// their latest rotation set out to replace it and has not promoted (in flight, or failed

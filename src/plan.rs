@@ -73,8 +73,14 @@ pub async fn plan(
 ) -> Plan {
     let mut management = Vec::new();
     let mut listed: HashMap<CredentialKind, Vec<Listed>> = HashMap::new();
-    for kind in [CredentialKind::OauthClient, CredentialKind::ApiKey] {
-        match toktra.list(kind).await {
+    // The kinds the policies use, each listed once; the listing is shared with what runs next
+    // in this process (a run's `require_idle` checks).
+    let kinds: Vec<CredentialKind> = [CredentialKind::OauthClient, CredentialKind::ApiKey]
+        .into_iter()
+        .filter(|k| policies.is_empty() || policies.iter().any(|p| p.credential.kind == *k))
+        .collect();
+    for kind in kinds {
+        match toktra.list_since(kind, std::time::Instant::now()).await {
             Ok(items) => {
                 management.push(Check {
                     target: format!("toktra: list {kind}s"),

@@ -175,6 +175,10 @@ pub struct Minted {
     /// Credentials of earlier attempts of this same create whose answer was lost; they were
     /// found by name and revoked, because their secret can never be known.
     pub revoked_strays: Vec<String>,
+    /// Attempts of this create whose answer was lost. A credential such an attempt made can
+    /// still appear after the lookup that followed it (the vendor may carry a request out
+    /// late), so the caller looks for it again before it is done with the name.
+    pub lost_answers: u32,
 }
 
 /// A credential as listed (never with its secret).
@@ -215,6 +219,14 @@ pub enum Probe {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Stats {
     pub requests: u64,
+    /// Requests sent with the management credential (its token exchanges included): the
+    /// budget Toktra's per-credential rate limit counts, which bounds mass rotation.
+    pub management_calls: u64,
+    /// Requests sent with a rotated credential (verification probes, the check that a revoked
+    /// one is rejected): each counts against that credential's own budget.
+    pub probe_calls: u64,
+    /// Listings served from the run's shared listing instead of asking Toktra again.
+    pub shared_listings: u64,
     pub by_status: BTreeMap<String, u64>,
     pub retries: u64,
     pub rate_limit_waits: u64,
@@ -246,8 +258,12 @@ struct Budget {
 #[derive(Clone, Copy)]
 enum Auth<'a> {
     Management,
+    /// A rotated credential's own bearer (an API key, an access token of a probed client).
     Bearer(&'a Secret),
-    None,
+    /// No bearer: a token exchange, with the management client's credentials or not.
+    Exchange {
+        management: bool,
+    },
 }
 
 enum Body<'a> {
@@ -263,6 +279,9 @@ pub struct Client {
     token: tokio::sync::Mutex<Option<CachedToken>>,
     budget: SyncMutex<Budget>,
     stats: SyncMutex<Stats>,
+    /// The last listing of each kind and when it began, shared by every rotation of the
+    /// process (see [`Client::list_since`]).
+    listings: [tokio::sync::Mutex<Option<(Instant, Vec<Listed>)>>; 2],
 }
 
 impl std::fmt::Debug for Client {
@@ -301,7 +320,32 @@ impl Client {
             token: tokio::sync::Mutex::new(None),
             budget: SyncMutex::new(Budget::default()),
             stats: SyncMutex::new(Stats::default()),
+            listings: Default::default(),
         })
+    }
+
+    /// Every active credential of a kind as listed no earlier than `since`: the listing another
+    /// rotation of this process took since then if there is one, else a new one (that later
+    /// callers share). A listing walks every page, so on a large account this is what keeps
+    /// many rotations from listing the account once each.
+    pub async fn list_since(&self, kind: CredentialKind, since: Instant) -> Result<Vec<Listed>, Error> {
+        let slot = &self.listings[match kind {
+            CredentialKind::OauthClient => 0,
+            CredentialKind::ApiKey => 1,
+        }];
+        let mut shared = slot.lock().await;
+        if let Some((at, listed)) = shared.as_ref()
+            && *at >= since
+        {
+            if let Ok(mut s) = self.stats.lock() {
+                s.shared_listings += 1;
+            }
+            return Ok(listed.clone());
+        }
+        let began = Instant::now();
+        let listed = self.list(kind).await?;
+        *shared = Some((began, listed.clone()));
+        Ok(listed)
     }
 
     /// `host:port` of the base URL, for messages (never its path, query or credentials).
@@ -362,6 +406,7 @@ impl Client {
                 Ok(value) => {
                     let mut minted = parse_minted(kind, &what, value)?;
                     minted.revoked_strays = revoked_strays;
+                    minted.lost_answers = attempt - 1;
                     return Ok(minted);
                 }
                 Err(e) if e.is_ambiguous() && attempt < self.settings.retry.attempts => {
@@ -523,11 +568,13 @@ impl Client {
     /// client_credentials exchange; returns the token and its lifetime.
     async fn exchange(&self, client_id: &str, secret: &Secret) -> Result<(Secret, Duration), Error> {
         let what = format!("token exchange for client {client_id}");
+        let management =
+            matches!(&self.settings.auth, ManagementAuth::Client { client_id: own, .. } if own == client_id);
         let form =
             vec![("grant_type", "client_credentials"), ("client_id", client_id), ("client_secret", secret.expose())];
-        let value = self
-            .request(&what, Method::POST, &self.settings.endpoints.token, Body::Form(form), Auth::None, true)
-            .await?;
+        let auth = Auth::Exchange { management };
+        let value =
+            self.request(&what, Method::POST, &self.settings.endpoints.token, Body::Form(form), auth, true).await?;
         let token = value
             .get("access_token")
             .and_then(Value::as_str)
@@ -663,8 +710,14 @@ impl Client {
             let sent = match auth {
                 Auth::Management => Some(self.management_token(false).await?),
                 Auth::Bearer(secret) => Some(secret.clone()),
-                Auth::None => None,
+                Auth::Exchange { .. } => None,
             };
+            if let Ok(mut stats) = self.stats.lock() {
+                match auth {
+                    Auth::Management | Auth::Exchange { management: true } => stats.management_calls += 1,
+                    Auth::Bearer(_) | Auth::Exchange { management: false } => stats.probe_calls += 1,
+                }
+            }
             if let Some(token) = &sent {
                 req = req.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
             }
@@ -732,7 +785,7 @@ impl Client {
             };
             let message = message
                 .filter(|m| {
-                    !matches!(auth, Auth::None)
+                    !matches!(auth, Auth::Exchange { .. })
                         && !matches!(status.as_u16(), 401 | 403)
                         && !carried.iter().any(|s| echoes(m, s))
                 })
@@ -891,6 +944,7 @@ fn parse_minted(kind: CredentialKind, what: &str, value: Value) -> Result<Minted
         name: field(&["name"]).unwrap_or_default(),
         secret: Secret::new(secret),
         revoked_strays: Vec::new(),
+        lost_answers: 0,
     })
 }
 

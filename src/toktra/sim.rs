@@ -241,6 +241,10 @@ pub struct Stats {
     pub injected_create_timeouts: u64,
     /// Creates received and not carried out yet (see `Faults::create_delay_ms`).
     pub creates_pending: u64,
+    /// Requests each credential made (by ID; a token request by the client it names), by
+    /// endpoint (`POST /v1/oauth/token` for token requests): what each credential's rate limit
+    /// counts.
+    pub calls: BTreeMap<String, BTreeMap<String, u64>>,
     /// 429s from the real per-credential limit.
     pub real_rate_limits: u64,
     /// Credentials created through the API (a create hit by the timeout fault counts: it happened).
@@ -676,6 +680,13 @@ impl Shared {
                 .filter(|value| !value.is_empty())
         };
         if let Some(client_id) = field("client_id") {
+            *state
+                .stats
+                .calls
+                .entry(client_id.to_owned())
+                .or_default()
+                .entry("POST /v1/oauth/token".into())
+                .or_default() += 1;
             let (info, allowed) = state.limiter.take(client_id, self.rate_limit, now.unix);
             *rate = info;
             if !allowed {
@@ -740,6 +751,7 @@ impl Shared {
         let caller = state.resolve(call.bearer.as_deref(), now)?;
         state.touch(caller, endpoint.label(), now);
         let key = state.credentials[caller].id.clone();
+        *state.stats.calls.entry(key.clone()).or_default().entry(endpoint.label().to_owned()).or_default() += 1;
         let (info, allowed) = state.limiter.take(&key, self.rate_limit, now.unix);
         *rate = info;
         if !allowed {

@@ -229,7 +229,9 @@ async fn history_escapes_control_characters_and_fits_long_names() {
 /// an environment variable that was never set.
 #[tokio::test(flavor = "multi_thread")]
 async fn configuration_errors_point_at_the_file_and_line() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
+    // The file's `toktra.timeout` must count, not the harness's TOKTRA_TIMEOUT.
+    env.env.push(("TOKTRA_TIMEOUT".into(), String::new()));
     env.policy("ok.yaml", "name: ok\ncredential: { kind: api_key, name: ok }\nschedule: { every: 30d }\ndestinations:\n  - file: { path: ok.json }\n");
     for (text, expected) in [
         ("# settings\nconcurrency = 2\ntick = \"soon\"\n", "rotator.toml:3 (tick)"),

@@ -104,8 +104,12 @@ impl Env {
             Some((id, secret)) => command.env("TOKTRA_CLIENT_ID", id).env("TOKTRA_CLIENT_SECRET", secret),
             None => command.env("TOKTRA_API_KEY", &self.admin_key),
         };
+        // An empty value unsets a variable the harness sets by default.
         for (k, v) in &self.env {
-            command.env(k, v);
+            match v.is_empty() {
+                true => command.env_remove(k),
+                false => command.env(k, v),
+            };
         }
         command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).kill_on_drop(true);
         command

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod calls;
 mod cli;
 mod crash;
 mod engine;
@@ -21,4 +22,5 @@ mod service;
 mod store;
 mod toktra;
 mod validate;
+mod vault_auth;
 mod vendor;

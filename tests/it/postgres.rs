@@ -75,11 +75,21 @@ async fn one_rotation_in_flight_per_policy_across_processes_on_postgres() {
         grace: "0s",
     };
     env.policy("pgbusy.yaml", &spec.yaml());
-    let first = env.command(&["rotate", "pgbusy"]).spawn().unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The first run is held right after it took the policy's lease.
+    let go = env.dir.join("go");
+    env.env.push(("ROTATOR_PAUSE_AT".into(), "after-lease".into()));
+    env.env.push(("ROTATOR_PAUSE_FILE".into(), go.display().to_string()));
+    let first = env.command(&["rotate", "pgbusy"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !env.dir.join("go.reached").exists() {
+        assert!(std::time::Instant::now() < deadline, "the first run never took the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.env.truncate(env.env.len() - 2);
     let second = env.rotator(&["rotate", "pgbusy"]).await;
     second.assert_code(1);
     assert!(second.stdout.contains("a rotation is in flight"), "{}", second.stdout);
+    std::fs::write(&go, "").unwrap();
     assert_eq!(first.wait_with_output().await.unwrap().status.code(), Some(0));
     env.assert_converged(&[spec], &[]).await;
     drop_database(&env).await;

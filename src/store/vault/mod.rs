@@ -5,131 +5,33 @@
 //! write fail instead of being silently overwritten. Rotation bookkeeping (rotation ID, credential
 //! ID, time) goes into the path's `custom_metadata`, merged with what others keep there.
 
+//!
+//! `connection` holds the token every call sends and replaces it (renewal, a new login after a
+//! `403` for an expired token); `auth` holds the ways of logging in.
+
+pub mod auth;
+mod connection;
+
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::Value;
 use vaultrs::api::kv2::requests::{SetSecretMetadataRequest, SetSecretRequestOptions};
-use vaultrs::client::{VaultClient, VaultClientSettings, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use vaultrs::kv2;
 
+pub use auth::Method;
+pub use connection::{CallError, Connection, Renewal};
+
 use super::{Error, ErrorKind, Record, Store};
 use crate::policy::{CredentialKind, VaultDestination};
-use crate::secret::Secret;
-
-/// A Vault connection shared by every Vault destination of a run.
-#[derive(Clone)]
-pub struct Connection {
-    client: Arc<VaultClient>,
-    address: String,
-    /// For the calls vaultrs does not have (`sys/capabilities-self`).
-    http: reqwest::Client,
-    token: Secret,
-    namespace: Option<String>,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("address", &self.address).finish_non_exhaustive()
-    }
-}
-
-/// Logs in with AppRole and returns the client token.
-pub async fn approle_login(
-    address: &str,
-    namespace: Option<&str>,
-    mount: &str,
-    role_id: &str,
-    secret_id: &Secret,
-) -> Result<Secret, String> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
-    let mut request = http
-        .post(format!("{}/v1/auth/{}/login", address.trim_end_matches('/'), mount.trim_matches('/')))
-        .json(&serde_json::json!({ "role_id": role_id, "secret_id": secret_id.expose() }));
-    if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
-        request = request.header("X-Vault-Namespace", ns);
-    }
-    let response = request.send().await.map_err(|e| format!("approle login: {}", e.without_url()))?;
-    let status = response.status();
-    let body: Value = response.json().await.map_err(|e| format!("approle login: {}", e.without_url()))?;
-    // The error body may echo nothing secret, but it is not needed: the status says enough.
-    match body["auth"]["client_token"].as_str() {
-        Some(token) if status.is_success() => Ok(Secret::new(token)),
-        _ => Err(format!("approle login at auth/{mount} failed: vault answered {status}")),
-    }
-}
 
 impl Connection {
-    pub fn new(
-        address: &str,
-        token: &Secret,
-        namespace: Option<&str>,
-        timeout: Duration,
-    ) -> Result<Connection, String> {
-        // vaultrs panics on an address it cannot parse, so check it first.
-        reqwest::Url::parse(address).map_err(|e| format!("VAULT_ADDR `{address}` is not a URL: {e}"))?;
-        let mut builder = VaultClientSettingsBuilder::default();
-        builder.address(address).token(token.expose()).timeout(Some(timeout));
-        if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
-            builder.set_namespace(ns.to_string());
-        }
-        let settings = builder.build().map_err(|e| format!("vault settings: {e}"))?;
-        let mut client = VaultClient::new(settings).map_err(|e| format!("vault client: {e}"))?;
-        client.http.http = no_redirects(&client.settings)?;
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
-        Ok(Connection {
-            client: Arc::new(client),
-            address: address.trim_end_matches('/').to_string(),
-            http,
-            token: token.clone(),
-            namespace: namespace.filter(|n| !n.is_empty()).map(str::to_string),
-        })
-    }
-
-    /// One call of the Vault HTTP API that vaultrs does not offer, with this connection's token
-    /// and namespace: the status and the JSON body (`Null` when there is none). `what` names the
-    /// call in errors, with the address and the cause, never the token.
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        what: &str,
-    ) -> Result<(reqwest::StatusCode, Value), String> {
-        let mut request = self
-            .http
-            .request(method, format!("{}/v1/{path}", self.address))
-            .header("X-Vault-Token", self.token.expose());
-        if let Some(ns) = &self.namespace {
-            request = request.header("X-Vault-Namespace", ns);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let failed =
-            |e: reqwest::Error| format!("{what} at {}: {}", self.address, crate::toktra::causes(&e.without_url()));
-        let response = request.send().await.map_err(failed)?;
-        let status = response.status();
-        let text = response.text().await.map_err(failed)?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
     /// The secrets engine mounted at `mount` as `(type, options.version)`, when this token may
     /// see it (`sys/internal/ui/mounts`, allowed for any token with a capability under the
     /// mount); `None` when Vault does not say (that answer is the same for a missing mount and a
     /// token without access).
-    pub async fn mount(&self, mount: &str) -> Result<Option<(String, String)>, String> {
+    pub async fn mount(&self, mount: &str) -> Result<Option<(String, String)>, CallError> {
         let path = format!("sys/internal/ui/mounts/{}", mount.trim_matches('/'));
         let (status, body) = self.call(reqwest::Method::GET, &path, None, "read mount").await?;
         if !status.is_success() {
@@ -142,23 +44,13 @@ impl Connection {
         Ok(Some((kind, version)))
     }
 
-    /// The token's remaining lifetime in seconds (`auth/token/lookup-self`): `0` for a token
-    /// that never expires (Vault's way of saying so). An error when Vault refuses the token.
-    pub async fn token_ttl(&self) -> Result<u64, String> {
-        let (status, body) = self.call(reqwest::Method::GET, "auth/token/lookup-self", None, "token lookup").await?;
-        if !status.is_success() {
-            return Err(format!("token lookup at {}: vault answered {status}", self.address));
-        }
-        Ok(body.get("data").and_then(|d| d.get("ttl")).and_then(Value::as_u64).unwrap_or(0))
-    }
-
     /// What the token may do on each path (`sys/capabilities-self`).
-    pub async fn capabilities(&self, paths: &[String]) -> Result<HashMap<String, Vec<String>>, String> {
+    pub async fn capabilities(&self, paths: &[String]) -> Result<HashMap<String, Vec<String>>, CallError> {
         let body = serde_json::json!({ "paths": paths });
         let (status, body) =
             self.call(reqwest::Method::POST, "sys/capabilities-self", Some(body), "capabilities-self").await?;
         if !status.is_success() {
-            return Err(format!("capabilities-self: vault answered {status}"));
+            return Err(CallError::Other(format!("capabilities-self: vault answered {status}")));
         }
         let data = body.get("data").unwrap_or(&body);
         Ok(paths
@@ -173,37 +65,6 @@ impl Connection {
             })
             .collect())
     }
-}
-
-/// The HTTP client vaultrs 0.8 builds (`VaultClient::new`), rebuilt the same way but never
-/// following a redirect. vaultrs has no setting for it and reqwest follows up to 10 by default,
-/// removing only `Authorization` when the host changes, not `X-Vault-Token`: a redirect would hand
-/// the token (and a request body with a secret) to whatever host it names.
-fn no_redirects(settings: &VaultClientSettings) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .redirect(reqwest::redirect::Policy::none())
-        .tls_danger_accept_invalid_certs(!settings.verify);
-    if let Some(timeout) = settings.timeout {
-        builder = builder.timeout(timeout);
-    }
-    if settings.address.scheme() == "http" {
-        // As vaultrs does (reqwest issue 2988): no certificate store is loaded for plain HTTP.
-        builder = builder.tls_certs_only(Vec::new());
-    } else {
-        for path in &settings.ca_certs {
-            let pem = std::fs::read(path).map_err(|e| format!("VAULT_CACERT {path}: {e}"))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("VAULT_CACERT {path}: {e}"))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-    }
-    if let Some(identity) = &settings.identity {
-        builder = builder.identity(identity.clone());
-    }
-    if let Some(proxy) = &settings.proxy {
-        builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("vault proxy: {e}"))?);
-    }
-    builder.build().map_err(|e| format!("vault http client: {e}"))
 }
 
 pub struct Vault {
@@ -239,8 +100,16 @@ impl Vault {
         Error::new(self.label(), kind, detail)
     }
 
-    /// Maps a vaultrs error. Vault's error strings describe the request, never the data.
-    fn map(&self, what: &str, e: ClientError) -> Error {
+    /// Maps a failed call. Vault's error strings describe the request, never the data.
+    fn map(&self, what: &str, e: CallError) -> Error {
+        let e = match e {
+            CallError::Vault(e) => e,
+            CallError::Other(message) => return self.error(ErrorKind::Transient, format!("{what}: {message}")),
+            CallError::Login(e) => {
+                let kind = if e.transient { ErrorKind::Transient } else { ErrorKind::Permanent };
+                return self.error(kind, format!("{what}: {e}"));
+            }
+        };
         let (kind, detail) = match &e {
             ClientError::APIError { code, errors } => {
                 let text = errors.join("; ");
@@ -279,7 +148,7 @@ impl Vault {
                     ErrorKind::Transient,
                     format!(
                         "{what}: could not reach vault at {}: {}",
-                        self.connection.address,
+                        self.connection.address(),
                         crate::toktra::causes(source)
                     ),
                 ),
@@ -292,7 +161,8 @@ impl Vault {
 
     /// The data at `path` with its version, or `None` when there is none (or it was deleted).
     async fn read(&self, path: &str) -> Result<Option<(Value, u64)>, Error> {
-        let meta = match kv2::read_metadata(&*self.connection.client, &self.mount, path).await {
+        let mount = &self.mount;
+        let meta = match self.connection.vault(|c| async move { kv2::read_metadata(&*c, mount, path).await }).await {
             Ok(meta) => meta,
             Err(e) => {
                 let e = self.map(&format!("read metadata of {path}"), e);
@@ -305,7 +175,11 @@ impl Vault {
         if version == 0 || deleted {
             return Ok(Some((Value::Null, version)));
         }
-        match kv2::read_version::<Value>(&*self.connection.client, &self.mount, path, version).await {
+        match self
+            .connection
+            .vault(|c| async move { kv2::read_version::<Value>(&*c, mount, path, version).await })
+            .await
+        {
             Ok(data) => Ok(Some((data, version))),
             Err(e) => {
                 let e = self.map(&format!("read {path}"), e);
@@ -320,8 +194,12 @@ impl Vault {
     }
 
     async fn write(&self, path: &str, record: &Record, cas: u64) -> Result<u64, Error> {
-        let options = SetSecretRequestOptions { cas: cas as u32 };
-        kv2::set_with_options(&*self.connection.client, &self.mount, path, &record.to_json(), options)
+        let (mount, data) = (&self.mount, &record.to_json());
+        self.connection
+            .vault(|c| async move {
+                let options = SetSecretRequestOptions { cas: cas as u32 };
+                kv2::set_with_options(&*c, mount, path, data, options).await
+            })
             .await
             .map(|m| m.version)
             .map_err(|e| self.map(&format!("write {path} (cas {cas})"), e))
@@ -330,8 +208,9 @@ impl Vault {
     /// Merges rotator's keys into the path's `custom_metadata` (the metadata endpoint replaces
     /// the whole map, so read it first and keep everything else).
     async fn record_rotation(&self, record: &Record, previous: Option<&str>) -> Result<(), Error> {
+        let (mount, path) = (&self.mount, &self.path);
         let mut map: HashMap<String, String> =
-            match kv2::read_metadata(&*self.connection.client, &self.mount, &self.path).await {
+            match self.connection.vault(|c| async move { kv2::read_metadata(&*c, mount, path).await }).await {
                 Ok(meta) => meta.custom_metadata.unwrap_or_default(),
                 Err(e) => return Err(self.map("read metadata", e)),
             };
@@ -342,15 +221,20 @@ impl Vault {
             Some(id) => map.insert(META_PREVIOUS_ID.into(), id.to_string()),
             None => map.remove(META_PREVIOUS_ID),
         };
-        let mut request = SetSecretMetadataRequest::builder();
-        request.custom_metadata(map);
-        kv2::set_metadata(&*self.connection.client, &self.mount, &self.path, Some(&mut request))
+        let map = &map;
+        self.connection
+            .vault(|c| async move {
+                let mut request = SetSecretMetadataRequest::builder();
+                request.custom_metadata(map.clone());
+                kv2::set_metadata(&*c, mount, path, Some(&mut request)).await
+            })
             .await
             .map_err(|e| self.map("write metadata", e))
     }
 
     async fn delete_staging(&self) -> Result<(), Error> {
-        match kv2::delete_metadata(&*self.connection.client, &self.mount, &self.staging_path).await {
+        let (mount, path) = (&self.mount, &self.staging_path);
+        match self.connection.vault(|c| async move { kv2::delete_metadata(&*c, mount, path).await }).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 let e = self.map(&format!("delete {}", self.staging_path), e);
@@ -368,7 +252,7 @@ impl Store for Vault {
     async fn check(&self) -> Result<(), Error> {
         // A KV version 1 mount would take the staging and data paths as plain keys: refuse it
         // (and anything else) before a mint, as far as Vault lets this token see the mount.
-        match self.connection.mount(&self.mount).await.map_err(|e| self.error(ErrorKind::Transient, e))? {
+        match self.connection.mount(&self.mount).await.map_err(|e| self.map("check the mount", e))? {
             Some((kind, version)) if kind == "kv" && version == "2" => {}
             Some((kind, version)) => {
                 let what = if kind == "kv" { format!("KV version {version}") } else { format!("a `{kind}` engine") };
@@ -402,7 +286,7 @@ impl Store for Vault {
             (format!("{m}/metadata/{s}"), &["read", "delete"]),
         ];
         let paths: Vec<String> = needs.iter().map(|(path, _)| path.clone()).collect();
-        let granted = self.connection.capabilities(&paths).await.map_err(|e| self.error(ErrorKind::Transient, e))?;
+        let granted = self.connection.capabilities(&paths).await.map_err(|e| self.map("check capabilities", e))?;
         let mut missing = Vec::new();
         for (path, wanted) in &needs {
             let caps = granted.get(path).cloned().unwrap_or_default();
@@ -436,7 +320,8 @@ impl Store for Vault {
     }
 
     async fn previous(&self) -> Result<Option<Record>, Error> {
-        let meta = match kv2::read_metadata(&*self.connection.client, &self.mount, &self.path).await {
+        let (mount, path) = (&self.mount, &self.path);
+        let meta = match self.connection.vault(|c| async move { kv2::read_metadata(&*c, mount, path).await }).await {
             Ok(meta) => meta,
             Err(e) => {
                 let e = self.map(&format!("read metadata of {}", self.path), e);
@@ -454,7 +339,11 @@ impl Store for Vault {
             .collect();
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         for version in candidates {
-            match kv2::read_version::<Value>(&*self.connection.client, &self.mount, &self.path, version).await {
+            match self
+                .connection
+                .vault(|c| async move { kv2::read_version::<Value>(&*c, mount, path, version).await })
+                .await
+            {
                 Ok(value) => return self.parse(&self.path, &value),
                 Err(e) => {
                     let e = self.map(&format!("read {} version {version}", self.path), e);
@@ -516,7 +405,10 @@ impl Store for Vault {
         if current.as_ref().and_then(|r| r.rotation_id.as_deref()) == Some(rotation_id) {
             // Promoted before a crash; finish the bookkeeping and clean up.
             if let Some(record) = &current {
-                let meta = kv2::read_metadata(&*self.connection.client, &self.mount, &self.path)
+                let (mount, path) = (&self.mount, &self.path);
+                let meta = self
+                    .connection
+                    .vault(|c| async move { kv2::read_metadata(&*c, mount, path).await })
                     .await
                     .map_err(|e| self.map("read metadata", e))?;
                 let recorded = meta.custom_metadata.as_ref().and_then(|m| m.get(META_ROTATION_ID)).map(String::as_str);
