@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::engine::{self, Engine, Outcome, Status};
 use crate::journal::Journal;
+use crate::notify::{Event, Problem};
 use crate::policy::{self, Destination, Policy};
 use crate::telemetry::LogFormat;
 
@@ -519,10 +520,17 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     kinds.extend(leftovers.iter().map(|r| r.kind));
     kinds.sort_by_key(|k| k.as_str());
     kinds.dedup();
-    if let Err(e) = engine.toktra.check_management(&kinds).await {
+    // Notifications as `serve` sends them, to the channels the policies name; a scheduled
+    // `rotate` job tells the same people. Nothing is sent when no channel is configured.
+    let (notifier, deliveries) =
+        crate::notify::Notifier::start(config.channels.clone(), Arc::new(crate::metrics::Metrics::default()));
+    let told = |p: &Policy| p.notify.iter().any(|c| notifier.knows(c));
+    let unusable = engine.toktra.check_management(&kinds).await.err();
+    if let Some(e) = &unusable
+        && !selected.iter().any(|p| told(p))
+    {
         engine.journal.close().await;
-        let message = format!("toktra is not usable with this configuration; nothing was changed: {e}");
-        return Err(if e.is_transient() { Failure::Failed(message) } else { Failure::Invalid(message) });
+        return Err(toktra_unusable(e));
     }
     // What the schedules say, read before anything changes: `--due` rotates only what is due;
     // otherwise a rotation the schedule would not have started is said to be early.
@@ -530,11 +538,31 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     let schedule =
         crate::plan::plan(&engine.toktra, &engine.clients, Some(&engine.journal), &selected, None, now).await;
     let due_of = |name: &str| schedule.policies.iter().find(|p| p.policy == name).map(|p| p.due.clone());
+    // Overdue as the schedule says before the run; told after it unless the run rotated them.
+    let overdue: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>> =
+        selected.iter().filter_map(|p| due_of(&p.name).filter(|d| d.overdue).map(|d| (p.name.clone(), d.at))).collect();
     if args.due {
         selected.retain(|p| due_of(&p.name).is_some_and(|d| d.next_start <= now));
-        if selected.is_empty() {
-            eprintln!("nothing is due now");
-        }
+    }
+    if let Some(e) = unusable {
+        // The policies this run would have rotated could not be: said as `serve` says a
+        // rotation that could not run.
+        let error = format!("the rotation could not run: {}", toktra_unusable(&e));
+        let events = selected
+            .iter()
+            .map(|p| {
+                let event =
+                    Event::RotationFailed { policy: p.name.clone(), rotation_id: String::new(), error: error.clone() };
+                (p.name.clone(), vec![event])
+            })
+            .collect();
+        engine.journal.close().await;
+        tell(&notifier, &policies, &overdue, events);
+        finish_notifications(&notifier, deliveries, config.shutdown_timeout).await;
+        return Err(toktra_unusable(&e));
+    }
+    if args.due && selected.is_empty() {
+        eprintln!("nothing is due now");
     }
     let mut early = Vec::new();
     for policy in &selected {
@@ -584,6 +612,7 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         .collect();
     let concurrency = args.concurrency.map(usize::from).unwrap_or(config.concurrency);
     outcomes.extend(rotate_policies(&engine, &work, concurrency).await);
+    let overdue_ended = overdue_ended(&engine.journal, &policies, &overdue, chrono::Utc::now()).await;
     engine.journal.close().await;
     let stats = engine.toktra.stats();
     tracing::info!(
@@ -597,11 +626,111 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         token_renewals = stats.token_renewals,
         "toktra calls of this run"
     );
+    let events = outcomes
+        .iter()
+        .map(|(policy, result)| {
+            let mut events = match result {
+                Ok(list) => crate::notify::of_run(list),
+                // Another process is rotating it and tells of its own outcome.
+                Err(engine::Error::Busy { .. }) => Vec::new(),
+                Err(e) => vec![Event::RotationFailed {
+                    policy: policy.clone(),
+                    rotation_id: String::new(),
+                    error: format!("the rotation could not run: {e}"),
+                }],
+            };
+            // The overdue state ended without this run's recovery saying so (a resumed
+            // rotation promoted, or another process rotated the policy meanwhile).
+            let said = events
+                .iter()
+                .any(|e| matches!(e, Event::Recovered { cleared, .. } if cleared.contains(&Problem::Overdue)));
+            if overdue_ended.contains(policy) && !said {
+                events.push(Event::Recovered { policy: policy.clone(), cleared: vec![Problem::Overdue] });
+            }
+            (policy.clone(), events)
+        })
+        .collect();
+    let overdue = overdue.into_iter().filter(|(name, _)| !overdue_ended.contains(name)).collect();
+    tell(&notifier, &policies, &overdue, events);
     print_outcomes(&outcomes, args.format);
     for note in &early {
         eprintln!("note: {note}");
     }
+    finish_notifications(&notifier, deliveries, config.shutdown_timeout).await;
     check_outcomes(&outcomes)
+}
+
+/// Which of the `overdue` policies no longer are, judged from the journal's latest promotion
+/// now, as a later pass of `serve` would: a rotation this run promoted (a resumed one included)
+/// or another process promoted meanwhile ends it. When the journal cannot tell, it still is.
+async fn overdue_ended(
+    journal: &Journal,
+    policies: &[Policy],
+    overdue: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::collections::BTreeSet<String> {
+    let mut ended = std::collections::BTreeSet::new();
+    for name in overdue.keys() {
+        let Some(policy) = policies.iter().find(|p| &p.name == name) else { continue };
+        let history = match journal.history(Some(name), 100).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(policy = %name, error = %e, "cannot read the journal to tell whether the policy is still overdue");
+                continue;
+            }
+        };
+        let promoted = history.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at);
+        if promoted.is_some_and(|at| {
+            !crate::schedule::due(name, &policy.schedule, Some((at, crate::schedule::Basis::Journal)), now).overdue
+        }) {
+            ended.insert(name.clone());
+        }
+    }
+    ended
+}
+
+fn toktra_unusable(e: &crate::toktra::Error) -> Failure {
+    let message = format!("toktra is not usable with this configuration; nothing was changed: {e}");
+    if e.is_transient() { Failure::Failed(message) } else { Failure::Invalid(message) }
+}
+
+/// Queues what a `rotate` run tells each policy's channels: that it is overdue (`overdue`,
+/// judged after the run), then the events of its run.
+fn tell(
+    notifier: &crate::notify::Notifier,
+    policies: &[Policy],
+    overdue: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    events: Vec<(String, Vec<Event>)>,
+) {
+    let channels = |name: &str| policies.iter().find(|p| p.name == name).map(|p| p.notify.clone());
+    for (name, due_since) in overdue {
+        if let Some(channels) = channels(name) {
+            notifier.send(&channels, Event::PolicyOverdue { policy: name.clone(), due_since: *due_since });
+        }
+    }
+    for (name, events) in events {
+        // A deleted policy's leftover work has no channels.
+        let Some(channels) = channels(&name) else { continue };
+        for event in events {
+            notifier.send(&channels, event);
+        }
+    }
+}
+
+/// Waits for the channels to take what was queued, at most `timeout` (`shutdown_timeout`), so
+/// a job does not exit with its news undelivered; then stops the delivery tasks.
+async fn finish_notifications(
+    notifier: &crate::notify::Notifier,
+    deliveries: Vec<tokio::task::JoinHandle<()>>,
+    timeout: std::time::Duration,
+) {
+    let left = notifier.drain(timeout).await;
+    if left > 0 {
+        tracing::error!(undelivered = left, "notifications not delivered before exit");
+    }
+    for task in deliveries {
+        task.abort();
+    }
 }
 
 /// Rotates the policies, `concurrency` at a time. Each result is either the policy's outcomes or an

@@ -27,10 +27,11 @@ pub const MIN_API_TOKEN_CHARS: usize = 32;
 pub struct Channel {
     pub name: String,
     pub kind: ChannelKind,
-    /// Incoming-webhook URLs carry their own credential, so they are secrets.
+    /// Where events are posted. Incoming-webhook URLs carry their own credential, so they are
+    /// secrets; a PagerDuty channel's is the Events API endpoint.
     pub url: Secret,
     /// Also notify successful rotations (failures, overdue policies, orphans and compromise
-    /// rotations are always sent).
+    /// rotations are always sent). Never set for PagerDuty, which hears of problems only.
     pub on_success: bool,
 }
 
@@ -40,14 +41,25 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What a channel speaks, with the secrets each kind needs (redacted by their type).
+#[derive(Debug, Clone)]
 pub enum ChannelKind {
     /// A Slack-compatible incoming webhook (`{"text": …}`).
     Slack,
-    /// A generic JSON webhook (the event as a JSON object).
-    Webhook,
+    /// A generic JSON webhook (the event as a JSON object), signed with HMAC-SHA256 when a
+    /// signing secret is configured (see [`crate::notify`]).
+    Webhook { signing_secret: Option<Secret> },
+    /// PagerDuty Events API v2: problems trigger an alert, recovery resolves it.
+    PagerDuty { routing_key: Secret },
 }
+
+/// PagerDuty's Events API v2 endpoint (the EU service region uses
+/// `https://events.eu.pagerduty.com/v2/enqueue`).
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// The shortest webhook signing secret accepted: a short one could be found from a single
+/// signed request by trying keys offline.
+pub const MIN_SIGNING_SECRET_CHARS: usize = 32;
 
 /// How rotator authenticates to Vault (`[vault] auth`), as configured; files are read at every
 /// login. [`Config::clients`] turns it into a [`vault::Method`].
@@ -499,12 +511,29 @@ struct AwsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChannelFile {
-    kind: ChannelKind,
+    kind: KindFile,
     /// Better from the environment (`ROTATOR_NOTIFY_<NAME>_URL`) or a file: the URL is a secret.
     url: Option<Secret>,
     url_file: Option<PathBuf>,
-    #[serde(default)]
-    on_success: bool,
+    on_success: Option<bool>,
+    /// Webhooks: the name of the variable holding the signing secret.
+    signing_secret_env: Option<String>,
+    /// Webhooks: a file holding the signing secret.
+    signing_secret_file: Option<PathBuf>,
+    /// PagerDuty: the name of the variable holding the integration's routing key.
+    routing_key_env: Option<String>,
+    /// PagerDuty: a file holding the routing key.
+    routing_key_file: Option<PathBuf>,
+}
+
+/// `kind` as written in the file; the secrets each kind needs are added by [`Config::load`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum KindFile {
+    Slack,
+    Webhook,
+    #[serde(rename = "pagerduty")]
+    PagerDuty,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -564,6 +593,103 @@ fn parse_duration(key: &str, text: Option<String>, default: Duration) -> Result<
     match text {
         Some(t) => duration::parse(&t).map_err(|m| error(key, m)),
         None => Ok(default),
+    }
+}
+
+/// Validates one `[notifications.<name>]` table into a [`Channel`], reading its secrets.
+/// Problems name the key and its line (`source`); no secret, URL included, is ever repeated.
+fn load_channel(
+    name: &str,
+    file: ChannelFile,
+    allow_insecure_http: bool,
+    source: &dyn Fn(&str) -> String,
+) -> Result<Channel, Error> {
+    let key = |k: &str| source(&format!("notifications.{name}.{k}"));
+    let upper = name.to_ascii_uppercase().replace('-', "_");
+    let url_variable = format!("ROTATOR_NOTIFY_{upper}_URL");
+    let (url_source, url) = match (var(&url_variable), &file.url, &file.url_file) {
+        (Some(u), _, _) => (url_variable.clone(), Secret::new(u)),
+        (None, Some(u), _) => (key("url"), u.clone()),
+        (None, None, Some(p)) => (key("url_file"), read_secret(&key("url_file"), p)?),
+        (None, None, None) if file.kind == KindFile::PagerDuty => {
+            (source(&format!("notifications.{name}")), Secret::new(PAGERDUTY_EVENTS_URL))
+        }
+        (None, None, None) => {
+            return Err(error(
+                source(&format!("notifications.{name}")),
+                format!("no url: set `url`, `url_file` or {url_variable}"),
+            ));
+        }
+    };
+    // What is posted carries a credential (the URL itself, a routing key, a signature a
+    // listener could replay), so it travels over TLS unless it stays on this host.
+    require_https(&url_source, url.expose(), allow_insecure_http)?;
+
+    let signing_secret = secret_from(&key, "signing_secret", &file.signing_secret_env, &file.signing_secret_file)?;
+    let routing_key = secret_from(&key, "routing_key", &file.routing_key_env, &file.routing_key_file)?;
+    // A problem with a secret is blamed on the key that named it.
+    let signing_key = key(if file.signing_secret_env.is_some() { "signing_secret_env" } else { "signing_secret_file" });
+    let routing_key_key = key(if file.routing_key_env.is_some() { "routing_key_env" } else { "routing_key_file" });
+    let kind = match file.kind {
+        KindFile::Slack | KindFile::PagerDuty if signing_secret.is_some() => {
+            return Err(error(signing_key, "only `webhook` channels are signed"));
+        }
+        KindFile::Slack | KindFile::Webhook if routing_key.is_some() => {
+            return Err(error(routing_key_key, "only `pagerduty` channels take a routing key"));
+        }
+        KindFile::Slack => ChannelKind::Slack,
+        KindFile::Webhook => {
+            if let Some(secret) = &signing_secret
+                && secret.expose().trim().chars().count() < MIN_SIGNING_SECRET_CHARS
+            {
+                // The length is not reported: it is a secret's.
+                return Err(error(
+                    signing_key,
+                    format!(
+                        "the signing secret must be at least {MIN_SIGNING_SECRET_CHARS} characters long \
+                         (e.g. the output of `openssl rand -hex 32`)"
+                    ),
+                ));
+            }
+            ChannelKind::Webhook { signing_secret }
+        }
+        KindFile::PagerDuty => {
+            if file.on_success == Some(true) {
+                return Err(error(
+                    key("on_success"),
+                    "PagerDuty channels hear of problems only (a recovery resolves the alert)",
+                ));
+            }
+            let routing_key = routing_key.ok_or_else(|| {
+                error(
+                    source(&format!("notifications.{name}")),
+                    "no routing key: set `routing_key_env` (the name of a variable) or `routing_key_file`",
+                )
+            })?;
+            ChannelKind::PagerDuty { routing_key }
+        }
+    };
+    Ok(Channel { name: name.to_string(), kind, url, on_success: file.on_success.unwrap_or(false) })
+}
+
+/// A channel's secret `what`, from the variable named by `<what>_env` or the file at
+/// `<what>_file` (one of them, or neither).
+fn secret_from(
+    key: &dyn Fn(&str) -> String,
+    what: &str,
+    variable: &Option<String>,
+    path: &Option<PathBuf>,
+) -> Result<Option<Secret>, Error> {
+    match (variable, path) {
+        (Some(_), Some(_)) => {
+            Err(error(key(&format!("{what}_env")), format!("set `{what}_env` or `{what}_file`, not both")))
+        }
+        (Some(name), None) => match var(name) {
+            Some(value) => Ok(Some(Secret::new(value))),
+            None => Err(error(key(&format!("{what}_env")), format!("the variable {name} is not set (or empty)"))),
+        },
+        (None, Some(p)) => read_secret(&key(&format!("{what}_file")), p).map(Some),
+        (None, None) => Ok(None),
     }
 }
 
@@ -761,23 +887,8 @@ impl Config {
 
         let mut channels = BTreeMap::new();
         for (name, channel) in file.notifications {
-            let env_name = format!("ROTATOR_NOTIFY_{}_URL", name.to_ascii_uppercase().replace('-', "_"));
-            let url = match (var(&env_name), &channel.url, &channel.url_file) {
-                (Some(u), _, _) => Secret::new(u),
-                (None, Some(u), _) => u.clone(),
-                (None, None, Some(p)) => read_secret(&source(&format!("notifications.{name}.url_file")), p)?,
-                (None, None, None) => {
-                    return Err(error(
-                        source(&format!("notifications.{name}")),
-                        format!("no url: set `url`, `url_file` or {env_name}"),
-                    ));
-                }
-            };
-            if reqwest::Url::parse(url.expose()).is_err() {
-                // The URL is not printed: it is a secret.
-                return Err(error(source(&format!("notifications.{name}.url")), "not a URL"));
-            }
-            channels.insert(name.clone(), Channel { name, kind: channel.kind, url, on_success: channel.on_success });
+            let channel = load_channel(&name, channel, allow_insecure_http, &source)?;
+            channels.insert(name, channel);
         }
 
         Ok(Config {
@@ -908,7 +1019,9 @@ mod tests {
     fn the_example_configuration_parses() {
         let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rotator.example.toml")).unwrap();
         let file: File = toml::from_str(&text).unwrap();
-        assert_eq!(file.notifications.len(), 2);
+        assert_eq!(file.notifications.len(), 3);
+        assert_eq!(file.notifications["pager"].kind, KindFile::PagerDuty);
+        assert!(file.notifications["audit"].signing_secret_env.is_some());
         assert!(file.vault.addr.is_some() && file.toktra.client_id.is_some());
         let bad = toml::from_str::<File>("listen = \"x\"\n[toktra]\napi_key = \"plain\"\n").unwrap_err();
         assert!(bad.message().contains("unknown field `api_key`"), "{bad}");

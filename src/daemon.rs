@@ -788,6 +788,13 @@ impl Daemon {
             return Some(Work::Resume);
         }
         let due = self.due(policy, rotations, now).await;
+        if !due.overdue && self.overdue_sent.lock().ok().and_then(|mut sent| sent.remove(&policy.name)).is_some() {
+            // No longer overdue (rotated, or its schedule changed): resolve the alert.
+            self.notifier.send(
+                &policy.notify,
+                Event::Recovered { policy: policy.name.clone(), cleared: vec![crate::notify::Problem::Overdue] },
+            );
+        }
         if due.overdue {
             let first = self
                 .overdue_sent
@@ -910,8 +917,14 @@ impl Daemon {
                         sent.retain(|(p, _, _)| p != &policy.name);
                     }
                 }
-                for outcome in outcomes {
-                    self.report(policy, &outcome);
+                for outcome in &outcomes {
+                    self.report(policy, outcome);
+                }
+                // Said after every such outcome, not only after a failure this process saw: an
+                // alert may have been raised before a restart, by another replica or by a
+                // `rotate` job (a resolve of an alert that is not open does nothing).
+                if let Some(event) = outcomes.last().and_then(crate::notify::recovered) {
+                    self.notifier.send(&policy.notify, event);
                 }
             }
             // Busy: another process holds the policy; look again when its lease may be over.

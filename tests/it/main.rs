@@ -12,6 +12,7 @@ mod http;
 mod identity;
 mod invariants;
 mod leak;
+mod notify;
 mod plan;
 mod postgres;
 mod replicas;
