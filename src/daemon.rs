@@ -146,6 +146,19 @@ pub struct Daemon {
     reload_status: Mutex<ReloadStatus>,
     /// A thread is reading the policy directory (it may outlive its reload's time bound).
     loader_busy: Arc<AtomicBool>,
+    /// What the last pass read and decided: scrapes and `/v1/policies` answer from it instead
+    /// of reading the journal, destinations or Toktra themselves.
+    last_pass: Mutex<Option<Arc<PassView>>>,
+}
+
+/// The journal rows and due times the last pass saw.
+#[derive(Debug)]
+pub struct PassView {
+    pub at: DateTime<Utc>,
+    /// `Journal::pass_view`: per policy the latest and the latest promoted rotation, and the
+    /// unfinished ones.
+    pub rotations: Vec<Rotation>,
+    pub due: HashMap<String, Due>,
 }
 
 /// Why a policy is held back, and until when.
@@ -236,7 +249,30 @@ impl Daemon {
             // The set given here was loaded at start.
             reload_status: Mutex::new(ReloadStatus { at: Utc::now(), rejected: None }),
             loader_busy: Arc::new(AtomicBool::new(false)),
+            last_pass: Mutex::new(None),
         })
+    }
+
+    /// What the last pass saw; before the first one, read now (journal and due times).
+    pub async fn pass_state(&self) -> Result<Arc<PassView>, journal::Error> {
+        if let Some(view) = self.last_pass.lock().ok().and_then(|v| v.clone()) {
+            return Ok(view);
+        }
+        let rotations = self.engine.journal.pass_view().await?;
+        Ok(Arc::new(self.view(rotations, Utc::now()).await))
+    }
+
+    /// Due times of every policy from `rotations` (credential ages come from the cache the
+    /// passes fill, so this reads destinations only for a policy seen for the first time).
+    async fn view(&self, rotations: Vec<Rotation>, now: DateTime<Utc>) -> PassView {
+        let by_policy = group(&rotations);
+        let mut due = HashMap::new();
+        for policy in self.policies().iter() {
+            let list = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            due.insert(policy.name.clone(), self.due(policy, list, now).await);
+        }
+        drop(by_policy);
+        PassView { at: now, rotations, due }
     }
 
     pub fn policies(&self) -> Arc<Vec<Policy>> {
@@ -710,6 +746,10 @@ impl Daemon {
             });
         }
         self.finish_leftovers(&history, &policies, now);
+        let view = self.view(history, now).await;
+        if let Ok(mut last) = self.last_pass.lock() {
+            *last = Some(Arc::new(view));
+        }
         self.metrics.pass_completed();
     }
 
@@ -853,10 +893,16 @@ impl Daemon {
                 Ok(Some(record)) => {
                     let created = match record.rotated_at {
                         Some(at) => Some(at),
+                        // One listing, shared by the policies of this pass that need it.
                         None => self
                             .engine
                             .toktra
-                            .list(policy.credential.kind)
+                            .list_since(
+                                policy.credential.kind,
+                                std::time::Instant::now()
+                                    .checked_sub(Duration::from_secs(60))
+                                    .unwrap_or_else(std::time::Instant::now),
+                            )
                             .await
                             .ok()
                             .and_then(|l| l.into_iter().find(|c| c.id == record.id))
@@ -1082,12 +1128,12 @@ impl Daemon {
         }
     }
 
-    /// Gauges for `/metrics`.
+    /// Gauges for `/metrics`, from the last pass (a scrape reads nothing itself).
     pub async fn snapshot(&self) -> Snapshot {
         let now = Utc::now();
         let policies = self.policies();
-        let history = self.engine.journal.pass_view().await.unwrap_or_default();
-        let by_policy = group(&history);
+        let Ok(view) = self.pass_state().await else { return Snapshot::default() };
+        let by_policy = group(&view.rotations);
         let mut s = Snapshot {
             policies: policies.len() as u64,
             in_flight: self.running.lock().map(|r| r.len() as u64).unwrap_or(0),
@@ -1095,7 +1141,8 @@ impl Daemon {
         };
         for policy in policies.iter() {
             let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            let due = self.due(policy, rotations, now).await;
+            // A policy added by a reload since the last pass is known from the next one.
+            let Some(due) = view.due.get(&policy.name) else { continue };
             if let Some(at) = rotations.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at) {
                 s.credential_age.insert(policy.name.clone(), (now - at).num_milliseconds() as f64 / 1000.0);
             }

@@ -208,6 +208,9 @@ const SCHEMA: &[&str] = &[
         revoked_credentials TEXT NOT NULL DEFAULT '[]'
     )",
     "CREATE INDEX IF NOT EXISTS rotations_by_policy ON rotations (policy, started_at)",
+    // A reconciliation pass reads each policy's latest promotion and the unfinished rotations.
+    "CREATE INDEX IF NOT EXISTS rotations_promoted ON rotations (policy, promoted_at)",
+    "CREATE INDEX IF NOT EXISTS rotations_by_phase ON rotations (phase)",
     "CREATE TABLE IF NOT EXISTS steps (
         rotation_id TEXT NOT NULL,
         seq BIGINT NOT NULL,
@@ -536,24 +539,36 @@ impl Journal {
 
     /// What a reconciliation pass needs rather than the whole history: for each policy its
     /// latest rotation and its latest promoted one, and every unfinished rotation; newest first.
-    /// The window functions read the `(policy, started_at)` index, on SQLite and PostgreSQL.
+    /// Indexed reads (`rotations_by_policy`, `rotations_promoted`, `rotations_by_phase`) on
+    /// SQLite and PostgreSQL alike, whatever the length of the history.
     pub async fn pass_view(&self) -> Result<Vec<Rotation>, Error> {
         let list = |keep: fn(Phase) -> bool| -> String {
             Phase::ALL.iter().filter(|p| keep(**p)).map(|p| format!("'{}'", p.as_str())).collect::<Vec<_>>().join(", ")
         };
-        let (promoted, terminal) = (list(Phase::is_promoted), list(Phase::is_terminal));
+        let unfinished = list(|p| !p.is_terminal());
+        // Qualified for the joins; a default standing in for a column an older journal lacks
+        // (read-only) is a constant and stays as it is.
+        let columns = self
+            .columns
+            .split(',')
+            .map(str::trim)
+            .map(|c| match c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                true => format!("r.{c}"),
+                false => c.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // UNION drops the row that is both a policy's latest and its latest promoted one.
         let sql = format!(
-            "SELECT {COLUMNS} FROM (
-                SELECT {},
-                    ROW_NUMBER() OVER (PARTITION BY policy ORDER BY started_at DESC, id DESC) AS latest,
-                    ROW_NUMBER() OVER (
-                        PARTITION BY policy, CASE WHEN phase IN ({promoted}) THEN 1 ELSE 0 END
-                        ORDER BY started_at DESC, id DESC
-                    ) AS latest_of_class
-                FROM rotations
-             ) AS t
-             WHERE latest = 1 OR (latest_of_class = 1 AND phase IN ({promoted})) OR phase NOT IN ({terminal})
-             ORDER BY started_at DESC, id DESC",
+            "SELECT {columns} FROM rotations r
+             JOIN (SELECT policy, MAX(started_at) AS at FROM rotations GROUP BY policy) l
+               ON r.policy = l.policy AND r.started_at = l.at
+             UNION
+             SELECT {columns} FROM rotations r
+             JOIN (SELECT policy, MAX(promoted_at) AS at FROM rotations WHERE promoted_at IS NOT NULL GROUP BY policy) l
+               ON r.policy = l.policy AND r.promoted_at = l.at
+             UNION
+             SELECT {} FROM rotations WHERE phase IN ({unfinished})",
             self.columns
         );
         // Built only from this module's constants and phase names, never from input.
@@ -561,7 +576,10 @@ impl Journal {
             .fetch_all(&self.pool)
             .await
             .map_err(|source| Error::Query { what: "read the latest rotations", source })?;
-        rows.iter().map(rotation_from_row).collect()
+        let mut out = rows.iter().map(rotation_from_row).collect::<Result<Vec<_>, _>>()?;
+        // Newest first, as `history` orders them.
+        out.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
+        Ok(out)
     }
 
     /// Most recent rotations first; all policies when `policy` is `None`.

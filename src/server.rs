@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Accepted, Daemon, Refused};
 use crate::journal::Rotation;
+use crate::policy::Policy;
+use crate::schedule::Due;
 use crate::secret::Secret;
 
 /// The longest request target (path and query) answered; longer ones get `414`. Well below
@@ -353,14 +355,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn policy_json(state: &AppState, name: &str, history: &[Rotation]) -> Option<Value> {
-    let policies = state.daemon.policies();
-    let policy = policies.iter().find(|p| p.name == name)?;
-    let now = Utc::now();
-    let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == name).collect();
-    let status = crate::status::status(std::slice::from_ref(policy), history, now).pop();
-    let due = state.daemon.due(policy, &rotations, now).await;
-    Some(json!({
+fn policy_json(policy: &Policy, status: Option<crate::status::PolicyStatus>, due: Option<&Due>) -> Value {
+    json!({
         "name": policy.name,
         "description": policy.description,
         "labels": policy.labels,
@@ -368,30 +364,38 @@ async fn policy_json(state: &AppState, name: &str, history: &[Rotation]) -> Opti
         "destinations": policy.destinations.iter().map(|d| d.label()).collect::<Vec<_>>(),
         "status": status,
         "due": due,
-    }))
+    })
 }
 
+/// Every policy as the last pass saw it: no journal, destination or Toktra read per request.
 async fn list_policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let history = state.daemon.engine.journal.pass_view().await.map_err(ApiError::internal)?;
-    let mut out = Vec::new();
-    for policy in state.daemon.policies().iter() {
-        if let Some(v) = policy_json(&state, &policy.name, &history).await {
-            out.push(v);
-        }
-    }
+    let view = state.daemon.pass_state().await.map_err(ApiError::internal)?;
+    let policies = state.daemon.policies();
+    let statuses = crate::status::status(&policies, &view.rotations, Utc::now());
+    let out: Vec<Value> = policies
+        .iter()
+        .zip(statuses)
+        .map(|(policy, status)| policy_json(policy, Some(status), view.due.get(&policy.name)))
+        .collect();
     Ok(Json(json!({ "policies": out })))
 }
 
+/// One policy, read now from the journal.
 async fn get_policy(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(name) = name.map_err(|r| ApiError::rejected(r.status(), r.body_text()))?;
+    let policies = state.daemon.policies();
+    let Some(policy) = policies.iter().find(|p| p.name == name) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no policy `{name}`")));
+    };
     let history = state.daemon.engine.journal.history(Some(&name), 1_000).await.map_err(ApiError::internal)?;
-    policy_json(&state, &name, &history)
-        .await
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no policy `{name}`")))
+    let now = Utc::now();
+    let status = crate::status::status(std::slice::from_ref(policy), &history, now).pop();
+    let rotations: Vec<&Rotation> = history.iter().collect();
+    let due = state.daemon.due(policy, &rotations, now).await;
+    Ok(Json(policy_json(policy, status, Some(&due))))
 }
 
 #[derive(Deserialize, Default)]

@@ -42,12 +42,13 @@ pub struct PendingRevocation {
 /// state `removed_with_work_left`: their work is still done (see `leftover`), and what waits is
 /// shown like any policy's.
 pub fn status(policies: &[Policy], history: &[Rotation], now: DateTime<Utc>) -> Vec<PolicyStatus> {
+    let mut by_policy: std::collections::HashMap<&str, Vec<&Rotation>> = std::collections::HashMap::new();
+    for r in history {
+        by_policy.entry(r.policy.as_str()).or_default().push(r);
+    }
     let mut rows: Vec<PolicyStatus> = policies
         .iter()
-        .map(|p| {
-            let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == p.name).collect();
-            policy_status(&p.name, &rotations, now)
-        })
+        .map(|p| policy_status(&p.name, by_policy.get(p.name.as_str()).map(Vec::as_slice).unwrap_or(&[]), now))
         .collect();
     let mut gone: Vec<&str> = history
         .iter()
@@ -57,8 +58,7 @@ pub fn status(policies: &[Policy], history: &[Rotation], now: DateTime<Utc>) -> 
     gone.sort();
     gone.dedup();
     for name in gone {
-        let rotations: Vec<&Rotation> = history.iter().filter(|r| r.policy == name).collect();
-        let mut row = policy_status(name, &rotations, now);
+        let mut row = policy_status(name, by_policy.get(name).map(Vec::as_slice).unwrap_or(&[]), now);
         row.state = "removed_with_work_left".into();
         rows.push(row);
     }
