@@ -97,7 +97,9 @@ fn main() {
     std::fs::write(dir.join("rotator.toml"), "tick = \"30s\"\nconcurrency = 16\n").unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
+        let rss_start = rss_mib();
         let loaded = policy::load_dir(&policy_dir).expect("valid policies");
+        let rss_policies = rss_mib();
         let path = dir.join("rotator.db");
         let journal = journal::Journal::open(path.to_str().unwrap()).await.unwrap();
         let started = Instant::now();
@@ -148,7 +150,7 @@ fn main() {
         println!("pass ({policies} policies, {rows} rows): {} (target < 1000 ms)", spread(passes));
         println!("/metrics scrape ({size} bytes): {} (target < 50 ms)", spread(scrapes));
         println!(
-            "resident memory: {:.1} MiB after the passes ({rss_before:.1} MiB before; target < 64 MiB)",
+            "resident memory: {:.1} MiB after the passes (target < 64 MiB); {rss_start:.1} MiB at start, {rss_policies:.1} MiB with the policies loaded, {rss_before:.1} MiB before the first pass",
             rss_mib()
         );
     });

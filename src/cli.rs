@@ -615,9 +615,14 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     let overdue_ended = overdue_ended(&engine.journal, &policies, &overdue, chrono::Utc::now()).await;
     engine.journal.close().await;
     let stats = engine.toktra.stats();
+    let by_call = |call: &str| stats.management_by_call.get(call).copied().unwrap_or(0);
     tracing::info!(
         requests = stats.requests,
         management_calls = stats.management_calls,
+        management_creates = by_call("create"),
+        management_revokes = by_call("revoke"),
+        // The run's own: the endpoint check, listings, the management token.
+        management_per_run = by_call("check") + by_call("list") + by_call("token"),
         probe_calls = stats.probe_calls,
         shared_listings = stats.shared_listings,
         retries = stats.retries,

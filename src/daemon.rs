@@ -159,6 +159,11 @@ pub struct PassView {
     /// unfinished ones.
     pub rotations: Vec<Rotation>,
     pub due: HashMap<String, Due>,
+    /// Per policy, sorted by name: when its current credential was promoted, when it may next
+    /// rotate (Unix seconds), whether it is overdue; what `/metrics` renders.
+    pub gauges: Vec<(Arc<str>, Option<DateTime<Utc>>, f64, bool)>,
+    /// Old credentials awaiting revocation.
+    pub pending_revocations: u64,
 }
 
 /// Why a policy is held back, and until when.
@@ -267,12 +272,20 @@ impl Daemon {
     async fn view(&self, rotations: Vec<Rotation>, now: DateTime<Utc>) -> PassView {
         let by_policy = group(&rotations);
         let mut due = HashMap::new();
+        let mut gauges: Vec<(Arc<str>, Option<DateTime<Utc>>, f64, bool)> = Vec::new();
+        let mut pending_revocations = 0;
         for policy in self.policies().iter() {
             let list = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            due.insert(policy.name.clone(), self.due(policy, list, now).await);
+            let d = self.due(policy, list, now).await;
+            let promoted = list.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at);
+            gauges.push((Arc::from(policy.name.as_str()), promoted, d.next_start.timestamp() as f64, d.overdue));
+            pending_revocations +=
+                list.iter().filter(|r| r.phase == Phase::Promoted).map(|r| r.old_credentials.len() as u64).sum::<u64>();
+            due.insert(policy.name.clone(), d);
         }
+        gauges.sort_by(|a, b| a.0.cmp(&b.0));
         drop(by_policy);
-        PassView { at: now, rotations, due }
+        PassView { at: now, rotations, due, gauges, pending_revocations }
     }
 
     pub fn policies(&self) -> Arc<Vec<Policy>> {
@@ -1131,29 +1144,23 @@ impl Daemon {
     /// Gauges for `/metrics`, from the last pass (a scrape reads nothing itself).
     pub async fn snapshot(&self) -> Snapshot {
         let now = Utc::now();
-        let policies = self.policies();
         let Ok(view) = self.pass_state().await else { return Snapshot::default() };
-        let by_policy = group(&view.rotations);
         let mut s = Snapshot {
-            policies: policies.len() as u64,
+            policies: self.policies().len() as u64,
             in_flight: self.running.lock().map(|r| r.len() as u64).unwrap_or(0),
+            pending_revocations: view.pending_revocations,
+            per_policy: view
+                .gauges
+                .iter()
+                .map(|(policy, promoted, next, overdue)| crate::metrics::PolicyGauges {
+                    policy: policy.clone(),
+                    credential_age: promoted.map(|at| (now - at).num_milliseconds() as f64 / 1000.0),
+                    next_rotation: *next,
+                    overdue: *overdue,
+                })
+                .collect(),
             ..Default::default()
         };
-        for policy in policies.iter() {
-            let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            // A policy added by a reload since the last pass is known from the next one.
-            let Some(due) = view.due.get(&policy.name) else { continue };
-            if let Some(at) = rotations.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at) {
-                s.credential_age.insert(policy.name.clone(), (now - at).num_milliseconds() as f64 / 1000.0);
-            }
-            s.next_rotation.insert(policy.name.clone(), due.next_start.timestamp() as f64);
-            s.overdue.insert(policy.name.clone(), due.overdue as u64);
-            s.pending_revocations += rotations
-                .iter()
-                .filter(|r| r.phase == Phase::Promoted)
-                .map(|r| r.old_credentials.len() as u64)
-                .sum::<u64>();
-        }
         let reload = self.reload_status();
         s.reload_success = reload.rejected.is_none();
         s.reload_timestamp = reload.at.timestamp() as f64;

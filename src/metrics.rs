@@ -39,12 +39,8 @@ struct Histogram {
 /// Gauges computed when scraped.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    /// policy → age of the current credential, seconds.
-    pub credential_age: BTreeMap<String, f64>,
-    /// policy → when the next rotation may start, Unix seconds.
-    pub next_rotation: BTreeMap<String, f64>,
-    /// policy → 1 if overdue, else 0.
-    pub overdue: BTreeMap<String, u64>,
+    /// Per policy, sorted by name.
+    pub per_policy: Vec<PolicyGauges>,
     pub pending_revocations: u64,
     pub in_flight: u64,
     pub policies: u64,
@@ -62,9 +58,23 @@ pub struct Snapshot {
     pub check_last_success: BTreeMap<String, f64>,
 }
 
-/// Escapes a label value (backslash, quote, newline).
-fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// A policy's gauges.
+#[derive(Debug, Clone)]
+pub struct PolicyGauges {
+    pub policy: std::sync::Arc<str>,
+    /// Age of the current credential, seconds, when known.
+    pub credential_age: Option<f64>,
+    /// When the next rotation may start, Unix seconds.
+    pub next_rotation: f64,
+    pub overdue: bool,
+}
+
+/// Escapes a label value (backslash, quote, newline); most values need nothing.
+fn label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    std::borrow::Cow::Owned(value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
 }
 
 impl Metrics {
@@ -131,21 +141,26 @@ impl Metrics {
             "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
             m.durations.count, m.durations.sum, m.durations.count
         );
-        let gauge = |out: &mut String, name: &str, help: &str, values: &BTreeMap<String, f64>| {
+        let gauge = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&PolicyGauges) -> Option<f64>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (policy, v) in values {
-                let _ = writeln!(out, "{name}{{policy=\"{}\"}} {v}", label(policy));
+            for p in &s.per_policy {
+                if let Some(v) = value(p) {
+                    let _ = writeln!(out, "{name}{{policy=\"{}\"}} {v}", label(&p.policy));
+                }
             }
         };
-        gauge(&mut out, "rotator_credential_age_seconds", "Age of the policy's current credential.", &s.credential_age);
+        gauge(&mut out, "rotator_credential_age_seconds", "Age of the policy's current credential.", &|p| {
+            p.credential_age
+        });
         gauge(
             &mut out,
             "rotator_next_rotation_timestamp_seconds",
             "When the policy's next rotation may start (Unix time).",
-            &s.next_rotation,
+            &|p| Some(p.next_rotation),
         );
-        let overdue: BTreeMap<String, f64> = s.overdue.iter().map(|(k, v)| (k.clone(), *v as f64)).collect();
-        gauge(&mut out, "rotator_policy_overdue", "1 if the policy is overdue.", &overdue);
+        gauge(&mut out, "rotator_policy_overdue", "1 if the policy is overdue.", &|p| {
+            Some(f64::from(u8::from(p.overdue)))
+        });
         let single = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
@@ -154,7 +169,7 @@ impl Metrics {
             "rotator_overdue_policies",
             "gauge",
             "Policies overdue for rotation.",
-            s.overdue.values().sum::<u64>() as f64,
+            s.per_policy.iter().filter(|p| p.overdue).count() as f64,
         );
         single(
             &mut out,
@@ -245,8 +260,18 @@ mod tests {
         m.rotation("ci", "completed", 0.3);
         m.destination_error("vault");
         let mut s = Snapshot::default();
-        s.credential_age.insert("ci".into(), 42.0);
-        s.overdue.insert("ci".into(), 1);
+        s.per_policy.push(PolicyGauges {
+            policy: "ci".into(),
+            credential_age: Some(42.0),
+            next_rotation: 1_700_000_100.0,
+            overdue: true,
+        });
+        s.per_policy.push(PolicyGauges {
+            policy: "a \"quoted\"\nname".into(),
+            credential_age: None,
+            next_rotation: 1.0,
+            overdue: false,
+        });
         s.toktra_requests.insert("201".into(), 3);
         s.reload_timestamp = 1_700_000_000.0;
         let text = m.render(&s);
@@ -256,6 +281,8 @@ mod tests {
             "rotator_rotation_duration_seconds_bucket{le=\"2.5\"} 2",
             "rotator_rotation_duration_seconds_count 2",
             "rotator_credential_age_seconds{policy=\"ci\"} 42",
+            "rotator_policy_overdue{policy=\"ci\"} 1",
+            "rotator_policy_overdue{policy=\"a \\\"quoted\\\"\\nname\"} 0",
             "rotator_overdue_policies 1",
             "rotator_toktra_requests_total{status=\"201\"} 3",
             "rotator_destination_errors_total{kind=\"vault\"} 1",

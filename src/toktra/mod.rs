@@ -227,6 +227,9 @@ pub struct Stats {
     pub probe_calls: u64,
     /// Listings served from the run's shared listing instead of asking Toktra again.
     pub shared_listings: u64,
+    /// Management calls by what they did (`create`, `revoke`, `list`, `check`, `token`): the
+    /// first two are per rotation, the rest the run's own.
+    pub management_by_call: BTreeMap<String, u64>,
     pub by_status: BTreeMap<String, u64>,
     pub retries: u64,
     pub rate_limit_waits: u64,
@@ -714,7 +717,11 @@ impl Client {
             };
             if let Ok(mut stats) = self.stats.lock() {
                 match auth {
-                    Auth::Management | Auth::Exchange { management: true } => stats.management_calls += 1,
+                    Auth::Management | Auth::Exchange { management: true } => {
+                        stats.management_calls += 1;
+                        let call = what.split_whitespace().next().unwrap_or("other").to_string();
+                        *stats.management_by_call.entry(call).or_default() += 1;
+                    }
                     Auth::Bearer(_) | Auth::Exchange { management: false } => stats.probe_calls += 1,
                 }
             }

@@ -93,6 +93,12 @@ async fn steady_state_calls(kind: CredentialKind, manage_with_client: bool) {
         .find(|l| l["message"] == "toktra calls of this run")
         .unwrap_or_else(|| panic!("no summary of the run's calls:\n{}", run.stderr));
     assert_eq!(summary["management_calls"], total, "{summary}");
+    assert_eq!(
+        (summary["management_creates"].as_u64(), summary["management_revokes"].as_u64()),
+        (Some(POLICIES), Some(POLICIES)),
+        "{summary}"
+    );
+    assert_eq!(summary["management_per_run"], per_run, "{summary}");
     assert!(summary["probe_calls"].as_u64().unwrap() >= POLICIES, "{summary}");
     env.assert_converged(&specs, &[]).await;
 }
