@@ -763,6 +763,7 @@ impl Daemon {
         if let Ok(mut last) = self.last_pass.lock() {
             *last = Some(Arc::new(view));
         }
+        release_free_memory();
         self.metrics.pass_completed();
     }
 
@@ -1178,6 +1179,22 @@ impl Daemon {
         s
     }
 }
+
+/// Hands heap memory freed by a pass (its journal rows, the view it replaced) back to the OS.
+/// glibc keeps freed memory in per-thread arenas, so without this a service with many policies
+/// sits at the high-water mark of its busiest pass (about 40 MiB more with 10,000 policies, see
+/// `benches/daemon.rs`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    // SAFETY: `malloc_trim` takes no pointers and only returns unused pages of the allocator's
+    // own heap to the kernel; it is safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 fn queued_message(q: &journal::Request) -> String {
     format!(
