@@ -715,10 +715,7 @@ impl Engine {
     }
 
     async fn save(&self, rotation: &mut Rotation, lease: &journal::Lease) -> Result<(), journal::Error> {
-        rotation.updated_at = Utc::now();
-        if rotation.phase.is_terminal() && rotation.finished_at.is_none() {
-            rotation.finished_at = Some(rotation.updated_at);
-        }
+        stamp(rotation);
         self.journal.update(rotation, lease).await
     }
 
@@ -730,8 +727,9 @@ impl Engine {
         if phase != Phase::Failed {
             work.rotation.error = None;
         }
-        self.save(&mut work.rotation, &work.lease).await?;
-        self.journal.step(&work.rotation.id, step, "done", detail, &work.lease).await?;
+        stamp(&mut work.rotation);
+        // The phase and the step that reached it, in one commit.
+        self.journal.update_with_step(&work.rotation, (step, "done", detail), &work.lease).await?;
         tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, step, phase = %phase, "{detail}");
         crash_point(phase.as_str());
         Ok(Flow::Continue)
@@ -1388,6 +1386,14 @@ pub(crate) fn after_failed_promotion(serving: &[Option<bool>], transient: bool) 
         AfterPromotion::RollBack
     } else {
         AfterPromotion::Forward
+    }
+}
+
+/// Sets a rotation's `updated_at`, and `finished_at` when it has just ended, before it is saved.
+fn stamp(rotation: &mut Rotation) {
+    rotation.updated_at = Utc::now();
+    if rotation.phase.is_terminal() && rotation.finished_at.is_none() {
+        rotation.finished_at = Some(rotation.updated_at);
     }
 }
 

@@ -446,24 +446,56 @@ impl Journal {
     /// rotations are `promoted` again, with their revocations still to do, so nothing they held
     /// is forgotten.
     pub async fn update(&self, r: &Rotation, lease: &Lease) -> Result<(), Error> {
+        self.update_and_step(r, None, lease).await
+    }
+
+    /// [`Journal::update`] and, in the same transaction, a step record `(step, status,
+    /// detail)`: a phase and the step that reached it are committed together (one commit, so
+    /// one disk sync, instead of two).
+    pub async fn update_with_step(
+        &self,
+        r: &Rotation,
+        (step, status, detail): (&str, &str, &str),
+        lease: &Lease,
+    ) -> Result<(), Error> {
+        self.update_and_step(r, Some((step, status, detail)), lease).await
+    }
+
+    async fn update_and_step(
+        &self,
+        r: &Rotation,
+        step: Option<(&str, &str, &str)>,
+        lease: &Lease,
+    ) -> Result<(), Error> {
         let query = |source| Error::Query { what: "update rotation", source };
-        if r.phase != Phase::Failed {
+        if r.phase != Phase::Failed && step.is_none() {
             let n = update_query(r, lease).execute(&self.pool).await.map_err(query)?.rows_affected();
             return Self::fenced(n, "update rotation");
         }
         let mut tx = self.pool.begin().await.map_err(query)?;
         let n = update_query(r, lease).execute(&mut *tx).await.map_err(query)?.rows_affected();
         Self::fenced(n, "update rotation")?;
-        sqlx::query(
-            "UPDATE rotations SET phase = 'promoted', waiting = NULL, finished_at = NULL, updated_at = $3
-             WHERE policy = $1 AND phase = 'superseded' AND waiting LIKE $2",
-        )
-        .bind(&r.policy)
-        .bind(format!("{}%", superseded_by(&r.id)))
-        .bind(ts(Utc::now()))
-        .execute(&mut *tx)
-        .await
-        .map_err(query)?;
+        if r.phase == Phase::Failed {
+            // A failed rotation gives back what it superseded (see `supersede`).
+            sqlx::query(
+                "UPDATE rotations SET phase = 'promoted', waiting = NULL, finished_at = NULL, updated_at = $3
+                 WHERE policy = $1 AND phase = 'superseded' AND waiting LIKE $2",
+            )
+            .bind(&r.policy)
+            .bind(format!("{}%", superseded_by(&r.id)))
+            .bind(ts(Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(query)?;
+        }
+        if let Some((step, status, detail)) = step {
+            let n = step_query(&r.id, step, status, detail, lease)
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| Error::Query { what: "insert step", source })?
+                .rows_affected();
+            Self::fenced(n, "insert step")?;
+        }
         tx.commit().await.map_err(query)
     }
 
@@ -493,26 +525,11 @@ impl Journal {
         detail: &str,
         lease: &Lease,
     ) -> Result<(), Error> {
-        let n = sqlx::query(
-            // The lease check sits outside the aggregate: an aggregate without GROUP BY yields a
-            // row even when its WHERE matches nothing.
-            "INSERT INTO steps (rotation_id, seq, at, step, status, detail)
-             SELECT $1, last.seq + 1, $2, $3, $4, $5
-             FROM (SELECT COALESCE(MAX(seq), 0) AS seq FROM steps WHERE rotation_id = $1) last
-             WHERE EXISTS (SELECT 1 FROM leases WHERE policy = $6 AND holder = $7 AND fence = $8)",
-        )
-        .bind(rotation_id)
-        .bind(ts(Utc::now()))
-        .bind(step)
-        .bind(status)
-        .bind(detail)
-        .bind(&lease.policy)
-        .bind(&lease.holder)
-        .bind(lease.fence)
-        .execute(&self.pool)
-        .await
-        .map_err(|source| Error::Query { what: "insert step", source })?
-        .rows_affected();
+        let n = step_query(rotation_id, step, status, detail, lease)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| Error::Query { what: "insert step", source })?
+            .rows_affected();
         Self::fenced(n, "insert step")
     }
 
@@ -905,6 +922,32 @@ fn insert_query<'q>(r: &'q Rotation, lease: &'q Lease) -> sqlx::query::Query<'q,
 }
 
 /// The fenced `UPDATE` of a rotation's mutable fields.
+/// Appends a step record, only while `lease` is the policy's lease (which also keeps `seq` free
+/// of races). The lease check sits outside the aggregate: an aggregate without GROUP BY yields
+/// a row even when its WHERE matches nothing.
+fn step_query<'q>(
+    rotation_id: &'q str,
+    step: &'q str,
+    status: &'q str,
+    detail: &'q str,
+    lease: &'q Lease,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO steps (rotation_id, seq, at, step, status, detail)
+         SELECT $1, last.seq + 1, $2, $3, $4, $5
+         FROM (SELECT COALESCE(MAX(seq), 0) AS seq FROM steps WHERE rotation_id = $1) last
+         WHERE EXISTS (SELECT 1 FROM leases WHERE policy = $6 AND holder = $7 AND fence = $8)",
+    )
+    .bind(rotation_id)
+    .bind(ts(Utc::now()))
+    .bind(step)
+    .bind(status)
+    .bind(detail)
+    .bind(&lease.policy)
+    .bind(&lease.holder)
+    .bind(lease.fence)
+}
+
 fn update_query<'q>(r: &'q Rotation, lease: &'q Lease) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "UPDATE rotations SET phase = $2, new_credential_id = $3, new_fingerprint = $4, old_credentials = $5,
