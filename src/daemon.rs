@@ -151,6 +151,16 @@ pub struct Daemon {
     last_pass: Mutex<Option<Arc<PassView>>>,
 }
 
+/// A policy's gauges as a pass saw them (its credential's age is computed when scraped).
+#[derive(Debug)]
+pub struct PolicyGauge {
+    pub policy: Arc<str>,
+    pub promoted_at: Option<DateTime<Utc>>,
+    /// Unix seconds.
+    pub next_start: f64,
+    pub overdue: bool,
+}
+
 /// The journal rows and due times the last pass saw.
 #[derive(Debug)]
 pub struct PassView {
@@ -161,7 +171,7 @@ pub struct PassView {
     pub due: HashMap<String, Due>,
     /// Per policy, sorted by name: when its current credential was promoted, when it may next
     /// rotate (Unix seconds), whether it is overdue; what `/metrics` renders.
-    pub gauges: Vec<(Arc<str>, Option<DateTime<Utc>>, f64, bool)>,
+    pub gauges: Vec<PolicyGauge>,
     /// Old credentials awaiting revocation.
     pub pending_revocations: u64,
 }
@@ -272,18 +282,23 @@ impl Daemon {
     async fn view(&self, rotations: Vec<Rotation>, now: DateTime<Utc>) -> PassView {
         let by_policy = group(&rotations);
         let mut due = HashMap::new();
-        let mut gauges: Vec<(Arc<str>, Option<DateTime<Utc>>, f64, bool)> = Vec::new();
+        let mut gauges: Vec<PolicyGauge> = Vec::new();
         let mut pending_revocations = 0;
         for policy in self.policies().iter() {
             let list = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             let d = self.due(policy, list, now).await;
             let promoted = list.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at);
-            gauges.push((Arc::from(policy.name.as_str()), promoted, d.next_start.timestamp() as f64, d.overdue));
+            gauges.push(PolicyGauge {
+                policy: Arc::from(policy.name.as_str()),
+                promoted_at: promoted,
+                next_start: d.next_start.timestamp() as f64,
+                overdue: d.overdue,
+            });
             pending_revocations +=
                 list.iter().filter(|r| r.phase == Phase::Promoted).map(|r| r.old_credentials.len() as u64).sum::<u64>();
             due.insert(policy.name.clone(), d);
         }
-        gauges.sort_by(|a, b| a.0.cmp(&b.0));
+        gauges.sort_by(|a, b| a.policy.cmp(&b.policy));
         drop(by_policy);
         PassView { at: now, rotations, due, gauges, pending_revocations }
     }
@@ -957,8 +972,7 @@ impl Daemon {
                 // wound up as failed is not a failure of the policy: the next pass rotates it
                 // afresh instead of backing off.
                 let failed = last.is_some_and(|o| {
-                    !o.interrupted
-                        && !(o.resumed && o.status == Status::Failed)
+                    !(o.interrupted || (o.resumed && o.status == Status::Failed))
                         && matches!(o.status, Status::Failed | Status::Incomplete)
                 });
                 let waiting = last.is_some_and(|o| o.status == Status::AwaitingRevocation && o.waiting.is_some());
@@ -1153,11 +1167,11 @@ impl Daemon {
             per_policy: view
                 .gauges
                 .iter()
-                .map(|(policy, promoted, next, overdue)| crate::metrics::PolicyGauges {
-                    policy: policy.clone(),
-                    credential_age: promoted.map(|at| (now - at).num_milliseconds() as f64 / 1000.0),
-                    next_rotation: *next,
-                    overdue: *overdue,
+                .map(|g| crate::metrics::PolicyGauges {
+                    policy: g.policy.clone(),
+                    credential_age: g.promoted_at.map(|at| (now - at).num_milliseconds() as f64 / 1000.0),
+                    next_rotation: g.next_start,
+                    overdue: g.overdue,
                 })
                 .collect(),
             ..Default::default()

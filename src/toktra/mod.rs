@@ -276,6 +276,9 @@ enum Body<'a> {
 }
 
 /// A Toktra API client. Cheap to share behind an `Arc`; the management token is cached inside.
+/// A kind's last listing and when it began.
+type SharedListing = tokio::sync::Mutex<Option<(Instant, Vec<Listed>)>>;
+
 pub struct Client {
     http: reqwest::Client,
     settings: Settings,
@@ -284,7 +287,7 @@ pub struct Client {
     stats: SyncMutex<Stats>,
     /// The last listing of each kind and when it began, shared by every rotation of the
     /// process (see [`Client::list_since`]).
-    listings: [tokio::sync::Mutex<Option<(Instant, Vec<Listed>)>>; 2],
+    listings: [SharedListing; 2],
 }
 
 impl std::fmt::Debug for Client {
