@@ -275,10 +275,10 @@ enum Body<'a> {
     Form(Vec<(&'a str, &'a str)>),
 }
 
-/// A Toktra API client. Cheap to share behind an `Arc`; the management token is cached inside.
 /// A kind's last listing and when it began.
 type SharedListing = tokio::sync::Mutex<Option<(Instant, Vec<Listed>)>>;
 
+/// A Toktra API client. Cheap to share behind an `Arc`; the management token is cached inside.
 pub struct Client {
     http: reqwest::Client,
     settings: Settings,
