@@ -50,6 +50,9 @@ async fn three_replicas_converge_after_one_is_killed_mid_rotation() {
     for spec in &specs {
         env.policy(&format!("{}.yaml", spec.name), &spec.yaml());
     }
+    // Two rotations at a time per replica: replica-0, started first, still has work in flight
+    // when the others are up, and the policies spread over all three.
+    env.env.push(("ROTATOR_CONCURRENCY".into(), "2".into()));
     let mut replicas = Vec::new();
     for i in 0..3 {
         replicas.push(env.serve_as(Some(&format!("replica-{i}")), &[]).await);
