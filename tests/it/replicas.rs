@@ -50,33 +50,38 @@ async fn three_replicas_converge_after_one_is_killed_mid_rotation() {
     for spec in &specs {
         env.policy(&format!("{}.yaml", spec.name), &spec.yaml());
     }
-    // Two rotations at a time per replica: replica-0, started first, still has work in flight
-    // when the others are up, and the policies spread over all three.
-    env.env.push(("ROTATOR_CONCURRENCY".into(), "2".into()));
+    // One rotation at a time per replica: the replica started first still has most of the
+    // work ahead of it once the others are up, and the policies spread over all three.
+    env.env.push(("ROTATOR_CONCURRENCY".into(), "1".into()));
     let mut replicas = Vec::new();
     for i in 0..3 {
         replicas.push(env.serve_as(Some(&format!("replica-{i}")), &[]).await);
     }
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
 
-    // Wait for a rotation of replica-0 in flight: its lease held, the rotation unfinished.
+    // The victim: a replica holding a policy's lease with the rotation unfinished.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let victim_policy = loop {
+    let (victim_index, victim_policy) = loop {
         let held = sqlx::query(
-            "SELECT l.policy FROM leases l JOIN rotations r ON r.policy = l.policy
-             WHERE l.holder LIKE 'replica-0:%' AND l.expires_at > 0
+            "SELECT l.holder, l.policy FROM leases l JOIN rotations r ON r.policy = l.policy
+             WHERE l.holder LIKE 'replica-%' AND l.expires_at > 0
                AND r.phase NOT IN ('completed', 'failed', 'superseded')",
         )
         .fetch_all(&pool)
         .await
         .unwrap_or_default();
-        if let Some(row) = held.first() {
-            break row.get::<String, _>(0);
+        let found = held.iter().find_map(|row| {
+            let holder: String = row.get(0);
+            let index = holder.strip_prefix("replica-")?.split(':').next()?.parse::<usize>().ok()?;
+            Some((index, row.get::<String, _>(1)))
+        });
+        if let Some(found) = found {
+            break found;
         }
-        assert!(Instant::now() < deadline, "replica-0 never had a rotation in flight:\n{}", replicas[0].log_text());
+        assert!(Instant::now() < deadline, "no replica ever had a rotation in flight:\n{}", replicas[0].log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let victim = replicas.remove(0);
+    let victim = replicas.remove(victim_index);
     let killed = Instant::now();
     victim.kill().await;
 
@@ -112,7 +117,7 @@ async fn three_replicas_converge_after_one_is_killed_mid_rotation() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!(
-        "replicas: policy {victim_policy} in flight on the killed replica; converged {:.1}s after the SIGKILL (lease_ttl 30s)",
+        "replicas: policy {victim_policy} in flight on the killed replica-{victim_index}; converged {:.1}s after the SIGKILL (lease_ttl 30s)",
         converged.as_secs_f64()
     );
 
