@@ -82,17 +82,35 @@ pub const MAX_DOCUMENTS: usize = 10_000;
 /// error of its own and the next document is read. `Err` refuses the whole file (more than
 /// [`MAX_DOCUMENTS`]).
 pub fn documents(text: &str) -> Result<Vec<Result<Node, Error>>, Error> {
-    // The parser's budget (nodes, nesting, aliases) applies to each document; the number of
-    // documents is counted here.
-    let options = serde_saphyr::options! {
+    // A file that reads without error is read from the text directly, about twice as fast as
+    // through the streaming reader (`benches/validate.rs`: 10,000 files in 0.77 s instead of
+    // 1.4 s). The streaming reader is what reports each document's error on its own and goes on
+    // to the next, so a file with any error (or over the document limit) is read again that
+    // way. Both skip the same empty documents.
+    if let Ok(nodes) = serde_saphyr::from_multiple_with_options::<Node>(text, options())
+        && nodes.len() <= MAX_DOCUMENTS
+    {
+        return Ok(nodes.into_iter().map(Ok).collect());
+    }
+    streamed(text)
+}
+
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
         duplicate_keys: DuplicateKeyPolicy::PassThrough,
         strict_booleans: true,
         non_finite_float_policy: NonFiniteFloatPolicy::AsString,
         with_snippet: false,
-    };
+    }
+}
+
+/// [`documents`] through the streaming reader: one result per document.
+fn streamed(text: &str) -> Result<Vec<Result<Node, Error>>, Error> {
+    // The parser's budget (nodes, nesting, aliases) applies to each document; the number of
+    // documents is counted here.
     let mut bytes = text.as_bytes();
     let mut documents = Vec::new();
-    for document in serde_saphyr::read_with_options::<_, Node>(&mut bytes, options) {
+    for document in serde_saphyr::read_with_options::<_, Node>(&mut bytes, options()) {
         let document = document.map_err(|e| error(&e, text));
         if documents.len() == MAX_DOCUMENTS {
             let at = match &document {
@@ -353,6 +371,23 @@ mod tests {
         let docs = documents(&text).unwrap();
         let e = docs[0].as_ref().unwrap_err();
         assert!(e.message.contains("alias") || e.message.contains("policy document may"), "{e:?}");
+    }
+
+    /// The fast path (the whole text at once) and the streaming reader see the same documents
+    /// at the same places.
+    #[test]
+    fn both_readings_agree() {
+        let mut texts: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        texts.push("---\n# nothing\n---\nd: &d { kind: api_key, name: x }\nc:\n  <<: *d\n  name: y\n---\n~\n".into());
+        texts.push("k: 1\nk: 2\ny: n\nt: true\nf: .nan\nbig: 340282366920938463463374607431768211455\n".into());
+        for text in &texts {
+            let fast = serde_saphyr::from_multiple_with_options::<Node>(text, options()).unwrap();
+            let streamed: Vec<Node> = streamed(text).unwrap().into_iter().map(Result::unwrap).collect();
+            assert_eq!(format!("{fast:?}"), format!("{streamed:?}"), "{text}");
+        }
     }
 
     #[test]
