@@ -1192,7 +1192,7 @@ impl Engine {
         let result = self.toktra.revoke(kind, id).await.map_err(|e| e.to_string())?;
         if let Some(secret) = work.old_secrets.get(id) {
             tracing::debug!(policy = %work.policy.name, credential = id, "checking that the revoked credential is rejected");
-            match self.toktra.probe_until(kind, id, secret, work.deadline).await {
+            match self.toktra.probe_revoked(kind, id, secret, work.deadline).await {
                 Ok(Probe::Rejected) => {}
                 Ok(Probe::Accepted) => return Err(format!("{id} still authenticates after revocation")),
                 Err(e) => return Err(e.to_string()),

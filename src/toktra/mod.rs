@@ -520,6 +520,34 @@ impl Client {
         secret: &Secret,
         deadline: Instant,
     ) -> Result<Probe, Error> {
+        self.present(kind, id, secret, deadline, 2).await
+    }
+
+    /// [`Client::probe_until`] for a credential just revoked, where a refusal is the expected
+    /// answer: one `401` is conclusive (Toktra answered the revocation, and a revoked
+    /// credential stops working at once), so the check costs one call of the credential's own
+    /// budget instead of two and a back-off. The two refusals `probe_until` asks for guard a
+    /// good new credential against being declared rejected, not this.
+    pub async fn probe_revoked(
+        &self,
+        kind: CredentialKind,
+        id: &str,
+        secret: &Secret,
+        deadline: Instant,
+    ) -> Result<Probe, Error> {
+        self.present(kind, id, secret, deadline, 1).await
+    }
+
+    /// Presents the credential until it is accepted, refused `conclusive` times (see
+    /// [`Client::probe_until`] for what counts), or `deadline` passes.
+    async fn present(
+        &self,
+        kind: CredentialKind,
+        id: &str,
+        secret: &Secret,
+        deadline: Instant,
+        conclusive: u32,
+    ) -> Result<Probe, Error> {
         let mut refusals = 0;
         let mut attempt = 0;
         loop {
@@ -553,7 +581,7 @@ impl Client {
             };
             match result {
                 Ok(()) => return Ok(Probe::Accepted),
-                Err(_) if refusals >= 2 => return Ok(Probe::Rejected),
+                Err(_) if refusals >= conclusive => return Ok(Probe::Rejected),
                 Err(e) if (e.is_transient() || e.is_unauthorized()) && Instant::now() < deadline => {
                     tracing::debug!(credential = id, error = %e, attempt, "probe inconclusive; trying again");
                     self.count_retry();
