@@ -42,6 +42,8 @@ struct Figures {
     rotations: u64,
     failed: u64,
     management_calls: u64,
+    /// The run's own management calls (endpoint check, listing, token exchange), not a rotation's.
+    management_per_run: u64,
     probe_calls: u64,
     rate_limited: u64,
     requests: u64,
@@ -152,6 +154,7 @@ async fn run(dest: Dest, aws: Option<&str>) -> Figures {
         rotations: completed,
         failed: policies - completed,
         management_calls: summary["management_calls"].as_u64().unwrap_or(0),
+        management_per_run: summary["management_per_run"].as_u64().unwrap_or(0),
         probe_calls: summary["probe_calls"].as_u64().unwrap_or(0),
         rate_limited: after.real_rate_limits - before.real_rate_limits,
         requests: after.requests - before.requests,
@@ -176,7 +179,7 @@ fn report(what: &str, f: &Figures) {
     let window: f64 = var("ROTATOR_BENCH_WINDOW_SECS", 60u64) as f64;
     let concurrency: f64 = var("ROTATOR_BENCH_CONCURRENCY", 16u64) as f64;
     let per_minute = f.rotations as f64 / f.wall.as_secs_f64() * 60.0;
-    let calls = f.management_calls as f64 / f.rotations.max(1) as f64;
+    let calls = (f.management_calls - f.management_per_run) as f64 / f.rotations.max(1) as f64;
     println!("{what}:");
     println!(
         "  {} rotations ({} failed) in {:.2}s: {per_minute:.0} rotations/min",
@@ -185,12 +188,12 @@ fn report(what: &str, f: &Figures) {
         f.wall.as_secs_f64()
     );
     println!(
-        "  management calls {} ({calls:.2} per rotation), probe calls {}, simulator requests {}, 429s received {}",
-        f.management_calls, f.probe_calls, f.requests, f.rate_limited
+        "  management calls {} ({calls:.2} per rotation + {} per run), probe calls {}, simulator requests {}, 429s received {}",
+        f.management_calls, f.management_per_run, f.probe_calls, f.requests, f.rate_limited
     );
     let limit_bound = (limit < 1_000_000).then(|| f64::from(limit) * 60.0 / window / calls);
     // One rotation's sequential Toktra calls: its management and probe calls, less the run's own.
-    let sequential = (f.requests as f64 / f.rotations.max(1) as f64).max(1.0);
+    let sequential = ((f.requests - f.management_per_run) as f64 / f.rotations.max(1) as f64).max(1.0);
     let latency_bound = concurrency / (sequential * latency) * 60.0;
     match limit_bound {
         Some(bound) if bound < latency_bound => println!(
