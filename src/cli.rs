@@ -59,6 +59,14 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the JSON Schema of policy files (`--markdown`: the policy reference).
     Schema(SchemaArgs),
+    /// Print the least-privilege grants the policies need: an AWS IAM policy, a Vault policy, or
+    /// both as JSON for Terraform (`jsondecode(file(...))`). Derived from the same lists of
+    /// operations the code performs; calls nothing.
+    Permissions(PermissionsArgs),
+    /// Exit 0 when this host's `rotator serve` answers `GET /healthz` (a container's health
+    /// check; distroless images have no shell or curl). Liveness only: a vendor outage does not
+    /// fail it.
+    Healthcheck(HealthcheckArgs),
     /// Run the Toktra simulator as a server (for local experiments and tests).
     ToktraSim(SimArgs),
     /// Start a project: a commented `rotator.toml`, one sample policy and the JSON Schema its
@@ -190,6 +198,47 @@ pub struct ServeArgs {
     pub insecure_no_auth: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PermissionsFormat {
+    /// An IAM policy document for the role rotator runs as.
+    AwsIam,
+    /// A Vault policy for rotator's token.
+    VaultHcl,
+    /// Both, with secret names and regions instead of ARNs, and the Toktra scopes each policy
+    /// mints (`rotator-permissions/v1`).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PermissionsArgs {
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: PermissionsFormat,
+    /// The AWS account of the secrets (for their ARNs in `aws-iam`).
+    #[arg(long, value_name = "ID")]
+    pub aws_account_id: Option<String>,
+    /// The AWS partition of the ARNs.
+    #[arg(long, default_value = "aws", value_name = "PARTITION")]
+    pub aws_partition: String,
+    /// Region of secrets whose policy names none (default `AWS_REGION`).
+    #[arg(long, value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// A customer-managed KMS key the secrets are encrypted with; `kms:Decrypt` and
+    /// `kms:GenerateDataKey` on it are granted through Secrets Manager only. Repeatable.
+    #[arg(long, value_name = "ARN")]
+    pub kms_key_arn: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The URL to check (default: `/healthz` on the configured listen address, with an
+    /// unspecified address such as 0.0.0.0 taken as loopback).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    pub timeout: std::time::Duration,
+}
+
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
     /// The policy reference in Markdown instead (docs/policy-reference.md).
@@ -311,6 +360,78 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::ToktraSim(args) => toktra_sim(args).await,
+        Command::Permissions(args) => permissions(&ctx, args),
+        Command::Healthcheck(args) => healthcheck(&ctx, args).await,
+    }
+}
+
+fn permissions(ctx: &Ctx, args: PermissionsArgs) -> Result<(), Failure> {
+    use crate::permissions;
+    let policies = load_policies(&ctx.policies)?;
+    let grants = permissions::derive(&policies);
+    match args.format {
+        PermissionsFormat::AwsIam => {
+            if let Some(id) = &args.aws_account_id
+                && (id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(Failure::Invalid(format!("--aws-account-id `{id}` is not a 12-digit AWS account ID")));
+            }
+            if args.aws_partition.is_empty() || !args.aws_partition.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+            {
+                return Err(Failure::Invalid(format!("--aws-partition `{}` is not a partition like aws", args.aws_partition)));
+            }
+            let target = permissions::AwsTarget {
+                account_id: args.aws_account_id,
+                partition: args.aws_partition,
+                default_region: args
+                    .aws_region
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+                    .filter(|r| !r.is_empty()),
+                kms_key_arns: args.kms_key_arn,
+            };
+            let document = permissions::aws_iam(&grants, &target).map_err(Failure::Invalid)?;
+            println!("{}", serde_json::to_string_pretty(&document).expect("a JSON value renders"));
+        }
+        PermissionsFormat::VaultHcl => print!("{}", permissions::vault_hcl(&grants)),
+        PermissionsFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&permissions::terraform_json(&grants)).expect("a JSON value renders"));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /healthz` of this host's service; exit 1 with the reason when it does not answer `200`.
+async fn healthcheck(ctx: &Ctx, args: HealthcheckArgs) -> Result<(), Failure> {
+    let (url, tls) = match args.url {
+        Some(url) => (url, false),
+        None => {
+            let config = ctx.config()?;
+            let mut address = config.listen;
+            if address.ip().is_unspecified() {
+                address.set_ip(match address {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let tls = config.http.tls.is_some();
+            (format!("{}://{address}/healthz", if tls { "https" } else { "http" }), tls)
+        }
+    };
+    // The service's certificate names the host as clients reach it, not this address; the
+    // check sends nothing secret and only looks at the status.
+    let client = reqwest::Client::builder()
+        .timeout(args.timeout)
+        .tls_danger_accept_invalid_certs(tls)
+        .build()
+        .map_err(|e| Failure::Other(e.into()))?;
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => {
+            println!("{url}: {}", response.status());
+            Ok(())
+        }
+        Ok(response) => Err(Failure::Failed(format!("{url}: answered {}", response.status()))),
+        Err(e) => Err(Failure::Failed(format!("{url}: {}", crate::toktra::causes(&e)))),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod leftover;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod permissions;
 pub mod plan;
 pub mod policy;
 pub mod progress;

@@ -24,6 +24,21 @@ const PREVIOUS: &str = "AWSPREVIOUS";
 /// What a secret holds before its first rotation; `Record::parse` reads it as empty.
 const PLACEHOLDER: &str = "{}";
 
+/// The Secrets Manager actions this destination calls on every secret it writes, the one list
+/// `rotator permissions` grants from (a unit test fails when a call below is missing from it).
+pub const ACTIONS: [&str; 4] = [
+    "secretsmanager:DescribeSecret",
+    "secretsmanager:GetSecretValue",
+    "secretsmanager:PutSecretValue",
+    "secretsmanager:UpdateSecretVersionStage",
+];
+/// Also needed on a secret the policy allows rotator to create: `CreateSecret` with tags needs
+/// `TagResource` as well.
+pub const CREATE_ACTIONS: [&str; 2] = ["secretsmanager:CreateSecret", "secretsmanager:TagResource"];
+/// On a secret's customer-managed KMS key, through Secrets Manager: reading a value decrypts it,
+/// putting one asks for a data key.
+pub const KMS_ACTIONS: [&str; 2] = ["kms:Decrypt", "kms:GenerateDataKey"];
+
 pub struct Aws {
     client: Client,
     secret_id: String,
@@ -371,6 +386,37 @@ mod tests {
         // ClientRequestToken: 32 to 64 characters.
         assert_eq!(a.len(), 36);
         assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 8);
+    }
+
+    /// Every Secrets Manager operation this file calls is in [`ACTIONS`] or
+    /// [`CREATE_ACTIONS`], and every action listed is called: the IAM policy `rotator
+    /// permissions` prints can neither miss a call nor grant one nothing makes.
+    #[test]
+    fn the_action_lists_are_the_calls_made() {
+        let source = include_str!("aws.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap()];
+        let mut called = std::collections::BTreeSet::new();
+        let mut rest = source;
+        while let Some(at) = rest.find("client") {
+            rest = &rest[at + "client".len()..];
+            let call = rest.trim_start();
+            let Some(call) = call.strip_prefix('.') else { continue };
+            let call = call.trim_start();
+            let name: String = call.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            if !call[name.len()..].starts_with("()") || name.is_empty() {
+                continue;
+            }
+            let pascal: String = name
+                .split('_')
+                .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+                .collect();
+            called.insert(format!("secretsmanager:{pascal}"));
+        }
+        let listed: std::collections::BTreeSet<String> =
+            ACTIONS.iter().chain(&CREATE_ACTIONS).map(|a| a.to_string()).collect();
+        // `TagResource` is not a call of its own: `CreateSecret` carries the tags.
+        called.insert("secretsmanager:TagResource".into());
+        assert_eq!(called, listed);
     }
 
     #[test]

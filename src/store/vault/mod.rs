@@ -67,6 +67,32 @@ impl Connection {
     }
 }
 
+/// What the token needs on each path of one destination (`<mount>/data/<path>` and so on),
+/// for rotation and for `plan`'s preflight: the one list both `preflight` checks with
+/// `sys/capabilities-self` and `rotator permissions` grants. `create` on the consumers' path
+/// only where rotator may create it; `delete` only on the staging path's metadata, rotator's
+/// own, which removes every version of a staged value once it is promoted or discarded. Nothing
+/// deletes or destroys the consumers' path.
+pub fn capabilities_needed(mount: &str, path: &str, staging: &str, create: bool) -> [(String, &'static [&'static str]); 4] {
+    let data: &'static [&'static str] = if create { &["create", "read", "update"] } else { &["read", "update"] };
+    [
+        (format!("{mount}/data/{path}"), data),
+        (format!("{mount}/metadata/{path}"), &["read", "update"]),
+        (format!("{mount}/data/{staging}"), &["create", "read", "update"]),
+        (format!("{mount}/metadata/{staging}"), &["read", "delete"]),
+    ]
+}
+
+/// What the token needs on its own paths, whatever the destinations: renewal and the
+/// `lookup-self` that tells an expired token from a denial (`connection`), and the capability
+/// check of `plan`. The KV version of a mount is read from `sys/internal/ui/mounts`, which Vault
+/// answers for any token with a capability under the mount, so it needs no grant.
+pub const TOKEN_CAPABILITIES: [(&str, &[&str]); 3] = [
+    ("auth/token/renew-self", &["update"]),
+    ("auth/token/lookup-self", &["read"]),
+    ("sys/capabilities-self", &["update"]),
+];
+
 pub struct Vault {
     mount: String,
     path: String,
@@ -276,15 +302,9 @@ impl Store for Vault {
         self.check().await?;
         let current = self.current().await?;
         let exists = self.read(&self.path).await?.is_some();
-        let (m, p, s) = (&self.mount, &self.path, &self.staging_path);
-        let needs: [(String, &[&str]); 4] = [
-            // A path that does not exist yet is created by the first rotation and updated by
-            // every later one.
-            (format!("{m}/data/{p}"), if exists { &["read", "update"] } else { &["create", "read", "update"] }),
-            (format!("{m}/metadata/{p}"), &["read", "update"]),
-            (format!("{m}/data/{s}"), &["create", "update", "read"]),
-            (format!("{m}/metadata/{s}"), &["read", "delete"]),
-        ];
+        // A path that does not exist yet is created by the first rotation and updated by every
+        // later one.
+        let needs = capabilities_needed(&self.mount, &self.path, &self.staging_path, !exists);
         let paths: Vec<String> = needs.iter().map(|(path, _)| path.clone()).collect();
         let granted = self.connection.capabilities(&paths).await.map_err(|e| self.map("check capabilities", e))?;
         let mut missing = Vec::new();
