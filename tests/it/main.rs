@@ -20,6 +20,7 @@ mod rotate;
 mod serve;
 mod service;
 mod store;
+mod terraform;
 mod toktra;
 mod validate;
 mod vault_auth;
