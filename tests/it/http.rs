@@ -71,8 +71,31 @@ async fn tls_from_files_is_reloaded_on_sighup() {
     assert_eq!(trusting(&second).get(&healthz).send().await.unwrap().status(), 200);
     let log = service.log_text();
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+    // The container health check speaks TLS to it too (the certificate names no loopback host).
+    let port = service.base.rsplit(':').next().unwrap().to_string();
+    env.env.push(("ROTATOR_LISTEN".into(), format!("127.0.0.1:{port}")));
+    env.rotator(&["healthcheck"]).await.assert_code(0);
     let (status, _, log) = service.terminate(30).await;
     assert!(status.success(), "{log}");
+}
+
+/// `rotator healthcheck`, a distroless image's `HEALTHCHECK` (no shell, no curl): exit 0 while
+/// the service answers `/healthz` at the configured address (an unspecified one, as a container
+/// listens on, is reached on loopback), 1 with the reason once it is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_follows_the_service() {
+    let mut env = Env::start().await;
+    let service = env.serve(&[]).await;
+    let port = service.base.rsplit(':').next().unwrap().to_string();
+    env.env.push(("ROTATOR_LISTEN".into(), format!("0.0.0.0:{port}")));
+    let run = env.rotator(&["healthcheck"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains(&format!("http://127.0.0.1:{port}/healthz: 200")), "{}", run.stdout);
+    let (status, _, log) = service.terminate(30).await;
+    assert!(status.success(), "{log}");
+    let run = env.rotator(&["healthcheck", "--timeout", "2s"]).await;
+    run.assert_code(1);
+    assert!(run.stderr.contains(&format!("127.0.0.1:{port}/healthz")), "{}", run.stderr);
 }
 
 /// A client that sends part of a request head and then nothing is cut off after
