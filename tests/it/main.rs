@@ -11,6 +11,7 @@ mod hardening;
 mod http;
 mod identity;
 mod invariants;
+mod least_privilege;
 mod leak;
 mod notify;
 mod plan;
