@@ -156,7 +156,7 @@ async fn init_starts_a_project_and_completions_print() {
 }
 
 /// Every command the README shows that runs without Toktra, Vault or AWS (validate, schema,
-/// init, completions, demo) runs as shown against the repository's own files.
+/// init, completions, demo, permissions) runs as shown against the repository's own files.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readmes_offline_commands_run_as_shown() {
     let env = Env::start().await;
@@ -175,8 +175,10 @@ async fn the_readmes_offline_commands_run_as_shown() {
         let line = line.split(" #").next().unwrap().trim();
         let line = line.trim_start_matches("- run: ").replace("cargo run -- ", "rotator ");
         let Some(rest) = line.strip_prefix("rotator ") else { continue };
-        let words: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
-        if words.first().is_some_and(|w| ["validate", "schema", "init", "completions", "demo"].contains(&w.as_str())) {
+        // A redirection of the output is the shell's, not an argument.
+        let words: Vec<String> = rest.split_whitespace().take_while(|w| *w != ">").map(str::to_string).collect();
+        let offline = ["validate", "schema", "init", "completions", "demo", "permissions"];
+        if words.first().is_some_and(|w| offline.contains(&w.as_str())) {
             commands.push(words);
         }
     }

@@ -341,8 +341,8 @@ resource "aws_ecs_task_definition" "service" {
     linuxParameters  = { initProcessEnabled = true, capabilities = { drop = ["ALL"] } }
     logConfiguration = local.container_logs
     # Liveness only: `rotator healthcheck` asks the local /healthz, which answers while the
-    # process serves. Readiness (/readyz: journal, Vault, Toktra) is for the load balancer, so a
-    # vendor outage never makes ECS kill every replica.
+    # process serves. Readiness (/readyz: journal, Vault, Toktra) is never what ECS acts on, so a
+    # vendor outage never makes ECS kill every replica (see the target group below).
     healthCheck = {
       command     = ["CMD", "/usr/local/bin/rotator", "healthcheck"]
       interval    = 30

@@ -297,11 +297,11 @@ variable "desired_count" {
 }
 
 variable "load_balancer" {
-  description = "Optional (runtime \"service\"): creates a target group for the API, to attach to a listener of your load balancer. Its health check is `/readyz`. NOTE: ECS replaces tasks that fail the target group's health check, and `/readyz` fails while Toktra or Vault is unreachable; set health_check_path = \"/healthz\" if a vendor outage must not cycle the tasks (see README)."
+  description = "Optional (runtime \"service\"): creates a target group for the API, to attach to a listener of your load balancer. Its health check is `/healthz` by default: ECS replaces tasks that fail the target group's health check, and `/readyz` fails while Toktra or Vault is unreachable, so with `/readyz` a vendor outage would cycle every task (see README)."
   type = object({
     vpc_id               = string
     protocol             = optional(string, "HTTP")
-    health_check_path    = optional(string, "/readyz")
+    health_check_path    = optional(string, "/healthz")
     deregistration_delay = optional(number, 30)
   })
   default = null
@@ -312,7 +312,7 @@ variable "load_balancer" {
   }
 
   validation {
-    condition     = var.load_balancer == null || contains(["/readyz", "/healthz"], try(var.load_balancer.health_check_path, "/readyz"))
+    condition     = var.load_balancer == null || contains(["/readyz", "/healthz"], try(var.load_balancer.health_check_path, "/healthz"))
     error_message = "The health check path is /readyz or /healthz."
   }
 }
