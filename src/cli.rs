@@ -12,6 +12,8 @@ use crate::engine::{self, Engine, Outcome, Status};
 use crate::journal::Journal;
 use crate::notify::{Event, Problem};
 use crate::policy::{self, Destination, Policy};
+pub use crate::report::Format;
+use crate::report::{print_outcomes, printable, when};
 use crate::telemetry::LogFormat;
 
 #[derive(Parser)]
@@ -88,11 +90,6 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LintFormat {
@@ -617,7 +614,7 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         .filter(|p| !selected.iter().any(|s| s.name == p.name) && unfinished.iter().any(|r| r.policy == p.name))
         .collect();
     let loaded: Vec<&Policy> = policies.iter().collect();
-    let leftovers: Vec<crate::journal::Rotation> =
+    let leftovers: Vec<crate::rotation::Rotation> =
         crate::leftover::leftovers(&unfinished, &loaded).into_iter().cloned().collect();
     // Policies whose destinations a leftover rotation may need to read (same labels).
     let involved: Vec<&Policy> = selected
@@ -732,7 +729,7 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
         })
         .collect();
     let concurrency = args.concurrency.map(usize::from).unwrap_or(config.concurrency);
-    outcomes.extend(rotate_policies(&engine, &work, concurrency).await);
+    outcomes.extend(engine.rotate_many(&work, concurrency).await);
     let overdue_ended = overdue_ended(&engine.journal, &policies, &overdue, chrono::Utc::now()).await;
     engine.journal.close().await;
     let stats = engine.toktra.stats();
@@ -856,163 +853,6 @@ async fn finish_notifications(
     }
     for task in deliveries {
         task.abort();
-    }
-}
-
-/// Rotates the policies, `concurrency` at a time. Each result is either the policy's outcomes or an
-/// engine error (the policy was busy, the journal failed).
-pub async fn rotate_policies(
-    engine: &Engine,
-    work: &[(&Policy, engine::Request)],
-    concurrency: usize,
-) -> Vec<(String, Result<Vec<Outcome>, engine::Error>)> {
-    use futures::StreamExt;
-    let progress = crate::progress::Progress::new(work.len() as u64);
-    let run = futures::stream::iter(work.iter().map(|(p, request)| {
-        let progress = progress.clone();
-        async move {
-            progress.start();
-            let result = engine.rotate(p, request).await;
-            let failed = result.as_ref().map_or(true, |outcomes| {
-                outcomes.iter().any(|o| matches!(o.status, engine::Status::Failed | engine::Status::Incomplete))
-            });
-            progress.finish(failed);
-            (p.name.clone(), result)
-        }
-    }))
-    .buffered(concurrency.max(1))
-    .collect();
-    let outcomes = tokio::select! {
-        outcomes = run => outcomes,
-        never = progress.log_periodically() => match never {},
-    };
-    progress.close();
-    outcomes
-}
-
-pub fn print_outcomes(outcomes: &[(String, Result<Vec<Outcome>, engine::Error>)], format: Format) {
-    match format {
-        Format::Json => {
-            let rows: Vec<_> = outcomes
-                .iter()
-                .map(|(policy, result)| match result {
-                    Ok(list) => serde_json::json!({ "policy": policy, "rotations": list }),
-                    Err(e) => serde_json::json!({ "policy": policy, "error": e.to_string() }),
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
-        }
-        Format::Text => {
-            // Work an earlier run left (crashes, revocations after a grace) is shown apart from
-            // what this run was asked to do.
-            let resumed: Vec<(&String, Result<Vec<&Outcome>, &engine::Error>)> = outcomes
-                .iter()
-                .filter_map(|(p, r)| match r {
-                    Ok(list) => {
-                        let l: Vec<&Outcome> = list.iter().filter(|o| o.resumed).collect();
-                        (!l.is_empty()).then_some((p, Ok(l)))
-                    }
-                    Err(_) => None,
-                })
-                .collect();
-            let asked: Vec<(&String, Result<Vec<&Outcome>, &engine::Error>)> = outcomes
-                .iter()
-                .filter_map(|(p, r)| match r {
-                    Ok(list) => {
-                        let l: Vec<&Outcome> = list.iter().filter(|o| !o.resumed).collect();
-                        (!l.is_empty()).then_some((p, Ok(l)))
-                    }
-                    Err(e) => Some((p, Err(e))),
-                })
-                .collect();
-            if !resumed.is_empty() {
-                println!("Work left by earlier runs:");
-                print_table(&resumed);
-                println!();
-            }
-            if !asked.is_empty() || resumed.is_empty() {
-                print_table(&asked);
-            }
-        }
-    }
-}
-
-/// Text for a terminal: control characters (a newline or an escape sequence in a reason or a
-/// vendor's message) shown escaped, so output cannot be forged or garbled.
-fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
-}
-
-/// One time format for people: RFC 3339 to the second, UTC.
-fn when(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn print_table(outcomes: &[(&String, Result<Vec<&Outcome>, &engine::Error>)]) {
-    println!(
-        "{:<24} {:<20} {:<26} {:<26} {:>7}  DESTINATIONS",
-        "POLICY", "STATUS", "NEW CREDENTIAL", "REVOKED", "SECONDS"
-    );
-    for (policy, result) in outcomes {
-        match result {
-            Ok(list) => {
-                for o in list {
-                    let status = match (o.status, o.resumed) {
-                        (Status::Completed, false) => "completed",
-                        (Status::Completed, true) => "completed (resumed)",
-                        (Status::AwaitingRevocation, _) => "awaiting revocation",
-                        (Status::Failed, false) => "failed, rolled back",
-                        (Status::Failed, true) => "rolled back (resumed)",
-                        (Status::Incomplete, _) => "incomplete",
-                    };
-                    let revoked = if o.revoked.is_empty() { "-".to_string() } else { o.revoked.join(",") };
-                    println!(
-                        "{:<24} {:<20} {:<26} {:<26} {:>7.2}  {}",
-                        o.policy,
-                        status,
-                        o.new_credential.as_deref().unwrap_or("-"),
-                        revoked,
-                        o.seconds,
-                        o.destinations.join(", ")
-                    );
-                    println!("{:<24}   rotation {}", "", o.rotation_id);
-                    if let Some(until) = o.revoke_after.filter(|_| o.status == Status::AwaitingRevocation) {
-                        println!(
-                            "{:<24}   old credential(s) {} will be revoked after {}",
-                            "",
-                            o.old_credentials.join(","),
-                            when(until)
-                        );
-                    }
-                    if let Some(waiting) = &o.waiting {
-                        println!("{:<24}   waiting: {}", "", printable(waiting));
-                    }
-                    if let Some(error) = &o.error {
-                        println!("{:<24}   error: {}", "", printable(error));
-                    }
-                    if let Some(c) = &o.compromise {
-                        println!("{:<24}   compromise: exposed [{}]", "", c.exposed.join(", "));
-                        for holder in &c.held_by {
-                            println!("{:<24}     held by {holder}", "");
-                        }
-                        match (c.revoked_at, c.seconds_to_containment) {
-                            (Some(at), Some(seconds)) => println!(
-                                "{:<24}     revoked at {} ({seconds:.2}s after the rotation started){}",
-                                "",
-                                when(at),
-                                if c.outage_accepted {
-                                    "; consumers had no valid credential until promotion"
-                                } else {
-                                    ""
-                                }
-                            ),
-                            _ => println!("{:<24}     NOT CONTAINED YET: the exposed credentials are still valid", ""),
-                        }
-                    }
-                }
-            }
-            Err(e) => println!("{policy:<24} {:<20} {e}", "error"),
-        }
     }
 }
 

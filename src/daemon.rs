@@ -18,7 +18,8 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::Config;
 use crate::engine::{self, Engine, Outcome, Status};
-use crate::journal::{self, Rotation};
+use crate::journal;
+use crate::rotation::Rotation;
 use crate::metrics::{Metrics, Snapshot};
 use crate::notify::{Event, Notifier};
 use crate::policy::{self, Policy};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use chrono::Utc;
 
-use crate::cli::{self, Format};
+use crate::report::{self, Format};
 use crate::engine::{self, Engine, Status};
 use crate::journal::Journal;
 use crate::policy::{self, CredentialKind};
@@ -137,8 +137,8 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
     let request = engine::Request { reason: Some("demo".into()), ..Default::default() };
     println!("Rotating {} policies: mint -> stage -> verify -> promote -> revoke old\n", selected.len());
     let work: Vec<_> = selected.iter().map(|p| (*p, request.clone())).collect();
-    let outcomes = cli::rotate_policies(&engine, &work, 4).await;
-    cli::print_outcomes(&outcomes, Format::Text);
+    let outcomes = engine.rotate_many(&work, 4).await;
+    report::print_outcomes(&outcomes, Format::Text);
 
     println!("\nChecking the result against the simulator:");
     for policy in &policies {

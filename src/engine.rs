@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use crate::journal::{self, Journal, Rotation};
+use crate::journal::{self, Journal};
+use crate::rotation::Rotation;
 use crate::policy::{CredentialKind, Policy};
 use crate::rotation::{self, Action, Memory, Phase};
 use crate::secret::Secret;
@@ -282,6 +283,37 @@ enum Flow {
 }
 
 impl Engine {
+    /// Rotates the policies, `concurrency` at a time. Each result is either the policy's outcomes or an
+    /// engine error (the policy was busy, the journal failed).
+    pub async fn rotate_many(
+            &self,
+            work: &[(&Policy, Request)],
+        concurrency: usize,
+    ) -> Vec<(String, Result<Vec<Outcome>, Error>)> {
+        use futures::StreamExt;
+        let progress = crate::progress::Progress::new(work.len() as u64);
+        let run = futures::stream::iter(work.iter().map(|(p, request)| {
+            let progress = progress.clone();
+            async move {
+                progress.start();
+                let result = self.rotate(p, request).await;
+                let failed = result.as_ref().map_or(true, |outcomes| {
+                    outcomes.iter().any(|o| matches!(o.status, Status::Failed | Status::Incomplete))
+                });
+                progress.finish(failed);
+                (p.name.clone(), result)
+            }
+        }))
+        .buffered(concurrency.max(1))
+        .collect();
+        let outcomes = tokio::select! {
+            outcomes = run => outcomes,
+            never = progress.log_periodically() => match never {},
+        };
+        progress.close();
+        outcomes
+    }
+
     /// Resumes this policy's unfinished rotations, then (unless one of them already rotated the
     /// credential now, or is stuck) runs a new rotation.
     pub async fn rotate(&self, policy: &Policy, request: &Request) -> Result<Vec<Outcome>, Error> {

@@ -14,7 +14,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::policy::CredentialKind;
-use crate::rotation::Phase;
+use crate::rotation::{Phase, Rotation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,75 +35,6 @@ pub enum Error {
     /// A write under a lease that another process has taken since: this process must stop.
     #[error("journal: {what}: the policy's lease was taken over by another process")]
     LeaseLost { what: &'static str },
-}
-
-/// One rotation as the journal keeps it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Rotation {
-    /// Chosen before any side effect; also the AWS `ClientRequestToken` and the suffix of the
-    /// minted credential's name.
-    pub id: String,
-    pub policy: String,
-    pub kind: CredentialKind,
-    pub phase: Phase,
-    pub reason: Option<String>,
-    pub compromised: bool,
-    /// Name the new credential is minted under: `<base name>-<rotation id>`.
-    pub credential_name: String,
-    pub new_credential_id: Option<String>,
-    /// Fingerprint of the new secret, to compare read-backs against.
-    pub new_fingerprint: Option<String>,
-    /// Credentials current in the destinations before this rotation; revoked after promotion.
-    pub old_credentials: Vec<String>,
-    /// Destination labels, in policy order.
-    pub destinations: Vec<String>,
-    pub promoted_at: Option<DateTime<Utc>>,
-    /// When the old credentials may be revoked (promotion + grace).
-    pub revoke_after: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// The last failure, for status and retries.
-    pub error: Option<String>,
-    /// Compromise mode with an accepted outage: the old credentials are revoked before minting.
-    pub revoke_first: bool,
-    /// Why the rotation is waiting (grace period, the old credential still in use), for status.
-    pub waiting: Option<String>,
-    /// Old credentials revoked so far (a revocation that failed for some leaves the rest here).
-    pub revoked_credentials: Vec<String>,
-    pub started_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl Rotation {
-    /// A rotation of policy `p` started at `started`, replacing `key-old` with `key-<id>`, for
-    /// the pure modules' table tests.
-    #[cfg(test)]
-    pub(crate) fn example(id: &str, phase: Phase, started: &str) -> Rotation {
-        let t: DateTime<Utc> = started.parse().unwrap_or_default();
-        Rotation {
-            id: id.into(),
-            policy: "p".into(),
-            kind: CredentialKind::ApiKey,
-            phase,
-            reason: None,
-            compromised: false,
-            credential_name: format!("p-{id}"),
-            new_credential_id: Some(format!("key-{id}")),
-            new_fingerprint: None,
-            old_credentials: vec!["key-old".into()],
-            destinations: vec![],
-            promoted_at: phase.is_promoted().then_some(t),
-            revoke_after: Some(t + chrono::Duration::hours(24)),
-            revoked_at: None,
-            error: None,
-            revoke_first: false,
-            waiting: None,
-            revoked_credentials: Vec::new(),
-            started_at: t,
-            updated_at: t,
-            finished_at: None,
-        }
-    }
 }
 
 /// One step record.

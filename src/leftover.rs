@@ -9,7 +9,7 @@
 use chrono::Utc;
 
 use crate::engine::{Engine, Error, HELD, Outcome};
-use crate::journal::Rotation;
+use crate::rotation::Rotation;
 use crate::policy::{Policy, canonical_label};
 use crate::rotation::Phase;
 use crate::store::{Destination, Store};

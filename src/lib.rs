@@ -17,6 +17,7 @@ pub mod plan;
 pub mod policy;
 pub mod progress;
 pub mod reconcile;
+pub mod report;
 pub mod rotation;
 pub mod schedule;
 pub mod secret;

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::journal::{Journal, Rotation};
+use crate::journal::Journal;
+use crate::rotation::Rotation;
 use crate::policy::{CredentialKind, Destination as Spec, Policy};
 use crate::rotation::Phase;
 use crate::schedule::{self, Basis, Due};

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::engine::Engine;
-use crate::journal::Rotation;
+use crate::rotation::Rotation;
 use crate::policy::{CredentialKind, Policy};
 use crate::rotation::Phase;
 use crate::store::{Destination, Store};

@@ -1,4 +1,5 @@
-//! The rotation state machine, with no IO. A rotation's [`Phase`] is persisted by the journal;
+//! The rotation record and its state machine, with no IO. A [`Rotation`] is what the journal
+//! keeps of one rotation; its [`Phase`] is persisted with it, and
 //! [`next`] decides, from the persisted rotation, what this process holds in memory and the time,
 //! what the engine does next. Because the decision is a pure function, every phase, including
 //! the ones only a crash can leave behind, is tested as data without any server.
@@ -8,7 +9,76 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
-use crate::journal::Rotation;
+use crate::policy::CredentialKind;
+
+/// One rotation as the journal keeps it: everything a later run needs to resume it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Rotation {
+    /// Chosen before any side effect; also the AWS `ClientRequestToken` and the suffix of the
+    /// minted credential's name.
+    pub id: String,
+    pub policy: String,
+    pub kind: CredentialKind,
+    pub phase: Phase,
+    pub reason: Option<String>,
+    pub compromised: bool,
+    /// Name the new credential is minted under: `<base name>-<rotation id>`.
+    pub credential_name: String,
+    pub new_credential_id: Option<String>,
+    /// Fingerprint of the new secret, to compare read-backs against.
+    pub new_fingerprint: Option<String>,
+    /// Credentials current in the destinations before this rotation; revoked after promotion.
+    pub old_credentials: Vec<String>,
+    /// Destination labels, in policy order.
+    pub destinations: Vec<String>,
+    pub promoted_at: Option<DateTime<Utc>>,
+    /// When the old credentials may be revoked (promotion + grace).
+    pub revoke_after: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The last failure, for status and retries.
+    pub error: Option<String>,
+    /// Compromise mode with an accepted outage: the old credentials are revoked before minting.
+    pub revoke_first: bool,
+    /// Why the rotation is waiting (grace period, the old credential still in use), for status.
+    pub waiting: Option<String>,
+    /// Old credentials revoked so far (a revocation that failed for some leaves the rest here).
+    pub revoked_credentials: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Rotation {
+    /// A rotation of policy `p` started at `started`, replacing `key-old` with `key-<id>`, for
+    /// the pure modules' table tests.
+    #[cfg(test)]
+    pub(crate) fn example(id: &str, phase: Phase, started: &str) -> Rotation {
+        let t: DateTime<Utc> = started.parse().unwrap_or_default();
+        Rotation {
+            id: id.into(),
+            policy: "p".into(),
+            kind: CredentialKind::ApiKey,
+            phase,
+            reason: None,
+            compromised: false,
+            credential_name: format!("p-{id}"),
+            new_credential_id: Some(format!("key-{id}")),
+            new_fingerprint: None,
+            old_credentials: vec!["key-old".into()],
+            destinations: vec![],
+            promoted_at: phase.is_promoted().then_some(t),
+            revoke_after: Some(t + chrono::Duration::hours(24)),
+            revoked_at: None,
+            error: None,
+            revoke_first: false,
+            waiting: None,
+            revoked_credentials: Vec::new(),
+            started_at: t,
+            updated_at: t,
+            finished_at: None,
+        }
+    }
+}
 
 /// Where a rotation stands. The engine persists the new phase after each step's side effect,
 /// and a step's intent before it.

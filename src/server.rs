@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::daemon::{Accepted, Daemon, Refused};
-use crate::journal::Rotation;
+use crate::rotation::Rotation;
 use crate::policy::Policy;
 use crate::schedule::Due;
 use crate::secret::Secret;

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::journal::Rotation;
+use crate::rotation::Rotation;
 use crate::policy::Policy;
 use crate::rotation::Phase;
 
