@@ -1,3 +1,7 @@
+//! The `rotator` binary: parses the command line, sets up logging, runs the command through
+//! `cli::run`, and maps its failure to the exit code (0 success, 1 a rotation or check failed,
+//! 2 invalid input or usage).
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -1,3 +1,6 @@
+//! Unit tests of policy loading: parsing, every validation rule with its file, line and field,
+//! set-wide checks, canonical places, and the schema and reference kept in step with the reader.
+
 use super::places::{canonical_file, check_set, without_random_suffix};
 use super::*;
 use crate::schedule::Trigger;

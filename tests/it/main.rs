@@ -5,6 +5,7 @@ mod harness;
 
 mod calls;
 mod cli;
+mod codemap;
 mod crash;
 mod engine;
 mod hardening;
