@@ -1077,7 +1077,7 @@ impl Route {
         let segments: Vec<&str> = rest.split('/').collect();
         // An id that is not valid percent-encoding cannot name a credential; keep it raw so
         // the request ends in a plain 404.
-        let id = |raw: &str| percent_decode(raw, false).unwrap_or_else(|| raw.to_owned());
+        let id = |raw: &str| percent_decode(raw).unwrap_or_else(|| raw.to_owned());
         let endpoint = match (segments.as_slice(), method) {
             (["oauth", "token"], &Method::POST) => return Route::Token,
             (["oauth", "clients"], &Method::POST) => Endpoint::CreateClient,
@@ -1303,43 +1303,23 @@ fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
-/// Splits `a=1&b=2` (query string or form body) into decoded pairs; `None` if malformed.
+/// Splits `a=1&b=2` (query string or form body) into decoded pairs (`+` is a space); `None` if a
+/// part is not UTF-8 once decoded.
 fn parse_pairs(input: &str) -> Option<Vec<(String, String)>> {
     input
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((percent_decode(key, true)?, percent_decode(value, true)?))
+            let decode = |part: &str| percent_decode(&part.replace('+', " "));
+            Some((decode(key)?, decode(value)?))
         })
         .collect()
 }
 
-fn percent_decode(input: &str, plus_is_space: bool) -> Option<String> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return None;
-                }
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+/// A percent-encoded path segment or form part, decoded; `None` when the result is not UTF-8.
+fn percent_decode(input: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(input).decode_utf8().ok().map(|s| s.into_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
