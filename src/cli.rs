@@ -373,9 +373,8 @@ fn permissions(ctx: &Ctx, args: PermissionsArgs) -> Result<(), Failure> {
             {
                 return Err(Failure::Invalid(format!("--aws-account-id `{id}` is not a 12-digit AWS account ID")));
             }
-            if args.aws_partition.is_empty() || !args.aws_partition.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
-            {
-                return Err(Failure::Invalid(format!("--aws-partition `{}` is not a partition like aws", args.aws_partition)));
+            if let Some(arn) = args.kms_key_arn.iter().find(|a| !(a.starts_with("arn:") && a.contains(":kms:"))) {
+                return Err(Failure::Invalid(format!("--kms-key-arn `{arn}` is not a KMS key ARN (arn:aws:kms:…)")));
             }
             let target = permissions::AwsTarget {
                 account_id: args.aws_account_id,
@@ -401,7 +400,10 @@ fn permissions(ctx: &Ctx, args: PermissionsArgs) -> Result<(), Failure> {
 /// `GET /healthz` of this host's service; exit 1 with the reason when it does not answer `200`.
 async fn healthcheck(ctx: &Ctx, args: HealthcheckArgs) -> Result<(), Failure> {
     let (url, tls) = match args.url {
-        Some(url) => (url, false),
+        Some(url) => {
+            let tls = url.starts_with("https://");
+            (url, tls)
+        }
         None => {
             let config = ctx.config()?;
             let mut address = config.listen;

@@ -117,8 +117,32 @@ pub struct AwsTarget {
     pub kms_key_arns: Vec<String>,
 }
 
+/// The DNS suffix of an AWS partition's service endpoints (for `kms:ViaService`), from AWS's
+/// partition list; `None` for a partition not listed.
+pub fn dns_suffix(partition: &str) -> Option<&'static str> {
+    match partition {
+        "aws" | "aws-us-gov" => Some("amazonaws.com"),
+        "aws-cn" => Some("amazonaws.com.cn"),
+        "aws-iso" => Some("c2s.ic.gov"),
+        "aws-iso-b" => Some("sc2s.sgov.gov"),
+        "aws-iso-e" => Some("cloud.adc-e.uk"),
+        "aws-iso-f" => Some("csp.hci.ic.gov"),
+        _ => None,
+    }
+}
+
 /// The IAM policy document (JSON) for the secrets in `grants`, or what is missing to write it.
+///
+/// A secret known by name is granted as `…:secret:<name>-??????` (Secrets Manager appends six
+/// random characters to the name in the ARN). One rotator may create is granted as
+/// `…:secret:<name>` too: while it does not exist, AWS checks the calls against that ARN.
 pub fn aws_iam(grants: &Grants, target: &AwsTarget) -> Result<Value, String> {
+    let Some(dns) = dns_suffix(&target.partition) else {
+        return Err(format!(
+            "unknown AWS partition `{}`; known: aws, aws-cn, aws-us-gov, aws-iso, aws-iso-b, aws-iso-e, aws-iso-f",
+            target.partition
+        ));
+    };
     let mut all = BTreeSet::new();
     let mut created = BTreeSet::new();
     let mut regions = BTreeSet::new();
@@ -133,11 +157,15 @@ pub fn aws_iam(grants: &Grants, target: &AwsTarget) -> Result<Value, String> {
             continue;
         };
         regions.insert(region.to_string());
-        let arn = if secret.secret_id.starts_with("arn:") {
-            secret.secret_id.clone()
+        let arns = if secret.secret_id.starts_with("arn:") {
+            vec![secret.secret_id.clone()]
         } else if let Some(account) = &target.account_id {
-            // Secrets Manager appends six random characters to the name in the ARN.
-            format!("arn:{}:secretsmanager:{region}:{account}:secret:{}-??????", target.partition, secret.secret_id)
+            let bare = format!("arn:{}:secretsmanager:{region}:{account}:secret:{}", target.partition, secret.secret_id);
+            let mut arns = vec![format!("{bare}-??????")];
+            if secret.create {
+                arns.push(bare);
+            }
+            arns
         } else {
             problems.push(format!(
                 "{}: policy `{}` names secret `{}` without its ARN; give the account with --aws-account-id",
@@ -156,9 +184,9 @@ pub fn aws_iam(grants: &Grants, target: &AwsTarget) -> Result<Value, String> {
             _ => {}
         }
         if secret.create {
-            created.insert(arn.clone());
+            created.extend(arns.iter().cloned());
         }
-        all.insert(arn);
+        all.extend(arns);
     }
     if !problems.is_empty() {
         return Err(problems.join("\n"));
@@ -181,7 +209,7 @@ pub fn aws_iam(grants: &Grants, target: &AwsTarget) -> Result<Value, String> {
         }));
     }
     if !keys.is_empty() && !all.is_empty() {
-        let via: Vec<String> = regions.iter().map(|r| format!("secretsmanager.{r}.amazonaws.com")).collect();
+        let via: Vec<String> = regions.iter().map(|r| format!("secretsmanager.{r}.{dns}")).collect();
         statements.push(json!({
             "Sid": "UseSecretsKey",
             "Effect": "Allow",
@@ -271,9 +299,11 @@ mod tests {
         let statements = document["Statement"].as_array().unwrap();
         assert_eq!(statements.len(), 2, "no KMS statement without a customer-managed key: {document:#}");
         assert_eq!(statements[0]["Action"], json!(aws::ACTIONS));
+        // `prod/a` may be created: until it exists AWS checks its ARN without the suffix.
         assert_eq!(
             statements[0]["Resource"],
             json!([
+                "arn:aws:secretsmanager:eu-central-1:123456789012:secret:prod/a",
                 "arn:aws:secretsmanager:eu-central-1:123456789012:secret:prod/a-??????",
                 "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/b-??????"
             ])
@@ -281,7 +311,10 @@ mod tests {
         assert_eq!(statements[1]["Action"], json!(aws::CREATE_ACTIONS));
         assert_eq!(
             statements[1]["Resource"],
-            json!(["arn:aws:secretsmanager:eu-central-1:123456789012:secret:prod/a-??????"]),
+            json!([
+                "arn:aws:secretsmanager:eu-central-1:123456789012:secret:prod/a",
+                "arn:aws:secretsmanager:eu-central-1:123456789012:secret:prod/a-??????"
+            ]),
             "CreateSecret only where the policy allows create"
         );
         let text = document.to_string();
@@ -300,6 +333,19 @@ mod tests {
             kms["Condition"]["StringEquals"]["kms:ViaService"],
             json!(["secretsmanager.eu-central-1.amazonaws.com", "secretsmanager.us-east-1.amazonaws.com"])
         );
+    }
+
+    #[test]
+    fn other_partitions_get_their_arns_and_endpoints() {
+        let grants = derive(&policies(SET));
+        let key = "arn:aws-cn:kms:cn-north-1:123456789012:key/k";
+        let china = AwsTarget { partition: "aws-cn".into(), kms_key_arns: vec![key.into()], ..target() };
+        let document = aws_iam(&grants, &china).unwrap();
+        let text = document.to_string();
+        assert!(text.contains("arn:aws-cn:secretsmanager:") && !text.contains("arn:aws:"), "{text}");
+        assert!(text.contains("secretsmanager.eu-central-1.amazonaws.com.cn"), "{text}");
+        let e = aws_iam(&grants, &AwsTarget { partition: "aws-moon".into(), ..target() }).unwrap_err();
+        assert!(e.contains("unknown AWS partition `aws-moon`"), "{e}");
     }
 
     #[test]

@@ -105,8 +105,13 @@ impl Aws {
                 let detail = match (err.code(), err.message()) {
                     (Some(code), Some(message)) => format!("{code}: {message}"),
                     (Some(code), None) => code.to_string(),
-                    // No error code: an answer the SDK could not read (such as a truncated body).
-                    (None, _) => format!("unreadable answer (HTTP {})", service.raw().status().as_u16()),
+                    // No error code: an answer the SDK could not read (such as a truncated body,
+                    // or an error in another protocol's shape, as moto answers an IAM denial of
+                    // CreateSecret). Its status still says what happened.
+                    (None, _) => match service.raw().status().as_u16() {
+                        403 => "access denied (HTTP 403; the answer could not be read)".to_string(),
+                        status => format!("unreadable answer (HTTP {status})"),
+                    },
                 };
                 (kind, detail)
             }

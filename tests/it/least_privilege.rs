@@ -1,8 +1,11 @@
 //! What `rotator permissions` grants is enough, and each grant is needed: a full rotation runs
-//! with nothing but the generated policy, and fails (visibly, serving the old value) with any
-//! one grant taken away. On OpenBao, which enforces paths and capabilities; on a moto started
-//! with IAM enforcement, which checks actions only (so the actions are granted on `"*"`; the
-//! resource scoping is checked structurally in `permissions`' unit tests and `terraform.rs`).
+//! with nothing but the generated policy, and fails, refused for the grant taken away, with any
+//! one destination grant missing (what consumers read keeps working). On OpenBao, which enforces
+//! paths and capabilities; on a moto started with IAM enforcement, which checks actions only (so
+//! the actions are granted on `"*"`; the resource scoping is checked structurally in
+//! `permissions`' unit tests and `terraform.rs`). Not taken away here: `TagResource` (moto does
+//! not check it), the KMS actions (moto does not check them), and the Vault token's
+//! `renew-self`/`lookup-self` (used by `serve`'s renewal, `vault_auth.rs`).
 
 use std::collections::BTreeMap;
 
@@ -136,6 +139,9 @@ async fn the_generated_vault_policy_is_enough_and_each_grant_is_needed() {
             not_needed.push(taken);
         } else {
             assert_eq!(run.code, 1, "without {taken}:\n{}", run.stderr);
+            // ... because Vault refused, not for something else.
+            let output = format!("{}\n{}", run.stdout, run.stderr);
+            assert!(output.contains("permission denied"), "without {taken}:\n{output}");
         }
     }
     assert!(not_needed.is_empty(), "rotations succeeded without: {not_needed:#?}");
@@ -213,7 +219,7 @@ async fn the_generated_iam_actions_are_enough_and_each_call_needs_its_action() {
     // hand-made key, rotated with a user holding `actions`. Returns the run's exit code and
     // whether each secret serves a new, working key (else the old one, or nothing yet).
     let mut round = 0;
-    let mut rotate_with = async |env: &mut Env, actions: &[String]| -> (i32, bool) {
+    let mut rotate_with = async |env: &mut Env, actions: &[String]| -> (i32, bool, String) {
         round += 1;
         let (created, existing) = (format!("{}/iam{round}-created", env.prefix), format!("{}/iam{round}-existing", env.prefix));
         for file in std::fs::read_dir(env.dir.join("policies")).unwrap() {
@@ -253,7 +259,7 @@ async fn the_generated_iam_actions_are_enough_and_each_call_needs_its_action() {
             run.code,
             run.stderr
         );
-        (run.code, rotated_existing && rotated_created)
+        (run.code, rotated_existing && rotated_created, format!("{}\n{}", run.stdout, run.stderr))
     };
 
     let document: Value = {
@@ -273,8 +279,8 @@ async fn the_generated_iam_actions_are_enough_and_each_call_needs_its_action() {
     actions.sort();
     actions.dedup();
 
-    let (code, rotated) = rotate_with(&mut env, &actions).await;
-    assert_eq!((code, rotated), (0, true), "the generated actions are enough");
+    let (code, rotated, output) = rotate_with(&mut env, &actions).await;
+    assert_eq!((code, rotated), (0, true), "the generated actions are enough:\n{output}");
 
     // moto checks the action of each request; `TagResource` rides on `CreateSecret` (AWS checks
     // it for the tags; moto does not), so it cannot be taken away here.
@@ -283,8 +289,24 @@ async fn the_generated_iam_actions_are_enough_and_each_call_needs_its_action() {
         let short: Vec<String> = actions.iter().filter(|a| *a != taken).cloned().collect();
         outcomes.insert(taken.clone(), rotate_with(&mut env, &short).await);
     }
-    for (taken, (code, _)) in &outcomes {
-        assert_eq!(*code, 1, "without {taken} the rotation must fail: {outcomes:?}");
+    for (taken, (code, _, output)) in &outcomes {
+        assert_eq!(*code, 1, "without {taken} the rotation must fail:\n{output}");
+        // ... because of that action, not something else.
+        // The call that needs it was refused (moto answers most denials in a shape the SDK
+        // cannot read; their status says it).
+        let calls: &[&str] = match taken.as_str() {
+            "secretsmanager:CreateSecret" => &["create secret"],
+            "secretsmanager:DescribeSecret" => &["describe secret"],
+            "secretsmanager:GetSecretValue" => &["get secret value"],
+            "secretsmanager:PutSecretValue" => &["put pending value", "put placeholder value"],
+            "secretsmanager:UpdateSecretVersionStage" => &["move AWSCURRENT", "clear AWSPENDING"],
+            other => panic!("no call known for {other}"),
+        };
+        let refused = calls.iter().any(|call| {
+            output.contains(&format!("{call}: access denied (HTTP 403"))
+                || output.contains(&format!("{call}: AccessDenied: User: arn:aws:iam::123456789012:user/rotator-"))
+        });
+        assert!(refused, "without {taken}, one of {calls:?} must be refused:\n{output}");
     }
     assert_eq!(outcomes.len(), 5, "{outcomes:?}");
 }

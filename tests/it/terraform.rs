@@ -84,6 +84,20 @@ fn functions(ctx: &mut Context) {
         items.sort();
         Ok(Value::Array(items.into_iter().map(Value::String).collect()))
     }
+    fn concat(args: FuncArgs) -> Result<Value, String> {
+        Ok(Value::Array(args.iter().flat_map(|a| a.as_array().cloned().unwrap_or_default()).collect()))
+    }
+    fn flatten(args: FuncArgs) -> Result<Value, String> {
+        fn walk(value: &Value, out: &mut Vec<Value>) {
+            match value {
+                Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                other => out.push(other.clone()),
+            }
+        }
+        let mut out = Vec::new();
+        walk(&args[0], &mut out);
+        Ok(Value::Array(out))
+    }
     let string = || ParamType::String;
     let array = || ParamType::array_of(ParamType::Any);
     ctx.declare_func("startswith", FuncDef::builder().params([string(), string()]).build(startswith));
@@ -91,6 +105,8 @@ fn functions(ctx: &mut Context) {
     ctx.declare_func("coalesce", FuncDef::builder().variadic_param(ParamType::Any).build(coalesce));
     ctx.declare_func("distinct", FuncDef::builder().param(array()).build(distinct));
     ctx.declare_func("sort", FuncDef::builder().param(array()).build(sort));
+    ctx.declare_func("concat", FuncDef::builder().variadic_param(array()).build(concat));
+    ctx.declare_func("flatten", FuncDef::builder().param(array()).build(flatten));
 }
 
 fn context(var: &Value, local: &Value, statement: Option<&Value>) -> Context<'static> {
@@ -142,6 +158,7 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
     // know from the provider (partition, account, region).
     let mut local = serde_json::json!({
         "partition": "aws", "account_id": ACCOUNT, "region": REGION, "default_region": REGION,
+        "dns_suffix": "amazonaws.com",
     });
     for name in ["secrets", "secret_regions"] {
         let expression = labelled(&body, "locals", &[])
@@ -159,7 +176,22 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
     };
     let mut granted = BTreeSet::new();
     let mut kms = BTreeSet::new();
-    let mut grant = |actions: Vec<String>, resources: Option<Vec<String>>| {
+    let mut via = BTreeSet::new();
+    // One statement: its actions, resources (a statement on the module's own KMS key names one
+    // not known before apply) and conditions, and it must allow, not deny.
+    let mut grant = |body: &Body, ctx: &Context| {
+        if let Some(effect) = attribute(body, "effect") {
+            assert_eq!(effect.evaluate(ctx).unwrap(), Value::from("Allow"));
+        }
+        let actions = strings(&attribute(body, "actions").unwrap().evaluate(ctx).unwrap());
+        let resources = attribute(body, "resources").unwrap().evaluate(ctx).ok().map(|r| strings(&r));
+        for condition in body.blocks().filter(|b| b.identifier() == "condition") {
+            let variable = attribute(condition.body(), "variable").unwrap().evaluate(ctx).unwrap();
+            assert_eq!(variable, Value::from("kms:ViaService"), "only KMS is conditioned");
+            let test = attribute(condition.body(), "test").unwrap().evaluate(ctx).unwrap();
+            assert_eq!(test, Value::from("StringEquals"));
+            via.extend(strings(&attribute(condition.body(), "values").unwrap().evaluate(ctx).unwrap()));
+        }
         for action in actions {
             if action.starts_with("kms:") {
                 kms.insert(action);
@@ -173,13 +205,7 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
     };
     for block in task.body().blocks() {
         match (block.identifier(), block.labels().first().map(|l| l.as_str())) {
-            ("statement", None) => {
-                let ctx = context(&var, &local, None);
-                let actions = attribute(block.body(), "actions").unwrap().evaluate(&ctx).unwrap();
-                // A statement on the module's own KMS key names a resource not known before apply.
-                let resources = attribute(block.body(), "resources").unwrap().evaluate(&ctx).ok();
-                grant(strings(&actions), resources.as_ref().map(strings));
-            }
+            ("statement", None) => grant(block.body(), &context(&var, &local, None)),
             ("dynamic", Some("statement")) => {
                 let for_each = attribute(block.body(), "for_each").unwrap().evaluate(&context(&var, &local, None)).unwrap();
                 let entries: Vec<(String, Value)> = match for_each {
@@ -192,15 +218,25 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
                     let statement: Value =
                         serde_json::from_value(serde_json::json!({ "key": key, "value": serde_json::to_value(&value).unwrap() }))
                             .unwrap();
-                    let ctx = context(&var, &local, Some(&statement));
-                    let actions = attribute(content.body(), "actions").unwrap().evaluate(&ctx).unwrap();
-                    let resources = attribute(content.body(), "resources").unwrap().evaluate(&ctx).unwrap();
-                    grant(strings(&actions), Some(strings(&resources)));
+                    grant(content.body(), &context(&var, &local, Some(&statement)));
                 }
             }
             (other, _) => panic!("unexpected block {other} in the task policy"),
         }
     }
+    // The task role carries that document and nothing else.
+    let role_policies: Vec<&Block> = labelled(&body, "resource", &["aws_iam_role_policy"])
+        .into_iter()
+        .filter(|b| attribute(b.body(), "role").is_some_and(|r| format!("{r}").contains("aws_iam_role.task.")))
+        .collect();
+    assert_eq!(role_policies.len(), 1, "one inline policy on the task role");
+    assert_eq!(format!("{}", attribute(role_policies[0].body(), "policy").unwrap()), "data.aws_iam_policy_document.task.json");
+    for attachment in labelled(&body, "resource", &["aws_iam_role_policy_attachment"]) {
+        let role = attribute(attachment.body(), "role").map(|r| format!("{r}")).unwrap_or_default();
+        assert!(!role.contains("aws_iam_role.task."), "a policy attached to the task role: {role}");
+    }
+    let [role] = labelled(&body, "resource", &["aws_iam_role", "task"])[..] else { panic!("one aws_iam_role.task") };
+    assert!(attribute(role.body(), "managed_policy_arns").is_none(), "managed policies on the task role");
 
     let printed: serde_json::Value = serde_json::from_str(&permissions(&[
         "--format",
@@ -217,6 +253,15 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
     assert!(!want_secrets.is_empty());
     assert_eq!(granted, want_secrets, "Secrets Manager grants of the task role");
     assert_eq!(kms, want_kms, "KMS grants of the task role");
+    let want_via: BTreeSet<String> = printed["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["Condition"]["StringEquals"]["kms:ViaService"].as_array().cloned().unwrap_or_default())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(!want_via.is_empty());
+    assert_eq!(via, want_via, "KMS only through Secrets Manager in the secrets' regions");
 }
 
 #[test]
@@ -233,14 +278,26 @@ fn vault_gets_exactly_the_policy_rotator_permissions_prints() {
     let printed = permissions(&["--format", "vault-hcl"]);
     assert_eq!(text.as_str(), Some(printed.as_str()));
 
-    // And that text grants, path by path, the capabilities the JSON lists (what `plan` checks).
+    // And that text grants, path by path, the capabilities the JSON lists (what `plan` checks);
+    // `delete` only on the staging paths' metadata, rotator's own.
+    let policies = rotator::policy::load_dir(&repo().join("policies")).unwrap();
+    let staging_metadata: BTreeSet<String> = policies
+        .iter()
+        .flat_map(|p| &p.destinations)
+        .filter_map(|d| match d {
+            rotator::policy::Destination::Vault(v) => Some(format!("{}/metadata/{}", v.mount.trim_matches('/'), v.staging_path())),
+            _ => None,
+        })
+        .collect();
+    assert!(!staging_metadata.is_empty());
     let mut granted = BTreeSet::new();
     for block in hcl::parse(&printed).unwrap().blocks() {
         assert_eq!(block.identifier(), "path");
         let path = block.labels()[0].as_str().to_string();
         let capabilities = attribute(block.body(), "capabilities").unwrap().evaluate(&Context::new()).unwrap();
         for capability in strings(&capabilities) {
-            assert!(!["delete", "destroy", "sudo"].contains(&capability.as_str()) || path.contains("staging"), "{path}: {capability}");
+            assert!(!["destroy", "sudo", "deny"].contains(&capability.as_str()), "{path}: {capability}");
+            assert!(capability != "delete" || staging_metadata.contains(&path), "{path}: delete outside rotator's staging metadata");
             granted.insert((path.clone(), capability));
         }
     }
