@@ -19,11 +19,11 @@ use tokio::sync::{Notify, Semaphore, watch};
 use crate::config::Config;
 use crate::engine::{self, Engine, Outcome, Status};
 use crate::journal;
-use crate::rotation::Rotation;
 use crate::metrics::{Metrics, Snapshot};
 use crate::notify::{Event, Notifier};
 use crate::policy::{self, Policy};
 use crate::rotation::Phase;
+use crate::rotation::Rotation;
 use crate::schedule::{self, Basis, Due};
 use crate::store::{Destination, Store};
 

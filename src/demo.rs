@@ -10,10 +10,10 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use chrono::Utc;
 
-use crate::report::{self, Format};
 use crate::engine::{self, Engine, Status};
 use crate::journal::Journal;
 use crate::policy::{self, CredentialKind};
+use crate::report::{self, Format};
 use crate::secret::Secret;
 use crate::store::{self, Record, Store};
 use crate::toktra::{self, Probe, sim};

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::journal::{self, Journal};
-use crate::rotation::Rotation;
 use crate::policy::{CredentialKind, Policy};
+use crate::rotation::Rotation;
 use crate::rotation::{self, Action, Memory, Phase};
 use crate::secret::Secret;
 use crate::store::{self, Clients, Destination, Record, Store};
@@ -286,8 +286,8 @@ impl Engine {
     /// Rotates the policies, `concurrency` at a time. Each result is either the policy's outcomes or an
     /// engine error (the policy was busy, the journal failed).
     pub async fn rotate_many(
-            &self,
-            work: &[(&Policy, Request)],
+        &self,
+        work: &[(&Policy, Request)],
         concurrency: usize,
     ) -> Vec<(String, Result<Vec<Outcome>, Error>)> {
         use futures::StreamExt;

@@ -9,9 +9,9 @@
 use chrono::Utc;
 
 use crate::engine::{Engine, Error, HELD, Outcome};
-use crate::rotation::Rotation;
 use crate::policy::{Policy, canonical_label};
 use crate::rotation::Phase;
+use crate::rotation::Rotation;
 use crate::store::{Destination, Store};
 
 /// The unfinished rotations in `history` whose policy is not among `policies`.

@@ -160,7 +160,8 @@ pub fn aws_iam(grants: &Grants, target: &AwsTarget) -> Result<Value, String> {
         let arns = if secret.secret_id.starts_with("arn:") {
             vec![secret.secret_id.clone()]
         } else if let Some(account) = &target.account_id {
-            let bare = format!("arn:{}:secretsmanager:{region}:{account}:secret:{}", target.partition, secret.secret_id);
+            let bare =
+                format!("arn:{}:secretsmanager:{region}:{account}:secret:{}", target.partition, secret.secret_id);
             let mut arns = vec![format!("{bare}-??????")];
             if secret.create {
                 arns.push(bare);

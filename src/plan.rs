@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::journal::Journal;
-use crate::rotation::Rotation;
 use crate::policy::{CredentialKind, Destination as Spec, Policy};
 use crate::rotation::Phase;
+use crate::rotation::Rotation;
 use crate::schedule::{self, Basis, Due};
 use crate::store::{Clients, Destination, Record, Store};
 use crate::toktra::{self, Listed};

@@ -8,9 +8,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::engine::Engine;
-use crate::rotation::Rotation;
 use crate::policy::{CredentialKind, Policy};
 use crate::rotation::Phase;
+use crate::rotation::Rotation;
 use crate::store::{Destination, Store};
 use crate::toktra::Listed;
 

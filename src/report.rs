@@ -137,4 +137,3 @@ fn print_table(outcomes: &[(&String, Result<Vec<&Outcome>, &engine::Error>)]) {
         }
     }
 }
-

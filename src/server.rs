@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::daemon::{Accepted, Daemon, Refused};
-use crate::rotation::Rotation;
 use crate::policy::Policy;
+use crate::rotation::Rotation;
 use crate::schedule::Due;
 use crate::secret::Secret;
 

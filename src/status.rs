@@ -4,9 +4,9 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::rotation::Rotation;
 use crate::policy::Policy;
 use crate::rotation::Phase;
+use crate::rotation::Rotation;
 
 /// One policy's standing.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

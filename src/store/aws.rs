@@ -411,10 +411,7 @@ mod tests {
             if !call[name.len()..].starts_with("()") || name.is_empty() {
                 continue;
             }
-            let pascal: String = name
-                .split('_')
-                .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
-                .collect();
+            let pascal: String = name.split('_').map(|w| w[..1].to_ascii_uppercase() + &w[1..]).collect();
             called.insert(format!("secretsmanager:{pascal}"));
         }
         let listed: std::collections::BTreeSet<String> =

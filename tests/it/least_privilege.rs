@@ -25,7 +25,8 @@ async fn vault_grants(env: &Env) -> Vec<(String, Vec<String>)> {
         .unwrap()
         .iter()
         .map(|p| {
-            let capabilities = p["capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().into()).collect();
+            let capabilities =
+                p["capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().into()).collect();
             (text(p, "path"), capabilities)
         })
         .collect()
@@ -78,8 +79,11 @@ async fn the_generated_vault_policy_is_enough_and_each_grant_is_needed() {
     env.rotator(&["rotate", "--all"]).await.assert_code(0);
     env.rotator(&["rotate", "--all"]).await.assert_code(0);
     env.env.pop();
-    env.assert_converged(&[created, existing], &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().into())])
-        .await;
+    env.assert_converged(
+        &[created, existing],
+        &[(CredentialKind::ApiKey, legacy.id.clone(), legacy.secret.expose().into())],
+    )
+    .await;
 
     // Each destination grant taken away in turn, on a policy of its own whose path holds a
     // working key: the rotation fails and consumers keep reading that key.
@@ -155,7 +159,12 @@ async fn the_generated_vault_policy_is_enough_and_each_grant_is_needed() {
     env.env.push(("VAULT_TOKEN".into(), token));
     let run = env.rotator(&["plan"]).await;
     run.assert_code(1);
-    assert!(run.stdout.contains("capabilities") || run.stderr.contains("capabilities"), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("capabilities") || run.stderr.contains("capabilities"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
 }
 
 /// An IAM user with `actions` on every resource, and its access key.
@@ -165,7 +174,13 @@ async fn user_with(iam: &aws_sdk_iam::Client, name: &str, actions: &[String]) ->
         "Version": "2012-10-17",
         "Statement": [{ "Effect": "Allow", "Action": actions, "Resource": "*" }],
     });
-    iam.put_user_policy().user_name(name).policy_name("rotator").policy_document(document.to_string()).send().await.unwrap();
+    iam.put_user_policy()
+        .user_name(name)
+        .policy_name("rotator")
+        .policy_document(document.to_string())
+        .send()
+        .await
+        .unwrap();
     let key = iam.create_access_key().user_name(name).send().await.unwrap();
     let key = key.access_key().unwrap();
     (key.access_key_id().to_string(), key.secret_access_key().to_string())
@@ -221,20 +236,31 @@ async fn the_generated_iam_actions_are_enough_and_each_call_needs_its_action() {
     let mut round = 0;
     let mut rotate_with = async |env: &mut Env, actions: &[String]| -> (i32, bool, String) {
         round += 1;
-        let (created, existing) = (format!("{}/iam{round}-created", env.prefix), format!("{}/iam{round}-existing", env.prefix));
+        let (created, existing) =
+            (format!("{}/iam{round}-created", env.prefix), format!("{}/iam{round}-existing", env.prefix));
         for file in std::fs::read_dir(env.dir.join("policies")).unwrap() {
             std::fs::remove_file(file.unwrap().path()).unwrap();
         }
         env.policy(
             "created.yaml",
-            &Spec { name: format!("iam{round}-created"), kind: CredentialKind::ApiKey, dests: vec![Dest::Aws(created.clone())], grace: "0s" }
-                .yaml(),
+            &Spec {
+                name: format!("iam{round}-created"),
+                kind: CredentialKind::ApiKey,
+                dests: vec![Dest::Aws(created.clone())],
+                grace: "0s",
+            }
+            .yaml(),
         );
         env.policy(
             "existing.yaml",
-            &Spec { name: format!("iam{round}-existing"), kind: CredentialKind::ApiKey, dests: vec![Dest::Aws(existing.clone())], grace: "0s" }
-                .yaml()
-                .replace(", create: true", ""),
+            &Spec {
+                name: format!("iam{round}-existing"),
+                kind: CredentialKind::ApiKey,
+                dests: vec![Dest::Aws(existing.clone())],
+                grace: "0s",
+            }
+            .yaml()
+            .replace(", create: true", ""),
         );
         let legacy = env.legacy(CredentialKind::ApiKey, &format!("iam{round}-legacy")).await;
         let value = credential_json(CredentialKind::ApiKey, &legacy.id, &legacy.secret);

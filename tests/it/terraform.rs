@@ -121,7 +121,12 @@ fn context(var: &Value, local: &Value, statement: Option<&Value>) -> Context<'st
 }
 
 fn strings(value: &Value) -> Vec<String> {
-    value.as_array().unwrap_or_else(|| panic!("not a list: {value:?}")).iter().map(|v| v.as_str().unwrap().into()).collect()
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value:?}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().into())
+        .collect()
 }
 
 /// (action, resource) pairs of an IAM policy document as `rotator permissions` prints it.
@@ -166,7 +171,8 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
             .find_map(|b| attribute(b.body(), name))
             .unwrap_or_else(|| panic!("no local.{name}"));
         let local_value: Value = serde_json::from_value(local.clone()).unwrap();
-        let value = expression.evaluate(&context(&var, &local_value, None)).unwrap_or_else(|e| panic!("local.{name}: {e}"));
+        let value =
+            expression.evaluate(&context(&var, &local_value, None)).unwrap_or_else(|e| panic!("local.{name}: {e}"));
         local[name] = serde_json::to_value(&value).unwrap();
     }
     let local: Value = serde_json::from_value(local).unwrap();
@@ -207,7 +213,8 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
         match (block.identifier(), block.labels().first().map(|l| l.as_str())) {
             ("statement", None) => grant(block.body(), &context(&var, &local, None)),
             ("dynamic", Some("statement")) => {
-                let for_each = attribute(block.body(), "for_each").unwrap().evaluate(&context(&var, &local, None)).unwrap();
+                let for_each =
+                    attribute(block.body(), "for_each").unwrap().evaluate(&context(&var, &local, None)).unwrap();
                 let entries: Vec<(String, Value)> = match for_each {
                     Value::Object(map) => map.into_iter().collect(),
                     Value::Array(items) => items.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
@@ -215,9 +222,10 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
                 };
                 let content = block.body().blocks().find(|b| b.identifier() == "content").unwrap();
                 for (key, value) in entries {
-                    let statement: Value =
-                        serde_json::from_value(serde_json::json!({ "key": key, "value": serde_json::to_value(&value).unwrap() }))
-                            .unwrap();
+                    let statement: Value = serde_json::from_value(
+                        serde_json::json!({ "key": key, "value": serde_json::to_value(&value).unwrap() }),
+                    )
+                    .unwrap();
                     grant(content.body(), &context(&var, &local, Some(&statement)));
                 }
             }
@@ -230,7 +238,10 @@ fn the_task_role_grants_exactly_what_rotator_permissions_prints() {
         .filter(|b| attribute(b.body(), "role").is_some_and(|r| format!("{r}").contains("aws_iam_role.task.")))
         .collect();
     assert_eq!(role_policies.len(), 1, "one inline policy on the task role");
-    assert_eq!(format!("{}", attribute(role_policies[0].body(), "policy").unwrap()), "data.aws_iam_policy_document.task.json");
+    assert_eq!(
+        format!("{}", attribute(role_policies[0].body(), "policy").unwrap()),
+        "data.aws_iam_policy_document.task.json"
+    );
     for attachment in labelled(&body, "resource", &["aws_iam_role_policy_attachment"]) {
         let role = attribute(attachment.body(), "role").map(|r| format!("{r}")).unwrap_or_default();
         assert!(!role.contains("aws_iam_role.task."), "a policy attached to the task role: {role}");
@@ -271,10 +282,7 @@ fn vault_gets_exactly_the_policy_rotator_permissions_prints() {
     let body = parse("terraform/modules/vault/main.tf");
     let policies = labelled(&body, "resource", &["vault_policy"]);
     assert_eq!(policies.len(), 1, "one Vault policy, rotator's");
-    let text = attribute(policies[0].body(), "policy")
-        .unwrap()
-        .evaluate(&context(&var, &Value::Null, None))
-        .unwrap();
+    let text = attribute(policies[0].body(), "policy").unwrap().evaluate(&context(&var, &Value::Null, None)).unwrap();
     let printed = permissions(&["--format", "vault-hcl"]);
     assert_eq!(text.as_str(), Some(printed.as_str()));
 
@@ -285,7 +293,9 @@ fn vault_gets_exactly_the_policy_rotator_permissions_prints() {
         .iter()
         .flat_map(|p| &p.destinations)
         .filter_map(|d| match d {
-            rotator::policy::Destination::Vault(v) => Some(format!("{}/metadata/{}", v.mount.trim_matches('/'), v.staging_path())),
+            rotator::policy::Destination::Vault(v) => {
+                Some(format!("{}/metadata/{}", v.mount.trim_matches('/'), v.staging_path()))
+            }
             _ => None,
         })
         .collect();
@@ -297,7 +307,10 @@ fn vault_gets_exactly_the_policy_rotator_permissions_prints() {
         let capabilities = attribute(block.body(), "capabilities").unwrap().evaluate(&Context::new()).unwrap();
         for capability in strings(&capabilities) {
             assert!(!["destroy", "sudo", "deny"].contains(&capability.as_str()), "{path}: {capability}");
-            assert!(capability != "delete" || staging_metadata.contains(&path), "{path}: delete outside rotator's staging metadata");
+            assert!(
+                capability != "delete" || staging_metadata.contains(&path),
+                "{path}: delete outside rotator's staging metadata"
+            );
             granted.insert((path.clone(), capability));
         }
     }
@@ -316,7 +329,8 @@ fn vault_gets_exactly_the_policy_rotator_permissions_prints() {
     let mut ctx = context(&var, &Value::Null, None);
     ctx.declare_var("vault_policy", hcl::value!({ this = { name = "rotator-policy" } }));
     let locals = labelled(&body, "locals", &[]);
-    let token_policies = locals.iter().find_map(|b| attribute(b.body(), "token_policies")).unwrap().evaluate(&ctx).unwrap();
+    let token_policies =
+        locals.iter().find_map(|b| attribute(b.body(), "token_policies")).unwrap().evaluate(&ctx).unwrap();
     let mut ctx = context(&var, &hcl::value!({ token_policies = (token_policies) }), None);
     ctx.declare_var("vault_policy", hcl::value!({ this = { name = "rotator-policy" } }));
     let roles: Vec<&Block> =

@@ -73,7 +73,12 @@ impl Connection {
 /// only where rotator may create it; `delete` only on the staging path's metadata, rotator's
 /// own, which removes every version of a staged value once it is promoted or discarded. Nothing
 /// deletes or destroys the consumers' path.
-pub fn capabilities_needed(mount: &str, path: &str, staging: &str, create: bool) -> [(String, &'static [&'static str]); 4] {
+pub fn capabilities_needed(
+    mount: &str,
+    path: &str,
+    staging: &str,
+    create: bool,
+) -> [(String, &'static [&'static str]); 4] {
     let data: &'static [&'static str] = if create { &["create", "read", "update"] } else { &["read", "update"] };
     [
         (format!("{mount}/data/{path}"), data),
