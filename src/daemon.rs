@@ -1092,8 +1092,8 @@ impl Daemon {
                 if !first {
                     return;
                 }
-                if let Some(kind) = ["vault:", "aws:", "file:"].iter().find(|k| error.starts_with(**k)) {
-                    self.metrics.destination_error(kind.trim_end_matches(':'));
+                if let Some(engine::FailedIn::Destination(kind)) = o.failed_in {
+                    self.metrics.destination_error(kind.as_str());
                 }
                 self.notifier.send(
                     &policy.notify,

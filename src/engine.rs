@@ -99,6 +99,8 @@ pub struct Outcome {
     pub resumed: bool,
     /// Stopped between steps by a shutdown; the next run resumes it.
     pub interrupted: bool,
+    /// Where this run's failure came from, when a step failed.
+    pub failed_in: Option<FailedIn>,
     pub seconds: f64,
 }
 
@@ -260,19 +262,96 @@ struct Work<'a> {
     /// Destinations the rotation staged into that the policy no longer names (a rollback
     /// finishes without them and says so).
     unreachable: Vec<String>,
+    /// Where the last failed step of this run failed.
+    failed_in: Option<FailedIn>,
 }
 
 /// A failed step. `rollback` overrides the default (roll back before promotion, go forward
 /// after), e.g. a promotion refused by every destination can still be rolled back.
-struct StepError {
-    message: String,
-    rollback: Option<bool>,
+/// Why a step failed. The failure of the part that failed is kept whole, so whether to retry,
+/// whether to roll back and where the failure came from are read from its type, never from
+/// its text.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Toktra(#[from] toktra::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Journal(#[from] journal::Error),
+    /// A check of the rotation itself failed: Toktra refuses the new credential, a read-back
+    /// does not match, an old credential still works after its revocation, a destination
+    /// changed by hand.
+    #[error("{0}")]
+    Check(String),
+    /// A promotion failed after it may have changed what consumers read; every destination was
+    /// read back and [`after_failed_promotion`] decided.
+    #[error("{error}{}", if *partly_current { "; the new credential is current in part, so the rotation only goes forward" } else { "" })]
+    Promotion { error: Box<StepError>, roll_back: bool, partly_current: bool },
+    /// A `--revoke-first` rotation ran out of time minting again: it never rolls back.
+    #[error("{0}")]
+    Outage(String),
+    /// Several old credentials could not be revoked.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<StepError>),
 }
 
-impl<E: std::fmt::Display> From<E> for StepError {
-    fn from(e: E) -> StepError {
-        StepError { message: e.to_string(), rollback: None }
+impl StepError {
+    /// Whether the failed step rolls the rotation back: before promotion it does, unless the
+    /// failure says otherwise (a promotion read back, an outage that only goes forward).
+    fn rolls_back(&self, phase: Phase) -> bool {
+        match self {
+            StepError::Promotion { roll_back, .. } => *roll_back,
+            StepError::Outage(_) => false,
+            _ => matches!(phase, Phase::Started | Phase::Minted | Phase::Staged),
+        }
     }
+
+    /// Whether the failure may pass by itself (a destination or Toktra briefly unreachable).
+    fn is_transient(&self) -> bool {
+        match self {
+            StepError::Toktra(e) => e.is_transient(),
+            StepError::Store(e) => e.is_transient(),
+            StepError::Promotion { error, .. } => error.is_transient(),
+            StepError::Several(errors) => errors.iter().all(StepError::is_transient),
+            StepError::Journal(_) | StepError::Check(_) | StepError::Outage(_) => false,
+        }
+    }
+
+    /// The part the failure came from.
+    fn failed_in(&self) -> FailedIn {
+        match self {
+            StepError::Toktra(_) => FailedIn::Toktra,
+            StepError::Store(e) => FailedIn::Destination(e.store),
+            StepError::Journal(_) => FailedIn::Journal,
+            StepError::Check(_) | StepError::Outage(_) => FailedIn::Check,
+            StepError::Promotion { error, .. } => error.failed_in(),
+            StepError::Several(errors) => errors.first().map_or(FailedIn::Check, StepError::failed_in),
+        }
+    }
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> StepError {
+        StepError::Check(message)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(message: &str) -> StepError {
+        StepError::Check(message.into())
+    }
+}
+
+/// Where a rotation's failure came from, for metrics and alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailedIn {
+    Toktra,
+    Destination(store::Kind),
+    Journal,
+    /// One of the rotation's own checks.
+    Check,
 }
 
 /// How an action ended, when it did not fail.
@@ -541,14 +620,17 @@ impl Engine {
             outcome.interrupted = true;
             return Ok(outcome);
         }
-        if let Err(StepError { message, .. }) = prepared {
+        if let Err(error) = prepared {
+            let message = error.to_string();
             rotation.phase = Phase::Failed;
             rotation.error = Some(message.clone());
             rotation.finished_at = Some(Utc::now());
             self.journal.insert(&rotation, &held.lease).await?;
             self.journal.step(&id, "prepare", "failed", &message, &held.lease).await?;
             tracing::error!(policy = %policy.name, rotation = %id, error = %message, "rotation failed before any change");
-            return Ok(self.outcome(false, &rotation, Vec::new(), &[], now));
+            let mut outcome = self.outcome(false, &rotation, Vec::new(), &[], now);
+            outcome.failed_in = Some(error.failed_in());
+            return Ok(outcome);
         }
         if superseding.is_empty() {
             self.journal.insert(&rotation, &held.lease).await?;
@@ -680,6 +762,7 @@ impl Engine {
             deadline: Instant::now() + self.options.rotation_budget,
             attempts: 0,
             unreachable,
+            failed_in: None,
         };
         let mut lost = held.lost.clone();
         loop {
@@ -687,7 +770,7 @@ impl Engine {
             let stopping = self.stop.as_ref().is_some_and(|s| *s.borrow());
             if stopping && !matches!(action, Action::Done | Action::WaitForGrace { .. }) {
                 tracing::info!(policy = %policy.name, rotation = %work.rotation.id, phase = %work.rotation.phase, "shutting down between steps; the next run resumes this rotation");
-                let mut outcome = self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at);
+                let mut outcome = self.finished(resumed, work, started_at);
                 outcome.interrupted = true;
                 return Ok(outcome);
             }
@@ -716,7 +799,7 @@ impl Engine {
                 None => {
                     // As if the process had crashed mid-step: the new holder resumes it.
                     work.rotation.error = Some("lost the policy's lease to another process mid-step".into());
-                    return Ok(self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at));
+                    return Ok(self.finished(resumed, work, started_at));
                 }
             };
             match result {
@@ -725,13 +808,13 @@ impl Engine {
                     if action == Action::Done {
                         tracing::info!(policy = %policy.name, rotation = %work.rotation.id, phase = %work.rotation.phase, "rotation finished");
                     }
-                    return Ok(self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at));
+                    return Ok(self.finished(resumed, work, started_at));
                 }
-                Err(StepError { message, rollback }) => {
-                    tracing::error!(policy = %policy.name, rotation = %work.rotation.id, phase = %phase, error = %message, "rotation step failed");
-                    work.rotation.error = Some(message);
-                    let before_promotion = matches!(phase, Phase::Started | Phase::Minted | Phase::Staged);
-                    if rollback.unwrap_or(before_promotion) && phase != Phase::RollingBack {
+                Err(error) => {
+                    tracing::error!(policy = %policy.name, rotation = %work.rotation.id, phase = %phase, error = %error, "rotation step failed");
+                    work.rotation.error = Some(error.to_string());
+                    work.failed_in = Some(error.failed_in());
+                    if error.rolls_back(phase) && phase != Phase::RollingBack {
                         // Nothing a consumer reads has changed: undo.
                         work.rotation.phase = Phase::RollingBack;
                         self.save(&mut work.rotation, &work.lease).await?;
@@ -739,7 +822,7 @@ impl Engine {
                         // A failed promotion or revocation, or a failed rollback: a later run
                         // resumes from the journal.
                         self.save(&mut work.rotation, &work.lease).await?;
-                        return Ok(self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at));
+                        return Ok(self.finished(resumed, work, started_at));
                     }
                 }
             }
@@ -772,11 +855,13 @@ impl Engine {
         Ok(())
     }
 
-    async fn failed(&self, work: &Work<'_>, step: &str, message: String) -> StepError {
-        if let Err(e) = self.journal.step(&work.rotation.id, step, "failed", &message, &work.lease).await {
+    /// Records a failed step with what failed.
+    async fn failed(&self, work: &Work<'_>, step: &str, error: impl Into<StepError>) -> StepError {
+        let error = error.into();
+        if let Err(e) = self.journal.step(&work.rotation.id, step, "failed", &error.to_string(), &work.lease).await {
             tracing::warn!(error = %e, "could not record a failed step");
         }
-        StepError { message, rollback: None }
+        error
     }
 
     async fn revoke_first(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
@@ -789,7 +874,7 @@ impl Engine {
         for id in work.rotation.old_credentials.clone() {
             self.note(work, "revoke-first", "intent", &format!("revoke {id} before minting (outage accepted)")).await?;
             if let Err(e) = self.toktra.revoke(kind, &id).await {
-                return Err(self.failed(work, "revoke-first", e.to_string()).await);
+                return Err(self.failed(work, "revoke-first", e).await);
             }
             work.revoked.push(id.clone());
             work.rotation.revoked_credentials.push(id.clone());
@@ -827,7 +912,7 @@ impl Engine {
                         .mul_f64(rand::random::<f64>().max(0.5));
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(self.failed(work, "mint", e.to_string()).await),
+                Err(e) => return Err(self.failed(work, "mint", e).await),
             }
         };
         crash_point("minted-unrecorded");
@@ -952,7 +1037,7 @@ impl Engine {
             let label = destination.label();
             self.note(work, "stage", "intent", &format!("stage {} in {label}", record.id)).await?;
             if let Err(e) = self.retry(work.deadline, || destination.stage(&work.rotation.id, &record)).await {
-                return Err(self.failed(work, "stage", e.to_string()).await);
+                return Err(self.failed(work, "stage", e).await);
             }
             self.note(work, "stage", "done", &format!("staged in {label}")).await?;
             crash_point(&format!("staged-{i}"));
@@ -970,7 +1055,7 @@ impl Engine {
                     .failed(work, "verify", format!("toktra rejected the new credential {}", record.id))
                     .await);
             }
-            Err(e) => return Err(self.failed(work, "verify", e.to_string()).await),
+            Err(e) => return Err(self.failed(work, "verify", e).await),
         }
         for destination in &work.destinations {
             let staged = self.retry(work.deadline, || destination.staged(&work.rotation.id)).await?;
@@ -996,7 +1081,7 @@ impl Engine {
             // hand since the start holds a credential nobody would revoke.
             let current = match self.retry(work.deadline, || destination.current()).await {
                 Ok(current) => current,
-                Err(e) => return Err(self.promote_failed(work, e.is_transient(), e.to_string()).await),
+                Err(e) => return Err(self.promote_failed(work, e.into()).await),
             };
             if let Some(current) = &current
                 && !serves(current, &work.rotation)
@@ -1006,11 +1091,11 @@ impl Engine {
                     "{label} now holds credential {}, which this rotation did not set out to replace (changed by hand?)",
                     current.id
                 );
-                return Err(self.promote_failed(work, false, message).await);
+                return Err(self.promote_failed(work, StepError::Check(message)).await);
             }
             self.note(work, "promote", "intent", &format!("promote {new_id} in {label}")).await?;
             if let Err(e) = self.retry(work.deadline, || destination.promote(&work.rotation.id)).await {
-                return Err(self.promote_failed(work, e.is_transient(), e.to_string()).await);
+                return Err(self.promote_failed(work, e.into()).await);
             }
             self.note(work, "promote", "done", &format!("current in {label}")).await?;
             crash_point(&format!("promoted-{i}"));
@@ -1026,7 +1111,7 @@ impl Engine {
     /// and still fail (Vault: the data written, the metadata update refused; AWS: `AWSCURRENT`
     /// moved, `AWSPENDING` not cleared), so every destination is read back, and
     /// [`after_failed_promotion`] decides from what they serve now.
-    async fn promote_failed(&self, work: &Work<'_>, transient: bool, message: String) -> StepError {
+    async fn promote_failed(&self, work: &Work<'_>, error: StepError) -> StepError {
         let mut serving = Vec::new();
         for destination in &work.destinations {
             serving.push(match self.retry(work.deadline, || destination.current()).await {
@@ -1037,13 +1122,13 @@ impl Engine {
                 }
             });
         }
-        let decision = after_failed_promotion(&serving, transient);
-        let mut error = self.failed(work, "promote", message).await;
-        error.rollback = Some(decision == AfterPromotion::RollBack);
-        if decision == AfterPromotion::Forward && serving.contains(&Some(true)) {
-            error.message.push_str("; the new credential is current in part, so the rotation only goes forward");
-        }
-        error
+        let decision = after_failed_promotion(&serving, error.is_transient());
+        let error = StepError::Promotion {
+            error: Box::new(error),
+            roll_back: decision == AfterPromotion::RollBack,
+            partly_current: decision == AfterPromotion::Forward && serving.contains(&Some(true)),
+        };
+        self.failed(work, "promote", error).await
     }
 
     async fn wait_for_grace(&self, work: &mut Work<'_>, until: DateTime<Utc>) -> Result<Flow, StepError> {
@@ -1150,14 +1235,14 @@ impl Engine {
                     self.note(work, "revoke", "done", &detail).await?;
                     work.revoked.push(id.clone());
                 }
-                Err(message) => {
-                    self.note(work, "revoke", "failed", &message).await?;
-                    failures.push(message);
+                Err(error) => {
+                    self.note(work, "revoke", "failed", &error.to_string()).await?;
+                    failures.push(error);
                 }
             }
         }
         if !failures.is_empty() {
-            return Err(StepError { message: failures.join("; "), rollback: None });
+            return Err(StepError::Several(failures));
         }
         if work.rotation.revoked_at.is_none() || !old.is_empty() {
             work.rotation.revoked_at = Some(Utc::now());
@@ -1219,22 +1304,22 @@ impl Engine {
     /// back from a destination's previous value) must now be rejected, and it must no longer be
     /// listed as active.
     /// Returns whether the secret was presented.
-    async fn revoke_one(&self, work: &Work<'_>, id: &str) -> Result<(toktra::Revoked, bool), String> {
+    async fn revoke_one(&self, work: &Work<'_>, id: &str) -> Result<(toktra::Revoked, bool), StepError> {
         let kind = work.rotation.kind;
-        let result = self.toktra.revoke(kind, id).await.map_err(|e| e.to_string())?;
+        let result = self.toktra.revoke(kind, id).await?;
         if let Some(secret) = work.old_secrets.get(id) {
             tracing::debug!(policy = %work.policy.name, credential = id, "checking that the revoked credential is rejected");
             match self.toktra.probe_revoked(kind, id, secret, work.deadline).await {
                 Ok(Probe::Rejected) => {}
-                Ok(Probe::Accepted) => return Err(format!("{id} still authenticates after revocation")),
-                Err(e) => return Err(e.to_string()),
+                Ok(Probe::Accepted) => return Err(format!("{id} still authenticates after revocation").into()),
+                Err(e) => return Err(e.into()),
             }
         }
         // Without the secret, the listing is the only way to see that the revocation took.
         if !work.old_secrets.contains_key(id)
-            && self.toktra.list(kind).await.map_err(|e| e.to_string())?.iter().any(|c| c.id == id)
+            && self.toktra.list(kind).await?.iter().any(|c| c.id == id)
         {
-            return Err(format!("{id} is still listed after revocation"));
+            return Err(format!("{id} is still listed after revocation").into());
         }
         Ok((result, work.old_secrets.contains_key(id)))
     }
@@ -1257,14 +1342,14 @@ impl Engine {
                 }
             }
             if let Err(e) = self.toktra.revoke(kind, &id).await {
-                return Err(self.failed(work, "rollback", e.to_string()).await);
+                return Err(self.failed(work, "rollback", e).await);
             }
             revoked.push(id);
         }
         // A mint whose answer never arrived is found by the rotation's name.
         match self.revoke_named(work, None).await {
             Ok(strays) => revoked.extend(strays),
-            Err(e) => return Err(self.failed(work, "rollback", e.message).await),
+            Err(e) => return Err(self.failed(work, "rollback", e).await),
         }
         // Discarded after the revocation: whatever stays staged is then dead, and a staged value
         // that cannot be removed (or a destination the policy no longer names) is reported for
@@ -1274,7 +1359,7 @@ impl Engine {
         for destination in &work.destinations {
             match self.retry(work.deadline, || destination.discard(&work.rotation.id)).await {
                 Ok(()) => {}
-                Err(e) if e.is_transient() => return Err(self.failed(work, "rollback", e.to_string()).await),
+                Err(e) if e.is_transient() => return Err(self.failed(work, "rollback", e).await),
                 Err(e) => left.push(e.to_string()),
             }
         }
@@ -1318,7 +1403,7 @@ impl Engine {
         work.attempts += 1;
         let left = work.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(StepError { message, rollback: Some(false) });
+            return Err(StepError::Outage(message));
         }
         let delay =
             Duration::from_millis(250 * (1 << work.attempts.min(7))).min(left).mul_f64(rand::random::<f64>().max(0.5));
@@ -1347,6 +1432,13 @@ impl Engine {
                 other => return other,
             }
         }
+    }
+
+    /// The outcome of a run that worked on `work`.
+    fn finished(&self, resumed: bool, work: Work<'_>, started_at: DateTime<Utc>) -> Outcome {
+        let mut outcome = self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at);
+        outcome.failed_in = work.failed_in;
+        outcome
     }
 
     pub(crate) fn outcome(
@@ -1389,6 +1481,7 @@ impl Engine {
             compromise,
             resumed,
             interrupted: false,
+            failed_in: None,
             seconds: (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0,
         }
     }

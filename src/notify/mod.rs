@@ -383,6 +383,7 @@ mod tests {
             compromise: None,
             resumed,
             interrupted: false,
+            failed_in: None,
             seconds: 1.0,
         }
     }

@@ -62,6 +62,7 @@ impl Aws {
             config = config.region(aws_config::Region::new(region.to_string()));
         } else if sdk.region().is_none() {
             return Err(Error::new(
+                super::Kind::Aws,
                 label,
                 ErrorKind::Permanent,
                 "no AWS region: set `region` in the policy or AWS_REGION",
@@ -78,7 +79,7 @@ impl Aws {
     }
 
     fn error(&self, kind: ErrorKind, detail: impl Into<String>) -> Error {
-        Error::new(self.label.clone(), kind, detail)
+        Error::new(super::Kind::Aws, self.label.clone(), kind, detail)
     }
 
     /// Maps an SDK error by its error code. The message is built from the operation, AWS's error

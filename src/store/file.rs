@@ -41,7 +41,7 @@ impl File {
     }
 
     fn error(&self, kind: ErrorKind, detail: impl Into<String>) -> Error {
-        Error::new(self.label(), kind, detail)
+        Error::new(super::Kind::File, self.label(), kind, detail)
     }
 
     /// Refuses a symbolic link at `path` (a missing file is fine).
@@ -178,7 +178,7 @@ impl Store for File {
         if let Some(staged) = self.read(&self.sibling(".pending"))?
             && staged.rotation_id.as_deref() == Some(rotation_id)
         {
-            return staged.restaged(record, self.label(), rotation_id);
+            return staged.restaged(record, super::Kind::File, self.label(), rotation_id);
         }
         self.write(&self.sibling(".pending"), record)
     }

@@ -111,11 +111,12 @@ impl Record {
 impl Record {
     /// `self` is already staged for `rotation_id` and `new` is being staged again (a retry, or a
     /// resume after a crash): fine when it is the same value, an error otherwise.
-    fn restaged(&self, new: &Record, destination: String, rotation_id: &str) -> Result<(), Error> {
+    fn restaged(&self, new: &Record, store: Kind, destination: String, rotation_id: &str) -> Result<(), Error> {
         if self == new {
             Ok(())
         } else {
             Err(Error::new(
+                store,
                 destination,
                 ErrorKind::Unexpected,
                 format!("a different value is already staged for rotation {rotation_id}"),
@@ -146,17 +147,47 @@ pub enum ErrorKind {
     Permanent,
 }
 
+/// Which kind of destination, for metrics and alerts that group failures by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Aws,
+    Vault,
+    File,
+}
+
+impl Kind {
+    pub fn of(spec: &policy::Destination) -> Kind {
+        match spec {
+            policy::Destination::AwsSecretsManager(_) => Kind::Aws,
+            policy::Destination::Vault(_) => Kind::Vault,
+            policy::Destination::File(_) => Kind::File,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Aws => "aws",
+            Kind::Vault => "vault",
+            Kind::File => "file",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{destination}: {detail}")]
 pub struct Error {
+    /// The kind of destination that failed.
+    pub store: Kind,
+    /// Its label.
     pub destination: String,
     pub kind: ErrorKind,
     pub detail: String,
 }
 
 impl Error {
-    pub fn new(destination: impl Into<String>, kind: ErrorKind, detail: impl Into<String>) -> Error {
-        Error { destination: destination.into(), kind, detail: detail.into() }
+    pub fn new(store: Kind, destination: impl Into<String>, kind: ErrorKind, detail: impl Into<String>) -> Error {
+        Error { store, destination: destination.into(), kind, detail: detail.into() }
     }
 
     /// A conflict is not transient: a check-and-set failed because someone else wrote the
@@ -240,12 +271,13 @@ impl Destination {
                 let sdk = clients
                     .aws
                     .as_ref()
-                    .ok_or_else(|| Error::new(spec.label(), ErrorKind::Permanent, "AWS is not configured"))?;
+                    .ok_or_else(|| Error::new(Kind::Aws, spec.label(), ErrorKind::Permanent, "AWS is not configured"))?;
                 Destination::Aws(aws::Aws::new(d, kind, sdk)?)
             }
             policy::Destination::Vault(d) => {
                 let connection = clients.vault.as_ref().ok_or_else(|| {
                     Error::new(
+                        Kind::Vault,
                         spec.label(),
                         ErrorKind::Permanent,
                         "Vault is not configured: set VAULT_ADDR and VAULT_TOKEN",

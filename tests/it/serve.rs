@@ -1056,3 +1056,29 @@ async fn metrics_can_require_the_token() {
     assert_eq!(reqwest::get(format!("{}/healthz", service.base)).await.unwrap().status(), 200, "health stays open");
     service.signal("TERM");
 }
+
+/// A rotation that fails at a destination is counted under the kind of destination that failed
+/// (taken from the failure's type, not its text).
+#[tokio::test(flavor = "multi_thread")]
+async fn destination_failures_are_counted_by_kind() {
+    let env = Env::start().await;
+    // A secret that does not exist, which the policy may not create.
+    env.policy(
+        "missing.yaml",
+        "name: missing\ncredential: { kind: api_key, name: missing }\nschedule: { every: 90d }\n\
+         destinations:\n  - aws_secrets_manager: { secret_id: '{prefix}/missing' }\n",
+    );
+    let service = env.serve(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = service.metrics().await;
+        if metrics.contains("rotator_destination_errors_total{kind=\"aws\"} 1") {
+            assert!(metrics.contains("rotator_rotations_total{policy=\"missing\",outcome=\"failed\"} 1"), "{metrics}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no destination error counted:\n{metrics}\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, log) = service.terminate(30).await;
+    assert!(status.success(), "{log}");
+}

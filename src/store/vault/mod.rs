@@ -128,7 +128,7 @@ impl Vault {
     }
 
     fn error(&self, kind: ErrorKind, detail: impl Into<String>) -> Error {
-        Error::new(self.label(), kind, detail)
+        Error::new(super::Kind::Vault, self.label(), kind, detail)
     }
 
     /// Maps a failed call. Vault's error strings describe the request, never the data.
@@ -147,6 +147,7 @@ impl Vault {
                 if *code == 404 && text.contains("no handler for route") {
                     // Not a missing secret: nothing is mounted there, and creating cannot help.
                     return Error::new(
+                        super::Kind::Vault,
                         self.label(),
                         ErrorKind::Permanent,
                         format!("{what}: no secrets engine is mounted at `{}/`", self.mount),
@@ -401,7 +402,7 @@ impl Store for Vault {
                 if let Some(staged) = self.parse(&self.staging_path, &value)?
                     && staged.rotation_id.as_deref() == Some(rotation_id)
                 {
-                    return staged.restaged(record, self.label(), rotation_id);
+                    return staged.restaged(record, super::Kind::Vault, self.label(), rotation_id);
                 }
                 version
             }
