@@ -1134,7 +1134,7 @@ impl Daemon {
         let refs: Vec<&Policy> = policies.iter().collect();
         match self.engine.reconcile(&refs, false).await {
             Ok(report) => {
-                for finding in report.findings.iter().filter(|f| f.kind == "orphan") {
+                for finding in report.findings.iter().filter(|f| f.kind == crate::reconcile::FindingKind::Orphan) {
                     let credential = finding.detail.split_whitespace().next().unwrap_or_default().to_string();
                     let first = self
                         .orphan_sent

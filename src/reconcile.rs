@@ -14,11 +14,54 @@ use crate::rotation::Rotation;
 use crate::store::{Destination, Store};
 use crate::toktra::Listed;
 
+/// What kind of difference a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A credential rotator minted that nothing serves and nothing will revoke.
+    Orphan,
+    /// Destinations of one policy serve different credentials.
+    Drift,
+    /// A destination serves a credential Toktra no longer accepts.
+    Broken,
+    /// A staged value no rotation will promote.
+    StaleStaging,
+    /// Unfinished work of a policy that is gone.
+    Leftover,
+    /// An unfinished rotation that keeps failing.
+    Stuck,
+    /// The policy's lease is held by a rotation in flight: not looked at.
+    Busy,
+    /// Something could not be read.
+    Error,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::Orphan => "orphan",
+            FindingKind::Drift => "drift",
+            FindingKind::Broken => "broken",
+            FindingKind::StaleStaging => "stale_staging",
+            FindingKind::Leftover => "leftover",
+            FindingKind::Stuck => "stuck",
+            FindingKind::Busy => "busy",
+            FindingKind::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    /// Padded like a `str` (`{:<14}` lines up the text report).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One difference found.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Finding {
-    /// `orphan`, `drift`, `broken`, `stale_staging` or `error`.
-    pub kind: String,
+    pub kind: FindingKind,
     pub policy: String,
     pub detail: String,
     /// Whether `--fix` repaired it in this run.
@@ -38,24 +81,24 @@ pub struct Report {
 }
 
 impl Finding {
-    fn new(kind: &str, policy: &str, detail: String) -> Finding {
+    fn new(kind: FindingKind, policy: &str, detail: String) -> Finding {
         let next_step = match kind {
-            "orphan" => Some("`rotator reconcile --fix` revokes it".to_string()),
-            "stale_staging" => Some("`rotator reconcile --fix` discards it".to_string()),
-            "leftover" => Some("`rotator reconcile --fix` (or any `rotator rotate`) finishes it".to_string()),
-            "drift" | "broken" => {
+            FindingKind::Orphan => Some("`rotator reconcile --fix` revokes it".to_string()),
+            FindingKind::StaleStaging => Some("`rotator reconcile --fix` discards it".to_string()),
+            FindingKind::Leftover => Some("`rotator reconcile --fix` (or any `rotator rotate`) finishes it".to_string()),
+            FindingKind::Drift | FindingKind::Broken => {
                 Some(format!("`rotator rotate {policy}` makes one working credential current everywhere"))
             }
-            "stuck" => Some(format!("fix the cause, then `rotator rotate {policy}` resumes it")),
-            "busy" => Some("run again when the rotation in flight is done".to_string()),
-            _ => None,
+            FindingKind::Stuck => Some(format!("fix the cause, then `rotator rotate {policy}` resumes it")),
+            FindingKind::Busy => Some("run again when the rotation in flight is done".to_string()),
+            FindingKind::Error => None,
         };
-        Finding { kind: kind.into(), policy: policy.into(), detail, fixed: false, next_step }
+        Finding { kind, policy: policy.into(), detail, fixed: false, next_step }
     }
 
     /// Whether `--fix` can repair this kind of finding.
     pub fn fixable(&self) -> bool {
-        matches!(self.kind.as_str(), "orphan" | "stale_staging" | "leftover")
+        matches!(self.kind, FindingKind::Orphan | FindingKind::StaleStaging | FindingKind::Leftover)
     }
 }
 
@@ -84,7 +127,7 @@ impl Engine {
                     listed.insert(kind, items);
                 }
                 Err(e) => report.findings.push(Finding::new(
-                    "error",
+                    FindingKind::Error,
                     "-",
                     format!("cannot list {kind}s at toktra: {}", e.reason()),
                 )),
@@ -113,13 +156,13 @@ impl Engine {
                 rotation.waiting.as_deref().or(rotation.error.as_deref()).unwrap_or("work left")
             );
             if !fix {
-                report.findings.push(Finding::new("leftover", &rotation.policy, detail));
+                report.findings.push(Finding::new(FindingKind::Leftover, &rotation.policy, detail));
                 continue;
             }
             let finding = match self.finish_leftover(rotation.clone(), policies).await {
                 Ok(outcome) => {
                     let mut finding = Finding::new(
-                        "leftover",
+                        FindingKind::Leftover,
                         &rotation.policy,
                         format!(
                             "{detail}; now {}{}",
@@ -130,7 +173,7 @@ impl Engine {
                     finding.fixed = outcome.phase.is_terminal();
                     finding
                 }
-                Err(e) => Finding::new("leftover", &rotation.policy, format!("{detail}; not finished: {e}")),
+                Err(e) => Finding::new(FindingKind::Leftover, &rotation.policy, format!("{detail}; not finished: {e}")),
             };
             report.findings.push(finding);
         }
@@ -157,13 +200,13 @@ impl Engine {
         fix: bool,
         claimed: &mut BTreeSet<(CredentialKind, String)>,
     ) -> Result<Vec<Finding>, crate::engine::Error> {
-        let finding = |kind: &str, detail: String| Finding::new(kind, &policy.name, detail);
+        let finding = |kind: FindingKind, detail: String| Finding::new(kind, &policy.name, detail);
         let held = if fix {
             match self.acquire(&policy.name).await {
                 Ok(held) => Some(held),
                 Err(crate::engine::Error::Busy { holder, .. }) => {
                     return Ok(vec![finding(
-                        "busy",
+                        FindingKind::Busy,
                         format!("a rotation is in flight ({holder}); not checked, nothing fixed"),
                     )]);
                 }
@@ -188,12 +231,12 @@ impl Engine {
     ) -> Result<Vec<Finding>, crate::engine::Error> {
         let kind = policy.credential.kind;
         let mut findings = Vec::new();
-        let finding = |kind: &str, detail: String| Finding::new(kind, &policy.name, detail);
+        let finding = |kind: FindingKind, detail: String| Finding::new(kind, &policy.name, detail);
         let rotations = self.journal.history(Some(&policy.name), 100_000).await?;
         let destinations: Vec<Destination> =
             match policy.destinations.iter().map(|d| Destination::new(d, kind, &self.clients)).collect() {
                 Ok(d) => d,
-                Err(e) => return Ok(vec![finding("error", e.to_string())]),
+                Err(e) => return Ok(vec![finding(FindingKind::Error, e.to_string())]),
             };
 
         // What every destination serves now, and what waits staged there.
@@ -205,12 +248,12 @@ impl Engine {
                 Ok(record) => current.push((destination.label(), record.map(|r| r.id))),
                 Err(e) => {
                     unreadable = true;
-                    findings.push(finding("error", e.to_string()));
+                    findings.push(finding(FindingKind::Error, e.to_string()));
                 }
             }
             match destination.pending().await {
                 Ok(ids) => staged.extend(ids.into_iter().map(|id| (i, id))),
-                Err(e) => findings.push(finding("error", e.to_string())),
+                Err(e) => findings.push(finding(FindingKind::Error, e.to_string())),
             }
         }
         let served: BTreeSet<&str> = current.iter().filter_map(|(_, id)| id.as_deref()).collect();
@@ -220,7 +263,7 @@ impl Engine {
                 .map(|(d, id)| format!("{d}: {}", id.as_deref().unwrap_or("(empty)")))
                 .collect::<Vec<_>>();
             findings.push(finding(
-                "drift",
+                FindingKind::Drift,
                 format!("destinations disagree on the current credential: {}", detail.join("; ")),
             ));
         }
@@ -233,7 +276,7 @@ impl Engine {
             for (label, id) in &current {
                 if id.as_deref() != Some(expected) {
                     findings.push(finding(
-                        "drift",
+                        FindingKind::Drift,
                         format!(
                             "{label} holds {}, but rotator last made {expected} current (changed by hand?)",
                             id.as_deref().unwrap_or("nothing")
@@ -247,7 +290,7 @@ impl Engine {
             for id in &served {
                 if !active.iter().any(|c| c.id == *id) {
                     findings.push(finding(
-                        "broken",
+                        FindingKind::Broken,
                         format!(
                             "the destinations serve {id}, which toktra does not list as active: consumers are failing"
                         ),
@@ -266,7 +309,7 @@ impl Engine {
                 .map(|id| format!("; its new credential {id} is active at toktra"))
                 .unwrap_or_default();
             findings.push(finding(
-                "stuck",
+                FindingKind::Stuck,
                 format!(
                     "rotation {} is unfinished ({}): {error}{live}; `rotator rotate {}` resumes it once the cause is fixed",
                     r.id, r.phase, policy.name
@@ -298,7 +341,7 @@ impl Engine {
         let stale: Vec<(usize, String)> = staged.into_iter().filter(|(_, r)| !in_flight.contains(r.as_str())).collect();
         for orphan in orphans {
             let mut f = finding(
-                "orphan",
+                FindingKind::Orphan,
                 format!(
                     "{} `{}` is active, named like a mint of this policy, and neither current nor awaiting revocation",
                     orphan.id, orphan.name
@@ -323,7 +366,7 @@ impl Engine {
         for (i, rotation_id) in stale {
             let destination = &destinations[i];
             let mut f = finding(
-                "stale_staging",
+                FindingKind::StaleStaging,
                 format!(
                     "{} holds a staged value of rotation {rotation_id}, which is not in flight",
                     destination.label()

@@ -16,9 +16,7 @@ pub struct PolicyStatus {
     pub current_credential: Option<String>,
     pub promoted_at: Option<DateTime<Utc>>,
     pub age_seconds: Option<i64>,
-    /// `ok`, `never_rotated`, `in_flight`, `awaiting_revocation`, `stuck`, `failed`, or
-    /// `removed_with_work_left` for a policy no longer loaded whose rotation is unfinished.
-    pub state: String,
+    pub state: State,
     /// Old credentials still valid, with why their revocation waits.
     pub pending_revocations: Vec<PendingRevocation>,
     /// The rotation not yet finished, if any, and its phase.
@@ -26,6 +24,46 @@ pub struct PolicyStatus {
     /// The error of the most recent rotation, if it failed or is stuck.
     pub last_error: Option<String>,
     pub last_rotation: Option<String>,
+}
+
+/// Where a policy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Rotated; nothing pending.
+    Ok,
+    NeverRotated,
+    /// A rotation is under way.
+    InFlight,
+    /// Promoted; old credentials wait for their grace (or to go idle).
+    AwaitingRevocation,
+    /// An unfinished rotation whose last step failed.
+    Stuck,
+    /// The last rotation failed and was rolled back.
+    Failed,
+    /// A policy no longer loaded whose rotation is unfinished.
+    RemovedWithWorkLeft,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ok => "ok",
+            State::NeverRotated => "never_rotated",
+            State::InFlight => "in_flight",
+            State::AwaitingRevocation => "awaiting_revocation",
+            State::Stuck => "stuck",
+            State::Failed => "failed",
+            State::RemovedWithWorkLeft => "removed_with_work_left",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    /// Padded like a `str`, so status tables line up.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -59,7 +97,7 @@ pub fn status(policies: &[Policy], history: &[Rotation], now: DateTime<Utc>) -> 
     gone.dedup();
     for name in gone {
         let mut row = policy_status(name, by_policy.get(name).map(Vec::as_slice).unwrap_or(&[]), now);
-        row.state = "removed_with_work_left".into();
+        row.state = State::RemovedWithWorkLeft;
         rows.push(row);
     }
     rows
@@ -92,19 +130,19 @@ fn policy_status(policy: &str, rotations: &[&Rotation], now: DateTime<Utc>) -> P
     let in_flight = rotations.iter().find(|r| !r.phase.is_terminal() && !r.phase.is_promoted());
     let latest = rotations.first();
     let state = match (latest, in_flight) {
-        (None, _) => "never_rotated",
-        (_, Some(r)) if r.error.is_some() => "stuck",
-        (_, Some(_)) => "in_flight",
-        (Some(r), None) if r.phase == Phase::Failed => "failed",
-        _ if !pending_revocations.is_empty() => "awaiting_revocation",
-        _ => "ok",
+        (None, _) => State::NeverRotated,
+        (_, Some(r)) if r.error.is_some() => State::Stuck,
+        (_, Some(_)) => State::InFlight,
+        (Some(r), None) if r.phase == Phase::Failed => State::Failed,
+        _ if !pending_revocations.is_empty() => State::AwaitingRevocation,
+        _ => State::Ok,
     };
     PolicyStatus {
         policy: policy.to_string(),
         current_credential: current.and_then(|r| r.new_credential_id.clone()),
         promoted_at: current.and_then(|r| r.promoted_at),
         age_seconds: current.and_then(|r| r.promoted_at).map(|at| (now - at).num_seconds()),
-        state: state.to_string(),
+        state,
         pending_revocations,
         in_flight: in_flight.map(|r| format!("{} ({})", r.id, r.phase)),
         last_error: latest.filter(|r| !matches!(r.phase, Phase::Completed)).and_then(|r| r.error.clone()),
@@ -148,7 +186,7 @@ mod tests {
     #[test]
     fn states_from_the_journal() {
         let now: DateTime<Utc> = "2026-11-29T12:00:00Z".parse().unwrap();
-        assert_eq!(policy_status("p", &[], now).state, "never_rotated");
+        assert_eq!(policy_status("p", &[], now).state, State::NeverRotated);
 
         let done = rotation("a", Phase::Completed, "2026-11-20T12:00:00Z");
         let s = policy_status("p", &[&done], now);
@@ -159,7 +197,7 @@ mod tests {
 
         let waiting = rotation("b", Phase::Promoted, "2026-11-29T06:00:00Z");
         let s = policy_status("p", &[&waiting, &done], now);
-        assert_eq!(s.state, "awaiting_revocation");
+        assert_eq!(s.state, State::AwaitingRevocation);
         assert_eq!(s.current_credential.as_deref(), Some("key-b"));
         assert_eq!(s.pending_revocations[0].why, "grace period until 2026-11-30T06:00:00Z");
         assert_eq!(s.pending_revocations[0].credentials, vec!["key-old".to_string()]);
