@@ -3,9 +3,12 @@ data "aws_caller_identity" "current" {}
 data "aws_region" "current" {}
 
 locals {
+  # The region is data.aws_region's `id`, its name in provider v5 and v6 alike: v6 deprecates
+  # `name` (and, from 6.47, `id` too, a warning only), and `region`, which replaces both, does not
+  # exist in v5. Switch to `region` when the module drops v5.
   partition      = data.aws_partition.current.partition
   account_id     = data.aws_caller_identity.current.account_id
-  region         = data.aws_region.current.name
+  region         = data.aws_region.current.id
   default_region = coalesce(var.default_region, local.region)
 
   service   = var.runtime == "service"
