@@ -5,8 +5,10 @@ data "aws_region" "current" {}
 locals {
   # The region is data.aws_region's `id`, its name in provider v5 and v6 alike: v6 deprecates
   # `name` (and, from 6.47, `id` too, a warning only), and `region`, which replaces both, does not
-  # exist in v5. Switch to `region` when the module drops v5.
+  # exist in v5. Switch to `region` when the module drops v5. Service endpoints end in the
+  # partition's DNS suffix (amazonaws.com, amazonaws.com.cn, c2s.ic.gov, ...).
   partition      = data.aws_partition.current.partition
+  dns_suffix     = data.aws_partition.current.dns_suffix
   account_id     = data.aws_caller_identity.current.account_id
   region         = data.aws_region.current.id
   default_region = coalesce(var.default_region, local.region)
@@ -66,6 +68,9 @@ data "aws_iam_policy_document" "key" {
     }
   }
 
+  # CloudWatch Logs' regional principal ends in the partition's DNS suffix (in China
+  # logs.<region>.amazonaws.com.cn), unlike the ECS tasks and Scheduler principals below, which are
+  # <service>.amazonaws.com in every partition.
   statement {
     sid       = "CloudWatchLogsEncryptsRotatorLogs"
     actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
@@ -73,7 +78,7 @@ data "aws_iam_policy_document" "key" {
 
     principals {
       type        = "Service"
-      identifiers = ["logs.${local.region}.amazonaws.com"]
+      identifiers = ["logs.${local.region}.${local.dns_suffix}"]
     }
 
     condition {
@@ -191,7 +196,7 @@ data "aws_iam_policy_document" "task" {
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"
-      values   = [for region in local.secret_regions : "secretsmanager.${region}.amazonaws.com"]
+      values   = [for region in local.secret_regions : "secretsmanager.${region}.${local.dns_suffix}"]
     }
   }
 }
@@ -231,7 +236,7 @@ data "aws_iam_policy_document" "execution" {
       condition {
         test     = "StringEquals"
         variable = "kms:ViaService"
-        values   = [for region in local.runtime_secret_regions : "secretsmanager.${region}.amazonaws.com"]
+        values   = [for region in local.runtime_secret_regions : "secretsmanager.${region}.${local.dns_suffix}"]
       }
     }
   }
