@@ -16,19 +16,33 @@ locals {
   service   = var.runtime == "service"
   scheduled = var.runtime == "scheduled"
 
-  # One entry per secret the policies name, keyed by secret_id (rotator rejects two policies
-  # writing the same destination, so the keys are unique). A secret known only by name gets the
-  # `-??????` suffix Secrets Manager appends to its ARN; a full ARN is used as it is.
+  # One entry per secret the policies name, keyed by "<region>/<secret_id>": the same name may be
+  # a secret in two regions, and rotator rejects two policies writing the same destination, so the
+  # keys are unique. `arns` are what the task role is granted for it: a full ARN as it is; a name
+  # as `<name>-??????` (Secrets Manager appends six random characters to the name in the ARN),
+  # and, when rotator may create the secret, as `<name>` too: while a secret does not exist, AWS
+  # evaluates DescribeSecret and CreateSecret against the ARN without the suffix.
   secrets = {
-    for s in var.permissions.aws.secrets : s.secret_id => {
-      policy  = s.policy
-      actions = s.actions
-      by_arn  = startswith(s.secret_id, "arn:")
-      region  = startswith(s.secret_id, "arn:") ? split(":", s.secret_id)[3] : coalesce(s.region, local.default_region)
-      arn     = startswith(s.secret_id, "arn:") ? s.secret_id : "arn:${local.partition}:secretsmanager:${coalesce(s.region, local.default_region)}:${local.account_id}:secret:${s.secret_id}-??????"
+    for s in [
+      for raw in var.permissions.aws.secrets : {
+        policy    = raw.policy
+        secret_id = raw.secret_id
+        create    = raw.create
+        actions   = raw.actions
+        by_arn    = startswith(raw.secret_id, "arn:")
+        region    = startswith(raw.secret_id, "arn:") ? split(":", raw.secret_id)[3] : coalesce(raw.region, local.default_region)
+        name_arn  = "arn:${local.partition}:secretsmanager:${coalesce(raw.region, local.default_region)}:${local.account_id}:secret:${raw.secret_id}"
+      }
+      ] : "${s.region}/${s.secret_id}" => {
+      policy    = s.policy
+      secret_id = s.secret_id
+      actions   = s.actions
+      by_arn    = s.by_arn
+      region    = s.region
+      arns      = s.by_arn ? [s.secret_id] : s.create ? ["${s.name_arn}-??????", s.name_arn] : ["${s.name_arn}-??????"]
     }
   }
-  created_secrets = { for id, s in local.secrets : id => s if var.create_secrets && !s.by_arn }
+  created_secrets = { for key, s in local.secrets : key => s if var.create_secrets && !s.by_arn }
   secret_regions  = sort(distinct([for s in local.secrets : s.region]))
 
   # Known before the log group exists, so the key policy can name it without a cycle.
@@ -112,7 +126,7 @@ resource "aws_secretsmanager_secret" "this" {
 
   #checkov:skip=CKV2_AWS_57:Secrets Manager's automatic rotation does not apply: rotator rotates these secrets (mint at Toktra, stage AWSPENDING, verify, promote AWSCURRENT)
 
-  name                    = each.key
+  name                    = each.value.secret_id
   description             = "Toktra credential of rotation policy ${each.value.policy}; written only by rotator"
   kms_key_id              = aws_kms_key.this.arn
   recovery_window_in_days = var.secret_recovery_window_in_days
@@ -131,7 +145,7 @@ resource "aws_secretsmanager_secret" "this" {
   lifecycle {
     precondition {
       condition     = each.value.region == local.region
-      error_message = "Secret ${each.key} (policy ${each.value.policy}) is in ${each.value.region}, but this module instance creates secrets in ${local.region} with a key of that region. Use one module instance per region, or name the secret by full ARN and create it elsewhere."
+      error_message = "Secret ${each.value.secret_id} (policy ${each.value.policy}) is in ${each.value.region}, but this module instance creates secrets in ${local.region} with a key of that region. Use one module instance per region, or name the secret by full ARN and create it elsewhere."
     }
   }
 }
@@ -184,7 +198,7 @@ data "aws_iam_policy_document" "task" {
 
     content {
       actions   = statement.value.actions
-      resources = [statement.value.arn]
+      resources = statement.value.arns
     }
   }
 

@@ -9,13 +9,13 @@ output "kms_key_id" {
 }
 
 output "secret_arns" {
-  description = "ARNs of the secrets this module created, by secret_id."
-  value       = { for id, secret in aws_secretsmanager_secret.this : id => secret.arn }
+  description = "ARNs of the secrets this module created, by `<region>/<secret_id>`."
+  value       = { for key, secret in aws_secretsmanager_secret.this : key => secret.arn }
 }
 
 output "granted_secret_arns" {
-  description = "The secret ARNs (or ARN patterns, `-??????` for a name) the task role may use, by secret_id."
-  value       = { for id, secret in local.secrets : id => secret.arn }
+  description = "The secret ARNs the task role may use, by `<region>/<secret_id>`: a full ARN as given; for a name, the pattern `<name>-??????` and, when rotator may create the secret, `<name>` (what AWS checks while the secret does not exist)."
+  value       = { for key, secret in local.secrets : key => secret.arns }
 }
 
 output "task_role_arn" {

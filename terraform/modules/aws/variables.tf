@@ -35,9 +35,15 @@ variable "permissions" {
     error_message = "permissions.aws.kms_actions may hold only KMS actions (kms:...)."
   }
 
+  # A secret is its region and its secret_id: the same name may be a secret in two regions. (A
+  # validation may read only its own variable before Terraform 1.9, so a secret without a region
+  # counts as in "the default region" here; local.secrets, keyed by the region it resolves to,
+  # fails on the rest.)
   validation {
-    condition     = length(distinct([for s in var.permissions.aws.secrets : s.secret_id])) == length(var.permissions.aws.secrets)
-    error_message = "A secret_id appears twice in permissions.aws.secrets; rotator rejects two policies writing the same destination, so the document is not rotator's output."
+    condition = length(distinct([
+      for s in var.permissions.aws.secrets : startswith(s.secret_id, "arn:") ? s.secret_id : "${coalesce(s.region, "(default region)")}/${s.secret_id}"
+    ])) == length(var.permissions.aws.secrets)
+    error_message = "A secret (region and secret_id) appears twice in permissions.aws.secrets; rotator rejects two policies writing the same destination, so the document is not rotator's output."
   }
 }
 
