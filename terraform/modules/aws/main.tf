@@ -25,21 +25,23 @@ locals {
   secrets = {
     for s in [
       for raw in var.permissions.aws.secrets : {
-        policy    = raw.policy
-        secret_id = raw.secret_id
-        create    = raw.create
-        actions   = raw.actions
-        by_arn    = startswith(raw.secret_id, "arn:")
-        region    = startswith(raw.secret_id, "arn:") ? split(":", raw.secret_id)[3] : coalesce(raw.region, local.default_region)
-        name_arn  = "arn:${local.partition}:secretsmanager:${coalesce(raw.region, local.default_region)}:${local.account_id}:secret:${raw.secret_id}"
+        policy     = raw.policy
+        secret_id  = raw.secret_id
+        create     = raw.create
+        actions    = raw.actions
+        kms_key_id = raw.kms_key_id
+        by_arn     = startswith(raw.secret_id, "arn:")
+        region     = startswith(raw.secret_id, "arn:") ? split(":", raw.secret_id)[3] : coalesce(raw.region, local.default_region)
+        name_arn   = "arn:${local.partition}:secretsmanager:${coalesce(raw.region, local.default_region)}:${local.account_id}:secret:${raw.secret_id}"
       }
       ] : "${s.region}/${s.secret_id}" => {
-      policy    = s.policy
-      secret_id = s.secret_id
-      actions   = s.actions
-      by_arn    = s.by_arn
-      region    = s.region
-      arns      = s.by_arn ? [s.secret_id] : s.create ? ["${s.name_arn}-??????", s.name_arn] : ["${s.name_arn}-??????"]
+      policy     = s.policy
+      secret_id  = s.secret_id
+      actions    = s.actions
+      kms_key_id = s.kms_key_id
+      by_arn     = s.by_arn
+      region     = s.region
+      arns       = s.by_arn ? [s.secret_id] : s.create ? ["${s.name_arn}-??????", s.name_arn] : ["${s.name_arn}-??????"]
     }
   }
   created_secrets = { for key, s in local.secrets : key => s if var.create_secrets && !s.by_arn }
@@ -126,9 +128,10 @@ resource "aws_secretsmanager_secret" "this" {
 
   #checkov:skip=CKV2_AWS_57:Secrets Manager's automatic rotation does not apply: rotator rotates these secrets (mint at Toktra, stage AWSPENDING, verify, promote AWSCURRENT)
 
+  # Encrypted with the key the policy names (kms_key_id), else with the module's.
   name                    = each.value.secret_id
   description             = "Toktra credential of rotation policy ${each.value.policy}; written only by rotator"
-  kms_key_id              = aws_kms_key.this.arn
+  kms_key_id              = coalesce(each.value.kms_key_id, aws_kms_key.this.arn)
   recovery_window_in_days = var.secret_recovery_window_in_days
 
   dynamic "replica" {
@@ -191,7 +194,7 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
 
 # rotator's own grants, exactly what `rotator permissions` derived from the policy files: the
 # Secrets Manager actions come from the document only (no action is written here), each on the
-# one secret it is for, and the two KMS actions only through Secrets Manager.
+# one secret it is for, and the KMS actions only through Secrets Manager.
 data "aws_iam_policy_document" "task" {
   dynamic "statement" {
     for_each = local.secrets
@@ -202,15 +205,26 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
-  statement {
-    sid       = "UseSecretsKeyThroughSecretsManager"
-    actions   = var.permissions.aws.kms_actions
-    resources = [aws_kms_key.this.arn]
+  # The secrets' keys: the module's, every key a policy names by ARN (kms_key_id), and
+  # additional_kms_key_arns (the keys of secrets created elsewhere, or named by key ID or alias).
+  # Only with a secret: a kms:ViaService condition without a value is invalid.
+  dynamic "statement" {
+    for_each = length(local.secrets) > 0 ? [1] : []
 
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = [for region in local.secret_regions : "secretsmanager.${region}.${local.dns_suffix}"]
+    content {
+      sid     = "UseSecretsKeysThroughSecretsManager"
+      actions = var.permissions.aws.kms_actions
+      resources = distinct(concat(
+        [aws_kms_key.this.arn],
+        [for s in local.secrets : s.kms_key_id if s.kms_key_id == null ? false : startswith(s.kms_key_id, "arn:")],
+        var.additional_kms_key_arns,
+      ))
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = [for region in local.secret_regions : "secretsmanager.${region}.${local.dns_suffix}"]
+      }
     }
   }
 }
@@ -228,6 +242,15 @@ resource "aws_iam_role_policy" "task" {
   name   = "rotator-permissions"
   role   = aws_iam_role.task.id
   policy = data.aws_iam_policy_document.task.json
+
+  lifecycle {
+    # As `rotator permissions --format aws-iam` without --kms-key-arn: an IAM policy names a key
+    # by its ARN only.
+    precondition {
+      condition     = length(var.additional_kms_key_arns) > 0 || alltrue([for s in local.secrets : s.kms_key_id == null ? true : startswith(s.kms_key_id, "arn:")])
+      error_message = "A policy names a secret's KMS key by key ID or alias (${join(", ", [for s in local.secrets : "${s.policy}: ${s.kms_key_id}" if s.kms_key_id == null ? false : !startswith(s.kms_key_id, "arn:")])}); give that key's ARN in additional_kms_key_arns, or name it by ARN in the policy."
+    }
+  }
 }
 
 # The execution role reads only the runtime secrets it injects and writes only rotator's log

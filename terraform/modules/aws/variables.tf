@@ -8,11 +8,12 @@ variable "permissions" {
     format = string
     aws = object({
       secrets = list(object({
-        policy    = string
-        secret_id = string
-        region    = optional(string)
-        create    = bool
-        actions   = list(string)
+        policy     = string
+        secret_id  = string
+        region     = optional(string)
+        create     = bool
+        actions    = list(string)
+        kms_key_id = optional(string)
       }))
       kms_actions = list(string)
     })
@@ -83,6 +84,17 @@ variable "create_secrets" {
   description = "Create the Secrets Manager secrets the permissions name (empty: rotator writes their first value). Secrets named by full ARN are never created; they exist elsewhere."
   type        = bool
   default     = true
+}
+
+variable "additional_kms_key_arns" {
+  description = "More KMS keys (ARNs) rotator may use through Secrets Manager (`permissions.aws.kms_actions`), besides the module's key and the keys the policies name by ARN (`kms_key_id`): the keys of secrets created elsewhere, and of those whose policy names the key by key ID or alias (an IAM policy names a key by its ARN only)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.additional_kms_key_arns : can(regex("^arn:[^:]+:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", arn))])
+    error_message = "Give KMS key ARNs (arn:<partition>:kms:<region>:<account>:key/<id>), not key IDs or aliases."
+  }
 }
 
 variable "secret_replicas" {
