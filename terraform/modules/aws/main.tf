@@ -13,8 +13,9 @@ locals {
   region         = data.aws_region.current.id
   default_region = coalesce(var.default_region, local.region)
 
-  service   = var.runtime == "service"
-  scheduled = var.runtime == "scheduled"
+  service       = var.runtime == "service"
+  scheduled     = var.runtime == "scheduled"
+  load_balanced = local.service && var.load_balancer != null
 
   # One entry per secret the policies name, keyed by "<region>/<secret_id>": the same name may be
   # a secret in two regions, and rotator rejects two policies writing the same destination, so the
@@ -437,7 +438,7 @@ resource "aws_ecs_task_definition" "job" {
 }
 
 resource "aws_lb_target_group" "this" {
-  count = local.service && var.load_balancer != null ? 1 : 0
+  count = local.load_balanced ? 1 : 0
 
   # HTTP inside the VPC by default: rotator serves TLS only from certificate files
   # (ROTATOR_TLS_CERT_FILE); set load_balancer.protocol = "HTTPS" when the image carries them.
@@ -457,6 +458,28 @@ resource "aws_lb_target_group" "this" {
     timeout             = 5
     healthy_threshold   = 2
     unhealthy_threshold = 3
+  }
+
+  tags = local.tags
+}
+
+# ECS rejects a service whose target group no load balancer forwards to, so the rule exists before
+# the service (its depends_on).
+resource "aws_lb_listener_rule" "this" {
+  count = local.load_balanced ? 1 : 0
+
+  listener_arn = var.load_balancer.listener_arn
+  priority     = var.load_balancer.priority
+
+  action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.this[0].arn
+  }
+
+  condition {
+    path_pattern {
+      values = var.load_balancer.path_patterns
+    }
   }
 
   tags = local.tags
@@ -499,6 +522,8 @@ resource "aws_ecs_service" "this" {
   }
 
   tags = local.tags
+
+  depends_on = [aws_lb_listener_rule.this]
 
   lifecycle {
     precondition {

@@ -64,8 +64,13 @@ output "service_name" {
 }
 
 output "target_group_arn" {
-  description = "ARN of the API's target group (when load_balancer is set), to attach to a listener; else null."
+  description = "ARN of the API's target group (when load_balancer is set), else null."
   value       = try(aws_lb_target_group.this[0].arn, null)
+}
+
+output "listener_rule_arn" {
+  description = "ARN of the listener rule forwarding to the API's target group (when load_balancer is set), else null."
+  value       = try(aws_lb_listener_rule.this[0].arn, null)
 }
 
 output "schedule_arn" {

@@ -315,9 +315,12 @@ variable "desired_count" {
 }
 
 variable "load_balancer" {
-  description = "Optional (runtime \"service\"): creates a target group for the API, to attach to a listener of your load balancer. Its health check is `/healthz` by default: ECS replaces tasks that fail the target group's health check, and `/readyz` fails while Toktra or Vault is unreachable, so with `/readyz` a vendor outage would cycle every task (see README)."
+  description = "Optional (runtime \"service\"): puts the API behind your Application Load Balancer: a target group in `vpc_id` and a rule on `listener_arn` (at `priority`, for requests matching `path_patterns`) forwarding to it; ECS registers the tasks there. Its health check is `/healthz` by default: ECS replaces tasks that fail the target group's health check, and `/readyz` fails while Toktra or Vault is unreachable, so with `/readyz` a vendor outage would cycle every task (see README)."
   type = object({
     vpc_id               = string
+    listener_arn         = string
+    priority             = optional(number, 100)
+    path_patterns        = optional(list(string), ["/*"])
     protocol             = optional(string, "HTTP")
     health_check_path    = optional(string, "/healthz")
     deregistration_delay = optional(number, 30)
@@ -332,6 +335,21 @@ variable "load_balancer" {
   validation {
     condition     = var.load_balancer == null || contains(["/readyz", "/healthz"], try(var.load_balancer.health_check_path, "/healthz"))
     error_message = "The health check path is /readyz or /healthz."
+  }
+
+  validation {
+    condition     = var.load_balancer == null || can(regex("^arn:[^:]+:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:listener/app/.+$", try(var.load_balancer.listener_arn, "")))
+    error_message = "load_balancer.listener_arn must be the ARN of an Application Load Balancer's listener (arn:...:elasticloadbalancing:...:listener/app/...)."
+  }
+
+  validation {
+    condition     = var.load_balancer == null || try(var.load_balancer.priority >= 1 && var.load_balancer.priority <= 50000 && floor(var.load_balancer.priority) == var.load_balancer.priority, false)
+    error_message = "load_balancer.priority is a whole number from 1 to 50000, unique among the listener's rules."
+  }
+
+  validation {
+    condition     = var.load_balancer == null || try(length(var.load_balancer.path_patterns) >= 1 && length(var.load_balancer.path_patterns) <= 5 && alltrue([for p in var.load_balancer.path_patterns : length(p) > 0]), false)
+    error_message = "load_balancer.path_patterns holds 1 to 5 non-empty path patterns (e.g. [\"/*\"], or [\"/v1/*\", \"/healthz\", \"/readyz\"] on a shared listener)."
   }
 }
 
