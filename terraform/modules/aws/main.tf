@@ -523,7 +523,9 @@ resource "aws_ecs_service" "this" {
 
   tags = local.tags
 
-  depends_on = [aws_lb_listener_rule.this]
+  # The roles' policies are not referenced, only the roles: without these, the first tasks could
+  # start before what they may do exists (and fail to read their secrets or to rotate).
+  depends_on = [aws_iam_role_policy.execution, aws_iam_role_policy.task, aws_lb_listener_rule.this]
 
   lifecycle {
     precondition {
@@ -638,4 +640,8 @@ resource "aws_scheduler_schedule" "this" {
       maximum_retry_attempts       = 2
     }
   }
+
+  # As the service's: no run before the roles may do what it needs (the schedule references the
+  # roles, not their policies).
+  depends_on = [aws_iam_role_policy.execution, aws_iam_role_policy.task, aws_iam_role_policy.scheduler]
 }
