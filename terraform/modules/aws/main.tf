@@ -541,6 +541,8 @@ resource "aws_ecs_service" "this" {
 # revocations (grace periods outlive a run), and overlapping runs rely on its per-policy leases.
 ################################################################################
 
+# Confused-deputy protection: Scheduler may assume the role for this account's schedules only.
+# (aws:SourceArn on the schedule would be a cycle: the schedule names this role.)
 data "aws_iam_policy_document" "scheduler_assume" {
   statement {
     actions = ["sts:AssumeRole"]
