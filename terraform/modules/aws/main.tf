@@ -129,9 +129,9 @@ resource "aws_secretsmanager_secret" "this" {
 
   #checkov:skip=CKV2_AWS_57:Secrets Manager's automatic rotation does not apply: rotator rotates these secrets (mint at Toktra, stage AWSPENDING, verify, promote AWSCURRENT)
 
-  # Encrypted with the key the policy names (kms_key_id), else with the module's.
-  name                    = each.value.secret_id
-  description             = "Toktra credential of rotation policy ${each.value.policy}; written only by rotator"
+  name        = each.value.secret_id
+  description = "Toktra credential of rotation policy ${each.value.policy}; written only by rotator"
+  # The key the policy names (kms_key_id), else the module's.
   kms_key_id              = coalesce(each.value.kms_key_id, aws_kms_key.this.arn)
   recovery_window_in_days = var.secret_recovery_window_in_days
 
