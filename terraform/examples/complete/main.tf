@@ -44,8 +44,10 @@ module "rotator_aws" {
     ROTATOR_CONFIG = "/etc/rotator/rotator.toml"
   }
 
-  load_balancer = var.vpc_id == null ? null : {
-    vpc_id = var.vpc_id
+  # The API behind an existing ALB listener, only when both are given.
+  load_balancer = var.vpc_id == null || var.listener_arn == null ? null : {
+    vpc_id       = var.vpc_id
+    listener_arn = var.listener_arn
   }
 }
 

@@ -19,7 +19,7 @@ output "kms_key_arn" {
 }
 
 output "target_group_arn" {
-  description = "The API's target group, to attach to a listener (when vpc_id is set)."
+  description = "The API's target group (when vpc_id and listener_arn are set)."
   value       = module.rotator_aws.target_group_arn
 }
 

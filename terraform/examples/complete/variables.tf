@@ -42,7 +42,13 @@ variable "security_group_ids" {
 }
 
 variable "vpc_id" {
-  description = "VPC of the API's target group; null: no target group."
+  description = "VPC of the API's target group; null (or listener_arn null): no load balancing."
+  type        = string
+  default     = null
+}
+
+variable "listener_arn" {
+  description = "ALB listener that forwards to the API's target group (every path, rule priority 100); null (or vpc_id null): no load balancing."
   type        = string
   default     = null
 }

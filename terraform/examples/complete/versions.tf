@@ -4,11 +4,11 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.0"
+      version = ">= 5.0, < 7.0"
     }
     vault = {
       source  = "hashicorp/vault"
-      version = ">= 4.0"
+      version = ">= 4.0, < 6.0"
     }
   }
 }

@@ -3,27 +3,49 @@ data "aws_caller_identity" "current" {}
 data "aws_region" "current" {}
 
 locals {
+  # The region is data.aws_region's `id`, its name in provider v5 and v6 alike: v6 deprecates
+  # `name` (and, from 6.47, `id` too, a warning only), and `region`, which replaces both, does not
+  # exist in v5. Switch to `region` when the module drops v5. Service endpoints end in the
+  # partition's DNS suffix (amazonaws.com, amazonaws.com.cn, c2s.ic.gov, ...).
   partition      = data.aws_partition.current.partition
+  dns_suffix     = data.aws_partition.current.dns_suffix
   account_id     = data.aws_caller_identity.current.account_id
-  region         = data.aws_region.current.name
+  region         = data.aws_region.current.id
   default_region = coalesce(var.default_region, local.region)
 
-  service   = var.runtime == "service"
-  scheduled = var.runtime == "scheduled"
+  service       = var.runtime == "service"
+  scheduled     = var.runtime == "scheduled"
+  load_balanced = local.service && var.load_balancer != null
 
-  # One entry per secret the policies name, keyed by secret_id (rotator rejects two policies
-  # writing the same destination, so the keys are unique). A secret known only by name gets the
-  # `-??????` suffix Secrets Manager appends to its ARN; a full ARN is used as it is.
+  # One entry per secret the policies name, keyed by "<region>/<secret_id>": the same name may be
+  # a secret in two regions, and rotator rejects two policies writing the same destination, so the
+  # keys are unique. `arns` are what the task role is granted for it: a full ARN as it is; a name
+  # as `<name>-??????` (Secrets Manager appends six random characters to the name in the ARN),
+  # and, when rotator may create the secret, as `<name>` too: while a secret does not exist, AWS
+  # evaluates DescribeSecret and CreateSecret against the ARN without the suffix.
   secrets = {
-    for s in var.permissions.aws.secrets : s.secret_id => {
-      policy  = s.policy
-      actions = s.actions
-      by_arn  = startswith(s.secret_id, "arn:")
-      region  = startswith(s.secret_id, "arn:") ? split(":", s.secret_id)[3] : coalesce(s.region, local.default_region)
-      arn     = startswith(s.secret_id, "arn:") ? s.secret_id : "arn:${local.partition}:secretsmanager:${coalesce(s.region, local.default_region)}:${local.account_id}:secret:${s.secret_id}-??????"
+    for s in [
+      for raw in var.permissions.aws.secrets : {
+        policy     = raw.policy
+        secret_id  = raw.secret_id
+        create     = raw.create
+        actions    = raw.actions
+        kms_key_id = raw.kms_key_id
+        by_arn     = startswith(raw.secret_id, "arn:")
+        region     = startswith(raw.secret_id, "arn:") ? split(":", raw.secret_id)[3] : coalesce(raw.region, local.default_region)
+        name_arn   = "arn:${local.partition}:secretsmanager:${coalesce(raw.region, local.default_region)}:${local.account_id}:secret:${raw.secret_id}"
+      }
+      ] : "${s.region}/${s.secret_id}" => {
+      policy     = s.policy
+      secret_id  = s.secret_id
+      actions    = s.actions
+      kms_key_id = s.kms_key_id
+      by_arn     = s.by_arn
+      region     = s.region
+      arns       = s.by_arn ? [s.secret_id] : s.create ? ["${s.name_arn}-??????", s.name_arn] : ["${s.name_arn}-??????"]
     }
   }
-  created_secrets = { for id, s in local.secrets : id => s if var.create_secrets && !s.by_arn }
+  created_secrets = { for key, s in local.secrets : key => s if var.create_secrets && !s.by_arn }
   secret_regions  = sort(distinct([for s in local.secrets : s.region]))
 
   # Known before the log group exists, so the key policy can name it without a cycle.
@@ -63,6 +85,9 @@ data "aws_iam_policy_document" "key" {
     }
   }
 
+  # CloudWatch Logs' regional principal ends in the partition's DNS suffix (in China
+  # logs.<region>.amazonaws.com.cn), unlike the ECS tasks and Scheduler principals below, which are
+  # <service>.amazonaws.com in every partition.
   statement {
     sid       = "CloudWatchLogsEncryptsRotatorLogs"
     actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
@@ -70,7 +95,7 @@ data "aws_iam_policy_document" "key" {
 
     principals {
       type        = "Service"
-      identifiers = ["logs.${local.region}.amazonaws.com"]
+      identifiers = ["logs.${local.region}.${local.dns_suffix}"]
     }
 
     condition {
@@ -104,9 +129,10 @@ resource "aws_secretsmanager_secret" "this" {
 
   #checkov:skip=CKV2_AWS_57:Secrets Manager's automatic rotation does not apply: rotator rotates these secrets (mint at Toktra, stage AWSPENDING, verify, promote AWSCURRENT)
 
-  name                    = each.key
-  description             = "Toktra credential of rotation policy ${each.value.policy}; written only by rotator"
-  kms_key_id              = aws_kms_key.this.arn
+  name        = each.value.secret_id
+  description = "Toktra credential of rotation policy ${each.value.policy}; written only by rotator"
+  # The key the policy names (kms_key_id), else the module's.
+  kms_key_id              = coalesce(each.value.kms_key_id, aws_kms_key.this.arn)
   recovery_window_in_days = var.secret_recovery_window_in_days
 
   dynamic "replica" {
@@ -123,7 +149,7 @@ resource "aws_secretsmanager_secret" "this" {
   lifecycle {
     precondition {
       condition     = each.value.region == local.region
-      error_message = "Secret ${each.key} (policy ${each.value.policy}) is in ${each.value.region}, but this module instance creates secrets in ${local.region} with a key of that region. Use one module instance per region, or name the secret by full ARN and create it elsewhere."
+      error_message = "Secret ${each.value.secret_id} (policy ${each.value.policy}) is in ${each.value.region}, but this module instance creates secrets in ${local.region} with a key of that region. Use one module instance per region, or name the secret by full ARN and create it elsewhere."
     }
   }
 }
@@ -169,26 +195,37 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
 
 # rotator's own grants, exactly what `rotator permissions` derived from the policy files: the
 # Secrets Manager actions come from the document only (no action is written here), each on the
-# one secret it is for, and the two KMS actions only through Secrets Manager.
+# one secret it is for, and the KMS actions only through Secrets Manager.
 data "aws_iam_policy_document" "task" {
   dynamic "statement" {
     for_each = local.secrets
 
     content {
       actions   = statement.value.actions
-      resources = [statement.value.arn]
+      resources = statement.value.arns
     }
   }
 
-  statement {
-    sid       = "UseSecretsKeyThroughSecretsManager"
-    actions   = var.permissions.aws.kms_actions
-    resources = [aws_kms_key.this.arn]
+  # The secrets' keys: the module's, every key a policy names by ARN (kms_key_id), and
+  # additional_kms_key_arns (the keys of secrets created elsewhere, or named by key ID or alias).
+  # Only with a secret: a kms:ViaService condition without a value is invalid.
+  dynamic "statement" {
+    for_each = length(local.secrets) > 0 ? [1] : []
 
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = [for region in local.secret_regions : "secretsmanager.${region}.amazonaws.com"]
+    content {
+      sid     = "UseSecretsKeysThroughSecretsManager"
+      actions = var.permissions.aws.kms_actions
+      resources = distinct(concat(
+        [aws_kms_key.this.arn],
+        [for s in local.secrets : s.kms_key_id if s.kms_key_id == null ? false : startswith(s.kms_key_id, "arn:")],
+        var.additional_kms_key_arns,
+      ))
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = [for region in local.secret_regions : "secretsmanager.${region}.${local.dns_suffix}"]
+      }
     }
   }
 }
@@ -206,6 +243,15 @@ resource "aws_iam_role_policy" "task" {
   name   = "rotator-permissions"
   role   = aws_iam_role.task.id
   policy = data.aws_iam_policy_document.task.json
+
+  lifecycle {
+    # As `rotator permissions --format aws-iam` without --kms-key-arn: an IAM policy names a key
+    # by its ARN only.
+    precondition {
+      condition     = length(var.additional_kms_key_arns) > 0 || alltrue([for s in local.secrets : s.kms_key_id == null ? true : startswith(s.kms_key_id, "arn:")])
+      error_message = "A policy names a secret's KMS key by key ID or alias (${join(", ", [for s in local.secrets : "${s.policy}: ${s.kms_key_id}" if s.kms_key_id == null ? false : !startswith(s.kms_key_id, "arn:")])}); give that key's ARN in additional_kms_key_arns, or name it by ARN in the policy."
+    }
+  }
 }
 
 # The execution role reads only the runtime secrets it injects and writes only rotator's log
@@ -228,7 +274,7 @@ data "aws_iam_policy_document" "execution" {
       condition {
         test     = "StringEquals"
         variable = "kms:ViaService"
-        values   = [for region in local.runtime_secret_regions : "secretsmanager.${region}.amazonaws.com"]
+        values   = [for region in local.runtime_secret_regions : "secretsmanager.${region}.${local.dns_suffix}"]
       }
     }
   }
@@ -392,7 +438,7 @@ resource "aws_ecs_task_definition" "job" {
 }
 
 resource "aws_lb_target_group" "this" {
-  count = local.service && var.load_balancer != null ? 1 : 0
+  count = local.load_balanced ? 1 : 0
 
   # HTTP inside the VPC by default: rotator serves TLS only from certificate files
   # (ROTATOR_TLS_CERT_FILE); set load_balancer.protocol = "HTTPS" when the image carries them.
@@ -412,6 +458,28 @@ resource "aws_lb_target_group" "this" {
     timeout             = 5
     healthy_threshold   = 2
     unhealthy_threshold = 3
+  }
+
+  tags = local.tags
+}
+
+# ECS rejects a service whose target group no load balancer forwards to, so the rule exists before
+# the service (its depends_on).
+resource "aws_lb_listener_rule" "this" {
+  count = local.load_balanced ? 1 : 0
+
+  listener_arn = var.load_balancer.listener_arn
+  priority     = var.load_balancer.priority
+
+  action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.this[0].arn
+  }
+
+  condition {
+    path_pattern {
+      values = var.load_balancer.path_patterns
+    }
   }
 
   tags = local.tags
@@ -455,6 +523,10 @@ resource "aws_ecs_service" "this" {
 
   tags = local.tags
 
+  # The roles' policies are not referenced, only the roles: without these, the first tasks could
+  # start before what they may do exists (and fail to read their secrets or to rotate).
+  depends_on = [aws_iam_role_policy.execution, aws_iam_role_policy.task, aws_lb_listener_rule.this]
+
   lifecycle {
     precondition {
       condition     = var.api_token_secret_arn != null
@@ -469,6 +541,8 @@ resource "aws_ecs_service" "this" {
 # revocations (grace periods outlive a run), and overlapping runs rely on its per-policy leases.
 ################################################################################
 
+# Confused-deputy protection: Scheduler may assume the role for this account's schedules only.
+# (aws:SourceArn on the schedule would be a cycle: the schedule names this role.)
 data "aws_iam_policy_document" "scheduler_assume" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -568,4 +642,8 @@ resource "aws_scheduler_schedule" "this" {
       maximum_retry_attempts       = 2
     }
   }
+
+  # As the service's: no run before the roles may do what it needs (the schedule references the
+  # roles, not their policies).
+  depends_on = [aws_iam_role_policy.execution, aws_iam_role_policy.task, aws_iam_role_policy.scheduler]
 }

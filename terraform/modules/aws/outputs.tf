@@ -9,13 +9,13 @@ output "kms_key_id" {
 }
 
 output "secret_arns" {
-  description = "ARNs of the secrets this module created, by secret_id."
-  value       = { for id, secret in aws_secretsmanager_secret.this : id => secret.arn }
+  description = "ARNs of the secrets this module created, by `<region>/<secret_id>`."
+  value       = { for key, secret in aws_secretsmanager_secret.this : key => secret.arn }
 }
 
 output "granted_secret_arns" {
-  description = "The secret ARNs (or ARN patterns, `-??????` for a name) the task role may use, by secret_id."
-  value       = { for id, secret in local.secrets : id => secret.arn }
+  description = "The secret ARNs the task role may use, by `<region>/<secret_id>`: a full ARN as given; for a name, the pattern `<name>-??????` and, when rotator may create the secret, `<name>` (what AWS checks while the secret does not exist)."
+  value       = { for key, secret in local.secrets : key => secret.arns }
 }
 
 output "task_role_arn" {
@@ -64,8 +64,13 @@ output "service_name" {
 }
 
 output "target_group_arn" {
-  description = "ARN of the API's target group (when load_balancer is set), to attach to a listener; else null."
+  description = "ARN of the API's target group (when load_balancer is set), else null."
   value       = try(aws_lb_target_group.this[0].arn, null)
+}
+
+output "listener_rule_arn" {
+  description = "ARN of the listener rule forwarding to the API's target group (when load_balancer is set), else null."
+  value       = try(aws_lb_listener_rule.this[0].arn, null)
 }
 
 output "schedule_arn" {

@@ -8,11 +8,12 @@ variable "permissions" {
     format = string
     aws = object({
       secrets = list(object({
-        policy    = string
-        secret_id = string
-        region    = optional(string)
-        create    = bool
-        actions   = list(string)
+        policy     = string
+        secret_id  = string
+        region     = optional(string)
+        create     = bool
+        actions    = list(string)
+        kms_key_id = optional(string)
       }))
       kms_actions = list(string)
     })
@@ -35,9 +36,15 @@ variable "permissions" {
     error_message = "permissions.aws.kms_actions may hold only KMS actions (kms:...)."
   }
 
+  # A secret is its region and its secret_id: the same name may be a secret in two regions. (A
+  # validation may read only its own variable before Terraform 1.9, so a secret without a region
+  # counts as in "the default region" here; local.secrets, keyed by the region it resolves to,
+  # fails on the rest.)
   validation {
-    condition     = length(distinct([for s in var.permissions.aws.secrets : s.secret_id])) == length(var.permissions.aws.secrets)
-    error_message = "A secret_id appears twice in permissions.aws.secrets; rotator rejects two policies writing the same destination, so the document is not rotator's output."
+    condition = length(distinct([
+      for s in var.permissions.aws.secrets : startswith(s.secret_id, "arn:") ? s.secret_id : "${coalesce(s.region, "(default region)")}/${s.secret_id}"
+    ])) == length(var.permissions.aws.secrets)
+    error_message = "A secret (region and secret_id) appears twice in permissions.aws.secrets; rotator rejects two policies writing the same destination, so the document is not rotator's output."
   }
 }
 
@@ -77,6 +84,17 @@ variable "create_secrets" {
   description = "Create the Secrets Manager secrets the permissions name (empty: rotator writes their first value). Secrets named by full ARN are never created; they exist elsewhere."
   type        = bool
   default     = true
+}
+
+variable "additional_kms_key_arns" {
+  description = "More KMS keys (ARNs) rotator may use through Secrets Manager (`permissions.aws.kms_actions`), besides the module's key and the keys the policies name by ARN (`kms_key_id`): the keys of secrets created elsewhere, and of those whose policy names the key by key ID or alias (an IAM policy names a key by its ARN only)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.additional_kms_key_arns : can(regex("^arn:[^:]+:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", arn))])
+    error_message = "Give KMS key ARNs (arn:<partition>:kms:<region>:<account>:key/<id>), not key IDs or aliases."
+  }
 }
 
 variable "secret_replicas" {
@@ -297,9 +315,12 @@ variable "desired_count" {
 }
 
 variable "load_balancer" {
-  description = "Optional (runtime \"service\"): creates a target group for the API, to attach to a listener of your load balancer. Its health check is `/healthz` by default: ECS replaces tasks that fail the target group's health check, and `/readyz` fails while Toktra or Vault is unreachable, so with `/readyz` a vendor outage would cycle every task (see README)."
+  description = "Optional (runtime \"service\"): puts the API behind your Application Load Balancer: a target group in `vpc_id` and a rule on `listener_arn` (at `priority`, for requests matching `path_patterns`) forwarding to it; ECS registers the tasks there. Its health check is `/healthz` by default: ECS replaces tasks that fail the target group's health check, and `/readyz` fails while Toktra or Vault is unreachable, so with `/readyz` a vendor outage would cycle every task (see README)."
   type = object({
     vpc_id               = string
+    listener_arn         = string
+    priority             = optional(number, 100)
+    path_patterns        = optional(list(string), ["/*"])
     protocol             = optional(string, "HTTP")
     health_check_path    = optional(string, "/healthz")
     deregistration_delay = optional(number, 30)
@@ -314,6 +335,21 @@ variable "load_balancer" {
   validation {
     condition     = var.load_balancer == null || contains(["/readyz", "/healthz"], try(var.load_balancer.health_check_path, "/healthz"))
     error_message = "The health check path is /readyz or /healthz."
+  }
+
+  validation {
+    condition     = var.load_balancer == null || can(regex("^arn:[^:]+:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:listener/app/.+$", try(var.load_balancer.listener_arn, "")))
+    error_message = "load_balancer.listener_arn must be the ARN of an Application Load Balancer's listener (arn:...:elasticloadbalancing:...:listener/app/...)."
+  }
+
+  validation {
+    condition     = var.load_balancer == null || try(var.load_balancer.priority >= 1 && var.load_balancer.priority <= 50000 && floor(var.load_balancer.priority) == var.load_balancer.priority, false)
+    error_message = "load_balancer.priority is a whole number from 1 to 50000, unique among the listener's rules."
+  }
+
+  validation {
+    condition     = var.load_balancer == null || try(length(var.load_balancer.path_patterns) >= 1 && length(var.load_balancer.path_patterns) <= 5 && alltrue([for p in var.load_balancer.path_patterns : length(p) > 0]), false)
+    error_message = "load_balancer.path_patterns holds 1 to 5 non-empty path patterns (e.g. [\"/*\"], or [\"/v1/*\", \"/healthz\", \"/readyz\"] on a shared listener)."
   }
 }
 

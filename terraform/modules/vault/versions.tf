@@ -4,7 +4,7 @@ terraform {
   required_providers {
     vault = {
       source  = "hashicorp/vault"
-      version = ">= 4.0"
+      version = ">= 4.0, < 6.0"
     }
   }
 }
