@@ -98,6 +98,14 @@ fn functions(ctx: &mut Context) {
         walk(&args[0], &mut out);
         Ok(Value::Array(out))
     }
+    fn length(args: FuncArgs) -> Result<Value, String> {
+        match &args[0] {
+            Value::Array(items) => Ok(Value::from(items.len() as u64)),
+            Value::Object(map) => Ok(Value::from(map.len() as u64)),
+            Value::String(text) => Ok(Value::from(text.chars().count() as u64)),
+            other => Err(format!("length of {other:?}")),
+        }
+    }
     let string = || ParamType::String;
     let array = || ParamType::array_of(ParamType::Any);
     ctx.declare_func("startswith", FuncDef::builder().params([string(), string()]).build(startswith));
@@ -107,6 +115,7 @@ fn functions(ctx: &mut Context) {
     ctx.declare_func("sort", FuncDef::builder().param(array()).build(sort));
     ctx.declare_func("concat", FuncDef::builder().variadic_param(array()).build(concat));
     ctx.declare_func("flatten", FuncDef::builder().param(array()).build(flatten));
+    ctx.declare_func("length", FuncDef::builder().param(ParamType::Any).build(length));
 }
 
 fn context(var: &Value, local: &Value, statement: Option<&Value>) -> Context<'static> {
