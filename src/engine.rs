@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use crate::backoff::Backoff;
 use crate::journal::{self, Journal};
 use crate::policy::{CredentialKind, Policy};
 use crate::rotation::Rotation;
@@ -353,6 +354,11 @@ pub enum FailedIn {
     /// One of the rotation's own checks.
     Check,
 }
+
+/// Between attempts to mint (a create that failed, or a `--revoke-first` rotation minting again).
+const MINT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(32)).jittered(0.5);
+/// Between attempts of a destination operation that failed transiently.
+const STORE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6_400)).jittered(0.2);
 
 /// How an action ended, when it did not fail.
 enum Flow {
@@ -907,9 +913,7 @@ impl Engine {
                         let strays = self.revoke_named(work, None).await?;
                         work.revoked.extend(strays);
                     }
-                    let delay = Duration::from_millis(250 * (1 << attempt.min(7)))
-                        .min(work.deadline.saturating_duration_since(Instant::now()))
-                        .mul_f64(rand::random::<f64>().max(0.5));
+                    let delay = MINT_BACKOFF.delay(attempt).min(work.deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(self.failed(work, "mint", e).await),
@@ -1405,8 +1409,7 @@ impl Engine {
         if left.is_zero() {
             return Err(StepError::Outage(message));
         }
-        let delay =
-            Duration::from_millis(250 * (1 << work.attempts.min(7))).min(left).mul_f64(rand::random::<f64>().max(0.5));
+        let delay = MINT_BACKOFF.delay(work.attempts).min(left);
         tracing::error!(policy = %work.policy.name, rotation = %work.rotation.id, attempt = work.attempts, delay_ms = delay.as_millis() as u64, "{NO_WORKING_CREDENTIAL}; minting again");
         tokio::time::sleep(delay).await;
         Ok(Flow::Continue)
@@ -1424,8 +1427,7 @@ impl Engine {
             attempt += 1;
             match op().await {
                 Err(e) if e.is_transient() && attempt < self.options.store_attempts && Instant::now() < deadline => {
-                    let delay =
-                        Duration::from_millis(100 * (1 << attempt.min(6))).mul_f64(rand::random::<f64>().max(0.2));
+                    let delay = STORE_BACKOFF.delay(attempt);
                     tracing::warn!(error = %e, attempt, "transient destination failure; retrying");
                     tokio::time::sleep(delay).await;
                 }

@@ -1,6 +1,7 @@
 //! rotator: rotates Toktra OAuth clients and API keys into AWS Secrets Manager, Vault and files,
 //! crash-safely. See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -225,6 +225,9 @@ pub struct Notifier {
 
 const QUEUE: usize = 1_000;
 const ATTEMPTS: u32 = 4;
+/// Between deliveries of one event: 1 s, 2 s, 4 s.
+const RETRY: crate::backoff::Backoff =
+    crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
 
 impl Notifier {
     pub fn start(
@@ -354,7 +357,7 @@ impl Delivery {
                 }
             }
             if attempt < ATTEMPTS {
-                tokio::time::sleep(Duration::from_millis(500 * (1 << attempt))).await;
+                tokio::time::sleep(RETRY.delay(attempt)).await;
             }
         }
         false

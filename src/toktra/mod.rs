@@ -701,9 +701,8 @@ impl Client {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let retry = &self.settings.retry;
-        let exp = retry.base_delay.saturating_mul(1u32 << attempt.min(16)).min(retry.max_delay);
-        // Full jitter: spreads retries of concurrent rotations apart.
-        exp.mul_f64(rand::random::<f64>().max(0.1))
+        // Nearly full jitter: spreads retries of concurrent rotations apart.
+        crate::backoff::Backoff::new(retry.base_delay, retry.max_delay).jittered(0.1).delay(attempt)
     }
 
     fn count_retry(&self) {

@@ -496,7 +496,7 @@ enum Renew {
 
 /// 1 s, doubling, at most a minute.
 fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+    crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).delay(failures.saturating_sub(1))
 }
 
 /// The renewal task of a connection; dropping it (or [`Renewal::stop`]) ends the task.
