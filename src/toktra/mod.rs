@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use reqwest::header::{AUTHORIZATION, HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::policy::CredentialKind;
@@ -965,20 +966,86 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
+/// A string field as vendors send it: anything that is not a non-empty string reads as absent,
+/// so an unexpected type in a field rotator does not need never fails the whole answer.
+fn lenient_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(match Value::deserialize(deserializer)? {
+        Value::String(text) if !text.is_empty() => Some(text),
+        _ => None,
+    })
+}
+
+/// A list of strings as vendors send it: a non-list reads as empty, non-strings in it are skipped.
+fn lenient_texts<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(match Value::deserialize(deserializer)? {
+        Value::Array(items) => items.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// A credential as a create or list answer describes it. The contract names `id` (API keys),
+/// `client_id` (OAuth clients) and `key`/`client_secret`; other vendors' spellings are read too.
+/// Which ID wins when several are present depends on the kind (see [`Described::id`]).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct Described {
+    #[serde(deserialize_with = "lenient_text")]
+    id: Option<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    client_id: Option<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    key_id: Option<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    client_secret: Option<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    key: Option<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    api_key: Option<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    secret: Option<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    name: Option<String>,
+    #[serde(deserialize_with = "lenient_texts")]
+    scopes: Vec<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    created_at: Option<String>,
+    #[serde(deserialize_with = "lenient_text")]
+    last_used_at: Option<String>,
+}
+
+impl Described {
+    fn read(value: &Value) -> Described {
+        Described::deserialize(value).unwrap_or_default()
+    }
+
+    fn id(&mut self, kind: CredentialKind) -> Option<String> {
+        match kind {
+            CredentialKind::OauthClient => self.client_id.take().or_else(|| self.id.take()),
+            CredentialKind::ApiKey => self.id.take().or_else(|| self.key_id.take()),
+        }
+    }
+
+    fn secret(&mut self, kind: CredentialKind) -> Option<String> {
+        match kind {
+            CredentialKind::OauthClient => self.client_secret.take().or_else(|| self.secret.take()),
+            CredentialKind::ApiKey => self.key.take().or_else(|| self.api_key.take()).or_else(|| self.secret.take()),
+        }
+    }
+}
+
 fn parse_minted(kind: CredentialKind, what: &str, value: Value) -> Result<Minted, Error> {
-    let field = |names: &[&str]| names.iter().find_map(|n| value.get(*n).and_then(Value::as_str)).map(str::to_string);
-    let (id, secret) = match kind {
-        CredentialKind::OauthClient => (field(&["client_id", "id"]), field(&["client_secret", "secret"])),
-        CredentialKind::ApiKey => (field(&["id", "key_id"]), field(&["key", "api_key", "secret"])),
-    };
-    let id = id.ok_or_else(|| Error::Decode { what: what.into(), detail: "no id in the create response".into() })?;
-    let secret = secret.filter(|s| !s.is_empty()).ok_or_else(|| Error::Decode {
+    let mut described = Described::read(&value);
+    let id =
+        described.id(kind).ok_or_else(|| Error::Decode { what: what.into(), detail: "no id in the create response".into() })?;
+    let secret = described.secret(kind).ok_or_else(|| Error::Decode {
         what: what.into(),
         detail: format!("no secret in the create response of {}", shorten(&printable(&id), MAX_CODE)),
     })?;
     Ok(Minted {
         id,
-        name: field(&["name"]).unwrap_or_default(),
+        name: described.name.unwrap_or_default(),
         secret: Secret::new(secret),
         revoked_strays: Vec::new(),
         lost_answers: 0,
@@ -1004,23 +1071,16 @@ fn is_revoked(item: &Value) -> bool {
 }
 
 fn parse_listed(kind: CredentialKind, item: &Value) -> Option<Listed> {
-    let text = |name: &str| item.get(name).and_then(Value::as_str);
-    let id = match kind {
-        CredentialKind::OauthClient => text("client_id").or_else(|| text("id")),
-        CredentialKind::ApiKey => text("id").or_else(|| text("key_id")),
-    }?;
-    let time =
-        |name: &str| text(name).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
+    let mut described = Described::read(item);
+    let time = |text: Option<String>| {
+        text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc))
+    };
     Some(Listed {
-        id: id.to_string(),
-        name: text("name").unwrap_or_default().to_string(),
-        scopes: item
-            .get("scopes")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-            .unwrap_or_default(),
-        created_at: time("created_at"),
-        last_used_at: time("last_used_at"),
+        id: described.id(kind)?,
+        name: described.name.take().unwrap_or_default(),
+        scopes: std::mem::take(&mut described.scopes),
+        created_at: time(described.created_at.take()),
+        last_used_at: time(described.last_used_at.take()),
     })
 }
 
@@ -1038,6 +1098,29 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Create and list answers in the contract's spelling and in other vendors': the ID the
+    /// kind names wins, fields of unexpected types read as absent instead of failing the answer.
+    #[test]
+    fn credentials_are_read_in_every_spelling() {
+        let oauth = json!({ "id": "internal-7", "client_id": "cl_1", "secret": "s1", "name": 5 });
+        let minted = parse_minted(CredentialKind::OauthClient, "create", oauth).unwrap();
+        assert_eq!((minted.id.as_str(), minted.secret.expose(), minted.name.as_str()), ("cl_1", "s1", ""));
+        let key = json!({ "key_id": "k_1", "api_key": "tk_1", "scopes": "usage:read" });
+        let minted = parse_minted(CredentialKind::ApiKey, "create", key).unwrap();
+        assert_eq!((minted.id.as_str(), minted.secret.expose()), ("k_1", "tk_1"));
+        let e = parse_minted(CredentialKind::ApiKey, "create", json!({ "id": "k_2", "key": "" })).unwrap_err();
+        assert!(e.to_string().contains("no secret in the create response of k_2"), "{e}");
+
+        let item = json!({
+            "id": "k_3", "name": "n", "scopes": ["a", 1, "b"], "created_at": "2026-01-02T03:04:05Z", "last_used_at": 17
+        });
+        let listed = parse_listed(CredentialKind::ApiKey, &item).unwrap();
+        assert_eq!((listed.id.as_str(), listed.scopes.clone()), ("k_3", vec!["a".to_string(), "b".to_string()]));
+        assert!(listed.created_at.is_some() && listed.last_used_at.is_none());
+        assert!(parse_listed(CredentialKind::OauthClient, &json!({ "name": "no id" })).is_none());
+        assert!(parse_listed(CredentialKind::OauthClient, &json!("not an object")).is_none());
+    }
 
     #[test]
     fn a_reason_does_not_repeat_the_call() {
