@@ -1038,7 +1038,8 @@ impl Daemon {
     fn back_off(&self, policy: &str, now: DateTime<Utc>) {
         if let Ok(mut holds) = self.holds.lock() {
             let failures = holds.get(policy).map(|h| h.failures).unwrap_or(0) + 1;
-            let wait = crate::backoff::Backoff::new(Duration::from_secs(60), Duration::from_secs(3_600)).delay(failures - 1);
+            let wait =
+                crate::backoff::Backoff::new(Duration::from_secs(60), Duration::from_secs(3_600)).delay(failures - 1);
             holds.insert(
                 policy.to_string(),
                 Hold {

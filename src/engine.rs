@@ -913,7 +913,8 @@ impl Engine {
                         let strays = self.revoke_named(work, None).await?;
                         work.revoked.extend(strays);
                     }
-                    let delay = MINT_BACKOFF.delay(attempt).min(work.deadline.saturating_duration_since(Instant::now()));
+                    let delay =
+                        MINT_BACKOFF.delay(attempt).min(work.deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(self.failed(work, "mint", e).await),
@@ -1320,9 +1321,7 @@ impl Engine {
             }
         }
         // Without the secret, the listing is the only way to see that the revocation took.
-        if !work.old_secrets.contains_key(id)
-            && self.toktra.list(kind).await?.iter().any(|c| c.id == id)
-        {
+        if !work.old_secrets.contains_key(id) && self.toktra.list(kind).await?.iter().any(|c| c.id == id) {
             return Err(format!("{id} is still listed after revocation").into());
         }
         Ok((result, work.old_secrets.contains_key(id)))

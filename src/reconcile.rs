@@ -85,7 +85,9 @@ impl Finding {
         let next_step = match kind {
             FindingKind::Orphan => Some("`rotator reconcile --fix` revokes it".to_string()),
             FindingKind::StaleStaging => Some("`rotator reconcile --fix` discards it".to_string()),
-            FindingKind::Leftover => Some("`rotator reconcile --fix` (or any `rotator rotate`) finishes it".to_string()),
+            FindingKind::Leftover => {
+                Some("`rotator reconcile --fix` (or any `rotator rotate`) finishes it".to_string())
+            }
             FindingKind::Drift | FindingKind::Broken => {
                 Some(format!("`rotator rotate {policy}` makes one working credential current everywhere"))
             }

@@ -226,8 +226,7 @@ pub struct Notifier {
 const QUEUE: usize = 1_000;
 const ATTEMPTS: u32 = 4;
 /// Between deliveries of one event: 1 s, 2 s, 4 s.
-const RETRY: crate::backoff::Backoff =
-    crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
+const RETRY: crate::backoff::Backoff = crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
 
 impl Notifier {
     pub fn start(

@@ -268,10 +268,9 @@ impl Destination {
     pub fn new(spec: &policy::Destination, kind: CredentialKind, clients: &Clients) -> Result<Destination, Error> {
         Ok(match spec {
             policy::Destination::AwsSecretsManager(d) => {
-                let sdk = clients
-                    .aws
-                    .as_ref()
-                    .ok_or_else(|| Error::new(Kind::Aws, spec.label(), ErrorKind::Permanent, "AWS is not configured"))?;
+                let sdk = clients.aws.as_ref().ok_or_else(|| {
+                    Error::new(Kind::Aws, spec.label(), ErrorKind::Permanent, "AWS is not configured")
+                })?;
                 Destination::Aws(aws::Aws::new(d, kind, sdk)?)
             }
             policy::Destination::Vault(d) => {

@@ -1037,8 +1037,9 @@ impl Described {
 
 fn parse_minted(kind: CredentialKind, what: &str, value: Value) -> Result<Minted, Error> {
     let mut described = Described::read(&value);
-    let id =
-        described.id(kind).ok_or_else(|| Error::Decode { what: what.into(), detail: "no id in the create response".into() })?;
+    let id = described
+        .id(kind)
+        .ok_or_else(|| Error::Decode { what: what.into(), detail: "no id in the create response".into() })?;
     let secret = described.secret(kind).ok_or_else(|| Error::Decode {
         what: what.into(),
         detail: format!("no secret in the create response of {}", shorten(&printable(&id), MAX_CODE)),
@@ -1072,9 +1073,8 @@ fn is_revoked(item: &Value) -> bool {
 
 fn parse_listed(kind: CredentialKind, item: &Value) -> Option<Listed> {
     let mut described = Described::read(item);
-    let time = |text: Option<String>| {
-        text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc))
-    };
+    let time =
+        |text: Option<String>| text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
     Some(Listed {
         id: described.id(kind)?,
         name: described.name.take().unwrap_or_default(),
