@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::backoff::Backoff;
-use crate::journal::{self, Journal};
+use crate::journal::{self, Journal, StepStatus};
 use crate::policy::{CredentialKind, Policy};
 use crate::rotation::Rotation;
 use crate::rotation::{self, Action, Memory, Phase};
@@ -632,7 +632,7 @@ impl Engine {
             rotation.error = Some(message.clone());
             rotation.finished_at = Some(Utc::now());
             self.journal.insert(&rotation, &held.lease).await?;
-            self.journal.step(&id, "prepare", "failed", &message, &held.lease).await?;
+            self.journal.step(&id, "prepare", StepStatus::Failed, &message, &held.lease).await?;
             tracing::error!(policy = %policy.name, rotation = %id, error = %message, "rotation failed before any change");
             let mut outcome = self.outcome(false, &rotation, Vec::new(), &[], now);
             outcome.failed_in = Some(error.failed_in());
@@ -668,7 +668,7 @@ impl Engine {
             self.journal.supersede(&marked, &rotation, &held.lease).await?;
             for stuck in &marked {
                 let detail = format!("superseded by compromise rotation {id}");
-                self.journal.step(&stuck.id, "supersede", "done", &detail, &held.lease).await?;
+                self.journal.step(&stuck.id, "supersede", StepStatus::Done, &detail, &held.lease).await?;
             }
         }
         let detail = format!(
@@ -679,7 +679,7 @@ impl Engine {
             rotation.old_credentials.join(", "),
             held_by.join("; ")
         );
-        self.journal.step(&id, "start", "done", &detail, &held.lease).await?;
+        self.journal.step(&id, "start", StepStatus::Done, &detail, &held.lease).await?;
         tracing::info!(policy = %policy.name, rotation = %id, replaces = ?rotation.old_credentials, compromised = rotation.compromised, "rotation started");
         crash_point("started");
         let memory = Memory { started_here: true, has_secret: false };
@@ -850,13 +850,13 @@ impl Engine {
         }
         stamp(&mut work.rotation);
         // The phase and the step that reached it, in one commit.
-        self.journal.update_with_step(&work.rotation, (step, "done", detail), &work.lease).await?;
+        self.journal.update_with_step(&work.rotation, (step, StepStatus::Done, detail), &work.lease).await?;
         tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, step, phase = %phase, "{detail}");
         crash_point(phase.as_str());
         Ok(Flow::Continue)
     }
 
-    async fn note(&self, work: &Work<'_>, step: &str, status: &str, detail: &str) -> Result<(), StepError> {
+    async fn note(&self, work: &Work<'_>, step: &str, status: StepStatus, detail: &str) -> Result<(), StepError> {
         self.journal.step(&work.rotation.id, step, status, detail, &work.lease).await?;
         Ok(())
     }
@@ -864,7 +864,9 @@ impl Engine {
     /// Records a failed step with what failed.
     async fn failed(&self, work: &Work<'_>, step: &str, error: impl Into<StepError>) -> StepError {
         let error = error.into();
-        if let Err(e) = self.journal.step(&work.rotation.id, step, "failed", &error.to_string(), &work.lease).await {
+        if let Err(e) =
+            self.journal.step(&work.rotation.id, step, StepStatus::Failed, &error.to_string(), &work.lease).await
+        {
             tracing::warn!(error = %e, "could not record a failed step");
         }
         error
@@ -878,14 +880,20 @@ impl Engine {
         work.rotation.revoked_at = Some(Utc::now());
         self.save(&mut work.rotation, &work.lease).await?;
         for id in work.rotation.old_credentials.clone() {
-            self.note(work, "revoke-first", "intent", &format!("revoke {id} before minting (outage accepted)")).await?;
+            self.note(
+                work,
+                "revoke-first",
+                StepStatus::Intent,
+                &format!("revoke {id} before minting (outage accepted)"),
+            )
+            .await?;
             if let Err(e) = self.toktra.revoke(kind, &id).await {
                 return Err(self.failed(work, "revoke-first", e).await);
             }
             work.revoked.push(id.clone());
             work.rotation.revoked_credentials.push(id.clone());
             self.save(&mut work.rotation, &work.lease).await?;
-            self.note(work, "revoke-first", "done", &format!("revoked {id}")).await?;
+            self.note(work, "revoke-first", StepStatus::Done, &format!("revoked {id}")).await?;
         }
         tracing::warn!(policy = %work.policy.name, rotation = %work.rotation.id, "exposed credentials revoked before minting; consumers fail until promotion");
         Ok(Flow::Continue)
@@ -895,7 +903,7 @@ impl Engine {
         let policy = work.policy;
         let kind = work.rotation.kind;
         let name = work.rotation.credential_name.clone();
-        self.note(work, "mint", "intent", &format!("create {kind} `{name}`")).await?;
+        self.note(work, "mint", StepStatus::Intent, &format!("create {kind} `{name}`")).await?;
         crash_point("minting");
         let description = format!("rotator policy {} rotation {}", policy.name, work.rotation.id);
         // The client already retried; a failure that may still pass (answers lost a few times in
@@ -908,7 +916,7 @@ impl Engine {
                 Ok(minted) => break minted,
                 Err(e) if (e.is_transient() || e.is_ambiguous()) && attempt < 1 && Instant::now() < work.deadline => {
                     attempt += 1;
-                    self.note(work, "mint", "failed", &format!("{e}; trying again")).await?;
+                    self.note(work, "mint", StepStatus::Failed, &format!("{e}; trying again")).await?;
                     if e.is_ambiguous() {
                         let strays = self.revoke_named(work, None).await?;
                         work.revoked.extend(strays);
@@ -922,11 +930,12 @@ impl Engine {
         };
         crash_point("minted-unrecorded");
         for stray in &minted.revoked_strays {
-            self.note(work, "mint", "done", &format!("revoked {stray}: its {CREATE_ANSWER_LOST}")).await?;
+            self.note(work, "mint", StepStatus::Uncertain, &format!("revoked {stray}: its {CREATE_ANSWER_LOST}"))
+                .await?;
         }
         if minted.lost_answers > 0 && minted.revoked_strays.is_empty() {
             let detail = format!("{} {CREATE_ANSWER_LOST}s: nothing found by name yet", minted.lost_answers);
-            self.note(work, "mint", "done", &detail).await?;
+            self.note(work, "mint", StepStatus::Uncertain, &detail).await?;
         }
         let record = Record {
             kind,
@@ -952,7 +961,7 @@ impl Engine {
         // goes on from where it stopped instead of failing.
         let steps = self.journal.steps(&work.rotation.id).await?;
         if !steps.iter().any(|s| s.step == "mint" || s.step == "revoke-first") {
-            self.note(work, "resume", "done", "interrupted before minting; going on").await?;
+            self.note(work, "resume", StepStatus::Done, "interrupted before minting; going on").await?;
             work.memory.started_here = true;
             return Ok(Flow::Continue);
         }
@@ -970,7 +979,7 @@ impl Engine {
                 crate::duration::format(wait)
             )
         };
-        self.note(work, "abandon", "intent", &detail).await?;
+        self.note(work, "abandon", StepStatus::Intent, &detail).await?;
         tokio::time::sleep(wait).await;
         let revoked = self.revoke_named(work, None).await?;
         for destination in &work.destinations {
@@ -981,7 +990,8 @@ impl Engine {
             let detail = format!("revoked unrecoverable mint(s) [{}]", revoked.join(", "));
             work.revoked.extend(revoked);
             work.memory.started_here = true;
-            self.note(work, "abandon", "done", &format!("{detail}; minting again ({NO_WORKING_CREDENTIAL})")).await?;
+            self.note(work, "abandon", StepStatus::Done, &format!("{detail}; minting again ({NO_WORKING_CREDENTIAL})"))
+                .await?;
             return Ok(Flow::Continue);
         }
         work.rotation.error.get_or_insert_with(|| "interrupted before the new credential was staged".into());
@@ -1006,7 +1016,7 @@ impl Engine {
             self.note(
                 work,
                 "sweep",
-                "done",
+                StepStatus::Done,
                 &format!("revoked {} (named after this rotation, not its credential)", stray.id),
             )
             .await?;
@@ -1032,7 +1042,7 @@ impl Engine {
         work.rotation.error.get_or_insert_with(|| "interrupted before the new credential was staged".into());
         work.rotation.phase = Phase::RollingBack;
         self.save(&mut work.rotation, &work.lease).await?;
-        self.note(work, "recover", "failed", "no staged copy of the new credential; rolling back").await?;
+        self.note(work, "recover", StepStatus::Failed, "no staged copy of the new credential; rolling back").await?;
         Ok(Flow::Continue)
     }
 
@@ -1040,11 +1050,11 @@ impl Engine {
         let Some(record) = work.new.clone() else { return Err("internal: no secret to stage".into()) };
         for (i, destination) in work.destinations.iter().enumerate() {
             let label = destination.label();
-            self.note(work, "stage", "intent", &format!("stage {} in {label}", record.id)).await?;
+            self.note(work, "stage", StepStatus::Intent, &format!("stage {} in {label}", record.id)).await?;
             if let Err(e) = self.retry(work.deadline, || destination.stage(&work.rotation.id, &record)).await {
                 return Err(self.failed(work, "stage", e).await);
             }
-            self.note(work, "stage", "done", &format!("staged in {label}")).await?;
+            self.note(work, "stage", StepStatus::Done, &format!("staged in {label}")).await?;
             crash_point(&format!("staged-{i}"));
         }
         self.advance(work, Phase::Staged, "stage", "staged in every destination").await
@@ -1052,7 +1062,7 @@ impl Engine {
 
     async fn verify(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
         let Some(record) = work.new.clone() else { return Err("internal: no secret to verify".into()) };
-        self.note(work, "verify", "intent", &format!("authenticate as {}", record.id)).await?;
+        self.note(work, "verify", StepStatus::Intent, &format!("authenticate as {}", record.id)).await?;
         match self.toktra.probe_until(record.kind, &record.id, &record.secret, work.deadline).await {
             Ok(Probe::Accepted) => {}
             Ok(Probe::Rejected) => {
@@ -1098,11 +1108,11 @@ impl Engine {
                 );
                 return Err(self.promote_failed(work, StepError::Check(message)).await);
             }
-            self.note(work, "promote", "intent", &format!("promote {new_id} in {label}")).await?;
+            self.note(work, "promote", StepStatus::Intent, &format!("promote {new_id} in {label}")).await?;
             if let Err(e) = self.retry(work.deadline, || destination.promote(&work.rotation.id)).await {
                 return Err(self.promote_failed(work, e.into()).await);
             }
-            self.note(work, "promote", "done", &format!("current in {label}")).await?;
+            self.note(work, "promote", StepStatus::Done, &format!("current in {label}")).await?;
             crash_point(&format!("promoted-{i}"));
         }
         let now = Utc::now();
@@ -1223,7 +1233,7 @@ impl Engine {
         // one revoked counts, and a refused one must not shield the others.
         let mut failures = Vec::new();
         for (i, id) in old.iter().enumerate() {
-            self.note(work, "revoke", "intent", &format!("revoke {id}")).await?;
+            self.note(work, "revoke", StepStatus::Intent, &format!("revoke {id}")).await?;
             match self.revoke_one(work, id).await {
                 Ok(result) => {
                     if !work.rotation.revoked_credentials.contains(id) {
@@ -1237,11 +1247,11 @@ impl Engine {
                             format!("{id}: {revoked}; no longer listed (its secret was not at hand to present)")
                         }
                     };
-                    self.note(work, "revoke", "done", &detail).await?;
+                    self.note(work, "revoke", StepStatus::Done, &detail).await?;
                     work.revoked.push(id.clone());
                 }
                 Err(error) => {
-                    self.note(work, "revoke", "failed", &error.to_string()).await?;
+                    self.note(work, "revoke", StepStatus::Failed, &error.to_string()).await?;
                     failures.push(error);
                 }
             }
@@ -1328,7 +1338,7 @@ impl Engine {
     }
 
     async fn roll_back(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
-        self.note(work, "rollback", "intent", "revoke the new credential and discard staged values").await?;
+        self.note(work, "rollback", StepStatus::Intent, "revoke the new credential and discard staged values").await?;
         let kind = work.rotation.kind;
         let mut revoked = Vec::new();
         if let Some(id) = work.rotation.new_credential_id.clone() {
@@ -1402,7 +1412,8 @@ impl Engine {
         work.new = None;
         work.memory = Memory { started_here: true, has_secret: false };
         self.save(&mut work.rotation, &work.lease).await?;
-        self.note(work, "retry", "done", &format!("{detail}; minting again ({NO_WORKING_CREDENTIAL})")).await?;
+        self.note(work, "retry", StepStatus::Done, &format!("{detail}; minting again ({NO_WORKING_CREDENTIAL})"))
+            .await?;
         work.attempts += 1;
         let left = work.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -1530,9 +1541,17 @@ const CREATE_ANSWER_LOST: &str = "create answer was lost";
 const SHARED_LISTING_AGE: Duration = Duration::from_secs(30);
 
 /// Whether a rotation's mint may have made a credential it does not know of: an attempt of the
-/// create failed (and was tried again), or lost its answer.
+/// create failed (and was tried again), or lost its answer. (Journals written before lost
+/// answers had a status of their own said so only in the detail of a `done` step.)
 fn create_was_uncertain(steps: &[journal::Step]) -> bool {
-    steps.iter().any(|s| s.step == "mint" && (s.status == "failed" || s.detail.contains(CREATE_ANSWER_LOST)))
+    steps.iter().any(|s| {
+        s.step == "mint"
+            && match s.status {
+                StepStatus::Failed | StepStatus::Uncertain => true,
+                StepStatus::Done => s.detail.contains(CREATE_ANSWER_LOST),
+                StepStatus::Intent => false,
+            }
+    })
 }
 
 /// How long to wait before looking up what an interrupted mint created: until no create the
@@ -1608,7 +1627,7 @@ mod tests {
             seq: 0,
             at: now - chrono::Duration::seconds(ago),
             step: name.into(),
-            status: "intent".into(),
+            status: journal::StepStatus::Intent,
             detail: String::new(),
         };
         let wait = |steps: &[journal::Step]| create_settle_wait(steps, &toktra, now);

@@ -44,9 +44,46 @@ pub struct Step {
     pub seq: i64,
     pub at: DateTime<Utc>,
     pub step: String,
-    /// `intent`, `done` or `failed`.
-    pub status: String,
+    pub status: StepStatus,
     pub detail: String,
+}
+
+/// How a step stood when it was recorded: before its side effect, after it, or failed. Stored
+/// as its `as_str` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// About to cause a side effect.
+    Intent,
+    Done,
+    Failed,
+    /// A call whose answer was lost: its side effect may or may not have happened (a create
+    /// that timed out).
+    Uncertain,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Intent => "intent",
+            StepStatus::Done => "done",
+            StepStatus::Failed => "failed",
+            StepStatus::Uncertain => "uncertain",
+        }
+    }
+
+    fn parse(text: &str) -> Option<StepStatus> {
+        [StepStatus::Intent, StepStatus::Done, StepStatus::Failed, StepStatus::Uncertain]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    /// Padded like a `str`, so step listings line up.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A held lease. `fence` increases with every acquisition (released leases are expired, not
@@ -386,10 +423,10 @@ impl Journal {
     pub async fn update_with_step(
         &self,
         r: &Rotation,
-        (step, status, detail): (&str, &str, &str),
+        (step, status, detail): (&str, StepStatus, &str),
         lease: &Lease,
     ) -> Result<(), Error> {
-        self.update_and_step(r, Some((step, status, detail)), lease).await
+        self.update_and_step(r, Some((step, status.as_str(), detail)), lease).await
     }
 
     async fn update_and_step(
@@ -446,17 +483,17 @@ impl Journal {
         tx.commit().await.map_err(query)
     }
 
-    /// Appends a step record (`intent`, `done` or `failed`), only while `lease` is still the
-    /// policy's lease (which also keeps `seq` free of races). `detail` holds IDs and messages only.
+    /// Appends a step record, only while `lease` is still the policy's lease (which also keeps
+    /// `seq` free of races). `detail` holds IDs and messages only.
     pub async fn step(
         &self,
         rotation_id: &str,
         step: &str,
-        status: &str,
+        status: StepStatus,
         detail: &str,
         lease: &Lease,
     ) -> Result<(), Error> {
-        let n = step_query(rotation_id, step, status, detail, lease)
+        let n = step_query(rotation_id, step, status.as_str(), detail, lease)
             .execute(&self.pool)
             .await
             .map_err(|source| Error::Query { what: "insert step", source })?
@@ -609,7 +646,13 @@ impl Journal {
                     seq: row.try_get::<i64, _>(1).map_err(|source| Error::Query { what: "read step", source })?,
                     at: parse_ts(rotation_id, Some(at))?.unwrap_or_default(),
                     step: get(3)?,
-                    status: get(4)?,
+                    status: {
+                        let text = get(4)?;
+                        StepStatus::parse(&text).ok_or_else(|| Error::Corrupt {
+                            id: rotation_id.to_string(),
+                            detail: format!("unknown step status `{text}`"),
+                        })?
+                    },
                     detail: get(5)?,
                 })
             })

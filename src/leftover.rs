@@ -9,6 +9,7 @@
 use chrono::Utc;
 
 use crate::engine::{Engine, Error, HELD, Outcome};
+use crate::journal::StepStatus;
 use crate::policy::{Policy, canonical_label};
 use crate::rotation::Phase;
 use crate::rotation::Rotation;
@@ -168,15 +169,19 @@ impl Engine {
         }
         let mut failures = Vec::new();
         for id in &old {
-            self.journal.step(&rotation.id, "revoke", "intent", &format!("revoke {id} ({gone})"), lease).await?;
+            self.journal
+                .step(&rotation.id, "revoke", StepStatus::Intent, &format!("revoke {id} ({gone})"), lease)
+                .await?;
             match self.toktra.revoke(rotation.kind, id).await {
                 Ok(result) => {
                     rotation.revoked_credentials.push(id.clone());
                     revoked.push(id.clone());
-                    self.journal.step(&rotation.id, "revoke", "done", &format!("{id}: {result}"), lease).await?;
+                    self.journal
+                        .step(&rotation.id, "revoke", StepStatus::Done, &format!("{id}: {result}"), lease)
+                        .await?;
                 }
                 Err(e) => {
-                    self.journal.step(&rotation.id, "revoke", "failed", &e.to_string(), lease).await?;
+                    self.journal.step(&rotation.id, "revoke", StepStatus::Failed, &e.to_string(), lease).await?;
                     failures.push(e.to_string());
                 }
             }
@@ -188,7 +193,7 @@ impl Engine {
             rotation.revoked_at = Some(Utc::now());
             let detail = format!("revoked [{}]; {gone}", old.join(", "));
             self.save_leftover(rotation, lease).await?;
-            self.journal.step(&rotation.id, "complete", "done", &detail, lease).await?;
+            self.journal.step(&rotation.id, "complete", StepStatus::Done, &detail, lease).await?;
         } else {
             rotation.error = Some(failures.join("; "));
             self.save_leftover(rotation, lease).await?;
@@ -204,7 +209,7 @@ impl Engine {
         revoked: &mut Vec<String>,
         lease: &crate::journal::Lease,
     ) -> Result<(), Error> {
-        self.journal.step(&rotation.id, "rollback", "intent", &format!("{gone}; roll back"), lease).await?;
+        self.journal.step(&rotation.id, "rollback", StepStatus::Intent, &format!("{gone}; roll back"), lease).await?;
         let result: Result<(), String> = async {
             for destination in &reach.destinations {
                 destination.discard(&rotation.id).await.map_err(|e| e.to_string())?;
@@ -236,12 +241,12 @@ impl Engine {
                 rotation.error = Some(format!("{gone}; rolled back{staged}"));
                 self.save_leftover(rotation, lease).await?;
                 let detail = format!("rolled back; revoked [{}]{staged}", revoked.join(", "));
-                self.journal.step(&rotation.id, "rollback", "done", &detail, lease).await?;
+                self.journal.step(&rotation.id, "rollback", StepStatus::Done, &detail, lease).await?;
             }
             Err(e) => {
                 rotation.error = Some(format!("{gone}; rolling back failed: {e}"));
                 self.save_leftover(rotation, lease).await?;
-                self.journal.step(&rotation.id, "rollback", "failed", &e, lease).await?;
+                self.journal.step(&rotation.id, "rollback", StepStatus::Failed, &e, lease).await?;
             }
         }
         Ok(())
