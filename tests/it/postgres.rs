@@ -1,4 +1,4 @@
-//! The journal on PostgreSQL (the machine's server on 127.0.0.1:5432, trust auth), each test in
+//! The journal on PostgreSQL (the server `ROTATOR_TEST_POSTGRES_URL` names), each test in
 //! a database of its own: a crash and resume, and one rotation in flight per policy across
 //! processes.
 
@@ -10,22 +10,40 @@ use sqlx::AssertSqlSafe;
 
 use crate::harness::{Dest, Env, Spec};
 
+/// The PostgreSQL server's administrative URL (`ROTATOR_TEST_POSTGRES_URL`, set by
+/// `scripts/test`): a user that may create databases, and a database to connect to meanwhile.
+fn admin_url() -> String {
+    std::env::var("ROTATOR_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!("ROTATOR_TEST_POSTGRES_URL is not set: run the tests through scripts/test, which points it at the machine's PostgreSQL")
+    })
+}
+
+/// `url` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base.rsplit_once('/').expect("a PostgreSQL URL names a database");
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
 /// A fresh database for this test; its URL.
 pub(crate) async fn database(env: &Env) -> String {
     sqlx::any::install_default_drivers();
-    let admin = "postgres://postgres@127.0.0.1:5432/postgres";
-    let pool = sqlx::AnyPool::connect(admin)
+    let admin = admin_url();
+    let pool = sqlx::AnyPool::connect(&admin)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must run on 127.0.0.1:5432 with trust auth for user postgres ({e})"));
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at ROTATOR_TEST_POSTGRES_URL ({e})"));
     let name = env.prefix.replace('-', "_");
     sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
     pool.close().await;
-    format!("postgres://postgres@127.0.0.1:5432/{name}")
+    with_database(&admin, &name)
 }
 
 /// Drops the test's database (the machine's server outlives the test run).
 pub(crate) async fn drop_database(env: &Env) {
-    let pool = sqlx::AnyPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+    let pool = sqlx::AnyPool::connect(&admin_url()).await.unwrap();
     let name = env.prefix.replace('-', "_");
     sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&pool).await.unwrap();
     pool.close().await;
