@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use rotator::policy::CredentialKind;
 use rotator::secret::Secret;
-use rotator::toktra::{self, sim};
+use rotator::sim;
+use rotator::toktra;
 
 const ADMIN_KEY: &str = "tk_admin_bench_0123456789abcdefghijklmnopqrstuvwxyz";
 const SEED_CLIENT: (&str, &str) = ("cl_bench_seeder", "tcs_bench_seeder_0123456789abcdefghijklmnop");

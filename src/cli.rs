@@ -1373,7 +1373,7 @@ async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
         serde_json::from_value(serde_json::Value::String(value.to_string()))
             .map_err(|e| Failure::Invalid(format!("--{flag} {value}: {e}")))
     }
-    let dialect = crate::toktra::sim::Dialect {
+    let dialect = crate::sim::Dialect {
         revoked_in_lists: choice("revoked-in-lists", &args.revoked_in_lists)?,
         token_error: choice("token-error", &args.token_error)?,
     };
@@ -1391,7 +1391,7 @@ async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
             "give --admin-api-key or --admin-client, or nothing can manage credentials".into(),
         ));
     }
-    let config = crate::toktra::sim::Config {
+    let config = crate::sim::Config {
         token_lifetime,
         page_size: args.page_size,
         rate_limit_per_minute: args.rate_limit,
@@ -1404,7 +1404,7 @@ async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::Invalid(format!("--listen {}: {e}", args.listen)))?;
-    let sim = crate::toktra::sim::Simulator::serve(listener, config).await.map_err(|e| Failure::Other(e.into()))?;
+    let sim = crate::sim::Simulator::serve(listener, config).await.map_err(|e| Failure::Other(e.into()))?;
     eprintln!("toktra simulator listening on {}", sim.base_url());
     crate::telemetry::shutdown_signal().await;
     sim.shutdown().await;

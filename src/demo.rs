@@ -15,8 +15,9 @@ use crate::journal::Journal;
 use crate::policy::{self, CredentialKind};
 use crate::report::{self, Format};
 use crate::secret::Secret;
+use crate::sim;
 use crate::store::{self, Record, Store};
-use crate::toktra::{self, Probe, sim};
+use crate::toktra::{self, Probe};
 
 const POLICIES: &str = r#"# Demo policies: written by `rotator demo` into its scratch directory.
 name: ci-pipeline

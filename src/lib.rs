@@ -23,6 +23,7 @@ pub mod rotation;
 pub mod schedule;
 pub mod secret;
 pub mod server;
+pub mod sim;
 pub mod status;
 pub mod store;
 pub mod telemetry;

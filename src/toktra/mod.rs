@@ -1,10 +1,8 @@
 //! The Toktra API client: management calls (create, list, revoke OAuth clients and API keys)
 //! authenticated with the rotator's own admin credential, and the probes that verify a minted
 //! credential works or that a revoked one is rejected. Everything `toktra-api.md` only assumes
-//! is configurable here ([`Endpoints`]) or parsed tolerantly. `sim` is the project's simulator
-//! of the same contract.
-
-pub mod sim;
+//! is configurable here ([`Endpoints`]) or parsed tolerantly. [`crate::sim`] is the project's
+//! simulator of the same contract.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex as SyncMutex;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim;
+use rotator::sim;
 
 use crate::harness::{Dest, Env, Spec};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::Rng;
 use rotator::engine::CRASH_POINTS;
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim;
+use rotator::sim;
 
 use crate::harness::{Dest, Env, Spec};
 use crate::vendor::REVOKED_IN_LISTS;

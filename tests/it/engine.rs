@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim;
+use rotator::sim;
 
 use crate::harness::{Dest, Env, Spec, text};
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use rotator::policy::CredentialKind;
 use rotator::secret::Secret;
-use rotator::toktra::{self, sim};
+use rotator::sim;
+use rotator::toktra;
 use serde_json::Value;
 
 fn required(name: &str) -> String {

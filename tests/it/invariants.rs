@@ -92,7 +92,7 @@ async fn a_request_already_recorded_is_done_not_started_again() {
 /// rotation is ever in flight.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failure_after_promotion_never_wedges_the_policy() {
-    use rotator::toktra::sim::Faults;
+    use rotator::sim::Faults;
 
     let env = Env::start().await;
     let spec = Spec {
@@ -337,7 +337,7 @@ async fn a_revocation_after_the_grace_is_checked_with_the_previous_value() {
 /// resumes and finishes.
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_first_only_rolls_forward() {
-    use rotator::toktra::sim::Faults;
+    use rotator::sim::Faults;
 
     let mut env = Env::start().await;
     let spec = Spec {
@@ -571,7 +571,7 @@ path "secret/metadata/{prefix}/*" { capabilities = ["read"] }
 /// pending, never forgotten.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_compromise_rotation_hands_back_what_it_superseded() {
-    use rotator::toktra::sim::Faults;
+    use rotator::sim::Faults;
 
     let env = Env::start().await;
     let spec = Spec {
@@ -610,7 +610,7 @@ async fn a_failed_compromise_rotation_hands_back_what_it_superseded() {
 /// decides: the other policy still serves the key, so it is not revoked.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotation_that_failed_before_recording_does_not_hide_a_holder() {
-    use rotator::toktra::sim::Faults;
+    use rotator::sim::Faults;
 
     let env = Env::start().await;
     let first = Spec {

@@ -28,7 +28,7 @@ async fn no_secret_in_output_logs_or_journal() {
         runs.push(run);
     }
     // A failing run too: its errors must not carry secrets either.
-    env.sim.set_faults(rotator::toktra::sim::Faults { error_rate: 1.0, ..Default::default() });
+    env.sim.set_faults(rotator::sim::Faults { error_rate: 1.0, ..Default::default() });
     let failing = env.rotator(&["rotate", "leak", "--verbose"]).await;
     failing.assert_code(1);
     env.sim.set_faults(Default::default());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim::Faults;
+use rotator::sim::Faults;
 use serde_json::{Value, json};
 
 use crate::harness::{Dest, Env, Spec, credential_json, text};

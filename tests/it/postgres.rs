@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim;
+use rotator::sim;
 use sqlx::AssertSqlSafe;
 
 use crate::harness::{Dest, Env, Spec};

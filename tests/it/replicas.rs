@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim;
+use rotator::sim;
 use sqlx::Row;
 
 use crate::harness::{Dest, Env, Spec, text};

@@ -154,7 +154,7 @@ async fn a_rejected_mint_leaves_the_old_credential_current() {
          destinations:\n  - vault: { mount: secret, path: '{prefix}/reject' }\n",
     );
     // Every Toktra call fails with 500: the rotation must fail cleanly and change nothing.
-    env.sim.set_faults(rotator::toktra::sim::Faults { error_rate: 1.0, ..Default::default() });
+    env.sim.set_faults(rotator::sim::Faults { error_rate: 1.0, ..Default::default() });
     let run = env.rotator(&["rotate", "reject"]).await;
     run.assert_code(1);
     env.sim.set_faults(Default::default());
@@ -276,8 +276,8 @@ async fn a_policy_rotated_by_another_job_since_it_was_found_due_is_not_rotated_a
 /// (done, failed, in flight, total, rate, time left) on stderr; stdout keeps only the summary.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_run_off_a_terminal_logs_its_progress() {
-    let mut env = Env::with(rotator::toktra::sim::Config {
-        faults: rotator::toktra::sim::Faults { latency_ms: 300, ..Default::default() },
+    let mut env = Env::with(rotator::sim::Config {
+        faults: rotator::sim::Faults { latency_ms: 300, ..Default::default() },
         ..Default::default()
     })
     .await;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim;
+use rotator::sim;
 use serde_json::Value;
 
 use crate::harness::{Dest, Env, Spec, text};

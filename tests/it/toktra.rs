@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use rotator::policy::CredentialKind;
 use rotator::secret::Secret;
-use rotator::toktra::{self, sim};
+use rotator::sim;
+use rotator::toktra;
 
 use crate::harness::{Env, text};
 

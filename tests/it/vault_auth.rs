@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim;
+use rotator::sim;
 use serde_json::{Value, json};
 
 use crate::harness::{Dest, Env, Spec, text};

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use rotator::policy::CredentialKind;
-use rotator::toktra::sim::{self, Dialect, RevokedInLists, TokenError};
+use rotator::sim::{self, Dialect, RevokedInLists, TokenError};
 
 use crate::harness::{Dest, Env, Spec};
 
