@@ -222,6 +222,7 @@ impl Drop for Running {
 }
 
 /// Set work for one policy in a pass.
+#[derive(Debug)]
 enum Work {
     Rotate(engine::Request),
     Resume,
@@ -833,7 +834,9 @@ impl Daemon {
         }
     }
 
-    /// What to do for `policy` now, if anything.
+    /// What to do for `policy` now, if anything: [`decide`] on what the pass read, then, when
+    /// nothing is pending, the schedule (which may read the destinations to date a credential)
+    /// and the overdue alert it implies.
     async fn work_for(
         &self,
         policy: &Policy,
@@ -841,21 +844,11 @@ impl Daemon {
         request: Option<&journal::Request>,
         now: DateTime<Utc>,
     ) -> Option<Work> {
-        let hold = self.holds.lock().ok()?.get(&policy.name).copied().filter(|h| h.until > now);
-        if hold.is_some_and(|h| h.why.holds_requests() || request.is_none()) {
-            return None;
-        }
-        if let Some(q) = request {
-            return Some(requested(q.clone()));
-        }
-        let unfinished: Vec<&&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
-        if unfinished.iter().any(|r| r.phase != Phase::Promoted) {
-            return Some(Work::Resume);
-        }
-        // Revocations: due once the grace is over (require_idle is checked by the engine each
-        // time; a rotation waiting for idleness is looked at again on every pass).
-        if unfinished.iter().any(|r| r.revoke_after.is_some_and(|at| at <= now)) {
-            return Some(Work::Resume);
+        let hold = self.holds.lock().ok()?.get(&policy.name).copied();
+        match decide(rotations, request, hold, now) {
+            Decision::Hold => return None,
+            Decision::Run(work) => return Some(work),
+            Decision::Schedule => {}
         }
         let due = self.due(policy, rotations, now).await;
         if !due.overdue && self.overdue_sent.lock().ok().and_then(|mut sent| sent.remove(&policy.name)).is_some() {
@@ -878,13 +871,7 @@ impl Daemon {
                     .send(&policy.notify, Event::PolicyOverdue { policy: policy.name.clone(), due_since: due.at });
             }
         }
-        (due.next_start <= now).then(|| {
-            Work::Rotate(engine::Request {
-                reason: Some("scheduled".into()),
-                decided_after: Some(rotations.first().map(|r| r.id.clone())),
-                ..Default::default()
-            })
-        })
+        scheduled(&due, rotations, now)
     }
 
     /// When `policy` is due: from the journal's last promotion, else from its current
@@ -1212,6 +1199,59 @@ fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
 
+/// What a pass does for one policy before its schedule is looked at.
+#[derive(Debug)]
+enum Decision {
+    /// Held (backing off after a failure, waiting, another process's lease): nothing now.
+    Hold,
+    /// This, now.
+    Run(Work),
+    /// Nothing pending: the schedule decides ([`scheduled`]).
+    Schedule,
+}
+
+/// The pure core of a pass for one policy, from its rotations (most recent first), its open
+/// request, its hold and the time. A hold stops scheduled work and, when it is another
+/// process's lease, requests too; a request runs before anything else; an unfinished rotation
+/// is resumed; a promoted one whose grace is over revokes; otherwise the schedule decides.
+fn decide(
+    rotations: &[&Rotation],
+    request: Option<&journal::Request>,
+    hold: Option<Hold>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let hold = hold.filter(|h| h.until > now);
+    if hold.is_some_and(|h| h.why.holds_requests() || request.is_none()) {
+        return Decision::Hold;
+    }
+    if let Some(q) = request {
+        return Decision::Run(requested(q.clone()));
+    }
+    let unfinished: Vec<&&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
+    if unfinished.iter().any(|r| r.phase != Phase::Promoted) {
+        return Decision::Run(Work::Resume);
+    }
+    // Revocations: due once the grace is over (require_idle is checked by the engine each time;
+    // a rotation waiting for idleness is looked at again on every pass).
+    if unfinished.iter().any(|r| r.revoke_after.is_some_and(|at| at <= now)) {
+        return Decision::Run(Work::Resume);
+    }
+    Decision::Schedule
+}
+
+/// The scheduled rotation of a policy that is `due`, once its start has come. It remembers the
+/// latest rotation it was decided after, so the engine does not rotate again a policy another
+/// process rotated meanwhile.
+fn scheduled(due: &Due, rotations: &[&Rotation], now: DateTime<Utc>) -> Option<Work> {
+    (due.next_start <= now).then(|| {
+        Work::Rotate(engine::Request {
+            reason: Some("scheduled".into()),
+            decided_after: Some(rotations.first().map(|r| r.id.clone())),
+            ..Default::default()
+        })
+    })
+}
+
 fn queued_message(q: &journal::Request) -> String {
     format!(
         "rotation {} of this policy is already queued (requested at {})",
@@ -1248,4 +1288,121 @@ fn group(history: &[Rotation]) -> HashMap<&str, Vec<&Rotation>> {
         by_policy.entry(r.policy.as_str()).or_default().push(r);
     }
     by_policy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    fn request(compromised: bool) -> journal::Request {
+        journal::Request {
+            id: "01a00000-0000-7000-8000-000000000001".into(),
+            policy: "p".into(),
+            reason: Some("asked".into()),
+            compromised,
+            idempotency_key: None,
+            created_at: at("2026-12-01T10:00:00Z"),
+            state: journal::RequestState::Queued,
+        }
+    }
+
+    fn hold(why: HoldReason, until: &str) -> Option<Hold> {
+        Some(Hold { failures: 1, until: at(until), why })
+    }
+
+    /// Each row: the policy's latest rotation (if any), its request, its hold, and what the pass
+    /// does with it at 12:00.
+    #[test]
+    fn decide_table() {
+        let now = at("2026-12-01T12:00:00Z");
+        let promoted_waiting = {
+            let mut r = Rotation::example("w", Phase::Promoted, "2026-12-01T11:00:00Z");
+            r.revoke_after = Some(at("2026-12-02T11:00:00Z"));
+            r
+        };
+        let promoted_due = {
+            let mut r = Rotation::example("d", Phase::Promoted, "2026-11-01T11:00:00Z");
+            r.revoke_after = Some(at("2026-12-01T11:59:00Z"));
+            r
+        };
+        let staged = Rotation::example("s", Phase::Staged, "2026-12-01T11:58:00Z");
+        let completed = Rotation::example("c", Phase::Completed, "2026-11-01T00:00:00Z");
+        let asked = request(false);
+        let cases: Vec<(&str, Option<&Rotation>, Option<&journal::Request>, Option<Hold>, &str)> = vec![
+            ("never rotated", None, None, None, "schedule"),
+            ("completed", Some(&completed), None, None, "schedule"),
+            ("unfinished before promotion", Some(&staged), None, None, "resume"),
+            ("promoted, grace running", Some(&promoted_waiting), None, None, "schedule"),
+            ("promoted, grace over", Some(&promoted_due), None, None, "resume"),
+            ("a request", Some(&completed), Some(&asked), None, "requested"),
+            ("a request over an unfinished rotation", Some(&staged), Some(&asked), None, "requested"),
+            ("backing off", Some(&staged), None, hold(HoldReason::Failed, "2026-12-01T12:05:00Z"), "hold"),
+            (
+                "backing off, a request",
+                Some(&staged),
+                Some(&asked),
+                hold(HoldReason::Failed, "2026-12-01T12:05:00Z"),
+                "requested",
+            ),
+            (
+                "waiting, a request",
+                Some(&promoted_waiting),
+                Some(&asked),
+                hold(HoldReason::Waiting, "2026-12-01T12:05:00Z"),
+                "requested",
+            ),
+            (
+                "another lease, a request",
+                Some(&completed),
+                Some(&asked),
+                hold(HoldReason::Busy, "2026-12-01T12:00:30Z"),
+                "hold",
+            ),
+            ("a hold that ended", Some(&staged), None, hold(HoldReason::Failed, "2026-12-01T11:59:59Z"), "resume"),
+        ];
+        for (case, latest, request, hold, want) in cases {
+            let rotations: Vec<&Rotation> = latest.into_iter().collect();
+            let got = match decide(&rotations, request, hold, now) {
+                Decision::Hold => "hold",
+                Decision::Schedule => "schedule",
+                Decision::Run(Work::Resume) => "resume",
+                Decision::Run(Work::Rotate(r)) if r.id.is_some() => "requested",
+                Decision::Run(Work::Rotate(_)) => "rotate",
+            };
+            assert_eq!(got, want, "{case}");
+        }
+    }
+
+    /// A request keeps its ID and asks for a compromise rotation when the request did.
+    #[test]
+    fn a_request_becomes_its_rotation() {
+        let now = at("2026-12-01T12:00:00Z");
+        let Decision::Run(Work::Rotate(r)) = decide(&[], Some(&request(true)), None, now) else { panic!() };
+        assert_eq!(r.id.as_deref(), Some("01a00000-0000-7000-8000-000000000001"));
+        assert!(r.compromised && r.decided_after.is_none(), "{r:?}");
+    }
+
+    /// The schedule's rotation starts once its start has come, remembering what it was decided
+    /// after.
+    #[test]
+    fn scheduled_once_the_start_has_come() {
+        let now = at("2026-12-01T12:00:00Z");
+        let due = |next: &str| Due {
+            at: at(next),
+            next_start: at(next),
+            overdue: false,
+            basis: Basis::Journal,
+            why: Vec::new(),
+        };
+        let last = Rotation::example("last", Phase::Completed, "2026-09-01T00:00:00Z");
+        assert!(scheduled(&due("2026-12-01T12:00:01Z"), &[&last], now).is_none());
+        let Some(Work::Rotate(r)) = scheduled(&due("2026-12-01T12:00:00Z"), &[&last], now) else { panic!() };
+        assert_eq!((r.reason.as_deref(), r.decided_after), (Some("scheduled"), Some(Some("last".to_string()))));
+        let Some(Work::Rotate(r)) = scheduled(&due("2026-11-01T00:00:00Z"), &[], now) else { panic!() };
+        assert_eq!(r.decided_after, Some(None), "decided after no rotation at all");
+    }
 }
