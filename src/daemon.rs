@@ -633,6 +633,8 @@ impl Daemon {
         let scheduler = self.clone().start_ticker(tick).await;
         let mut stopping = self.stopping.subscribe();
         let mut last_reconcile: Option<std::time::Instant> = None;
+        // Orphan scans in flight; shutdown waits for them within its bound.
+        let mut scans = tokio::task::JoinSet::new();
         loop {
             if self.is_stopping() {
                 break;
@@ -640,7 +642,11 @@ impl Daemon {
             self.clone().pass().await;
             if last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
                 last_reconcile = Some(std::time::Instant::now());
-                tokio::spawn(self.clone().look_for_orphans());
+                // One at a time: a scan still running when the next is due is not doubled.
+                while scans.try_join_next().is_some() {}
+                if scans.is_empty() {
+                    scans.spawn(self.clone().look_for_orphans());
+                }
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -652,8 +658,13 @@ impl Daemon {
         if let Some(mut scheduler) = scheduler {
             let _ = scheduler.shutdown().await;
         }
-        // Every permit back means every rotation task has ended.
-        match tokio::time::timeout(timeout, self.semaphore.acquire_many(self.concurrency as u32)).await {
+        // Every permit back means every rotation task has ended; the orphan scan ends too (it
+        // only reads), or is cut off at the same deadline.
+        let deadline = tokio::time::Instant::now() + timeout;
+        if tokio::time::timeout_at(deadline, async { while scans.join_next().await.is_some() {} }).await.is_err() {
+            scans.abort_all();
+        }
+        match tokio::time::timeout_at(deadline, self.semaphore.acquire_many(self.concurrency as u32)).await {
             Ok(_) => tracing::info!("reconciler stopped; no rotation in flight"),
             Err(_) => {
                 tracing::warn!("shutdown timeout: rotations still in flight are left to be resumed by the next start")
@@ -1123,7 +1134,7 @@ impl Daemon {
         match self.engine.reconcile(&refs, false).await {
             Ok(report) => {
                 for finding in report.findings.iter().filter(|f| f.kind == crate::reconcile::FindingKind::Orphan) {
-                    let credential = finding.detail.split_whitespace().next().unwrap_or_default().to_string();
+                    let credential = finding.credential.clone().unwrap_or_default();
                     let first = self
                         .orphan_sent
                         .lock()

@@ -63,6 +63,8 @@ impl std::fmt::Display for FindingKind {
 pub struct Finding {
     pub kind: FindingKind,
     pub policy: String,
+    /// The credential the finding is about, when it is about one (an orphan).
+    pub credential: Option<String>,
     pub detail: String,
     /// Whether `--fix` repaired it in this run.
     pub fixed: bool,
@@ -95,7 +97,7 @@ impl Finding {
             FindingKind::Busy => Some("run again when the rotation in flight is done".to_string()),
             FindingKind::Error => None,
         };
-        Finding { kind, policy: policy.into(), detail, fixed: false, next_step }
+        Finding { kind, policy: policy.into(), credential: None, detail, fixed: false, next_step }
     }
 
     /// Whether `--fix` can repair this kind of finding.
@@ -349,6 +351,7 @@ impl Engine {
                     orphan.id, orphan.name
                 ),
             );
+            f.credential = Some(orphan.id.clone());
             if fix && unreadable {
                 // What an unreadable destination serves is unknown: it may be this credential.
                 f.detail.push_str("; not revoked while a destination cannot be read");
