@@ -1082,3 +1082,56 @@ async fn destination_failures_are_counted_by_kind() {
     let (status, _, log) = service.terminate(30).await;
     assert!(status.success(), "{log}");
 }
+
+/// The service's periodic scan finds a credential minted under a policy's name that nothing
+/// serves (an orphan a crashed run left) and tells the policy's channel once, naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orphan_is_reported_once() {
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let env = Env::start().await;
+    std::fs::write(
+        env.dir.join("rotator.toml"),
+        format!("[notifications.ops]\nkind = \"webhook\"\nurl = \"http://{hook}/hook\"\n"),
+    )
+    .unwrap();
+    let spec = Spec {
+        name: "orphaned".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("orphaned.json".into())],
+        grace: "0s",
+    };
+    env.policy("orphaned.yaml", &format!("{}notify: [ops]\n", spec.yaml()));
+    let legacy = env.legacy(CredentialKind::ApiKey, "orphaned-legacy").await;
+    env.seed(&spec, &legacy).await;
+    let orphan = env.legacy(CredentialKind::ApiKey, &format!("orphaned-{}", uuid::Uuid::new_v4())).await;
+    let service = env.serve(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        let got = received.lock().unwrap().clone();
+        if let Some(body) = got.iter().find(|b| b.contains("\"event\":\"orphan_found\"")) {
+            break body.clone();
+        }
+        assert!(Instant::now() < deadline, "no orphan reported: {got:?}\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(event.contains(&orphan.id) && event.contains("\"policy\":\"orphaned\""), "{event}");
+    let (status, _, log) = service.terminate(30).await;
+    assert!(status.success(), "{log}");
+    let reports = received.lock().unwrap().iter().filter(|b| b.contains("orphan_found")).count();
+    assert_eq!(reports, 1, "reported once");
+}
