@@ -113,29 +113,15 @@ pub struct Daemon {
     /// The last readiness checks of Toktra and Vault and when they ran: they call out, so
     /// `/readyz` runs them at most once a minute.
     pub external_checks: tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
-    /// Check name → when it last passed (Unix seconds), for `/metrics`.
-    check_last_success: Mutex<BTreeMap<String, f64>>,
+    /// What the reconciler, the API and the signal handlers change, under one lock.
+    state: Mutex<State>,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub notifier: Notifier,
     policies_dir: PathBuf,
     /// The policy set in force; replaced whole by a valid reload.
     policies: RwLock<Arc<Vec<Policy>>>,
-    /// Policies with a rotation running in this process now.
-    running: Mutex<BTreeSet<String>>,
-    /// When each policy's current credential came to be, for policies the journal has not
-    /// rotated (read from the destinations once, then kept).
-    basis: Mutex<HashMap<String, Option<Since>>>,
-    /// Policies already reported overdue for their current due time.
-    overdue_sent: Mutex<HashMap<String, DateTime<Utc>>>,
-    /// Policies held back from the next passes, so nothing is retried in a loop.
-    holds: Mutex<HashMap<String, Hold>>,
-    /// Orphans already notified (policy, credential).
-    orphan_sent: Mutex<BTreeSet<(String, String)>>,
     tick: Duration,
-    /// Failures already notified (policy, rotation, error), so a stuck rotation retried later is
-    /// reported once per distinct error; a policy's entries go when it succeeds.
-    failure_sent: Mutex<BTreeSet<(String, String, String)>>,
     wake: Notify,
     semaphore: Arc<Semaphore>,
     concurrency: usize,
@@ -144,12 +130,34 @@ pub struct Daemon {
     healthy: AtomicBool,
     /// Held by the reload running now.
     reloading: tokio::sync::Mutex<()>,
-    reload_status: Mutex<ReloadStatus>,
     /// A thread is reading the policy directory (it may outlive its reload's time bound).
     loader_busy: Arc<AtomicBool>,
+}
+
+/// The daemon's mutable state. Sections that hold the lock are short and never await; every
+/// field is whole after each statement, so a lock poisoned by a panic elsewhere is entered
+/// anyway ([`Daemon::state`]) rather than silently skipped.
+struct State {
+    /// Check name → when it last passed (Unix seconds), for `/metrics`.
+    check_last_success: BTreeMap<String, f64>,
+    /// Policies with a rotation running in this process now.
+    running: BTreeSet<String>,
+    /// When each policy's current credential came to be, for policies the journal has not
+    /// rotated (read from the destinations once, then kept).
+    basis: HashMap<String, Option<Since>>,
+    /// Policies already reported overdue for their current due time.
+    overdue_sent: HashMap<String, DateTime<Utc>>,
+    /// Policies held back from the next passes, so nothing is retried in a loop.
+    holds: HashMap<String, Hold>,
+    /// Orphans already notified (policy, credential).
+    orphan_sent: BTreeSet<(String, String)>,
+    /// Failures already notified (policy, rotation, error), so a stuck rotation retried later is
+    /// reported once per distinct error; a policy's entries go when it succeeds.
+    failure_sent: BTreeSet<(String, String, String)>,
+    reload_status: ReloadStatus,
     /// What the last pass read and decided: scrapes and `/v1/policies` answer from it instead
     /// of reading the journal, destinations or Toktra themselves.
-    last_pass: Mutex<Option<Arc<PassView>>>,
+    last_pass: Option<Arc<PassView>>,
 }
 
 /// A policy's gauges as a pass saw them (its credential's age is computed when scraped).
@@ -215,9 +223,7 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(mut running) = self.daemon.running.lock() {
-            running.remove(&self.policy);
-        }
+        self.daemon.state().running.remove(&self.policy);
     }
 }
 
@@ -244,18 +250,23 @@ impl Daemon {
         }
         Arc::new(Daemon {
             external_checks: tokio::sync::Mutex::new(None),
-            check_last_success: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(State {
+                check_last_success: BTreeMap::new(),
+                running: BTreeSet::new(),
+                basis: HashMap::new(),
+                overdue_sent: HashMap::new(),
+                holds: HashMap::new(),
+                orphan_sent: BTreeSet::new(),
+                failure_sent: BTreeSet::new(),
+                // The set given here was loaded at start.
+                reload_status: ReloadStatus { at: Utc::now(), rejected: None },
+                last_pass: None,
+            }),
             engine: Arc::new(engine),
             metrics,
             notifier,
             policies_dir,
             policies: RwLock::new(Arc::new(policies)),
-            running: Mutex::new(BTreeSet::new()),
-            basis: Mutex::new(HashMap::new()),
-            overdue_sent: Mutex::new(HashMap::new()),
-            failure_sent: Mutex::new(BTreeSet::new()),
-            holds: Mutex::new(HashMap::new()),
-            orphan_sent: Mutex::new(BTreeSet::new()),
             tick: config.tick,
             wake: Notify::new(),
             semaphore: Arc::new(Semaphore::new(config.concurrency)),
@@ -263,16 +274,19 @@ impl Daemon {
             stopping,
             healthy: AtomicBool::new(true),
             reloading: tokio::sync::Mutex::new(()),
-            // The set given here was loaded at start.
-            reload_status: Mutex::new(ReloadStatus { at: Utc::now(), rejected: None }),
             loader_busy: Arc::new(AtomicBool::new(false)),
-            last_pass: Mutex::new(None),
         })
+    }
+
+    /// The mutable state, entered even when a panic elsewhere poisoned its lock (see [`State`]).
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// What the last pass saw; before the first one, read now (journal and due times).
     pub async fn pass_state(&self) -> Result<Arc<PassView>, journal::Error> {
-        if let Some(view) = self.last_pass.lock().ok().and_then(|v| v.clone()) {
+        let last = self.state().last_pass.clone();
+        if let Some(view) = last {
             return Ok(view);
         }
         let rotations = self.engine.journal.pass_view().await?;
@@ -368,7 +382,7 @@ impl Daemon {
         // as `GET /v1/rotations/{id}` shows it, until its rotation is recorded, even while a
         // process works on the policy (resuming an earlier rotation first).
         self.refuse_if_open(policy).await?;
-        if self.running.lock().map(|r| r.contains(policy)).unwrap_or(false) {
+        if self.state().running.contains(policy) {
             return Err(Refused::InFlight("a rotation of this policy is running".into()));
         }
         // Unfinished rotations that are not just waiting to revoke (another replica's, or a
@@ -482,9 +496,7 @@ impl Daemon {
                     1 => first,
                     n => format!("{n} problems, the first: {first}"),
                 };
-                if let Ok(mut status) = self.reload_status.lock() {
-                    *status = ReloadStatus { at: now, rejected: Some(rejected) };
-                }
+                self.state().reload_status = ReloadStatus { at: now, rejected: Some(rejected) };
                 return Err(invalid);
             }
         };
@@ -516,17 +528,12 @@ impl Daemon {
         }
         // Forget what belonged to policies that are gone (and every cached age, since a
         // policy's destinations may have changed).
-        if let Ok(mut h) = self.holds.lock() {
-            h.retain(|p, _| names.contains(p));
-        }
-        if let Ok(mut o) = self.overdue_sent.lock() {
-            o.retain(|p, _| names.contains(p));
-        }
-        if let Ok(mut b) = self.basis.lock() {
-            b.clear();
-        }
-        if let Ok(mut status) = self.reload_status.lock() {
-            *status = ReloadStatus { at: now, rejected: None };
+        {
+            let mut state = self.state();
+            state.holds.retain(|p, _| names.contains(p));
+            state.overdue_sent.retain(|p, _| names.contains(p));
+            state.basis.clear();
+            state.reload_status = ReloadStatus { at: now, rejected: None };
         }
         self.wake.notify_one();
         Ok(n)
@@ -602,9 +609,10 @@ impl Daemon {
                 Err(_) => serde_json::json!({ "ok": false, "message": "vault did not answer within 5s" }),
             };
         }
-        if let (Some(object), Ok(mut last)) = (checks.as_object(), self.check_last_success.lock()) {
+        if let Some(object) = checks.as_object() {
+            let mut state = self.state();
             for (name, _) in object.iter().filter(|(_, c)| c["ok"] == true) {
-                last.insert(name.clone(), Utc::now().timestamp() as f64);
+                state.check_last_success.insert(name.clone(), Utc::now().timestamp() as f64);
             }
         }
         *cached = Some((std::time::Instant::now(), checks.clone()));
@@ -613,10 +621,7 @@ impl Daemon {
 
     /// The last reload (or the load at start), for `/metrics` and `/readyz`.
     pub fn reload_status(&self) -> ReloadStatus {
-        self.reload_status.lock().map(|s| s.clone()).unwrap_or_else(|_| ReloadStatus {
-            at: Utc::now(),
-            rejected: Some("internal: the reload status is unreadable".into()),
-        })
+        self.state().reload_status.clone()
     }
 
     /// Asks the reconciler to stop: no new work; rotations stop after their current step.
@@ -728,7 +733,7 @@ impl Daemon {
             if self.is_stopping() {
                 break;
             }
-            if self.running.lock().map(|r| r.contains(&policy.name)).unwrap_or(true) {
+            if self.state().running.contains(&policy.name) {
                 continue;
             }
             let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
@@ -745,7 +750,7 @@ impl Daemon {
             };
             // Claim the policy; a request that arrived while `work_for` awaited replaces a
             // scheduled rotation, so it is not followed by a second one.
-            let claimed = self.running.lock().map(|mut r| r.insert(policy.name.clone())).unwrap_or(false);
+            let claimed = self.state().running.insert(policy.name.clone());
             if !claimed {
                 continue;
             }
@@ -788,9 +793,7 @@ impl Daemon {
         }
         self.finish_leftovers(&history, &policies, now);
         let view = self.view(history, now).await;
-        if let Ok(mut last) = self.last_pass.lock() {
-            *last = Some(Arc::new(view));
-        }
+        self.state().last_pass = Some(Arc::new(view));
         release_free_memory();
         self.metrics.pass_completed();
     }
@@ -807,13 +810,16 @@ impl Daemon {
                 && !rotation.compromised
                 && rotation.revoke_after.is_some_and(|at| at > now)
                 && rotation.waiting.is_some();
-            let held =
-                self.holds.lock().ok().and_then(|h| h.get(&rotation.policy).copied()).is_some_and(|h| h.until > now);
-            if not_due || held || self.running.lock().map(|r| r.contains(&rotation.policy)).unwrap_or(true) {
+            let (held, running) = {
+                let state = self.state();
+                let held = state.holds.get(&rotation.policy).is_some_and(|h| h.until > now);
+                (held, state.running.contains(&rotation.policy))
+            };
+            if not_due || held || running {
                 continue;
             }
             let Ok(permit) = self.semaphore.clone().try_acquire_owned() else { return };
-            if !self.running.lock().map(|mut r| r.insert(rotation.policy.clone())).unwrap_or(false) {
+            if !self.state().running.insert(rotation.policy.clone()) {
                 continue;
             }
             let guard = Running { daemon: self.clone(), policy: rotation.policy.clone() };
@@ -855,14 +861,14 @@ impl Daemon {
         request: Option<&journal::Request>,
         now: DateTime<Utc>,
     ) -> Option<Work> {
-        let hold = self.holds.lock().ok()?.get(&policy.name).copied();
+        let hold = self.state().holds.get(&policy.name).copied();
         match decide(rotations, request, hold, now) {
             Decision::Hold => return None,
             Decision::Run(work) => return Some(work),
             Decision::Schedule => {}
         }
         let due = self.due(policy, rotations, now).await;
-        if !due.overdue && self.overdue_sent.lock().ok().and_then(|mut sent| sent.remove(&policy.name)).is_some() {
+        if !due.overdue && self.state().overdue_sent.remove(&policy.name).is_some() {
             // No longer overdue (rotated, or its schedule changed): resolve the alert.
             self.notifier.send(
                 &policy.notify,
@@ -870,12 +876,7 @@ impl Daemon {
             );
         }
         if due.overdue {
-            let first = self
-                .overdue_sent
-                .lock()
-                .ok()
-                .map(|mut sent| sent.insert(policy.name.clone(), due.at) != Some(due.at))
-                .unwrap_or(false);
+            let first = self.state().overdue_sent.insert(policy.name.clone(), due.at) != Some(due.at);
             if first {
                 tracing::warn!(policy = %policy.name, due = %due.at, "policy is overdue");
                 self.notifier
@@ -892,15 +893,15 @@ impl Daemon {
         let last = match promoted {
             Some(at) => Some((at, Basis::Journal)),
             None => {
-                let cached = self.basis.lock().ok().and_then(|b| b.get(&policy.name).cloned());
+                let cached = self.state().basis.get(&policy.name).cloned();
                 match cached {
                     Some(basis) => basis,
                     None => {
                         let (basis, known) = self.credential_basis(policy, now).await;
                         // A guess (a destination or Toktra could not be read) is used for this
                         // pass only, so the real age is found once they answer again.
-                        if known && let Ok(mut b) = self.basis.lock() {
-                            b.insert(policy.name.clone(), basis);
+                        if known {
+                            self.state().basis.insert(policy.name.clone(), basis);
                         }
                         basis
                     }
@@ -963,9 +964,7 @@ impl Daemon {
                 // A request is done once its rotation is recorded (the journal marks it so in
                 // the same transaction); otherwise (an unfinished rotation could not be
                 // completed first, a stop came first) it stays queued for a later pass.
-                if let Ok(mut b) = self.basis.lock() {
-                    b.remove(&policy.name);
-                }
+                self.state().basis.remove(&policy.name);
                 let last = outcomes.last();
                 // A run another process left (it crashed, or lost its lease) and that this one
                 // wound up as failed is not a failure of the policy: the next pass rotates it
@@ -984,11 +983,10 @@ impl Daemon {
                         now + chrono::Duration::from_std(self.tick).unwrap_or_default(),
                         HoldReason::Waiting,
                     );
-                } else if let Ok(mut holds) = self.holds.lock() {
-                    holds.remove(&policy.name);
-                    if let Ok(mut sent) = self.failure_sent.lock() {
-                        sent.retain(|(p, _, _)| p != &policy.name);
-                    }
+                } else {
+                    let mut state = self.state();
+                    state.holds.remove(&policy.name);
+                    state.failure_sent.retain(|(p, _, _)| p != &policy.name);
                 }
                 for outcome in &outcomes {
                     self.report(policy, outcome);
@@ -1011,11 +1009,7 @@ impl Daemon {
                 // Said once per policy, request and error, like a failed rotation.
                 let rotation_id = requested.unwrap_or_default();
                 let error = format!("the rotation could not run: {e}");
-                let first = self
-                    .failure_sent
-                    .lock()
-                    .map(|mut sent| sent.insert((policy.name.clone(), rotation_id.clone(), error.clone())))
-                    .unwrap_or(true);
+                let first = self.state().failure_sent.insert((policy.name.clone(), rotation_id.clone(), error.clone()));
                 if first {
                     self.notifier.send(
                         &policy.notify,
@@ -1027,38 +1021,33 @@ impl Daemon {
     }
 
     fn hold(&self, policy: &str, until: DateTime<Utc>, why: HoldReason) {
-        if let Ok(mut holds) = self.holds.lock() {
-            let failures = holds.get(policy).map(|h| h.failures).unwrap_or(0);
-            holds.insert(policy.to_string(), Hold { failures, until, why });
-        }
+        let mut state = self.state();
+        let failures = state.holds.get(policy).map(|h| h.failures).unwrap_or(0);
+        state.holds.insert(policy.to_string(), Hold { failures, until, why });
     }
 
     fn back_off(&self, policy: &str, now: DateTime<Utc>) {
-        if let Ok(mut holds) = self.holds.lock() {
-            let failures = holds.get(policy).map(|h| h.failures).unwrap_or(0) + 1;
-            let wait =
-                crate::backoff::Backoff::new(Duration::from_secs(60), Duration::from_secs(3_600)).delay(failures - 1);
-            holds.insert(
-                policy.to_string(),
-                Hold {
-                    failures,
-                    until: now + chrono::Duration::from_std(wait).unwrap_or_default(),
-                    why: HoldReason::Failed,
-                },
-            );
-            tracing::warn!(policy, failures, retry_in = %crate::duration::format(wait), "rotation failed; backing off");
-        }
+        let mut state = self.state();
+        let failures = state.holds.get(policy).map(|h| h.failures).unwrap_or(0) + 1;
+        let wait =
+            crate::backoff::Backoff::new(Duration::from_secs(60), Duration::from_secs(3_600)).delay(failures - 1);
+        state.holds.insert(
+            policy.to_string(),
+            Hold {
+                failures,
+                until: now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                why: HoldReason::Failed,
+            },
+        );
+        drop(state);
+        tracing::warn!(policy, failures, retry_in = %crate::duration::format(wait), "rotation failed; backing off");
     }
 
     fn report(&self, policy: &Policy, o: &Outcome) {
         // A held revocation is news whichever run finds it (once per rotation and reason).
         if o.held
             && let Some(why) = &o.waiting
-            && self
-                .failure_sent
-                .lock()
-                .map(|mut sent| sent.insert((policy.name.clone(), o.rotation_id.clone(), why.clone())))
-                .unwrap_or(true)
+            && self.state().failure_sent.insert((policy.name.clone(), o.rotation_id.clone(), why.clone()))
         {
             self.notifier.send(
                 &policy.notify,
@@ -1083,11 +1072,8 @@ impl Daemon {
         match o.status {
             Status::Failed | Status::Incomplete => {
                 let error = o.error.clone().unwrap_or_default();
-                let first = self
-                    .failure_sent
-                    .lock()
-                    .map(|mut sent| sent.insert((policy.name.clone(), o.rotation_id.clone(), error.clone())))
-                    .unwrap_or(true);
+                let first =
+                    self.state().failure_sent.insert((policy.name.clone(), o.rotation_id.clone(), error.clone()));
                 if !first {
                     return;
                 }
@@ -1135,11 +1121,7 @@ impl Daemon {
             Ok(report) => {
                 for finding in report.findings.iter().filter(|f| f.kind == crate::reconcile::FindingKind::Orphan) {
                     let credential = finding.credential.clone().unwrap_or_default();
-                    let first = self
-                        .orphan_sent
-                        .lock()
-                        .map(|mut s| s.insert((finding.policy.clone(), credential)))
-                        .unwrap_or(true);
+                    let first = self.state().orphan_sent.insert((finding.policy.clone(), credential));
                     if !first {
                         continue;
                     }
@@ -1162,7 +1144,7 @@ impl Daemon {
         let Ok(view) = self.pass_state().await else { return Snapshot::default() };
         let mut s = Snapshot {
             policies: self.policies().len() as u64,
-            in_flight: self.running.lock().map(|r| r.len() as u64).unwrap_or(0),
+            in_flight: self.state().running.len() as u64,
             pending_revocations: view.pending_revocations,
             per_policy: view
                 .gauges
@@ -1189,7 +1171,7 @@ impl Daemon {
         {
             s.vault_token_ttl = checks["vault"]["ttl_seconds"].as_f64();
         }
-        s.check_last_success = self.check_last_success.lock().map(|l| l.clone()).unwrap_or_default();
+        s.check_last_success = self.state().check_last_success.clone();
         s
     }
 }
