@@ -28,7 +28,7 @@ use crate::schedule::{self, Basis, Due};
 use crate::store::{Destination, Store};
 
 /// When a credential came to be, and how that is known.
-type Since = (DateTime<Utc>, Basis);
+use crate::schedule::Since;
 
 /// How often the service looks for orphans (and at start).
 const RECONCILE_EVERY: Duration = Duration::from_secs(3_600);
@@ -921,7 +921,7 @@ impl Daemon {
             match destination.current().await {
                 Ok(Some(record)) => {
                     let created = match record.rotated_at {
-                        Some(at) => Some(at),
+                        Some(_) => None,
                         // One listing, shared by the policies of this pass that need it.
                         None => self
                             .engine
@@ -937,7 +937,8 @@ impl Daemon {
                             .and_then(|l| l.into_iter().find(|c| c.id == record.id))
                             .and_then(|c| c.created_at),
                     };
-                    return (Some((created.unwrap_or(now), Basis::Credential)), created.is_some());
+                    let (since, known) = schedule::credential_since(record.rotated_at, created, now);
+                    return (Some(since), known);
                 }
                 Ok(None) => {}
                 // Unreadable now: assume a fresh credential rather than rotating on a guess.

@@ -152,15 +152,9 @@ async fn plan_policy(
         (Some(r), _) => (r.new_credential_id.clone(), r.promoted_at.map(|t| (t, Basis::Journal))),
         (None, Some(record)) => {
             let created = listed.and_then(|l| l.iter().find(|c| c.id == record.id)).and_then(|c| c.created_at);
-            // Age from the value's `rotated_at`, else Toktra's `created_at`; failing both, count
-            // from now, so a newly adopted credential is never "due immediately".
-            match record.rotated_at.or(created) {
-                Some(since) => (Some(record.id.clone()), Some((since, Basis::Credential))),
-                None => {
-                    unknown_age = true;
-                    (Some(record.id.clone()), Some((now, Basis::Credential)))
-                }
-            }
+            let (since, known) = schedule::credential_since(record.rotated_at, created, now);
+            unknown_age = !known;
+            (Some(record.id.clone()), Some(since))
         }
         (None, None) => (None, None),
     };

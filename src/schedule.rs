@@ -296,6 +296,24 @@ pub struct Schedule {
 }
 
 /// What the due time was computed from.
+/// When a credential came to be, and what says so.
+pub type Since = (DateTime<Utc>, Basis);
+
+/// The age of a current credential no rotation in the journal made (one rotator adopts): the
+/// value's own `rotated_at`, else Toktra's `created_at`; failing both, `now`, so a credential
+/// just adopted is never due at once, and `false`: its age is not known. `plan` and the daemon
+/// both date credentials with this.
+pub fn credential_since(
+    rotated_at: Option<DateTime<Utc>>,
+    created_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (Since, bool) {
+    match rotated_at.or(created_at) {
+        Some(since) => ((since, Basis::Credential), true),
+        None => ((now, Basis::Credential), false),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Basis {
@@ -546,6 +564,15 @@ mod tests {
         let d = due("p", &windowed, Some((utc("2026-08-21T12:00:00Z"), Basis::Journal)), now);
         assert_eq!(d.next_start, utc("2026-12-05T02:00:00Z"));
         assert!(d.why.iter().any(|w| w.starts_with("window opens")), "{:?}", d.why);
+    }
+
+    #[test]
+    fn an_adopted_credential_is_dated_by_its_value_then_toktra_then_now() {
+        let now = utc("2026-12-01T12:00:00Z");
+        let (rotated, created) = (utc("2026-10-01T00:00:00Z"), utc("2026-09-01T00:00:00Z"));
+        assert_eq!(credential_since(Some(rotated), Some(created), now), ((rotated, Basis::Credential), true));
+        assert_eq!(credential_since(None, Some(created), now), ((created, Basis::Credential), true));
+        assert_eq!(credential_since(None, None, now), ((now, Basis::Credential), false));
     }
 
     #[test]
