@@ -567,24 +567,54 @@ fn select<'a>(
     Ok(selected)
 }
 
-/// Builds the engine from the environment, with destination clients for the given policies.
-pub async fn engine(config: &Config, policies: &[&Policy], journal: Journal) -> Result<Engine, Failure> {
-    let destinations = || policies.iter().flat_map(|p| p.destinations.iter());
-    let need_aws = destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
-    let need_vault = destinations().any(|d| matches!(d, Destination::Vault(_)));
-    let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
-    let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
-    Ok(Engine {
-        toktra: Arc::new(toktra),
-        journal,
-        clients: Arc::new(clients),
-        options: engine::Options {
-            rotation_budget: config.rotation_budget,
-            lease_ttl: config.lease_ttl,
-            ..Default::default()
-        },
-        stop: None,
-    })
+/// Which services a policy set's destination clients reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Those the policies' destinations are in.
+    Policies,
+    /// Those, and every one the configuration names, so a reload may add policies using them
+    /// (`serve`).
+    Configured,
+}
+
+/// The Toktra client and the destination clients for a policy set: what a command that calls
+/// Toktra or a destination talks to. Built by [`Connections::for_policies`] and nowhere else;
+/// [`Connections::engine`] is the one place an [`Engine`] is made from the configuration.
+pub struct Connections {
+    pub toktra: crate::toktra::Client,
+    pub stores: crate::store::Clients,
+}
+
+impl Connections {
+    /// Connects to what `policies` need, as `reach` says (AWS and Vault are only configured when
+    /// reached, so a file-only setup never touches the AWS credential chain). A configuration
+    /// that cannot give them is invalid input (exit 2).
+    pub async fn for_policies(config: &Config, policies: &[&Policy], reach: Reach) -> Result<Connections, Failure> {
+        let configured = reach == Reach::Configured;
+        let destinations = || policies.iter().flat_map(|p| p.destinations.iter());
+        let need_aws = (configured && (config.aws_region.is_some() || config.aws_endpoint.is_some()))
+            || destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
+        let need_vault =
+            (configured && config.vault_addr.is_some()) || destinations().any(|d| matches!(d, Destination::Vault(_)));
+        let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
+        let stores = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+        Ok(Connections { toktra, stores })
+    }
+
+    /// The engine over these connections and `journal`, with the options the configuration sets.
+    pub fn engine(self, config: &Config, journal: Journal) -> Engine {
+        Engine {
+            toktra: Arc::new(self.toktra),
+            journal,
+            clients: Arc::new(self.stores),
+            options: engine::Options {
+                rotation_budget: config.rotation_budget,
+                lease_ttl: config.lease_ttl,
+                ..Default::default()
+            },
+            stop: None,
+        }
+    }
 }
 
 async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
@@ -631,7 +661,7 @@ async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
             })
         }))
         .collect();
-    let engine = engine(&config, &involved, journal).await?;
+    let engine = Connections::for_policies(&config, &involved, Reach::Policies).await?.engine(&config, journal);
     if let Ok(mut loaded) = engine.options.loaded.write() {
         *loaded = Some(policies.iter().map(|p| p.name.clone()).collect());
     }
@@ -908,13 +938,17 @@ async fn plan(
     let policies = load_policies(&ctx.policies)?;
     let selected = select(&policies, names, names.is_empty(), selector)?;
     check_default_region(&config, &policies).await?;
-    let destinations = || selected.iter().flat_map(|p| p.destinations.iter());
-    let need_aws = destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
-    let need_vault = destinations().any(|d| matches!(d, Destination::Vault(_)));
-    let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
-    let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+    let connections = Connections::for_policies(&config, &selected, Reach::Policies).await?;
     let journal = Journal::open_read_only(&config.database_url).await.map_err(|e| Failure::Other(e.into()))?;
-    let plan = crate::plan::plan(&toktra, &clients, journal.as_ref(), &selected, compromise, chrono::Utc::now()).await;
+    let plan = crate::plan::plan(
+        &connections.toktra,
+        &connections.stores,
+        journal.as_ref(),
+        &selected,
+        compromise,
+        chrono::Utc::now(),
+    )
+    .await;
     if let Some(j) = journal {
         j.close().await;
     }
@@ -1009,28 +1043,13 @@ async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         }
     }
     // Clients for whatever the configuration provides, so a reload may add policies using them.
-    let need_vault = config.vault_addr.is_some()
-        || policies.iter().flat_map(|p| &p.destinations).any(|d| matches!(d, Destination::Vault(_)));
-    let need_aws = config.aws_region.is_some()
-        || config.aws_endpoint.is_some()
-        || policies.iter().flat_map(|p| &p.destinations).any(|d| matches!(d, Destination::AwsSecretsManager(_)));
-    let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
-    let clients = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+    let all: Vec<&Policy> = policies.iter().collect();
+    let connections = Connections::for_policies(&config, &all, Reach::Configured).await?;
     // The Vault token is renewed (or replaced by a new login) for as long as the service runs;
     // the task ends when this handle is dropped, at the end of this function.
-    let _vault_renewal = clients.vault.as_ref().map(|v| v.renew_in_background());
+    let _vault_renewal = connections.stores.vault.as_ref().map(|v| v.renew_in_background());
     let journal = open_journal(&config).await?;
-    let engine = Engine {
-        toktra: Arc::new(toktra),
-        journal,
-        clients: Arc::new(clients),
-        options: engine::Options {
-            rotation_budget: config.rotation_budget,
-            lease_ttl: config.lease_ttl,
-            ..Default::default()
-        },
-        stop: None,
-    };
+    let engine = connections.engine(&config, journal);
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let (notifier, notifications) = crate::notify::Notifier::start(config.channels.clone(), metrics.clone());
     let count = policies.len();
@@ -1279,7 +1298,7 @@ async fn reconcile(ctx: &Ctx, args: ReconcileArgs) -> Result<(), Failure> {
     let policies = load_policies(&ctx.policies)?;
     let all: Vec<&Policy> = policies.iter().collect();
     let journal = open_journal(&config).await?;
-    let engine = engine(&config, &all, journal).await?;
+    let engine = Connections::for_policies(&config, &all, Reach::Policies).await?.engine(&config, journal);
     let report = engine.reconcile(&all, args.fix).await.map_err(|e| Failure::Other(e.into()))?;
     engine.journal.close().await;
     match args.format {
