@@ -1354,7 +1354,7 @@ revoke:
 /// `rotator init`: writes the three starting files, or none when any of them exists.
 fn init(dir: &std::path::Path) -> Result<(), Failure> {
     let files = [
-        (dir.join("rotator.toml"), include_str!("../rotator.example.toml").to_string()),
+        (dir.join("rotator.toml"), include_str!("../../rotator.example.toml").to_string()),
         (dir.join("policies").join("example.yaml"), INIT_POLICY.to_string()),
         (dir.join("schema").join("policy.schema.json"), crate::policy::json_schema()),
     ];
