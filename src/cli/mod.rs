@@ -1,20 +1,38 @@
 //! The command line: argument definitions and what each command does. `main.rs` only parses,
 //! sets up telemetry and maps the result to an exit code (0 success, 1 a rotation or check
 //! failed, 2 invalid input or usage).
+//!
+//! This file holds the definitions (`Cli`, `Command`, the `*Args`), `Failure` (which exit code a
+//! failure maps to), `Ctx` and `run`, one `match` that hands each command to the file of its
+//! job: `rotate`, `inspect` (`plan`, `status`, `history`, `reconcile`), `serve` and `setup`
+//! (`validate`, `init`, `schema`, `completions`, `permissions`, `healthcheck`, `toktra-sim`).
+//! `open` is what they share: the policy set, the journal, and the Toktra and destination
+//! clients for a policy set, which are built there and nowhere else.
+//!
+//! Bad input changes nothing (invariant 8): a command that writes (`rotate`, `reconcile`,
+//! `serve`) loads and validates the whole policy set before it opens the journal or any client.
+//! Results go to stdout; notes, warnings and the journal's name to stderr.
+
+mod open;
+mod serve;
+mod setup;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
-use crate::engine::{self, Engine, Outcome, Status};
+pub use crate::report::Format;
+use crate::telemetry::LogFormat;
+
+pub use open::{Connections, Reach, load_policies};
+use std::sync::Arc;
+use crate::engine::{self, Outcome, Status};
 use crate::journal::Journal;
 use crate::notify::{Event, Problem};
-use crate::policy::{self, Destination, Policy};
-pub use crate::report::Format;
+use crate::policy::{self, Policy};
 use crate::report::{print_outcomes, printable, when};
-use crate::telemetry::LogFormat;
+use open::{check_default_region, open_journal, read_journal};
 
 #[derive(Parser)]
 #[command(name = "rotator", version, about = "Rotates Toktra credentials into AWS Secrets Manager and Vault")]
@@ -89,7 +107,6 @@ pub struct InitArgs {
 pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
-
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LintFormat {
@@ -332,208 +349,24 @@ impl Ctx {
     }
 }
 
+/// Runs a command: the one `match` over [`Command`], each arm handing over to the file of its job.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let ctx = Ctx { policies: cli.policies.clone(), config: cli.config.clone() };
     match cli.command {
-        Command::Validate(args) => validate(&ctx.policies, args),
+        Command::Validate(args) => setup::validate(&ctx.policies, args),
         Command::Plan(args) => plan(&ctx, &args.names, &args.selector.concat(), None, args.format).await,
         Command::Rotate(args) => rotate(&ctx, args).await,
         Command::Status(args) => status(&ctx, args).await,
         Command::History(args) => history(&ctx, args).await,
         Command::Reconcile(args) => reconcile(&ctx, args).await,
         Command::Demo(args) => crate::demo::run(args.dir).await.map_err(Failure::Other),
-        Command::Serve(args) => serve(&ctx, args).await,
-        Command::Init(args) => init(&args.dir),
-        Command::Completions(args) => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(args.shell, &mut command, "rotator", &mut std::io::stdout());
-            Ok(())
-        }
-        Command::Schema(args) => {
-            print!(
-                "{}",
-                if args.markdown { crate::policy::reference_markdown() } else { crate::policy::json_schema() }
-            );
-            Ok(())
-        }
-        Command::ToktraSim(args) => toktra_sim(args).await,
-        Command::Permissions(args) => permissions(&ctx, args),
-        Command::Healthcheck(args) => healthcheck(&ctx, args).await,
-    }
-}
-
-fn permissions(ctx: &Ctx, args: PermissionsArgs) -> Result<(), Failure> {
-    use crate::permissions;
-    let policies = load_policies(&ctx.policies)?;
-    let grants = permissions::derive(&policies);
-    match args.format {
-        PermissionsFormat::AwsIam => {
-            if let Some(id) = &args.aws_account_id
-                && (id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()))
-            {
-                return Err(Failure::Invalid(format!("--aws-account-id `{id}` is not a 12-digit AWS account ID")));
-            }
-            if let Some(arn) = args.kms_key_arn.iter().find(|a| !(a.starts_with("arn:") && a.contains(":kms:"))) {
-                return Err(Failure::Invalid(format!("--kms-key-arn `{arn}` is not a KMS key ARN (arn:aws:kms:…)")));
-            }
-            let target = permissions::AwsTarget {
-                account_id: args.aws_account_id,
-                partition: args.aws_partition,
-                default_region: args
-                    .aws_region
-                    .or_else(|| std::env::var("AWS_REGION").ok())
-                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-                    .filter(|r| !r.is_empty()),
-                kms_key_arns: args.kms_key_arn,
-            };
-            let document = permissions::aws_iam(&grants, &target).map_err(Failure::Invalid)?;
-            println!("{}", serde_json::to_string_pretty(&document).expect("a JSON value renders"));
-        }
-        PermissionsFormat::VaultHcl => print!("{}", permissions::vault_hcl(&grants)),
-        PermissionsFormat::Json => {
-            println!("{}", serde_json::to_string_pretty(&permissions::terraform_json(&grants)).expect("a JSON value renders"));
-        }
-    }
-    Ok(())
-}
-
-/// `GET /healthz` of this host's service; exit 1 with the reason when it does not answer `200`.
-async fn healthcheck(ctx: &Ctx, args: HealthcheckArgs) -> Result<(), Failure> {
-    let (url, tls) = match args.url {
-        Some(url) => {
-            let tls = url.starts_with("https://");
-            (url, tls)
-        }
-        None => {
-            let config = ctx.config()?;
-            let mut address = config.listen;
-            if address.ip().is_unspecified() {
-                address.set_ip(match address {
-                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
-            }
-            let tls = config.http.tls.is_some();
-            (format!("{}://{address}/healthz", if tls { "https" } else { "http" }), tls)
-        }
-    };
-    // The service's certificate names the host as clients reach it, not this address; the
-    // check sends nothing secret and only looks at the status.
-    let client = reqwest::Client::builder()
-        .timeout(args.timeout)
-        .tls_danger_accept_invalid_certs(tls)
-        .build()
-        .map_err(|e| Failure::Other(e.into()))?;
-    match client.get(&url).send().await {
-        Ok(response) if response.status().is_success() => {
-            println!("{url}: {}", response.status());
-            Ok(())
-        }
-        Ok(response) => Err(Failure::Failed(format!("{url}: answered {}", response.status()))),
-        Err(e) => Err(Failure::Failed(format!("{url}: {}", crate::toktra::causes(&e)))),
-    }
-}
-
-/// Loads the policy set or fails with every problem (exit 2).
-pub fn load_policies(dir: &std::path::Path) -> Result<Vec<Policy>, Failure> {
-    if !dir.is_dir() {
-        return Err(Failure::Invalid(format!("{}: policy directory not found (set --policies)", dir.display())));
-    }
-    policy::load_dir(dir).map_err(|invalid| Failure::Invalid(invalid.to_string()))
-}
-
-/// Refuses a policy set in which the default AWS region makes two destinations one secret (a
-/// destination without `region` is in it, and only the AWS configuration knows it, so
-/// `validate` cannot decide). Called by `plan` and `rotate` before anything is opened, minted or
-/// written; reads the AWS configuration only when some default region would matter.
-async fn check_default_region(config: &Config, policies: &[Policy]) -> Result<(), Failure> {
-    if !policy::depends_on_default_region(policies) {
-        return Ok(());
-    }
-    let clients = config.clients(true, false).await.map_err(|e| Failure::Invalid(e.to_string()))?;
-    let region = clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
-    policy::check_default_region(policies, region.as_deref()).map_err(|invalid| Failure::Invalid(invalid.to_string()))
-}
-
-fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<(), Failure> {
-    let result = if args.paths.is_empty() {
-        if !dir.is_dir() {
-            return Err(Failure::Invalid(format!("{}: policy directory not found (set --policies)", dir.display())));
-        }
-        policy::load_dir(dir)
-    } else {
-        policy::load_paths(&args.paths)
-    };
-    let problems = match &result {
-        Ok(_) => &[][..],
-        Err(invalid) => &invalid.0[..],
-    };
-    // A set without policies checked nothing: a wrong `--policies` or a misnamed file, most
-    // likely, so it is not reported as valid.
-    let empty = match (&result, args.paths.is_empty()) {
-        (Ok(policies), true) if policies.is_empty() => {
-            Some(format!("no policy files (*.yaml, *.yml) in {}", dir.display()))
-        }
-        (Ok(policies), false) if policies.is_empty() => Some("no policies in the files given".to_string()),
-        _ => None,
-    };
-    match args.format {
-        LintFormat::Text => match &result {
-            Ok(_) if empty.is_some() => {}
-            Ok(policies) if policies.len() == 1 => println!("1 policy valid"),
-            Ok(policies) => println!("{} policies valid", policies.len()),
-            Err(invalid) => invalid.0.iter().for_each(|p| println!("{p}")),
-        },
-        LintFormat::Json => {
-            let names: Vec<&str> =
-                result.as_ref().map(|ps| ps.iter().map(|p| p.name.as_str()).collect()).unwrap_or_default();
-            let rows: Vec<_> = problems
-                .iter()
-                .map(|p| {
-                    serde_json::json!({
-                        "file": p.location.file.display().to_string(),
-                        "line": p.location.line,
-                        "column": p.location.column,
-                        "field": p.field,
-                        "message": p.message,
-                    })
-                })
-                .collect();
-            let mut report =
-                serde_json::json!({ "valid": result.is_ok() && empty.is_none(), "policies": names, "problems": rows });
-            if let Some(warning) = &empty {
-                report["warning"] = serde_json::json!(warning);
-            }
-            println!("{report}");
-        }
-        LintFormat::Github => {
-            for p in problems {
-                // Workflow-command escaping: %, CR and LF in data; also , and : in properties.
-                let data = |t: &str| t.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
-                let property = |t: &str| data(t).replace(':', "%3A").replace(',', "%2C");
-                let message =
-                    if p.field.is_empty() { p.message.clone() } else { format!("{}: {}", p.field, p.message) };
-                // A problem with the file as a whole has no line to point at.
-                let position = match p.location.line {
-                    0 => String::new(),
-                    line => format!(",line={line},col={}", p.location.column),
-                };
-                println!(
-                    "::error file={}{position},title={}::{}",
-                    property(&p.location.file.display().to_string()),
-                    property("rotator policy"),
-                    data(&message)
-                );
-            }
-        }
-    }
-    if let Some(warning) = empty {
-        eprintln!("warning: {warning}");
-        return Err(Failure::Invalid("nothing to validate".into()));
-    }
-    match result {
-        Ok(_) => Ok(()),
-        Err(invalid) => Err(Failure::Invalid(format!("{} problem(s); nothing was changed", invalid.0.len()))),
+        Command::Serve(args) => serve::serve(&ctx, args).await,
+        Command::Init(args) => setup::init(&args.dir),
+        Command::Completions(args) => setup::completions(args),
+        Command::Schema(args) => setup::schema(args),
+        Command::ToktraSim(args) => setup::toktra_sim(args).await,
+        Command::Permissions(args) => setup::permissions(&ctx, args),
+        Command::Healthcheck(args) => setup::healthcheck(&ctx, args).await,
     }
 }
 
@@ -565,56 +398,6 @@ fn select<'a>(
         return Err(Failure::Invalid(format!("no policy matches --selector {}", wanted.join(","))));
     }
     Ok(selected)
-}
-
-/// Which services a policy set's destination clients reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reach {
-    /// Those the policies' destinations are in.
-    Policies,
-    /// Those, and every one the configuration names, so a reload may add policies using them
-    /// (`serve`).
-    Configured,
-}
-
-/// The Toktra client and the destination clients for a policy set: what a command that calls
-/// Toktra or a destination talks to. Built by [`Connections::for_policies`] and nowhere else;
-/// [`Connections::engine`] is the one place an [`Engine`] is made from the configuration.
-pub struct Connections {
-    pub toktra: crate::toktra::Client,
-    pub stores: crate::store::Clients,
-}
-
-impl Connections {
-    /// Connects to what `policies` need, as `reach` says (AWS and Vault are only configured when
-    /// reached, so a file-only setup never touches the AWS credential chain). A configuration
-    /// that cannot give them is invalid input (exit 2).
-    pub async fn for_policies(config: &Config, policies: &[&Policy], reach: Reach) -> Result<Connections, Failure> {
-        let configured = reach == Reach::Configured;
-        let destinations = || policies.iter().flat_map(|p| p.destinations.iter());
-        let need_aws = (configured && (config.aws_region.is_some() || config.aws_endpoint.is_some()))
-            || destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
-        let need_vault =
-            (configured && config.vault_addr.is_some()) || destinations().any(|d| matches!(d, Destination::Vault(_)));
-        let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
-        let stores = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
-        Ok(Connections { toktra, stores })
-    }
-
-    /// The engine over these connections and `journal`, with the options the configuration sets.
-    pub fn engine(self, config: &Config, journal: Journal) -> Engine {
-        Engine {
-            toktra: Arc::new(self.toktra),
-            journal,
-            clients: Arc::new(self.stores),
-            options: engine::Options {
-                rotation_budget: config.rotation_budget,
-                lease_ttl: config.lease_ttl,
-                ..Default::default()
-            },
-            stop: None,
-        }
-    }
 }
 
 async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
@@ -1012,167 +795,6 @@ fn print_plan(plan: &crate::plan::Plan) {
     );
 }
 
-async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
-    let config = ctx.config()?;
-    let listen = args.listen.unwrap_or(config.listen);
-    let token = config.api_token().map_err(|e| Failure::Invalid(e.to_string()))?;
-    match (&token, args.insecure_no_auth) {
-        (Some(_), _) => {}
-        (None, true) if listen.ip().is_loopback() => {
-            tracing::warn!(%listen, "serving the API WITHOUT authentication (--insecure-no-auth, loopback only)")
-        }
-        (None, true) => {
-            return Err(Failure::Invalid(format!(
-                "--insecure-no-auth is only allowed on a loopback address, not {listen}"
-            )));
-        }
-        (None, false) => {
-            return Err(Failure::Invalid(
-                "no API token: set ROTATOR_API_TOKEN or `api_token_file` in the configuration (or --insecure-no-auth on loopback)".into(),
-            ));
-        }
-    }
-    let policies = load_policies(&ctx.policies)?;
-    check_default_region(&config, &policies).await?;
-    for p in &policies {
-        if let Some(channel) = p.notify.iter().find(|c| !config.channels.contains_key(*c)) {
-            return Err(Failure::Invalid(format!(
-                "{}: notify: channel `{channel}` is not defined in the configuration",
-                p.source
-            )));
-        }
-    }
-    // Clients for whatever the configuration provides, so a reload may add policies using them.
-    let all: Vec<&Policy> = policies.iter().collect();
-    let connections = Connections::for_policies(&config, &all, Reach::Configured).await?;
-    // The Vault token is renewed (or replaced by a new login) for as long as the service runs;
-    // the task ends when this handle is dropped, at the end of this function.
-    let _vault_renewal = connections.stores.vault.as_ref().map(|v| v.renew_in_background());
-    let journal = open_journal(&config).await?;
-    let engine = connections.engine(&config, journal);
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let (notifier, notifications) = crate::notify::Notifier::start(config.channels.clone(), metrics.clone());
-    let count = policies.len();
-    let daemon = crate::daemon::Daemon::new(&config, ctx.policies.clone(), policies, engine, metrics, notifier);
-    let tls = match &config.http.tls {
-        Some((cert, key)) => Some(Arc::new(
-            crate::listener::Tls::load(cert, key)
-                .map_err(|e| Failure::Invalid(format!("tls_cert_file/tls_key_file: {e}")))?,
-        )),
-        None => None,
-    };
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::Invalid(format!("listen {listen}: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| Failure::Other(e.into()))?;
-    tracing::info!(%addr, tls = tls.is_some(), policies = count, concurrency = config.concurrency, tick = %crate::duration::format(config.tick), "rotator serving");
-
-    // Each SIGHUP reloads in a task of its own, so a slow reload delays nothing (the next
-    // SIGHUP is skipped while it runs, with a log line). The TLS certificate and key are read
-    // again too; a pair that does not load keeps the one in force.
-    let reloader = {
-        let (daemon, tls) = (daemon.clone(), tls.clone());
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading policies");
-                if let Some(tls) = &tls {
-                    match tls.reload() {
-                        Ok(()) => tracing::info!("TLS certificate and key reloaded"),
-                        Err(e) => {
-                            tracing::error!(error = %e, "TLS certificate and key not reloaded; the previous pair stays in force")
-                        }
-                    }
-                }
-                let daemon = daemon.clone();
-                tokio::spawn(async move { daemon.reload().await });
-            }
-        })
-    };
-    let reconciler = tokio::spawn(daemon.clone().run(config.tick, config.shutdown_timeout));
-    let stopper = daemon.clone();
-    let shutdown = async move {
-        crate::telemetry::shutdown_signal().await;
-        tracing::info!("stopping: no new work; letting the steps in flight finish");
-        stopper.stop();
-    };
-    let options = crate::server::Options {
-        token,
-        listen: addr,
-        metrics_auth: config.metrics_auth,
-        request_timeout: config.http.request_timeout,
-    };
-    let limits = crate::listener::Limits {
-        max_connections: config.http.max_connections,
-        header_timeout: config.http.header_timeout,
-    };
-    let mut server = tokio::spawn(crate::listener::serve(
-        listener,
-        crate::server::router(daemon.clone(), options),
-        limits,
-        tls,
-        shutdown,
-    ));
-    let failed = tokio::select! {
-        served = &mut server => {
-            // The server ended without a stop signal: stop the rest too.
-            daemon.stop();
-            Some(served)
-        }
-        _ = daemon.stopped() => None,
-    };
-    // Everything below ends within `shutdown_timeout` of the stop: open HTTP requests and the
-    // steps in flight get it less a reserve, in which queued notifications (the failure of the
-    // step that just finished, say) are delivered and the journal is closed.
-    let stopped_at = tokio::time::Instant::now();
-    let reserve = (config.shutdown_timeout / 4).min(std::time::Duration::from_secs(5));
-    let work_deadline = stopped_at + config.shutdown_timeout - reserve;
-    let deadline = stopped_at + config.shutdown_timeout;
-    if failed.is_none() && tokio::time::timeout_at(work_deadline, &mut server).await.is_err() {
-        tracing::warn!("HTTP requests still open at the shutdown timeout; closing them");
-        server.abort();
-    }
-    reloader.abort();
-    if tokio::time::timeout_at(work_deadline, reconciler).await.is_err() {
-        tracing::warn!("shutdown timeout: rotations still in flight are left to be resumed by the next start");
-    }
-    let close_reserve = reserve / 4;
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).saturating_sub(close_reserve);
-    daemon.notifier.drain(left).await;
-    for task in notifications {
-        task.abort();
-    }
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    if tokio::time::timeout(left, daemon.engine.journal.close()).await.is_err() {
-        tracing::warn!("the journal did not close in time");
-    }
-    if let Some(Err(e)) = failed {
-        return Err(Failure::Other(anyhow::anyhow!("the HTTP server task failed: {e}")));
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn open_journal(config: &Config) -> Result<Journal, Failure> {
-    Journal::open(&config.database_url).await.map_err(|e| Failure::Other(e.into()))
-}
-
-/// The journal for commands that only read it: opened read-only (nothing is created or
-/// migrated), named on stderr, and an error when it does not exist.
-async fn read_journal(config: &Config) -> Result<Journal, Failure> {
-    match Journal::open_read_only(&config.database_url).await {
-        Ok(Some(journal)) => {
-            eprintln!("journal: {}", journal.url());
-            Ok(journal)
-        }
-        Ok(None) => Err(Failure::Invalid(format!(
-            "no journal at {}: nothing has been recorded with this configuration yet \
-             (the journal is ROTATOR_DATABASE_URL or `database_url` in the configuration)",
-            crate::journal::display_url(&config.database_url)
-        ))),
-        Err(e) => Err(Failure::Other(e.into())),
-    }
-}
-
 async fn status(ctx: &Ctx, args: FormatArgs) -> Result<(), Failure> {
     let config = ctx.config()?;
     let policies = load_policies(&ctx.policies)?;
@@ -1328,104 +950,4 @@ async fn reconcile(ctx: &Ctx, args: ReconcileArgs) -> Result<(), Failure> {
             )))
         }
     }
-}
-
-/// The sample policy `rotator init` writes: a file destination, so it rotates without any cloud
-/// account once a Toktra is configured.
-const INIT_POLICY: &str = r#"# yaml-language-server: $schema=../schema/policy.schema.json
-# A sample policy written by `rotator init`. Check it with `rotator validate`, see what would
-# happen with `rotator plan`. The reference: `rotator schema --markdown`.
-name: example
-description: An API key for an example integration, kept in a local file (mode 0600)
-labels: { team: platform }
-credential:
-  kind: api_key            # or oauth_client
-  name: example            # base name at Toktra; rotations mint `example-<rotation id>`
-schedule:
-  every: 90d
-destinations:
-  - file: { path: out/example.json }
-  # - aws_secrets_manager: { secret_id: prod/toktra/example, region: eu-central-1, create: true }
-  # - vault: { mount: secret, path: toktra/example, create: true }
-revoke:
-  grace: 24h
-"#;
-
-/// `rotator init`: writes the three starting files, or none when any of them exists.
-fn init(dir: &std::path::Path) -> Result<(), Failure> {
-    let files = [
-        (dir.join("rotator.toml"), include_str!("../../rotator.example.toml").to_string()),
-        (dir.join("policies").join("example.yaml"), INIT_POLICY.to_string()),
-        (dir.join("schema").join("policy.schema.json"), crate::policy::json_schema()),
-    ];
-    if let Some((path, _)) = files.iter().find(|(path, _)| path.symlink_metadata().is_ok()) {
-        return Err(Failure::Invalid(format!("{} exists; init writes nothing over existing files", path.display())));
-    }
-    for (path, text) in &files {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Failure::Invalid(format!("cannot create {}: {e}", parent.display())))?;
-        }
-        std::fs::write(path, text).map_err(|e| Failure::Invalid(format!("cannot write {}: {e}", path.display())))?;
-        println!("wrote {}", path.display());
-    }
-    println!(
-        "\nNext:\n  rotator --policies {p} validate\n  export TOKTRA_API_KEY=...   # rotator's own admin credential\n  \
-         rotator --config {c} --policies {p} plan",
-        p = dir.join("policies").display(),
-        c = dir.join("rotator.toml").display()
-    );
-    Ok(())
-}
-
-async fn toktra_sim(args: SimArgs) -> Result<(), Failure> {
-    if !args.listen.ip().is_loopback() {
-        return Err(Failure::Invalid(format!("--listen {}: the simulator only listens on loopback", args.listen)));
-    }
-    let token_lifetime =
-        crate::duration::parse(&args.token_lifetime).map_err(|e| Failure::Invalid(format!("--token-lifetime: {e}")))?;
-    let faults = match &args.faults {
-        Some(json) => serde_json::from_str(json).map_err(|e| Failure::Invalid(format!("--faults: {e}")))?,
-        None => Default::default(),
-    };
-    fn choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T, Failure> {
-        serde_json::from_value(serde_json::Value::String(value.to_string()))
-            .map_err(|e| Failure::Invalid(format!("--{flag} {value}: {e}")))
-    }
-    let dialect = crate::sim::Dialect {
-        revoked_in_lists: choice("revoked-in-lists", &args.revoked_in_lists)?,
-        token_error: choice("token-error", &args.token_error)?,
-    };
-    let admin_client = match &args.admin_client {
-        Some(text) => {
-            let (id, secret) = text
-                .split_once(':')
-                .ok_or_else(|| Failure::Invalid("--admin-client: expected CLIENT_ID:CLIENT_SECRET".into()))?;
-            Some((id.to_string(), secret.to_string()))
-        }
-        None => None,
-    };
-    if args.admin_api_key.is_none() && admin_client.is_none() {
-        return Err(Failure::Invalid(
-            "give --admin-api-key or --admin-client, or nothing can manage credentials".into(),
-        ));
-    }
-    let config = crate::sim::Config {
-        token_lifetime,
-        page_size: args.page_size,
-        rate_limit_per_minute: args.rate_limit,
-        faults,
-        dialect,
-        admin_api_key: args.admin_api_key,
-        admin_client,
-        ..Default::default()
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Failure::Invalid(format!("--listen {}: {e}", args.listen)))?;
-    let sim = crate::sim::Simulator::serve(listener, config).await.map_err(|e| Failure::Other(e.into()))?;
-    eprintln!("toktra simulator listening on {}", sim.base_url());
-    crate::telemetry::shutdown_signal().await;
-    sim.shutdown().await;
-    Ok(())
 }
