@@ -3,8 +3,8 @@
 //! read-only, never created), and `reconcile` compares Toktra, the destinations and the journal
 //! (changing something only with `--fix`: it revokes orphans and discards stale staged values).
 
+use super::open::select;
 use super::open::{Connections, Reach, check_default_region, load_policies, open_journal, read_journal};
-use super::rotate::select;
 use super::{Ctx, Failure, FormatArgs, HistoryArgs, ReconcileArgs};
 use crate::journal::Journal;
 use crate::policy::{self, Policy};

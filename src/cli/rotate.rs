@@ -6,43 +6,13 @@
 use std::sync::Arc;
 
 use super::inspect::plan;
-use super::open::{Connections, Reach, check_default_region, load_policies, open_journal};
+use super::open::{Connections, Reach, check_default_region, load_policies, open_journal, select};
 use super::{Ctx, Failure, RotateArgs};
 use crate::engine::{self, Outcome, Status};
 use crate::journal::Journal;
 use crate::notify::{Event, Problem};
 use crate::policy::Policy;
 use crate::report::{print_outcomes, when};
-
-/// Picks the policies named, or carrying every label of `selector`, or all. Unknown names, and a
-/// selector that matches nothing, are usage errors.
-pub(super) fn select<'a>(
-    policies: &'a [Policy],
-    names: &[String],
-    all: bool,
-    selector: &[(String, String)],
-) -> Result<Vec<&'a Policy>, Failure> {
-    let mut selected: Vec<&Policy> = Vec::new();
-    for name in names {
-        match policies.iter().find(|p| &p.name == name) {
-            Some(p) if !selected.iter().any(|s| s.name == p.name) => selected.push(p),
-            Some(_) => {}
-            None => {
-                let known: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
-                return Err(Failure::Invalid(format!("unknown policy `{name}`; known: {}", known.join(", "))));
-            }
-        }
-    }
-    if names.is_empty() && (all || !selector.is_empty()) {
-        selected = policies.iter().collect();
-    }
-    selected.retain(|p| p.matches(selector));
-    if selected.is_empty() && !selector.is_empty() {
-        let wanted: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        return Err(Failure::Invalid(format!("no policy matches --selector {}", wanted.join(","))));
-    }
-    Ok(selected)
-}
 
 pub(super) async fn rotate(ctx: &Ctx, args: RotateArgs) -> Result<(), Failure> {
     // Before anything else: nothing is read, opened or created for a request that cannot run.

@@ -134,7 +134,10 @@ pub(super) fn permissions(ctx: &Ctx, args: PermissionsArgs) -> Result<(), Failur
         }
         PermissionsFormat::VaultHcl => print!("{}", permissions::vault_hcl(&grants)),
         PermissionsFormat::Json => {
-            println!("{}", serde_json::to_string_pretty(&permissions::terraform_json(&grants)).expect("a JSON value renders"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&permissions::terraform_json(&grants)).expect("a JSON value renders")
+            );
         }
     }
     Ok(())

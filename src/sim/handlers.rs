@@ -14,11 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
 
+use super::clock::Now;
 use super::conn::Conn;
 use super::faults::{Dialect, Faults, RevokedInLists, TokenError, roll};
 use super::limiter::RateInfo;
 use super::pagination::{CursorTag, Page, paginate};
-use super::state::{Credential, Inspected, Kind, Now, Shared, StateInner, Stats, random_alphanumeric, same_secret};
+use super::state::{Credential, Inspected, Kind, Shared, StateInner, Stats, random_alphanumeric, same_secret};
 use super::wire::{
     ApiError, Call, CreateBody, Done, Endpoint, Outcome, Reply, Route, bad_request, bearer_token, not_found,
     parse_pairs,

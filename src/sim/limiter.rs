@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use axum::http::header::HeaderName;
 use axum::http::{HeaderMap, HeaderValue};
 
-use super::state::Now;
+use super::clock::Now;
 
 /// Length of one rate-limit window.
 pub(super) const RATE_WINDOW_SECS: u64 = 60;

@@ -31,6 +31,7 @@
 //! - `conn`: connections a handler can kill, so a dropped request leaves the client a transport
 //!   error and no status line.
 
+mod clock;
 mod conn;
 mod faults;
 mod handlers;

@@ -5,8 +5,8 @@
 
 use serde_json::{Value, json};
 
+use super::clock::Now;
 use super::limiter::RATE_WINDOW_SECS;
-use super::state::Now;
 use super::wire::{ApiError, bad_request, parse_pairs};
 
 /// The documented upper bound of the `limit` query parameter.

@@ -1,8 +1,7 @@
 //! The simulated store: OAuth clients and API keys (kept after revocation, in creation order, so
 //! positions and cursors stay stable), issued access tokens, per-credential usage and [`Stats`],
 //! all behind one lock in [`Shared`] with the settings fixed at start; the views of a credential
-//! that may leave the simulator (list item, create response, [`Inspected`]); and [`Now`], the
-//! clocks a request reads once.
+//! that may leave the simulator (list item, create response, [`Inspected`]).
 //!
 //! Invariants: a client secret or API key leaves only through `Credential::created_response`, in
 //! the one reply that issues it (an access token only in the token response), and `Credential` is
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
@@ -24,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::Config;
+use super::clock::Now;
 use super::faults::{Dialect, Faults, RevokedInLists};
 use super::limiter::{Limiter, RateInfo};
 use super::pagination::MAX_LIMIT;
@@ -411,21 +411,4 @@ pub(super) fn same_secret(stored: &str, given: &str) -> bool {
 
 pub(super) fn random_alphanumeric(len: usize) -> String {
     rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
-}
-
-/// Both clocks read once per request: wall time for timestamps and rate windows, monotonic time
-/// for token expiry (so a clock step cannot revive or kill tokens).
-#[derive(Clone, Copy)]
-pub(super) struct Now {
-    /// Millisecond precision, as a real API would show it.
-    pub(super) wall: DateTime<Utc>,
-    pub(super) mono: Instant,
-    pub(super) unix: u64,
-}
-
-impl Now {
-    pub(super) fn read() -> Now {
-        let wall = Utc::now().trunc_subsecs(3);
-        Now { wall, mono: Instant::now(), unix: u64::try_from(wall.timestamp()).unwrap_or(0) }
-    }
 }
