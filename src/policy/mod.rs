@@ -26,6 +26,7 @@ use crate::schedule::Schedule;
 
 mod places;
 mod read;
+mod rules;
 mod schema;
 #[cfg(test)]
 mod tests;
