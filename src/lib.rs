@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod credential;
 pub mod daemon;
 pub mod demo;
 pub mod duration;

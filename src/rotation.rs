@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
-use crate::policy::CredentialKind;
+use crate::credential::CredentialKind;
 
 /// One rotation as the journal keeps it: everything a later run needs to resume it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Error, Lease, Request, RequestState, Rotation};
-use crate::policy::CredentialKind;
+use crate::credential::CredentialKind;
 use crate::rotation::Phase;
 
 /// Columns added to `rotations` after its first version, with their SQL definitions; new

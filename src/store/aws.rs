@@ -16,7 +16,8 @@ use aws_sdk_secretsmanager::types::Tag;
 use sha2::{Digest, Sha256};
 
 use super::{Error, ErrorKind, Record, Store};
-use crate::policy::{AwsDestination, CredentialKind};
+use crate::credential::CredentialKind;
+use crate::policy::AwsDestination;
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";

@@ -10,7 +10,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Error, ErrorKind, Record, Store};
-use crate::policy::{CredentialKind, FileDestination};
+use crate::credential::CredentialKind;
+use crate::policy::FileDestination;
 
 /// `O_NOFOLLOW`, which std does not name. The `libc` crate is not a dependency and the value
 /// differs by architecture (x86_64 `0o400000`, aarch64 `0o100000`), so it is spelled out for

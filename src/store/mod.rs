@@ -14,7 +14,8 @@ use std::fmt;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::policy::{self, CredentialKind};
+use crate::credential::CredentialKind;
+use crate::policy;
 use crate::secret::Secret;
 
 /// The value written to a destination (SPEC section 2): a JSON object consumers read as is.

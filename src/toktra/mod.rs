@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::policy::CredentialKind;
+use crate::credential::CredentialKind;
 use crate::secret::Secret;
 
 /// Paths below the base URL. The management endpoints are undocumented (toktra-api.md,

@@ -10,7 +10,7 @@ use serde::Deserialize as _;
 use serde_json::Value;
 
 use super::{Error, Listed, Minted};
-use crate::policy::CredentialKind;
+use crate::credential::CredentialKind;
 use crate::secret::Secret;
 
 /// A token's lifetime when `expires_in` is missing or makes no sense (Toktra's documented one).

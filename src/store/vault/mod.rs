@@ -24,7 +24,8 @@ pub use auth::Method;
 pub use connection::{CallError, Connection, Renewal};
 
 use super::{Error, ErrorKind, Record, Store};
-use crate::policy::{CredentialKind, VaultDestination};
+use crate::credential::CredentialKind;
+use crate::policy::VaultDestination;
 
 impl Connection {
     /// The secrets engine mounted at `mount` as `(type, options.version)`, when this token may
