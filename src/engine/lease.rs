@@ -4,7 +4,7 @@
 use super::*;
 
 impl Engine {
-    pub(crate) async fn acquire(&self, policy: &str) -> Result<Held, Error> {
+    pub(crate) async fn acquire(&self, policy: &str) -> Result<Leased, Error> {
         let holder = format!("{}:{}", self.options.holder, &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let ttl = self.options.lease_ttl;
         let lease = match self.journal.acquire(policy, &holder, ttl).await? {
@@ -58,10 +58,10 @@ impl Engine {
             tracing::error!(policy = %beat.policy, "lost the policy's lease; stopping its rotation");
             let _ = lost_tx.send(true);
         });
-        Ok(Held { lease, lost, heartbeat })
+        Ok(Leased { lease, lost, heartbeat })
     }
 
-    pub(crate) async fn release(&self, held: &Held) {
+    pub(crate) async fn release(&self, held: &Leased) {
         held.heartbeat.abort();
         if let Err(e) = self.journal.release(&held.lease).await {
             tracing::warn!(policy = %held.lease.policy, error = %e, "could not release the lease; it expires by itself");

@@ -207,20 +207,20 @@ pub struct Engine {
 }
 
 /// A held lease and the heartbeat that keeps it.
-pub(crate) struct Held {
+pub(crate) struct Leased {
     pub(crate) lease: journal::Lease,
     lost: tokio::sync::watch::Receiver<bool>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Held {
+impl Drop for Leased {
     fn drop(&mut self) {
         self.heartbeat.abort();
     }
 }
 
 /// What one rotation holds in memory while it runs.
-struct Work<'a> {
+struct InFlight<'a> {
     policy: &'a Policy,
     rotation: Rotation,
     destinations: Vec<Destination>,

@@ -5,7 +5,7 @@
 use super::*;
 
 impl Engine {
-    pub(super) async fn revoke_old(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn revoke_old(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         let kind = work.rotation.kind;
         let new_id = work.rotation.new_credential_id.clone();
         let old: Vec<String> = work
@@ -120,7 +120,7 @@ impl Engine {
     /// rollback` during the grace), or the journal says another policy still serves one (two
     /// policies adopted the same legacy credential). The journal's word alone is not enough to
     /// cut off consumers.
-    pub(super) async fn still_served(&self, work: &Work<'_>, old: &[String]) -> Result<Option<String>, StepError> {
+    pub(super) async fn still_served(&self, work: &InFlight<'_>, old: &[String]) -> Result<Option<String>, StepError> {
         let mut reasons = Vec::new();
         for destination in &work.destinations {
             if let Some(current) = self.retry(work.deadline, || destination.current()).await?
@@ -164,7 +164,7 @@ impl Engine {
     /// back from a destination's previous value) must now be rejected, and it must no longer be
     /// listed as active.
     /// Returns whether the secret was presented.
-    pub(super) async fn revoke_one(&self, work: &Work<'_>, id: &str) -> Result<(toktra::Revoked, bool), StepError> {
+    pub(super) async fn revoke_one(&self, work: &InFlight<'_>, id: &str) -> Result<(toktra::Revoked, bool), StepError> {
         let kind = work.rotation.kind;
         let result = self.toktra.revoke(kind, id).await?;
         if let Some(secret) = work.old_secrets.get(id) {
@@ -182,7 +182,7 @@ impl Engine {
         Ok((result, work.old_secrets.contains_key(id)))
     }
 
-    pub(super) async fn roll_back(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn roll_back(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         self.note(work, "rollback", StepStatus::Intent, "revoke the new credential and discard staged values").await?;
         let kind = work.rotation.kind;
         let mut revoked = Vec::new();
@@ -247,7 +247,7 @@ impl Engine {
     /// During a `--revoke-first` outage a rotation only rolls forward: the failed attempt was
     /// cleaned up (its credential revoked), and a new one is minted after a backoff, until the
     /// run's deadline; then the rotation stays unfinished, saying so, for the next run.
-    pub(super) async fn mint_again(&self, work: &mut Work<'_>, detail: &str) -> Result<Flow, StepError> {
+    pub(super) async fn mint_again(&self, work: &mut InFlight<'_>, detail: &str) -> Result<Flow, StepError> {
         let cause = work.rotation.error.clone().unwrap_or_default();
         let message = format!("{NO_WORKING_CREDENTIAL}; the last attempt failed: {cause}");
         work.rotation.phase = Phase::Started;

@@ -71,7 +71,7 @@ impl Engine {
         &self,
         policy: &Policy,
         request: &Request,
-        held: &Held,
+        held: &Leased,
     ) -> Result<Vec<Outcome>, Error> {
         let mut outcomes = Vec::new();
         let mut rotated_now = false;
@@ -148,7 +148,7 @@ impl Engine {
         &self,
         policy: &Policy,
         request: &Request,
-        held: &Held,
+        held: &Leased,
         superseding: Vec<Rotation>,
     ) -> Result<Outcome, Error> {
         let now = Utc::now();
@@ -277,7 +277,7 @@ impl Engine {
         rotation: Rotation,
         memory: Memory,
         fresh: Option<(HashMap<String, Secret>, Vec<String>)>,
-        held: &Held,
+        held: &Leased,
     ) -> Result<Outcome, Error> {
         let started_at = Utc::now();
         let resumed = !memory.started_here;
@@ -334,7 +334,7 @@ impl Engine {
                 return Ok(self.outcome(resumed, &rotation, Vec::new(), &[], started_at));
             }
         };
-        let mut work = Work {
+        let mut work = InFlight {
             policy,
             rotation,
             destinations,
@@ -423,7 +423,7 @@ impl Engine {
     /// clears the last error, except on the way to `failed`, which keeps the reason.
     pub(super) async fn advance(
         &self,
-        work: &mut Work<'_>,
+        work: &mut InFlight<'_>,
         phase: Phase,
         step: &str,
         detail: &str,
@@ -443,7 +443,7 @@ impl Engine {
 
     pub(super) async fn note(
         &self,
-        work: &Work<'_>,
+        work: &InFlight<'_>,
         step: &str,
         status: StepStatus,
         detail: &str,
@@ -453,7 +453,7 @@ impl Engine {
     }
 
     /// Records a failed step with what failed.
-    pub(super) async fn failed(&self, work: &Work<'_>, step: &str, error: impl Into<StepError>) -> StepError {
+    pub(super) async fn failed(&self, work: &InFlight<'_>, step: &str, error: impl Into<StepError>) -> StepError {
         let error = error.into();
         if let Err(e) =
             self.journal.step(&work.rotation.id, step, StepStatus::Failed, &error.to_string(), &work.lease).await
@@ -485,7 +485,7 @@ impl Engine {
     }
 
     /// The outcome of a run that worked on `work`.
-    pub(super) fn finished(&self, resumed: bool, work: Work<'_>, started_at: DateTime<Utc>) -> Outcome {
+    pub(super) fn finished(&self, resumed: bool, work: InFlight<'_>, started_at: DateTime<Utc>) -> Outcome {
         let mut outcome = self.outcome(resumed, &work.rotation, work.revoked, &work.held_by, started_at);
         outcome.failed_in = work.failed_in;
         outcome

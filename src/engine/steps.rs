@@ -5,7 +5,7 @@
 use super::*;
 
 impl Engine {
-    pub(super) async fn revoke_first(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn revoke_first(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         let kind = work.rotation.kind;
         // Recorded before the first call: from here consumers may have nothing that works, so
         // the rotation only rolls forward (`outage`), even if this step fails or the process dies
@@ -32,7 +32,7 @@ impl Engine {
         Ok(Flow::Continue)
     }
 
-    pub(super) async fn mint(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn mint(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         let policy = work.policy;
         let kind = work.rotation.kind;
         let name = work.rotation.credential_name.clone();
@@ -88,7 +88,7 @@ impl Engine {
     }
 
     /// A rotation left in `Started` by an earlier process: whatever it minted is unrecoverable.
-    pub(super) async fn abandon(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn abandon(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         // The intent of a mint is recorded before the create call: without one, nothing was
         // minted, and the rotation (an accepted request, say, interrupted by a shutdown) simply
         // goes on from where it stopped instead of failing.
@@ -138,7 +138,7 @@ impl Engine {
     }
 
     /// Revokes every active credential named after this rotation except `keep`; returns them.
-    pub(super) async fn revoke_named(&self, work: &Work<'_>, keep: Option<&str>) -> Result<Vec<String>, StepError> {
+    pub(super) async fn revoke_named(&self, work: &InFlight<'_>, keep: Option<&str>) -> Result<Vec<String>, StepError> {
         let kind = work.rotation.kind;
         let mut revoked = Vec::new();
         let listed = self.toktra.list(kind).await?;
@@ -159,7 +159,7 @@ impl Engine {
     }
 
     /// After a crash the new secret exists only in staged copies; read one back.
-    pub(super) async fn recover(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn recover(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         let expected = work.rotation.new_fingerprint.clone();
         for destination in &work.destinations {
             if let Some(record) = self.retry(work.deadline, || destination.staged(&work.rotation.id)).await?
@@ -179,7 +179,7 @@ impl Engine {
         Ok(Flow::Continue)
     }
 
-    pub(super) async fn stage(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn stage(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         let Some(record) = work.new.clone() else { return Err("internal: no secret to stage".into()) };
         for (i, destination) in work.destinations.iter().enumerate() {
             let label = destination.label();
@@ -193,7 +193,7 @@ impl Engine {
         self.advance(work, Phase::Staged, "stage", "staged in every destination").await
     }
 
-    pub(super) async fn verify(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn verify(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         let Some(record) = work.new.clone() else { return Err("internal: no secret to verify".into()) };
         self.note(work, "verify", StepStatus::Intent, &format!("authenticate as {}", record.id)).await?;
         match self.toktra.probe_until(record.kind, &record.id, &record.secret, work.deadline).await {
@@ -221,7 +221,7 @@ impl Engine {
         .await
     }
 
-    pub(super) async fn promote(&self, work: &mut Work<'_>) -> Result<Flow, StepError> {
+    pub(super) async fn promote(&self, work: &mut InFlight<'_>) -> Result<Flow, StepError> {
         let new_id = work.rotation.new_credential_id.clone().unwrap_or_default();
         for (i, destination) in work.destinations.iter().enumerate() {
             let label = destination.label();
@@ -259,7 +259,7 @@ impl Engine {
     /// and still fail (Vault: the data written, the metadata update refused; AWS: `AWSCURRENT`
     /// moved, `AWSPENDING` not cleared), so every destination is read back, and
     /// [`after_failed_promotion`] decides from what they serve now.
-    pub(super) async fn promote_failed(&self, work: &Work<'_>, error: StepError) -> StepError {
+    pub(super) async fn promote_failed(&self, work: &InFlight<'_>, error: StepError) -> StepError {
         let mut serving = Vec::new();
         for destination in &work.destinations {
             serving.push(match self.retry(work.deadline, || destination.current()).await {
@@ -279,13 +279,17 @@ impl Engine {
         self.failed(work, "promote", error).await
     }
 
-    pub(super) async fn wait_for_grace(&self, work: &mut Work<'_>, until: DateTime<Utc>) -> Result<Flow, StepError> {
+    pub(super) async fn wait_for_grace(
+        &self,
+        work: &mut InFlight<'_>,
+        until: DateTime<Utc>,
+    ) -> Result<Flow, StepError> {
         let waiting = format!("grace period until {}", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         tracing::info!(policy = %work.policy.name, rotation = %work.rotation.id, "old credentials stay valid: {waiting}");
         self.set_waiting(work, waiting).await
     }
 
-    pub(super) async fn set_waiting(&self, work: &mut Work<'_>, waiting: String) -> Result<Flow, StepError> {
+    pub(super) async fn set_waiting(&self, work: &mut InFlight<'_>, waiting: String) -> Result<Flow, StepError> {
         if work.rotation.waiting.as_deref() != Some(waiting.as_str()) {
             work.rotation.waiting = Some(waiting);
             self.save(&mut work.rotation, &work.lease).await?;
