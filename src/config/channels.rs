@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use crate::secret::Secret;
 
-use super::load::{read_secret, require_https, var};
 use super::raw::{ChannelFile, KindFile};
+use super::values::{read_secret, require_https, var};
 use super::{Error, error};
 
 /// A notification channel.

@@ -21,6 +21,7 @@ mod channels;
 mod clients;
 mod load;
 mod raw;
+mod values;
 mod vault_auth;
 
 use std::collections::BTreeMap;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use crate::secret::Secret;
 use crate::toktra::{self, ManagementAuth};
 
-use load::read_secret;
+use values::read_secret;
 
 pub use channels::{Channel, ChannelKind, MIN_SIGNING_SECRET_CHARS, PAGERDUTY_EVENTS_URL};
 pub use vault_auth::VaultAuth;

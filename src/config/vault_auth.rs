@@ -8,8 +8,8 @@ use std::path::Path;
 use crate::secret::Secret;
 use crate::store::vault;
 
-use super::load::{read_secret, var};
 use super::raw::{AuthKind, VaultFile};
+use super::values::{read_secret, var};
 use super::{Error, error};
 
 /// How rotator authenticates to Vault (`[vault] auth`), as configured; files are read at every
