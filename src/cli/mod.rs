@@ -312,6 +312,12 @@ pub enum Failure {
     /// Invalid input or usage: exit 2.
     #[error("{0}")]
     Invalid(String),
+    /// The policy set is invalid (every problem, with its place): exit 2.
+    #[error(transparent)]
+    Policies(#[from] crate::policy::Invalid),
+    /// The configuration (file or environment) is invalid: exit 2.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
     /// A rotation or check failed: exit 1. The message is already printed.
     #[error("{0}")]
     Failed(String),
@@ -322,7 +328,7 @@ pub enum Failure {
 impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Failure::Invalid(_) => 2,
+            Failure::Invalid(_) | Failure::Policies(_) | Failure::Config(_) => 2,
             Failure::Failed(_) | Failure::Other(_) => 1,
         }
     }
@@ -341,7 +347,7 @@ impl Ctx {
         {
             return Err(Failure::Invalid(format!("--config {}: no such file", path.display())));
         }
-        Config::load(self.config.as_deref()).map_err(|e| Failure::Invalid(e.to_string()))
+        Ok(Config::load(self.config.as_deref())?)
     }
 }
 

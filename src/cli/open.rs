@@ -17,7 +17,7 @@ pub fn load_policies(dir: &std::path::Path) -> Result<Vec<Policy>, Failure> {
     if !dir.is_dir() {
         return Err(Failure::Invalid(format!("{}: policy directory not found (set --policies)", dir.display())));
     }
-    policy::load_dir(dir).map_err(|invalid| Failure::Invalid(invalid.to_string()))
+    Ok(policy::load_dir(dir)?)
 }
 
 /// Refuses a policy set in which the default AWS region makes two destinations one secret (a
@@ -28,9 +28,9 @@ pub(super) async fn check_default_region(config: &Config, policies: &[Policy]) -
     if !policy::depends_on_default_region(policies) {
         return Ok(());
     }
-    let clients = config.clients(true, false).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+    let clients = config.clients(true, false).await?;
     let region = clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
-    policy::check_default_region(policies, region.as_deref()).map_err(|invalid| Failure::Invalid(invalid.to_string()))
+    Ok(policy::check_default_region(policies, region.as_deref())?)
 }
 
 /// Which services a policy set's destination clients reach.
@@ -62,8 +62,8 @@ impl Connections {
             || destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
         let need_vault =
             (configured && config.vault_addr.is_some()) || destinations().any(|d| matches!(d, Destination::Vault(_)));
-        let toktra = config.toktra().map_err(|e| Failure::Invalid(e.to_string()))?;
-        let stores = config.clients(need_aws, need_vault).await.map_err(|e| Failure::Invalid(e.to_string()))?;
+        let toktra = config.toktra()?;
+        let stores = config.clients(need_aws, need_vault).await?;
         Ok(Connections { toktra, stores })
     }
 

@@ -12,7 +12,7 @@ use crate::policy::Policy;
 pub(super) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
     let config = ctx.config()?;
     let listen = args.listen.unwrap_or(config.listen);
-    let token = config.api_token().map_err(|e| Failure::Invalid(e.to_string()))?;
+    let token = config.api_token()?;
     match (&token, args.insecure_no_auth) {
         (Some(_), _) => {}
         (None, true) if listen.ip().is_loopback() => {
