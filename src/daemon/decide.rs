@@ -12,9 +12,9 @@ use crate::journal;
 use crate::rotation::{Phase, Rotation};
 use crate::schedule::Due;
 
-/// Set work for one policy in a pass.
+/// The job a pass runs for one policy.
 #[derive(Debug)]
-pub(super) enum Work {
+pub(super) enum Job {
     Rotate(engine::Request),
     Resume,
 }
@@ -55,7 +55,7 @@ pub(super) enum Decision {
     /// Held (backing off after a failure, waiting, another process's lease): nothing now.
     Hold,
     /// This, now.
-    Run(Work),
+    Run(Job),
     /// Nothing pending: the schedule decides ([`scheduled`]).
     Schedule,
 }
@@ -79,12 +79,12 @@ pub(super) fn decide(
     }
     let unfinished: Vec<&&Rotation> = rotations.iter().filter(|r| !r.phase.is_terminal()).collect();
     if unfinished.iter().any(|r| r.phase != Phase::Promoted) {
-        return Decision::Run(Work::Resume);
+        return Decision::Run(Job::Resume);
     }
     // Revocations: due once the grace is over (require_idle is checked by the engine each time;
     // a rotation waiting for idleness is looked at again on every pass).
     if unfinished.iter().any(|r| r.revoke_after.is_some_and(|at| at <= now)) {
-        return Decision::Run(Work::Resume);
+        return Decision::Run(Job::Resume);
     }
     Decision::Schedule
 }
@@ -92,9 +92,9 @@ pub(super) fn decide(
 /// The scheduled rotation of a policy that is `due`, once its start has come. It remembers the
 /// latest rotation it was decided after, so the engine does not rotate again a policy another
 /// process rotated meanwhile.
-pub(super) fn scheduled(due: &Due, rotations: &[&Rotation], now: DateTime<Utc>) -> Option<Work> {
+pub(super) fn scheduled(due: &Due, rotations: &[&Rotation], now: DateTime<Utc>) -> Option<Job> {
     (due.next_start <= now).then(|| {
-        Work::Rotate(engine::Request {
+        Job::Rotate(engine::Request {
             reason: Some("scheduled".into()),
             decided_after: Some(rotations.first().map(|r| r.id.clone())),
             ..Default::default()
@@ -103,8 +103,8 @@ pub(super) fn scheduled(due: &Due, rotations: &[&Rotation], now: DateTime<Utc>) 
 }
 
 /// The work a recorded request asks for: a rotation with the request's ID.
-pub(super) fn requested(q: journal::Request) -> Work {
-    Work::Rotate(engine::Request {
+pub(super) fn requested(q: journal::Request) -> Job {
+    Job::Rotate(engine::Request {
         reason: q.reason,
         compromised: q.compromised,
         revoke_first: false,
@@ -206,9 +206,9 @@ mod tests {
             let got = match decide(&rotations, request, hold, now) {
                 Decision::Hold => "hold",
                 Decision::Schedule => "schedule",
-                Decision::Run(Work::Resume) => "resume",
-                Decision::Run(Work::Rotate(r)) if r.id.is_some() => "requested",
-                Decision::Run(Work::Rotate(_)) => "rotate",
+                Decision::Run(Job::Resume) => "resume",
+                Decision::Run(Job::Rotate(r)) if r.id.is_some() => "requested",
+                Decision::Run(Job::Rotate(_)) => "rotate",
             };
             assert_eq!(got, want, "{case}");
         }
@@ -218,7 +218,7 @@ mod tests {
     #[test]
     fn a_request_becomes_its_rotation() {
         let now = at("2026-12-01T12:00:00Z");
-        let Decision::Run(Work::Rotate(r)) = decide(&[], Some(&request(true)), None, now) else { panic!() };
+        let Decision::Run(Job::Rotate(r)) = decide(&[], Some(&request(true)), None, now) else { panic!() };
         assert_eq!(r.id.as_deref(), Some("01a00000-0000-7000-8000-000000000001"));
         assert!(r.compromised && r.decided_after.is_none(), "{r:?}");
     }
@@ -237,9 +237,9 @@ mod tests {
         };
         let last = Rotation::example("last", Phase::Completed, "2026-09-01T00:00:00Z");
         assert!(scheduled(&due("2026-12-01T12:00:01Z"), &[&last], now).is_none());
-        let Some(Work::Rotate(r)) = scheduled(&due("2026-12-01T12:00:00Z"), &[&last], now) else { panic!() };
+        let Some(Job::Rotate(r)) = scheduled(&due("2026-12-01T12:00:00Z"), &[&last], now) else { panic!() };
         assert_eq!((r.reason.as_deref(), r.decided_after), (Some("scheduled"), Some(Some("last".to_string()))));
-        let Some(Work::Rotate(r)) = scheduled(&due("2026-11-01T00:00:00Z"), &[], now) else { panic!() };
+        let Some(Job::Rotate(r)) = scheduled(&due("2026-11-01T00:00:00Z"), &[], now) else { panic!() };
         assert_eq!(r.decided_after, Some(None), "decided after no rotation at all");
     }
 }

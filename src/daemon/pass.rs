@@ -20,7 +20,7 @@ use crate::schedule::{self, Basis, Due, Since};
 use crate::store::{Destination, Store};
 
 use super::Daemon;
-use super::decide::{Decision, Hold, HoldReason, Work, decide, group, requested, scheduled};
+use super::decide::{Decision, Hold, HoldReason, Job, decide, group, requested, scheduled};
 
 /// How often the service looks for orphans (and at start).
 const RECONCILE_EVERY: Duration = Duration::from_secs(3_600);
@@ -150,7 +150,7 @@ impl Daemon {
                 continue;
             }
             let guard = Running { daemon: self.clone(), policy: policy.name.clone() };
-            if let Work::Rotate(scheduled) = &work
+            if let Job::Rotate(scheduled) = &work
                 && scheduled.id.is_none()
                 && let Ok(open) = self.engine.journal.open_requests().await
                 && let Some(q) = open.into_iter().find(|r| r.policy == policy.name)
@@ -165,7 +165,7 @@ impl Daemon {
                     tracing::info!(policy = %policy.name, "stopping: not starting the work claimed for this policy");
                     return;
                 }
-                if let Work::Rotate(engine::Request { id: Some(id), .. }) = &work
+                if let Job::Rotate(engine::Request { id: Some(id), .. }) = &work
                     && let Err(e) = daemon.engine.journal.start_request(id).await
                 {
                     tracing::warn!(policy = %policy.name, request = %id, error = %e, "could not mark the request started");
@@ -255,7 +255,7 @@ impl Daemon {
         rotations: &[&Rotation],
         request: Option<&journal::Request>,
         now: DateTime<Utc>,
-    ) -> Option<Work> {
+    ) -> Option<Job> {
         let hold = self.state().holds.get(&policy.name).copied();
         match decide(rotations, request, hold, now) {
             Decision::Hold => return None,
@@ -346,13 +346,13 @@ impl Daemon {
         (None, true)
     }
 
-    async fn execute(&self, policy: &Policy, work: Work) {
+    async fn execute(&self, policy: &Policy, work: Job) {
         let (result, requested) = match work {
-            Work::Rotate(request) => {
+            Job::Rotate(request) => {
                 let id = request.id.clone();
                 (self.engine.rotate(policy, &request).await, id)
             }
-            Work::Resume => (self.engine.resume(policy).await, None),
+            Job::Resume => (self.engine.resume(policy).await, None),
         };
         let now = Utc::now();
         match result {
