@@ -697,7 +697,10 @@ async fn reloads_show_in_metrics_readyz_and_the_log() {
 
     // Two problems in one file: both are logged, the metric and /readyz say the set is stale.
     env.policy("bad.yaml", "name: Bad_Name\ncredential: { kind: api_key, name: bad }\nschedule: { every: 10m }\ndestinations:\n  - file: { path: bad.json }\n");
-    tokio::time::sleep(Duration::from_millis(1100)).await; // the timestamp has whole-second resolution
+    // The reload's timestamp has whole seconds: wait for the clock to pass the first one.
+    while (chrono::Utc::now().timestamp() as f64) <= started {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     service.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(15);
     while gauge(&service.metrics().await, "rotator_policy_reload_success") != 0.0 {
