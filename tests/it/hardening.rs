@@ -307,13 +307,12 @@ impl Served {
     }
 }
 
-/// Starts `rotator serve` on a free loopback port with `args` and `vars`: `Ok` once `/healthz`
+/// Starts `rotator serve` on port 0 of loopback with `args` and `vars` (the address is read back
+/// from its log, so no other process can take the port meanwhile): `Ok` once `/healthz`
 /// answers, `Err((exit code, log))` if it exits first.
 async fn serve(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Result<Served, (Option<i32>, String)> {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let listen = addr.to_string();
-    let log = env.dir.join(format!("serve-{}.log", addr.port()));
-    let mut all = vec!["serve", "--listen", &listen];
+    let log = env.dir.join(format!("serve-{}.log", uuid::Uuid::new_v4().simple()));
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let mut command = env.command(&all);
     command.env("ROTATOR_TICK", "1s").env("ROTATOR_SHUTDOWN_TIMEOUT", "5s");
@@ -321,16 +320,19 @@ async fn serve(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Result<Served
         command.env(k, v);
     }
     command.stderr(std::fs::File::create(&log).unwrap());
-    let mut served = Served { child: command.spawn().unwrap(), addr, log };
+    let mut child = command.spawn().unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            return Err((status.code(), served.log_text()));
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err((status.code(), read_log()));
         }
-        if reqwest::get(format!("http://{addr}/healthz")).await.is_ok_and(|r| r.status() == 200) {
-            return Ok(served);
+        if let Some(addr) = crate::service::served_address(&read_log()).and_then(|a| a.parse::<SocketAddr>().ok())
+            && reqwest::get(format!("http://{addr}/healthz")).await.is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(Served { child, addr, log });
         }
-        assert!(std::time::Instant::now() < deadline, "serve neither came up nor exited:\n{}", served.log_text());
+        assert!(std::time::Instant::now() < deadline, "serve neither came up nor exited:\n{}", read_log());
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -117,7 +117,7 @@ fn in_namespaces(command: &tokio::process::Command, host: &str) -> tokio::proces
 }
 
 /// The address in the service's `rotator serving` log line (JSON lines).
-fn served_address(log: &str) -> Option<String> {
+pub(crate) fn served_address(log: &str) -> Option<String> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .find(|entry| entry["message"] == "rotator serving")
