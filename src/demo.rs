@@ -143,7 +143,7 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
 
     println!("\nChecking the result against the simulator:");
     for policy in &policies {
-        let destination = store::Destination::new(&policy.destinations[0], policy.credential.kind, &engine.clients)?;
+        let destination = store::Handle::new(&policy.destinations[0], policy.credential.kind, &engine.clients)?;
         let Some(current) = destination.current().await? else { bail!("{}: destination is empty", policy.name) };
         let verdict = toktra.probe(current.kind, &current.id, &current.secret).await?;
         println!(

@@ -13,7 +13,7 @@ use crate::journal::StepStatus;
 use crate::policy::{Policy, canonical_label};
 use crate::rotation::Phase;
 use crate::rotation::Rotation;
-use crate::store::{Destination, Store};
+use crate::store::{Handle, Store};
 
 /// The unfinished rotations in `history` whose policy is not among `policies`.
 pub fn leftovers<'a>(history: &'a [Rotation], policies: &[&Policy]) -> Vec<&'a Rotation> {
@@ -22,7 +22,7 @@ pub fn leftovers<'a>(history: &'a [Rotation], policies: &[&Policy]) -> Vec<&'a R
 
 /// What the journal's destination labels still reach through the loaded policies.
 struct Reach {
-    destinations: Vec<Destination>,
+    destinations: Vec<Handle>,
     /// Labels no loaded policy writes (or whose client this process lacks).
     unreadable: Vec<String>,
 }
@@ -108,7 +108,7 @@ impl Engine {
                 .iter()
                 .flat_map(|p| p.destinations.iter())
                 .find(|d| d.label() == label)
-                .and_then(|d| Destination::new(d, rotation.kind, &self.clients).ok());
+                .and_then(|d| Handle::new(d, rotation.kind, &self.clients).ok());
             match found {
                 Some(destination) => reach.destinations.push(destination),
                 None => reach.unreadable.push(label),

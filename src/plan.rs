@@ -13,7 +13,7 @@ use crate::policy::{CredentialKind, Destination as Spec, Policy};
 use crate::rotation::Phase;
 use crate::rotation::Rotation;
 use crate::schedule::{self, Basis, Due};
-use crate::store::{Clients, Destination, Record, Store};
+use crate::store::{Clients, Handle, Record, Store};
 use crate::toktra::{self, Listed};
 
 /// How a compromise-mode rotation would revoke (for `rotate --dry-run --compromised`).
@@ -126,7 +126,7 @@ async fn plan_policy(
     let mut notes: HashMap<String, String> = HashMap::new();
     for spec in &policy.destinations {
         let label = spec.label();
-        let destination = match Destination::new(spec, kind, clients) {
+        let destination = match Handle::new(spec, kind, clients) {
             Ok(d) => d,
             Err(e) => {
                 checks.push(Check { target: label, ok: false, detail: e.detail });

@@ -11,7 +11,7 @@ use crate::engine::Engine;
 use crate::policy::{CredentialKind, Policy};
 use crate::rotation::Phase;
 use crate::rotation::Rotation;
-use crate::store::{Destination, Store};
+use crate::store::{Handle, Store};
 use crate::toktra::Listed;
 
 /// What kind of difference a finding is.
@@ -237,8 +237,8 @@ impl Engine {
         let mut findings = Vec::new();
         let finding = |kind: FindingKind, detail: String| Finding::new(kind, &policy.name, detail);
         let rotations = self.journal.history(Some(&policy.name), 100_000).await?;
-        let destinations: Vec<Destination> =
-            match policy.destinations.iter().map(|d| Destination::new(d, kind, &self.clients)).collect() {
+        let destinations: Vec<Handle> =
+            match policy.destinations.iter().map(|d| Handle::new(d, kind, &self.clients)).collect() {
                 Ok(d) => d,
                 Err(e) => return Ok(vec![finding(FindingKind::Error, e.to_string())]),
             };

@@ -17,7 +17,7 @@ use crate::notify::Event;
 use crate::policy::Policy;
 use crate::rotation::{Phase, Rotation};
 use crate::schedule::{self, Basis, Due, Since};
-use crate::store::{Destination, Store};
+use crate::store::{Handle, Store};
 
 use super::Daemon;
 use super::decide::{Decision, Hold, HoldReason, Job, decide, group, requested, scheduled};
@@ -310,7 +310,7 @@ impl Daemon {
     /// assumed to be now because something could not be read).
     async fn credential_basis(&self, policy: &Policy, now: DateTime<Utc>) -> (Option<Since>, bool) {
         for spec in &policy.destinations {
-            let Ok(destination) = Destination::new(spec, policy.credential.kind, &self.engine.clients) else {
+            let Ok(destination) = Handle::new(spec, policy.credential.kind, &self.engine.clients) else {
                 continue;
             };
             match destination.current().await {

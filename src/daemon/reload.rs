@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::policy::{self, Policy};
-use crate::store::Destination;
+use crate::store::Handle;
 
 use super::Daemon;
 
@@ -159,7 +159,7 @@ impl Daemon {
         let mut missing: Vec<String> = policies
             .iter()
             .flat_map(|p| p.destinations.iter().map(move |d| (p, d)))
-            .filter(|(p, d)| Destination::new(d, p.credential.kind, &self.engine.clients).is_err())
+            .filter(|(p, d)| Handle::new(d, p.credential.kind, &self.engine.clients).is_err())
             .map(|(p, d)| format!("policy `{}`: {} is not configured in this service", p.name, d.label()))
             .collect();
         for p in policies {

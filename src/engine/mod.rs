@@ -18,7 +18,7 @@ use crate::policy::{CredentialKind, Policy};
 use crate::rotation::Rotation;
 use crate::rotation::{self, Action, Memory, Phase};
 use crate::secret::Secret;
-use crate::store::{self, Clients, Destination, Record, Store};
+use crate::store::{self, Clients, Handle, Record, Store};
 use crate::toktra::{self, Probe};
 
 mod crash;
@@ -223,7 +223,7 @@ impl Drop for Leased {
 struct InFlight<'a> {
     policy: &'a Policy,
     rotation: Rotation,
-    destinations: Vec<Destination>,
+    destinations: Vec<Handle>,
     memory: Memory,
     /// The new credential's value, once minted or recovered.
     new: Option<Record>,

@@ -265,8 +265,8 @@ impl Engine {
         self.run(policy, rotation, memory, Some((old_secrets, held_by)), held).await
     }
 
-    pub(super) fn destinations(&self, policy: &Policy) -> Result<Vec<Destination>, store::Error> {
-        policy.destinations.iter().map(|d| Destination::new(d, policy.credential.kind, &self.clients)).collect()
+    pub(super) fn destinations(&self, policy: &Policy) -> Result<Vec<Handle>, store::Error> {
+        policy.destinations.iter().map(|d| Handle::new(d, policy.credential.kind, &self.clients)).collect()
     }
 
     /// Drives one rotation until it is done, waits, or fails. `fresh` carries what `start` read
@@ -320,7 +320,7 @@ impl Engine {
                 .destinations
                 .iter()
                 .filter(|d| !undoing || !changed || recorded.contains(&d.label()))
-                .map(|d| Destination::new(d, rotation.kind, &self.clients))
+                .map(|d| Handle::new(d, rotation.kind, &self.clients))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())
         };

@@ -1,6 +1,6 @@
 //! Destinations: where a policy's credential is written and read by its consumers. Each kind
 //! implements the small [`Store`] trait (`check`, `current`, `previous`, `stage`, `staged`,
-//! `promote`, `discard`); [`Destination`] is the closed enum the policy chooses, delegating with one
+//! `promote`, `discard`); [`Handle`] is the closed enum the policy chooses, delegating with one
 //! `match`. Every implementation keeps two places apart: the *current* value consumers read,
 //! and a *staged* value keyed by rotation ID that consumers never read. Every operation is safe
 //! to repeat after a crash or a lost answer: it first looks at what is already there.
@@ -200,7 +200,7 @@ impl Error {
 
 /// One destination's operations. Implementations are idempotent: each may be repeated after a
 /// crash at any point and converges to the same state.
-// Only ever used with concrete types (through `Destination`), where the futures' `Send`-ness is
+// Only ever used with concrete types (through `Handle`), where the futures' `Send`-ness is
 // known, so the auto-trait caveat of `async fn` in traits does not apply.
 #[allow(async_fn_in_trait)]
 pub trait Store {
@@ -244,16 +244,17 @@ pub trait Store {
     async fn pending(&self) -> Result<Vec<String>, Error>;
 }
 
-/// The destinations rotator can write, chosen by the policy.
-pub enum Destination {
+/// A policy destination ([`policy::Destination`]) opened with its client: the closed enum every
+/// destination operation goes through.
+pub enum Handle {
     Aws(aws::Aws),
     Vault(vault::Vault),
     File(file::File),
 }
 
-impl fmt::Debug for Destination {
+impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Destination({})", self.label())
+        write!(f, "Handle({})", self.label())
     }
 }
 
@@ -263,16 +264,16 @@ pub struct Clients {
     pub vault: Option<vault::Connection>,
 }
 
-impl Destination {
+impl Handle {
     /// Builds the destination a policy names. `kind` is the policy's credential kind, which the
     /// destination uses to read values.
-    pub fn new(spec: &policy::Destination, kind: CredentialKind, clients: &Clients) -> Result<Destination, Error> {
+    pub fn new(spec: &policy::Destination, kind: CredentialKind, clients: &Clients) -> Result<Handle, Error> {
         Ok(match spec {
             policy::Destination::AwsSecretsManager(d) => {
                 let sdk = clients.aws.as_ref().ok_or_else(|| {
                     Error::new(Kind::Aws, spec.label(), ErrorKind::Permanent, "AWS is not configured")
                 })?;
-                Destination::Aws(aws::Aws::new(d, kind, sdk)?)
+                Handle::Aws(aws::Aws::new(d, kind, sdk)?)
             }
             policy::Destination::Vault(d) => {
                 let connection = clients.vault.as_ref().ok_or_else(|| {
@@ -283,9 +284,9 @@ impl Destination {
                         "Vault is not configured: set VAULT_ADDR and VAULT_TOKEN",
                     )
                 })?;
-                Destination::Vault(vault::Vault::new(d, kind, connection.clone()))
+                Handle::Vault(vault::Vault::new(d, kind, connection.clone()))
             }
-            policy::Destination::File(d) => Destination::File(file::File::new(d, kind)),
+            policy::Destination::File(d) => Handle::File(file::File::new(d, kind)),
         })
     }
 }
@@ -293,14 +294,14 @@ impl Destination {
 macro_rules! delegate {
     ($self:ident, $d:ident => $e:expr) => {
         match $self {
-            Destination::Aws($d) => $e,
-            Destination::Vault($d) => $e,
-            Destination::File($d) => $e,
+            Handle::Aws($d) => $e,
+            Handle::Vault($d) => $e,
+            Handle::File($d) => $e,
         }
     };
 }
 
-impl Store for Destination {
+impl Store for Handle {
     fn label(&self) -> String {
         delegate!(self, d => d.label())
     }

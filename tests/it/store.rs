@@ -4,7 +4,7 @@
 
 use rotator::policy::{self, CredentialKind};
 use rotator::secret::Secret;
-use rotator::store::{Clients, Destination, Record, Store};
+use rotator::store::{Clients, Handle, Record, Store};
 use serde_json::json;
 
 use crate::harness::{Dest, Env, Spec, text};
@@ -93,7 +93,7 @@ async fn aws_staging_into_a_secret_without_a_version_is_idempotent() {
     let secret_id = format!("{}/empty-lib", env.prefix);
     env.aws().create_secret().name(&secret_id).send().await.unwrap();
     let clients = clients(&env).await;
-    let dest = Destination::new(&aws_spec(&secret_id, false), CredentialKind::ApiKey, &clients).unwrap();
+    let dest = Handle::new(&aws_spec(&secret_id, false), CredentialKind::ApiKey, &clients).unwrap();
     let rotation_id = uuid::Uuid::now_v7().to_string();
     let record = api_key("key_staged", "tk_live_staged_value_0123456789", &rotation_id);
 
@@ -267,7 +267,7 @@ async fn file_destination_temporary_files_do_not_follow_a_planted_link() {
     std::os::unix::fs::symlink(&target, dir.join(format!("cred.json.tmp{}", std::process::id()))).unwrap();
     std::os::unix::fs::symlink(&target, dir.join(format!("cred.tmp{}", std::process::id()))).unwrap();
     let spec = policy::Destination::File(policy::FileDestination { path: path.clone() });
-    let dest = Destination::new(&spec, CredentialKind::ApiKey, &Clients { aws: None, vault: None }).unwrap();
+    let dest = Handle::new(&spec, CredentialKind::ApiKey, &Clients { aws: None, vault: None }).unwrap();
 
     for (n, key_id) in ["key_first", "key_second"].iter().enumerate() {
         let rotation_id = uuid::Uuid::now_v7().to_string();
@@ -289,7 +289,7 @@ async fn file_destination_temporary_files_do_not_follow_a_planted_link() {
 // ---- reading the previous credential back ----
 
 /// `previous()` of every destination kind after one, two and three promotions, through the
-/// library's `Destination`, compared with what the servers hold.
+/// library's `Handle`, compared with what the servers hold.
 #[tokio::test(flavor = "multi_thread")]
 async fn previous_reads_the_value_served_before_the_current_one() {
     let env = Env::start().await;
@@ -313,8 +313,8 @@ async fn previous_reads_the_value_served_before_the_current_one() {
         policy::Destination::File(policy::FileDestination { path: file.clone() }),
     ];
     let clients = clients(&env).await;
-    let dests: Vec<Destination> =
-        specs.iter().map(|s| Destination::new(s, CredentialKind::OauthClient, &clients).unwrap()).collect();
+    let dests: Vec<Handle> =
+        specs.iter().map(|s| Handle::new(s, CredentialKind::OauthClient, &clients).unwrap()).collect();
     // What a destination holds, as (client_id, client_secret, rotation_id), never printed.
     let identity = |r: &Record| (r.id.clone(), r.secret.expose().to_string(), r.rotation_id.clone());
     let served = |v: &serde_json::Value| (text(v, "client_id"), text(v, "client_secret"), Some(text(v, "rotation_id")));
