@@ -43,3 +43,63 @@ fn the_architecture_names_every_module() {
         .collect();
     assert!(missing.is_empty(), "ARCHITECTURE.md does not name {missing:?}");
 }
+
+/// The `crate::` modules each top-level module's code uses (comments aside).
+fn imports(root: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    let mut used: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for file in files {
+        let relative = file.strip_prefix(root.join("src")).unwrap();
+        let top =
+            relative.components().next().unwrap().as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+        if top == "lib" || top == "main" {
+            continue;
+        }
+        let entry = used.entry(top.clone()).or_default();
+        for line in std::fs::read_to_string(&file).unwrap().lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                let module: String =
+                    line[at + "crate::".len()..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                if !module.is_empty() && module != top {
+                    entry.insert(module);
+                }
+            }
+        }
+    }
+    used
+}
+
+/// Every module imports only what `ARCHITECTURE.md`'s table lets it, and the table is layered
+/// (each module lists only modules above it), so no import circle can come back unnoticed.
+#[test]
+fn modules_import_only_what_the_architecture_allows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let table =
+        architecture.split("```imports\n").nth(1).and_then(|t| t.split("```").next()).expect("an imports table");
+    let mut allowed: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut above: Vec<String> = Vec::new();
+    for line in table.lines().filter(|l| !l.trim().is_empty()) {
+        let (module, deps) = line.split_once(':').unwrap_or_else(|| panic!("`{line}` is not `module: deps`"));
+        let deps: Vec<String> = match deps.trim() {
+            "-" => Vec::new(),
+            list => list.split(',').map(|d| d.trim().to_string()).collect(),
+        };
+        for dep in &deps {
+            assert!(
+                above.contains(dep),
+                "{module} may import {dep}, which is not listed above it: a circle could form"
+            );
+        }
+        above.push(module.trim().to_string());
+        allowed.insert(module.trim().to_string(), deps);
+    }
+    for (module, used) in imports(root) {
+        let Some(may) = allowed.get(&module) else {
+            panic!("ARCHITECTURE.md's imports table has no line for `{module}`")
+        };
+        let outside: Vec<&String> = used.iter().filter(|u| !may.contains(u)).collect();
+        assert!(outside.is_empty(), "`{module}` imports {outside:?}, which its line in ARCHITECTURE.md does not allow");
+    }
+}
