@@ -362,12 +362,11 @@ impl Client {
         let auth = Auth::Exchange { management };
         let value =
             self.request(&what, Method::POST, &self.settings.endpoints.token, Body::Form(form), auth, true).await?;
-        let token = value
-            .get("access_token")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
+        let answer = TokenAnswer::read(&value);
+        let token = answer
+            .access_token
             .ok_or_else(|| Error::Decode { what: what.clone(), detail: "no access_token".into() })?;
-        Ok((Secret::new(token), token_lifetime(value.get("expires_in"))))
+        Ok((Secret::new(token), token_lifetime(answer.expires_in.as_ref())))
     }
 
     /// The bearer token for management calls, renewed shortly before it expires.

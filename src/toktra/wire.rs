@@ -130,7 +130,8 @@ pub(super) fn lenient_texts<'de, D: serde::Deserializer<'de>>(deserializer: D) -
 /// A credential as a create or list answer describes it. The contract names `id` (API keys),
 /// `client_id` (OAuth clients) and `key`/`client_secret`; other vendors' spellings are read too.
 /// Which ID wins when several are present depends on the kind (see [`Described::id`]).
-#[derive(Debug, Default, serde::Deserialize)]
+/// Not `Debug`: it holds a create answer's secret until it is wrapped in a `Secret`.
+#[derive(Default, serde::Deserialize)]
 #[serde(default)]
 pub(super) struct Described {
     #[serde(deserialize_with = "lenient_text")]
@@ -174,6 +175,23 @@ impl Described {
             CredentialKind::OauthClient => self.client_secret.take().or_else(|| self.secret.take()),
             CredentialKind::ApiKey => self.key.take().or_else(|| self.api_key.take()).or_else(|| self.secret.take()),
         }
+    }
+}
+
+/// A token endpoint's answer (RFC 6749 section 5.1): the token, and `expires_in` kept as sent
+/// (a number or a numeric string) for [`token_lifetime`] to read tolerantly.
+/// Not `Debug`: it holds the token until it is wrapped in a `Secret`.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct TokenAnswer {
+    #[serde(deserialize_with = "lenient_text")]
+    pub(super) access_token: Option<String>,
+    pub(super) expires_in: Option<Value>,
+}
+
+impl TokenAnswer {
+    pub(super) fn read(value: &Value) -> TokenAnswer {
+        TokenAnswer::deserialize(value).unwrap_or_default()
     }
 }
 
