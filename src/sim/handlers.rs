@@ -57,7 +57,7 @@ async fn v1(State(shared): State<Arc<Shared>>, ConnectInfo(conn): ConnectInfo<Co
         Err(_) => {
             let reply = Reply {
                 outcome: Err(bad_request("request body unreadable or larger than 1 MiB")),
-                rate: shared.fresh_rate(Now::read()),
+                rate: shared.fresh_rate(shared.clock.now()),
             };
             return shared.finish(reply);
         }
@@ -116,7 +116,7 @@ async fn v1(State(shared): State<Arc<Shared>>, ConnectInfo(conn): ConnectInfo<Co
 
 impl Shared {
     fn injected_error(&self, call: &Call) -> Reply {
-        let now = Now::read();
+        let now = self.clock.now();
         let mut state = self.lock();
         state.stats.injected_errors += 1;
         // The headers still describe the caller's real budget, which the fault did not touch.
@@ -135,7 +135,7 @@ impl Shared {
     }
 
     fn injected_rate_limit(&self) -> Reply {
-        let now = Now::read();
+        let now = self.clock.now();
         self.lock().stats.injected_rate_limits += 1;
         Reply {
             outcome: Err(ApiError::rate_limited(1)),
@@ -145,7 +145,7 @@ impl Shared {
 
     /// Applies one `/v1` request to the state, atomically.
     fn handle(&self, call: &Call) -> Reply {
-        let now = Now::read();
+        let now = self.clock.now();
         let mut state = self.lock();
         let mut rate = self.fresh_rate(now);
         let outcome = match &call.route {

@@ -176,6 +176,12 @@ impl Simulator {
         format!("http://{}/v1", SocketAddr::new(ip, self.addr.port()))
     }
 
+    /// Moves the simulator's clocks forward by `by`: tokens issued before expire as if that time
+    /// had passed, rate windows close, timestamps move on. Tests use it instead of sleeping.
+    pub fn advance(&self, by: Duration) {
+        self.shared.clock.advance(by);
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         self.shared.lock().faults = faults;
     }

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::Config;
-use super::clock::Now;
+use super::clock::{Clock, Now};
 use super::faults::{Dialect, Faults, RevokedInLists};
 use super::limiter::{Limiter, RateInfo};
 use super::pagination::MAX_LIMIT;
@@ -93,6 +93,8 @@ pub(super) struct Shared {
     state: Mutex<StateInner>,
     /// Lets injected delays end early when the simulator shuts down.
     shutdown: watch::Receiver<bool>,
+    /// The time every request reads; tests may move it forward.
+    pub(super) clock: Clock,
 }
 
 /// Everything that changes while the simulator runs.
@@ -255,7 +257,8 @@ impl Credential {
 
 impl Shared {
     pub(super) fn new(config: Config, shutdown: watch::Receiver<bool>) -> Shared {
-        let now = Now::read();
+        let clock = Clock::default();
+        let now = clock.now();
         let mut state = StateInner {
             faults: config.faults,
             dialect: config.dialect,
@@ -288,6 +291,7 @@ impl Shared {
             rate_window_secs: config.rate_limit_window.as_secs().max(1),
             state: Mutex::new(state),
             shutdown,
+            clock,
         }
     }
 

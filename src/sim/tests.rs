@@ -121,11 +121,11 @@ impl Harness {
 
 #[tokio::test]
 async fn access_token_expires_after_its_lifetime() {
-    let h = spawn(Config { token_lifetime: Duration::from_secs(1), ..config() }).await;
+    let h = spawn(Config { token_lifetime: Duration::from_secs(3_600), ..config() }).await;
     let token = h.token(ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET).await;
     assert_eq!(token.status, 200, "{}", token.text);
     assert_eq!(token.body["token_type"], "bearer");
-    assert_eq!(token.body["expires_in"], 1);
+    assert_eq!(token.body["expires_in"], 3_600);
     assert_eq!(token.header("cache-control"), "no-store");
     let access = token.str("access_token");
 
@@ -134,7 +134,10 @@ async fn access_token_expires_after_its_lifetime() {
     assert_eq!(usage.body["items"].as_array().map(Vec::len), Some(1));
     assert!(usage.body.get("has_more").is_some() && usage.body.get("next_cursor").is_some());
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The simulator's clock moves on instead of the test sleeping: valid until its hour is up.
+    h.sim.advance(Duration::from_secs(3_599));
+    assert_eq!(h.get("/usage?limit=1", &access).await.status, 200, "a second before its end");
+    h.sim.advance(Duration::from_secs(2));
     let expired = h.get("/usage?limit=1", &access).await;
     assert_eq!((expired.status, expired.error()), (401, "unauthorized"), "{}", expired.text);
     h.sim.shutdown().await;
@@ -264,6 +267,11 @@ async fn rate_limit_answers_429_with_headers() {
     assert_eq!(stranger.status, 401);
     assert_eq!(stranger.header_u64("x-ratelimit-limit"), 3);
     assert_eq!(h.sim.stats().real_rate_limits, 1);
+
+    // Once the window is over (the clock moved on, not the test sleeping), the budget is whole.
+    h.sim.advance(Duration::from_secs(61));
+    let next = h.get("/usage", ADMIN_KEY).await;
+    assert_eq!((next.status, next.header_u64("x-ratelimit-remaining")), (200, 2), "{}", next.text);
     h.sim.shutdown().await;
 }
 
