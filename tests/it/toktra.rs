@@ -42,19 +42,23 @@ async fn rate_limits_are_waited_out_not_surfaced() {
     let env = Env::start().await;
     env.sim.set_faults(sim::Faults { rate_limit_rate: 0.5, ..Default::default() });
     let client = env.toktra();
-    for i in 0..4 {
-        client.create(CredentialKind::ApiKey, &format!("rl-{i}"), &[], "").await.expect("429 is waited out");
+    // At least four creates, and on until the simulator has answered a 429 (each request has an
+    // even chance; forty without one would be a broken fault, not bad luck).
+    let mut made = 0;
+    while made < 4 || env.sim.stats().injected_rate_limits == 0 {
+        assert!(made < 40, "no 429 injected in {made} creates: {:?}", env.sim.stats());
+        client.create(CredentialKind::ApiKey, &format!("rl-{made}"), &[], "").await.expect("429 is waited out");
+        made += 1;
     }
     assert_eq!(
         client.list(CredentialKind::ApiKey).await.unwrap().iter().filter(|c| c.name.starts_with("rl-")).count(),
-        4
+        made
     );
     let stats = client.stats();
-    assert!(env.sim.stats().injected_rate_limits > 0, "the simulator answered 429: {:?}", env.sim.stats());
     // Every 429 was waited out: had one been surfaced, a create above would have failed.
     assert!(stats.rate_limit_waits > 0, "{stats:?}");
     // No create was duplicated by the retries.
-    assert_eq!(env.active().len(), 4, "{:?}", env.active());
+    assert_eq!(env.active().len(), made, "{:?}", env.active());
 }
 
 #[tokio::test(flavor = "multi_thread")]
