@@ -287,21 +287,7 @@ async fn a_webhook_hears_about_failures_and_no_payload_holds_a_secret() {
 /// destination serves the old credential again (an operator rolled the file back).
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_finishes_a_deleted_policys_work_and_tells_of_held_revocations() {
-    let received: Arc<Mutex<Vec<String>>> = Arc::default();
-    let store = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: String| {
-            let store = store.clone();
-            async move {
-                store.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook, received) = webhook_receiver().await;
 
     let env = Env::start().await;
     std::fs::write(
@@ -1090,21 +1076,7 @@ async fn destination_failures_are_counted_by_kind() {
 /// serves (an orphan a crashed run left) and tells the policy's channel once, naming it.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_orphan_is_reported_once() {
-    let received: Arc<Mutex<Vec<String>>> = Arc::default();
-    let store = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: String| {
-            let store = store.clone();
-            async move {
-                store.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook, received) = webhook_receiver().await;
 
     let env = Env::start().await;
     std::fs::write(
@@ -1137,4 +1109,25 @@ async fn an_orphan_is_reported_once() {
     assert!(status.success(), "{log}");
     let reports = received.lock().unwrap().iter().filter(|b| b.contains("orphan_found")).count();
     assert_eq!(reports, 1, "reported once");
+}
+
+/// A local webhook receiver on a free loopback port: its address (POST to `/hook`) and the bodies
+/// it received, in order.
+async fn webhook_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (hook, received)
 }
