@@ -1,16 +1,132 @@
-//! The pure core of a pass: what the reconciler does for one policy at `now`, from the policy's
-//! rotations (most recent first), its open request and its hold. No IO, no clock and no lock:
-//! `pass` gathers the inputs and runs what comes out, and the tables at the end test every
-//! combination without a server.
+//! The pure core of a pass: [`plan`] turns what a pass read (policies, the journal's rotations
+//! and open requests) and what the daemon keeps between passes (holds, policies running, the
+//! dates of credentials the journal did not make) into the pass's jobs, in the order they get
+//! slots. [`decide`] is its per-policy part. No IO, no clock and no lock: `pass` gathers the
+//! inputs and runs what comes out, and the tables at the end test every combination without a
+//! server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
 use crate::engine;
 use crate::journal;
+use crate::policy::Policy;
 use crate::rotation::{Phase, Rotation};
-use crate::schedule::Due;
+use crate::schedule::{self, Basis, Due, Since};
+
+/// When the current credential of a policy the journal has not rotated came to be, as read from
+/// its destinations (and Toktra).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dated {
+    /// `None`: the policy has no credential yet.
+    pub(super) since: Option<Since>,
+    /// `false`: a destination or Toktra could not be read and `since` is a guess (now), used
+    /// for one pass only so the real age is found once they answer again.
+    pub(super) known: bool,
+}
+
+/// What a pass read and what the daemon keeps between passes: everything [`plan`] decides from.
+/// `'a` is what the pass read, `'s` the daemon's state (borrowed only while planning).
+pub(super) struct Inputs<'a, 's> {
+    pub(super) policies: &'a [Policy],
+    /// The journal's unfinished rotations and each policy's latest ones, most recent first.
+    pub(super) history: &'a [Rotation],
+    /// Open requests, in the journal's order (compromise requests first, then oldest first).
+    pub(super) requests: &'a [journal::Request],
+    pub(super) holds: &'s HashMap<String, Hold>,
+    /// Policies (and gone policies' leftovers) with a task in this process now.
+    pub(super) running: &'s BTreeSet<String>,
+    /// The credential dates of the policies whose destinations were read.
+    pub(super) dated: &'s HashMap<String, Dated>,
+    pub(super) now: DateTime<Utc>,
+}
+
+/// One job of a pass.
+#[derive(Debug)]
+pub(super) enum Planned<'a> {
+    /// Work for a loaded policy.
+    Policy(&'a Policy, Job),
+    /// An unfinished rotation of a policy that is gone (see `leftover`).
+    Leftover(&'a Rotation),
+}
+
+impl Planned<'_> {
+    /// The policy the job claims (a gone policy's name for a leftover).
+    pub(super) fn policy(&self) -> &str {
+        match self {
+            Planned::Policy(policy, _) => &policy.name,
+            Planned::Leftover(rotation) => &rotation.policy,
+        }
+    }
+}
+
+/// What a pass does.
+#[derive(Debug, Default)]
+pub(super) struct Plan<'a> {
+    /// The jobs, in the order they get slots: policies with requests first in the requests'
+    /// order, then the other policies in policy order, then leftovers of gone policies.
+    pub(super) jobs: Vec<Planned<'a>>,
+    /// When each policy with nothing pending is due, for the overdue alerts.
+    pub(super) due: Vec<(&'a Policy, Due)>,
+    /// Policies with nothing pending whose schedule needs their credential's date, which
+    /// [`Inputs::dated`] lacks: the pass reads them from the destinations and plans again.
+    pub(super) undated: Vec<&'a Policy>,
+}
+
+/// The pass's jobs: per policy not running, [`decide`], then (nothing pending) its schedule;
+/// then the leftovers of gone policies that are due, not held and not running.
+pub(super) fn plan<'a>(inputs: &Inputs<'a, '_>) -> Plan<'a> {
+    let now = inputs.now;
+    let by_policy = group(inputs.history);
+    let mut order: Vec<&Policy> = inputs.policies.iter().collect();
+    // Stable: policies without a request keep the set's order.
+    order.sort_by_key(|p| inputs.requests.iter().position(|r| r.policy == p.name).unwrap_or(usize::MAX));
+    let mut plan = Plan::default();
+    for policy in order {
+        if inputs.running.contains(&policy.name) {
+            continue;
+        }
+        let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let request = inputs.requests.iter().find(|r| r.policy == policy.name);
+        let hold = inputs.holds.get(&policy.name).copied();
+        match decide(rotations, request, hold, now) {
+            Decision::Hold => continue,
+            Decision::Run(job) => plan.jobs.push(Planned::Policy(policy, job)),
+            Decision::Schedule => {
+                let promoted = rotations.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at);
+                let last = match promoted {
+                    Some(at) => Some((at, Basis::Journal)),
+                    None => match inputs.dated.get(&policy.name) {
+                        Some(dated) => dated.since,
+                        None => {
+                            plan.undated.push(policy);
+                            continue;
+                        }
+                    },
+                };
+                let due = schedule::due(&policy.name, &policy.schedule, last, now);
+                if let Some(job) = scheduled(&due, rotations, now) {
+                    plan.jobs.push(Planned::Policy(policy, job));
+                }
+                plan.due.push((policy, due));
+            }
+        }
+    }
+    let loaded: Vec<&Policy> = inputs.policies.iter().collect();
+    for rotation in crate::leftover::leftovers(inputs.history, &loaded) {
+        // Waiting for its grace (a compromise revokes at once): looked at again when it ends.
+        let not_due = rotation.phase == Phase::Promoted
+            && !rotation.compromised
+            && rotation.revoke_after.is_some_and(|at| at > now)
+            && rotation.waiting.is_some();
+        let held = inputs.holds.get(&rotation.policy).is_some_and(|h| h.until > now);
+        if !(not_due || held || inputs.running.contains(&rotation.policy)) {
+            plan.jobs.push(Planned::Leftover(rotation));
+        }
+    }
+    plan
+}
 
 /// The job a pass runs for one policy.
 #[derive(Debug)]
@@ -241,5 +357,148 @@ mod tests {
         assert_eq!((r.reason.as_deref(), r.decided_after), (Some("scheduled"), Some(Some("last".to_string()))));
         let Some(Job::Rotate(r)) = scheduled(&due("2026-11-01T00:00:00Z"), &[], now) else { panic!() };
         assert_eq!(r.decided_after, Some(None), "decided after no rotation at all");
+    }
+
+    /// Policies named `names`, each every 30 days into a file, in that order.
+    fn policies(names: &[&str]) -> Vec<Policy> {
+        let text: Vec<String> = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "name: {n}\ncredential: {{ kind: api_key, name: {n} }}\nschedule: {{ every: 30d }}\ndestinations:\n  - file: {{ path: {n}.json }}\n"
+                )
+            })
+            .collect();
+        let (mut policies, mut problems) = (Vec::new(), Vec::new());
+        crate::policy::parse_file(std::path::Path::new("p.yaml"), &text.join("---\n"), &mut policies, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        policies
+    }
+
+    fn rotation(policy: &str, id: &str, phase: Phase, started: &str) -> Rotation {
+        Rotation { policy: policy.into(), ..Rotation::example(id, phase, started) }
+    }
+
+    fn requested_for(policy: &str, id: &str, compromised: bool) -> journal::Request {
+        journal::Request { id: id.into(), policy: policy.into(), ..request(compromised) }
+    }
+
+    /// What a plan's jobs are, as `policy:job` strings in slot order.
+    fn jobs(plan: &Plan) -> Vec<String> {
+        plan.jobs
+            .iter()
+            .map(|job| match job {
+                Planned::Policy(p, Job::Resume) => format!("{}:resume", p.name),
+                Planned::Policy(p, Job::Rotate(r)) => match &r.id {
+                    Some(id) => format!("{}:request {id}", p.name),
+                    None => format!("{}:scheduled", p.name),
+                },
+                Planned::Leftover(r) => format!("{}:leftover {}", r.policy, r.id),
+            })
+            .collect()
+    }
+
+    /// The whole pass: requests first in the journal's order, then the other policies in the
+    /// set's order; running and held policies get nothing; a policy the journal has not rotated
+    /// is dated before it is scheduled.
+    #[test]
+    fn plan_orders_the_pass() {
+        let now = at("2026-12-01T12:00:00Z");
+        let policies = policies(&["a", "b", "c", "d", "e", "f"]);
+        let history = vec![
+            rotation("a", "ra", Phase::Completed, "2026-11-20T00:00:00Z"), // rotated lately: not due
+            rotation("b", "rb", Phase::Completed, "2026-10-01T00:00:00Z"), // due since 2026-10-31
+            rotation("c", "rc", Phase::Staged, "2026-12-01T11:00:00Z"),    // unfinished
+            rotation("d", "rd", Phase::Completed, "2026-10-01T00:00:00Z"), // due, but running
+            rotation("e", "re", Phase::Staged, "2026-12-01T11:00:00Z"),    // unfinished, backing off
+        ];
+        // `f` has no rotation: its credential's date decides.
+        let requests = vec![requested_for("e", "q-e", true), requested_for("c", "q-c", false)];
+        let holds = HashMap::from([("e".to_string(), hold(HoldReason::Failed, "2026-12-01T12:05:00Z").unwrap())]);
+        let running = BTreeSet::from(["d".to_string()]);
+        let mut dated = HashMap::new();
+        let plan_with = |dated: &HashMap<String, Dated>| {
+            let inputs = Inputs {
+                policies: &policies,
+                history: &history,
+                requests: &requests,
+                holds: &holds,
+                running: &running,
+                dated,
+                now,
+            };
+            let planned = plan(&inputs);
+            let undated: Vec<String> = planned.undated.iter().map(|p| p.name.clone()).collect();
+            let due: Vec<(String, bool)> = planned.due.iter().map(|(p, d)| (p.name.clone(), d.overdue)).collect();
+            (jobs(&planned), undated, due)
+        };
+        let (first, undated, due) = plan_with(&dated);
+        assert_eq!(first, ["e:request q-e", "c:request q-c", "b:scheduled"]);
+        assert_eq!(undated, ["f"], "only the policy without a rotation needs dating");
+        assert_eq!(due, [("a".to_string(), false), ("b".to_string(), true)], "due times, overdue or not");
+
+        let cases = [
+            ("no credential yet", Dated { since: None, known: true }, Some("f:scheduled")),
+            (
+                "an old credential",
+                Dated { since: Some((at("2026-09-01T00:00:00Z"), Basis::Credential)), known: true },
+                Some("f:scheduled"),
+            ),
+            (
+                "a fresh credential",
+                Dated { since: Some((at("2026-11-30T00:00:00Z"), Basis::Credential)), known: true },
+                None,
+            ),
+            ("unreadable: assumed fresh", Dated { since: Some((now, Basis::Credential)), known: false }, None),
+        ];
+        for (case, date, want) in cases {
+            dated.insert("f".to_string(), date);
+            let (again, undated, _) = plan_with(&dated);
+            assert!(undated.is_empty(), "{case}");
+            let f: Vec<String> = again.into_iter().filter(|j| j.starts_with("f:")).collect();
+            assert_eq!(f, want.into_iter().map(String::from).collect::<Vec<_>>(), "{case}");
+        }
+    }
+
+    /// Unfinished rotations of gone policies come after the loaded policies' jobs, unless their
+    /// grace is still running, their policy is held back or a task of it is running.
+    #[test]
+    fn plan_finishes_leftovers_when_due() {
+        let now = at("2026-12-01T12:00:00Z");
+        let policies = policies(&["kept"]);
+        let waiting = {
+            let mut r = rotation("gone-waiting", "w", Phase::Promoted, "2026-12-01T11:00:00Z");
+            r.waiting = Some("grace".into());
+            r
+        };
+        let compromised = {
+            let mut r = rotation("gone-compromised", "x", Phase::Promoted, "2026-12-01T11:00:00Z");
+            r.waiting = Some("grace".into());
+            r.compromised = true;
+            r
+        };
+        let history = vec![
+            rotation("kept", "k", Phase::Completed, "2026-11-30T00:00:00Z"),
+            rotation("gone-staged", "s", Phase::Staged, "2026-12-01T11:00:00Z"),
+            waiting,
+            compromised,
+            rotation("gone-held", "h", Phase::Staged, "2026-12-01T11:00:00Z"),
+            rotation("gone-running", "r", Phase::Staged, "2026-12-01T11:00:00Z"),
+            rotation("gone-done", "d", Phase::Completed, "2026-12-01T11:00:00Z"),
+        ];
+        let holds =
+            HashMap::from([("gone-held".to_string(), hold(HoldReason::Failed, "2026-12-01T12:05:00Z").unwrap())]);
+        let running = BTreeSet::from(["gone-running".to_string()]);
+        let dated = HashMap::new();
+        let got = plan(&Inputs {
+            policies: &policies,
+            history: &history,
+            requests: &[],
+            holds: &holds,
+            running: &running,
+            dated: &dated,
+            now,
+        });
+        assert_eq!(jobs(&got), ["gone-staged:leftover s", "gone-compromised:leftover x"]);
     }
 }

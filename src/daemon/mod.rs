@@ -9,10 +9,12 @@
 //!
 //! This file holds [`Daemon`], what the reconciler, the HTTP API and the signal handlers share,
 //! and [`State`], its mutable part under one lock. The parts, by job:
-//! - `decide`: pure: what a pass does for one policy at `now`, from its rotations, its open
-//!   request and its hold; table-tested without any server.
-//! - `pass`: `run`, the ticker, and the pass that gathers `decide`'s inputs and runs its work
-//!   through the engine; leftovers of deleted policies, the back-off, the orphan scan.
+//! - `decide`: pure: `plan`, the pass's jobs in slot order from what it read (policies,
+//!   rotations, open requests) and what the daemon keeps (holds, running policies, credential
+//!   dates), and `decide`, its per-policy part; table-tested without any server.
+//! - `pass`: `run`, the ticker, and the pass that gathers `plan`'s inputs (dating credentials
+//!   the journal does not know), raises overdue alerts and runs the jobs through the engine;
+//!   the back-off and the orphan scan.
 //! - `requests`: on-demand requests, recorded in the journal before they are answered.
 //! - `reload`: SIGHUP, and the `ReloadStatus` it leaves.
 //! - `reports`: notifications and metrics of outcomes, the `PassView` scrapes answer from, and
@@ -44,10 +46,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policy::Policy;
-/// When a credential came to be, and how that is known.
-use crate::schedule::Since;
-
-use decide::Hold;
+use decide::{Dated, Hold};
 
 pub use reload::{ReloadStatus, Reloaded};
 pub use reports::{PassView, PolicyGauge};
@@ -90,8 +89,8 @@ struct State {
     /// Policies with a rotation running in this process now.
     running: BTreeSet<String>,
     /// When each policy's current credential came to be, for policies the journal has not
-    /// rotated (read from the destinations once, then kept).
-    basis: HashMap<String, Option<Since>>,
+    /// rotated (read from the destinations once, then kept; a guess only for one pass).
+    basis: HashMap<String, Dated>,
     /// Policies already reported overdue for their current due time.
     overdue_sent: HashMap<String, DateTime<Utc>>,
     /// Policies held back from the next passes, so nothing is retried in a loop.

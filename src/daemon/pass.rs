@@ -1,26 +1,28 @@
 //! The reconciler's loop. `run` wakes on the ticker (a tokio-cron-scheduler job), a request or a
-//! reload; each `pass` reads the journal once, asks [`decide`] per policy and hands the work to
-//! the engine under the concurrency semaphore, one task per policy, marked running by a guard
-//! that a panic drops too. Also here: unfinished rotations of policies that are gone
-//! (`leftover`), holding back a policy that failed or waits, dating a credential the journal
-//! does not know, and the hourly orphan scan, which shutdown waits for within its deadline.
+//! reload; each `pass` reads the journal once, has [`plan`] decide the whole pass's jobs and
+//! starts them under the concurrency semaphore, one task per policy, marked running by a guard
+//! that a panic drops too. Also here: dating a credential the journal does not know (read from
+//! the destinations, kept), overdue alerts, running the jobs (including unfinished rotations of
+//! policies that are gone, see `leftover`), holding back a policy that failed or waits, and the
+//! hourly orphan scan, which shutdown waits for within its deadline.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::engine::{self, Status};
 use crate::journal;
 use crate::notify::Event;
 use crate::policy::Policy;
-use crate::rotation::{Phase, Rotation};
-use crate::schedule::{self, Basis, Due, Since};
+use crate::rotation::Rotation;
+use crate::schedule::{self, Basis, Due};
 use crate::store::{Handle, Store};
 
 use super::Daemon;
-use super::decide::{Decision, Hold, HoldReason, Job, decide, group, requested, scheduled};
+use super::decide::{Dated, Hold, HoldReason, Inputs, Job, Planned, plan, requested};
 
 /// How often the service looks for orphans (and at start).
 const RECONCILE_EVERY: Duration = Duration::from_secs(3_600);
@@ -92,16 +94,25 @@ impl Daemon {
         Some(scheduler)
     }
 
-    /// One reconciliation pass.
+    /// One reconciliation pass: reads the journal, has [`plan`] decide the jobs (dating first
+    /// the credentials it needs), raises or resolves overdue alerts, and starts each job in a
+    /// task of its own while slots last.
     pub async fn pass(self: Arc<Self>) {
         if self.is_stopping() {
             return;
         }
         let now = Utc::now();
-        let history = match self.engine.journal.pass_view().await {
-            Ok(h) => {
+        let read = async {
+            // Every pass reads the requests from the journal: whichever process accepted them.
+            Ok::<_, journal::Error>((
+                self.engine.journal.pass_view().await?,
+                self.engine.journal.open_requests().await?,
+            ))
+        };
+        let (history, requests) = match read.await {
+            Ok(read) => {
                 self.healthy.store(true, Ordering::Relaxed);
-                h
+                read
             }
             Err(e) => {
                 self.healthy.store(false, Ordering::Relaxed);
@@ -109,196 +120,157 @@ impl Daemon {
                 return;
             }
         };
-        // Every pass reads the requests from the journal: whichever process accepted them.
-        let requests = match self.engine.journal.open_requests().await {
-            Ok(r) => r,
-            Err(e) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(error = %e, "journal unreachable; skipping this pass");
-                return;
-            }
-        };
-        let by_policy = group(&history);
         let policies = self.policies();
-        // Oldest first, compromise requests before all (the journal's order): when slots are
-        // short, policies with requests go first in that order, then the rest in policy order.
-        let mut order: Vec<&Policy> = policies.iter().collect();
-        order.sort_by_key(|p| requests.iter().position(|r| r.policy == p.name).unwrap_or(usize::MAX));
-        for policy in order {
-            if self.is_stopping() {
-                break;
+        let plan_now = |daemon: &Daemon| {
+            let state = daemon.state();
+            plan(&Inputs {
+                policies: &policies,
+                history: &history,
+                requests: &requests,
+                holds: &state.holds,
+                running: &state.running,
+                dated: &state.basis,
+                now,
+            })
+        };
+        // Guesses are for one pass: date those credentials again.
+        self.state().basis.retain(|_, dated| dated.known);
+        let mut plan = plan_now(&self);
+        if !plan.undated.is_empty() {
+            for policy in &plan.undated {
+                let dated = self.date(policy, now).await;
+                self.state().basis.insert(policy.name.clone(), dated);
             }
-            if self.state().running.contains(&policy.name) {
-                continue;
-            }
-            let rotations = by_policy.get(policy.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            let request = requests.iter().find(|r| r.policy == policy.name);
-            let Some(mut work) = self.work_for(policy, rotations, request, now).await else { continue };
-            // `work_for` may have waited (dating a credential reads destinations and Toktra):
-            // what a stop said meanwhile holds.
+            plan = plan_now(&self);
+        }
+        for (policy, due) in &plan.due {
+            self.alert_overdue(policy, due);
+        }
+        for job in plan.jobs {
             if self.is_stopping() {
                 break;
             }
             let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
                 // At the concurrency limit: the next pass picks it up.
-                continue;
+                break;
             };
-            // Claim the policy; a request that arrived while `work_for` awaited replaces a
-            // scheduled rotation, so it is not followed by a second one.
-            let claimed = self.state().running.insert(policy.name.clone());
-            if !claimed {
+            // Claimed here, released by the guard when the task ends (or panics).
+            if !self.state().running.insert(job.policy().to_string()) {
                 continue;
             }
-            let guard = Running { daemon: self.clone(), policy: policy.name.clone() };
-            if let Job::Rotate(scheduled) = &work
-                && scheduled.id.is_none()
-                && let Ok(open) = self.engine.journal.open_requests().await
-                && let Some(q) = open.into_iter().find(|r| r.policy == policy.name)
-            {
-                work = requested(q);
+            let guard = Running { daemon: self.clone(), policy: job.policy().to_string() };
+            match job {
+                Planned::Policy(policy, mut work) => {
+                    // A request that arrived since the journal was read replaces a scheduled
+                    // rotation, so it is not followed by a second one.
+                    if let Job::Rotate(scheduled) = &work
+                        && scheduled.id.is_none()
+                        && let Ok(open) = self.engine.journal.open_requests().await
+                        && let Some(q) = open.into_iter().find(|r| r.policy == policy.name)
+                    {
+                        work = requested(q);
+                    }
+                    tokio::spawn(self.clone().run_job(policy.clone(), work, guard, permit));
+                }
+                Planned::Leftover(rotation) => {
+                    tokio::spawn(self.clone().finish_leftover(rotation.clone(), policies.clone(), guard, permit));
+                }
             }
-            let daemon = self.clone();
-            let policy = policy.clone();
-            tokio::spawn(async move {
-                // Claimed before the stop was seen, not begun: leave it to the next start.
-                if daemon.is_stopping() {
-                    tracing::info!(policy = %policy.name, "stopping: not starting the work claimed for this policy");
-                    return;
-                }
-                if let Job::Rotate(engine::Request { id: Some(id), .. }) = &work
-                    && let Err(e) = daemon.engine.journal.start_request(id).await
-                {
-                    tracing::warn!(policy = %policy.name, request = %id, error = %e, "could not mark the request started");
-                }
-                daemon.execute(&policy, work).await;
-                drop(guard);
-                drop(permit);
-                // A request of another policy may be waiting for a slot (one of this policy that
-                // could not run now waits for the next tick rather than spinning).
-                if daemon
-                    .engine
-                    .journal
-                    .open_requests()
-                    .await
-                    .is_ok_and(|open| open.iter().any(|r| r.policy != policy.name))
-                {
-                    daemon.wake.notify_one();
-                }
-            });
         }
-        self.finish_leftovers(&history, &policies, now);
         let view = self.view(history, now).await;
         self.state().last_pass = Some(Arc::new(view));
         release_free_memory();
         self.metrics.pass_completed();
     }
 
-    /// Unfinished rotations of policies that are gone (deleted, renamed) still revoke after
-    /// their grace and roll back unpromoted mints; see `leftover`.
-    fn finish_leftovers(self: &Arc<Self>, history: &[Rotation], policies: &Arc<Vec<Policy>>, now: DateTime<Utc>) {
-        let loaded: Vec<&Policy> = policies.iter().collect();
-        for rotation in crate::leftover::leftovers(history, &loaded) {
-            if self.is_stopping() {
-                break;
-            }
-            let not_due = rotation.phase == Phase::Promoted
-                && !rotation.compromised
-                && rotation.revoke_after.is_some_and(|at| at > now)
-                && rotation.waiting.is_some();
-            let (held, running) = {
-                let state = self.state();
-                let held = state.holds.get(&rotation.policy).is_some_and(|h| h.until > now);
-                (held, state.running.contains(&rotation.policy))
-            };
-            if not_due || held || running {
-                continue;
-            }
-            let Ok(permit) = self.semaphore.clone().try_acquire_owned() else { return };
-            if !self.state().running.insert(rotation.policy.clone()) {
-                continue;
-            }
-            let guard = Running { daemon: self.clone(), policy: rotation.policy.clone() };
-            let (daemon, policies, rotation) = (self.clone(), policies.clone(), rotation.clone());
-            tokio::spawn(async move {
-                if daemon.is_stopping() {
-                    return;
-                }
-                let name = rotation.policy.clone();
-                let loaded: Vec<&Policy> = policies.iter().collect();
-                let now = Utc::now();
-                match daemon.engine.finish_leftover(rotation, &loaded).await {
-                    Ok(outcome) if outcome.phase.is_terminal() => {
-                        tracing::info!(policy = %name, rotation = %outcome.rotation_id, phase = %outcome.phase, "finished the rotation of a policy that no longer exists");
-                    }
-                    Ok(outcome) => {
-                        // Waiting (grace, held) or stuck: look again later, not on every pass.
-                        tracing::warn!(policy = %name, rotation = %outcome.rotation_id, waiting = ?outcome.waiting, error = ?outcome.error, "the rotation of a policy that no longer exists is unfinished");
-                        daemon.back_off(&name, now);
-                    }
-                    Err(e) => {
-                        tracing::error!(policy = %name, error = %e, "could not finish the rotation of a policy that no longer exists");
-                        daemon.back_off(&name, now);
-                    }
-                }
-                drop(guard);
-                drop(permit);
-            });
+    /// Runs a planned job of a loaded policy; the guard and the permit go when it ends.
+    async fn run_job(self: Arc<Self>, policy: Policy, work: Job, guard: Running, permit: OwnedSemaphorePermit) {
+        // Claimed before the stop was seen, not begun: leave it to the next start.
+        if self.is_stopping() {
+            tracing::info!(policy = %policy.name, "stopping: not starting the work claimed for this policy");
+            return;
+        }
+        if let Job::Rotate(engine::Request { id: Some(id), .. }) = &work
+            && let Err(e) = self.engine.journal.start_request(id).await
+        {
+            tracing::warn!(policy = %policy.name, request = %id, error = %e, "could not mark the request started");
+        }
+        self.execute(&policy, work).await;
+        drop(guard);
+        drop(permit);
+        // A request of another policy may be waiting for a slot (one of this policy that could
+        // not run now waits for the next tick rather than spinning).
+        if self.engine.journal.open_requests().await.is_ok_and(|open| open.iter().any(|r| r.policy != policy.name)) {
+            self.wake.notify_one();
         }
     }
 
-    /// What to do for `policy` now, if anything: [`decide`] on what the pass read, then, when
-    /// nothing is pending, the schedule (which may read the destinations to date a credential)
-    /// and the overdue alert it implies.
-    async fn work_for(
-        &self,
-        policy: &Policy,
-        rotations: &[&Rotation],
-        request: Option<&journal::Request>,
-        now: DateTime<Utc>,
-    ) -> Option<Job> {
-        let hold = self.state().holds.get(&policy.name).copied();
-        match decide(rotations, request, hold, now) {
-            Decision::Hold => return None,
-            Decision::Run(work) => return Some(work),
-            Decision::Schedule => {}
+    /// Unfinished rotations of policies that are gone (deleted, renamed) still revoke after
+    /// their grace and roll back unpromoted mints; see `leftover`.
+    async fn finish_leftover(
+        self: Arc<Self>,
+        rotation: Rotation,
+        policies: Arc<Vec<Policy>>,
+        guard: Running,
+        permit: OwnedSemaphorePermit,
+    ) {
+        if self.is_stopping() {
+            return;
         }
-        let due = self.due(policy, rotations, now).await;
-        if !due.overdue && self.state().overdue_sent.remove(&policy.name).is_some() {
-            // No longer overdue (rotated, or its schedule changed): resolve the alert.
-            self.notifier.send(
-                &policy.notify,
-                Event::Recovered { policy: policy.name.clone(), cleared: vec![crate::notify::Problem::Overdue] },
-            );
-        }
-        if due.overdue {
-            let first = self.state().overdue_sent.insert(policy.name.clone(), due.at) != Some(due.at);
-            if first {
-                tracing::warn!(policy = %policy.name, due = %due.at, "policy is overdue");
-                self.notifier
-                    .send(&policy.notify, Event::PolicyOverdue { policy: policy.name.clone(), due_since: due.at });
+        let name = rotation.policy.clone();
+        let loaded: Vec<&Policy> = policies.iter().collect();
+        let now = Utc::now();
+        match self.engine.finish_leftover(rotation, &loaded).await {
+            Ok(outcome) if outcome.phase.is_terminal() => {
+                tracing::info!(policy = %name, rotation = %outcome.rotation_id, phase = %outcome.phase, "finished the rotation of a policy that no longer exists");
+            }
+            Ok(outcome) => {
+                // Waiting (grace, held) or stuck: look again later, not on every pass.
+                tracing::warn!(policy = %name, rotation = %outcome.rotation_id, waiting = ?outcome.waiting, error = ?outcome.error, "the rotation of a policy that no longer exists is unfinished");
+                self.back_off(&name, now);
+            }
+            Err(e) => {
+                tracing::error!(policy = %name, error = %e, "could not finish the rotation of a policy that no longer exists");
+                self.back_off(&name, now);
             }
         }
-        scheduled(&due, rotations, now)
+        drop(guard);
+        drop(permit);
+    }
+
+    /// Raises the overdue alert of a policy once per due time, and resolves it when the policy
+    /// is no longer overdue (rotated, or its schedule changed).
+    fn alert_overdue(&self, policy: &Policy, due: &Due) {
+        if !due.overdue {
+            if self.state().overdue_sent.remove(&policy.name).is_some() {
+                self.notifier.send(
+                    &policy.notify,
+                    Event::Recovered { policy: policy.name.clone(), cleared: vec![crate::notify::Problem::Overdue] },
+                );
+            }
+            return;
+        }
+        let first = self.state().overdue_sent.insert(policy.name.clone(), due.at) != Some(due.at);
+        if first {
+            tracing::warn!(policy = %policy.name, due = %due.at, "policy is overdue");
+            self.notifier.send(&policy.notify, Event::PolicyOverdue { policy: policy.name.clone(), due_since: due.at });
+        }
     }
 
     /// When `policy` is due: from the journal's last promotion, else from its current
-    /// credential's age (read once from the destinations and Toktra, then cached).
+    /// credential's age (read from the destinations and Toktra when the passes have not).
     pub async fn due(&self, policy: &Policy, rotations: &[&Rotation], now: DateTime<Utc>) -> Due {
         let promoted = rotations.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at);
         let last = match promoted {
             Some(at) => Some((at, Basis::Journal)),
             None => {
-                let cached = self.state().basis.get(&policy.name).cloned();
+                let cached = self.state().basis.get(&policy.name).copied();
                 match cached {
-                    Some(basis) => basis,
+                    Some(dated) => dated.since,
                     None => {
-                        let (basis, known) = self.credential_basis(policy, now).await;
-                        // A guess (a destination or Toktra could not be read) is used for this
-                        // pass only, so the real age is found once they answer again.
-                        if known {
-                            self.state().basis.insert(policy.name.clone(), basis);
-                        }
-                        basis
+                        let dated = self.date(policy, now).await;
+                        self.state().basis.insert(policy.name.clone(), dated);
+                        dated.since
                     }
                 }
             }
@@ -308,7 +280,7 @@ impl Daemon {
 
     /// When the policy's current credential came to be, and whether that is known (rather than
     /// assumed to be now because something could not be read).
-    async fn credential_basis(&self, policy: &Policy, now: DateTime<Utc>) -> (Option<Since>, bool) {
+    async fn date(&self, policy: &Policy, now: DateTime<Utc>) -> Dated {
         for spec in &policy.destinations {
             let Ok(destination) = Handle::new(spec, policy.credential.kind, &self.engine.clients) else {
                 continue;
@@ -333,17 +305,17 @@ impl Daemon {
                             .and_then(|c| c.created_at),
                     };
                     let (since, known) = schedule::credential_since(record.rotated_at, created, now);
-                    return (Some(since), known);
+                    return Dated { since: Some(since), known };
                 }
                 Ok(None) => {}
                 // Unreadable now: assume a fresh credential rather than rotating on a guess.
                 Err(e) => {
                     tracing::warn!(policy = %policy.name, error = %e, "cannot read the destination to date its credential");
-                    return (Some((now, Basis::Credential)), false);
+                    return Dated { since: Some((now, Basis::Credential)), known: false };
                 }
             }
         }
-        (None, true)
+        Dated { since: None, known: true }
     }
 
     async fn execute(&self, policy: &Policy, work: Job) {
