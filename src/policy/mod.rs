@@ -9,9 +9,10 @@
 //! - `places`: where destinations write, in canonical form, and the checks across the set.
 //! - `schema`: the JSON Schema and the Markdown reference, generated from the raw form.
 //!
-//! The raw form ([`Document`] and the `*Spec` types) is exactly what a policy file may say. It is
-//! the source of the JSON Schema, and it deserializes with serde as the reader reads (unknown
-//! fields denied); tests keep the reader, the raw form and the schema in step.
+//! The raw form ([`Document`], the `*Spec` types, and [`Destination`] with its kinds, which the
+//! validated [`Policy`] holds as they are) is exactly what a policy file may say. It is the source
+//! of the JSON Schema, and it deserializes with serde as the reader reads (unknown fields
+//! denied); tests keep the reader, the raw form and the schema in step.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -61,7 +62,7 @@ pub struct Document {
     pub schedule: ScheduleSpec,
     /// Where the credential is written; at least one. Each item names exactly one kind.
     #[schemars(length(min = 1))]
-    pub destinations: Vec<DestinationSpec>,
+    pub destinations: Vec<Destination>,
     /// How and when old credentials are revoked.
     #[serde(default)]
     pub revoke: RevokeSpec,
@@ -119,18 +120,26 @@ pub struct WindowSpec {
     pub duration: String,
 }
 
-/// One destination: a map with exactly one key naming its kind, e.g.
-/// `- vault: { mount: secret, path: toktra/ci }`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
-pub struct DestinationSpec {
+/// Where a policy's credential is written; in a policy file, a map with exactly one key naming
+/// its kind, e.g. `- vault: { mount: secret, path: toktra/ci }`.
+///
+/// One type for the raw form and the validated one, like the kinds it holds: the reader builds
+/// it with every place in canonical form (`places`); serde only deserializes it in a test.
+/// Adding a destination kind is one variant here (its key in policy files and its branch of the
+/// schema come from it), its shape and reading in `read`, and one file and one `Handle` variant
+/// in `store`; the compiler points at the matches to extend (`places`, `plan`, `permissions`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+// The schema's description speaks to policy authors only; the doc comment also speaks to the code.
+#[schemars(description = "One destination: a list entry that is a map with exactly one key, naming its \
+                          kind, e.g. `- vault: { mount: secret, path: toktra/ci }`.")]
+pub enum Destination {
     /// AWS Secrets Manager.
-    pub aws_secrets_manager: Option<AwsDestination>,
+    AwsSecretsManager(AwsDestination),
     /// Vault or OpenBao KV v2.
-    pub vault: Option<VaultDestination>,
+    Vault(VaultDestination),
     /// A local JSON file.
-    pub file: Option<FileDestination>,
+    File(FileDestination),
 }
 
 /// How and when old credentials are revoked.
@@ -219,15 +228,6 @@ pub struct Revoke {
     pub grace: Duration,
     /// Revoke only once Toktra reports the old credential unused for this long.
     pub require_idle: Option<Duration>,
-}
-
-/// Where a policy's credential is written. Adding a destination kind is one variant here, one
-/// field in [`DestinationSpec`], and one file under `store/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    AwsSecretsManager(AwsDestination),
-    Vault(VaultDestination),
-    File(FileDestination),
 }
 
 impl Policy {

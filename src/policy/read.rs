@@ -5,9 +5,10 @@
 //! relate were readable. Problems about a field are placed at its key, problems about a list
 //! item at the item.
 //!
-//! What a document may contain is the raw form of `mod.rs` ([`Document`](super::Document) and
-//! the `*Spec` types); the [`Shape`]s here name the same fields, and a test compares them with
-//! the JSON Schema generated from the raw form.
+//! What a document may contain is the raw form of `mod.rs` ([`Document`](super::Document), the
+//! `*Spec` types and [`Destination`] with its kinds); the [`Shape`]s here name the same fields
+//! (and the kinds of a destination), and a test compares them with the JSON Schema generated from
+//! the raw form.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -42,8 +43,10 @@ const SCHEDULE: Shape =
     Shape { def: "ScheduleSpec", fields: &["every", "cron", "window", "timezone", "jitter"], required: &[] };
 const WINDOW: Shape =
     Shape { def: "WindowSpec", fields: &["days", "start", "duration"], required: &["start", "duration"] };
+/// The kinds of [`Destination`], its variants' keys (the schema's `oneOf` branches): one of them
+/// is given, which `Reader::destination` checks.
 const DESTINATION: Shape =
-    Shape { def: "DestinationSpec", fields: &["aws_secrets_manager", "vault", "file"], required: &[] };
+    Shape { def: "Destination", fields: &["aws_secrets_manager", "vault", "file"], required: &[] };
 const REVOKE: Shape = Shape { def: "RevokeSpec", fields: &["grace", "require_idle"], required: &[] };
 const AWS: Shape =
     Shape { def: "AwsDestination", fields: &["secret_id", "region", "create", "kms_key_id"], required: &["secret_id"] };

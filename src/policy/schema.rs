@@ -56,14 +56,29 @@ pub fn reference_markdown() -> String {
     }
     let section = |out: &mut String, title: &str, def: &Value| {
         out.push_str(&format!("## {title}\n\n{}\n\n", one_line(&def["description"])));
+        // An enum of values (each branch a `const`), or an externally tagged enum (each branch a
+        // map with one key, the variant's, naming a kind): exactly one of the keys is given.
         if let Some(options) = def.get("oneOf").and_then(Value::as_array) {
-            out.push_str("| value | meaning |\n| --- | --- |\n");
-            for o in options {
-                out.push_str(&format!(
-                    "| `{}` | {} |\n",
-                    o["const"].as_str().unwrap_or_default(),
-                    one_line(&o["description"])
-                ));
+            if options.iter().all(|o| o.get("const").is_some()) {
+                out.push_str("| value | meaning |\n| --- | --- |\n");
+                for o in options {
+                    out.push_str(&format!(
+                        "| `{}` | {} |\n",
+                        o["const"].as_str().unwrap_or_default(),
+                        one_line(&o["description"])
+                    ));
+                }
+            } else {
+                out.push_str("| kind (exactly one) | type | description |\n| --- | --- | --- |\n");
+                for o in options {
+                    for (name, field) in o["properties"].as_object().into_iter().flatten() {
+                        out.push_str(&format!(
+                            "| `{name}` | {} | {} |\n",
+                            type_of(field, &anchor),
+                            one_line(&o["description"])
+                        ));
+                    }
+                }
             }
             out.push('\n');
             return;

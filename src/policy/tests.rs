@@ -192,7 +192,9 @@ fn rejects_duplicates_across_documents() {
 }
 
 /// The reader knows the fields of every raw type, and which are required, exactly as the JSON
-/// Schema generated from the raw form does (which also denies every other field).
+/// Schema generated from the raw form does (which also denies every other field). For an
+/// externally tagged enum ([`Destination`]) the fields are its variants' keys, one per `oneOf`
+/// branch.
 #[test]
 fn the_schema_and_the_reader_know_the_same_fields() {
     let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
@@ -202,6 +204,23 @@ fn the_schema_and_the_reader_know_the_same_fields() {
     };
     for shape in read::SHAPES {
         let def = if shape.def.is_empty() { &schema } else { &schema["$defs"][shape.def] };
+        if let Some(branches) = def["oneOf"].as_array() {
+            // Each branch is a map with its one key, required, and nothing else: so a map with
+            // two kinds or none matches no branch. The reader requires none of its fields and
+            // checks that exactly one is given.
+            let mut keys = Vec::new();
+            for branch in branches {
+                let key: Vec<String> = branch["properties"].as_object().unwrap().keys().cloned().collect();
+                assert_eq!(key.len(), 1, "{}: {branch}", shape.def);
+                assert_eq!(branch["required"], serde_json::json!(key), "{}: {branch}", shape.def);
+                assert_eq!(branch["additionalProperties"], false, "{}: {branch}", shape.def);
+                assert!(branch["description"].is_string(), "{}: a branch without a description: {branch}", shape.def);
+                keys.extend(key);
+            }
+            assert_eq!(sorted(keys), sorted(shape.fields.iter().map(|f| f.to_string()).collect()), "{}", shape.def);
+            assert!(shape.required.is_empty(), "{}", shape.def);
+            continue;
+        }
         let properties = sorted(def["properties"].as_object().unwrap().keys().cloned().collect());
         let required =
             sorted(def["required"].as_array().into_iter().flatten().map(|r| r.as_str().unwrap().to_string()).collect());
@@ -509,6 +528,9 @@ fn the_raw_form_and_the_reader_agree() {
         ("  - vault", "  - file: { path: x.json }\n  - vault", true),
         ("  - vault", "  - file: { path: x.json, mode: 600 }\n  - vault", false),
         ("  - vault", "  - s3: {}\n  - vault", false),
+        ("  - vault", "  - {}\n  - vault", false),
+        ("  - vault", "  - vault:\n  - vault", false),
+        ("  - vault", "  - { file: { path: x.json }, vault: { mount: secret, path: x } }\n  - vault", false),
         ("name: ci\n", "name: ci\nlabels: { team: a }\nnotify: [x]\ndescription: d\n", true),
         ("name: ci\n", "name: ci\nlabels: [team]\n", false),
         ("name: ci\n", "name: 7\n", false),
