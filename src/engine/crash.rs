@@ -1,8 +1,6 @@
 //! Test hooks of the crash-matrix tests, compiled in only with the `crash-points` feature: a
 //! point where the process dies as a SIGKILL would, and one where it waits for a test.
 
-use std::time::Duration;
-
 /// Test hook for the crash-matrix tests: when `ROTATOR_CRASH_AT` names this point, the process
 /// dies on the spot, as a SIGKILL would (no destructors, no flushing, no lease release). Only
 /// in builds with the `crash-points` feature (`scripts/test` enables it), so that in a release
@@ -31,7 +29,7 @@ pub(super) async fn pause_point(point: &str) {
     }
     let _ = std::fs::write(format!("{file}.reached"), point);
     while !std::path::Path::new(&file).exists() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
