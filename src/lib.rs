@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod credential;
 pub mod daemon;
 pub mod demo;
@@ -24,6 +25,7 @@ pub mod rotation;
 pub mod schedule;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod sim;
 pub mod status;
 pub mod store;

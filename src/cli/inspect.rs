@@ -4,8 +4,9 @@
 //! (changing something only with `--fix`: it revokes orphans and discards stale staged values).
 
 use super::open::select;
-use super::open::{Connections, Reach, check_default_region, load_policies, open_journal, read_journal};
+use super::open::{check_default_region, load_policies, open_journal, read_journal};
 use super::{Ctx, Failure, FormatArgs, HistoryArgs, ReconcileArgs};
+use crate::connect::{Connections, Reach};
 use crate::journal::Journal;
 use crate::policy::{self, Policy};
 use crate::report::{Format, printable, when};

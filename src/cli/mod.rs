@@ -27,7 +27,7 @@ use crate::config::Config;
 pub use crate::report::Format;
 use crate::telemetry::LogFormat;
 
-pub use open::{Connections, Reach, load_policies};
+pub use open::load_policies;
 pub use rotate::check_outcomes;
 
 #[derive(Parser)]
@@ -323,6 +323,18 @@ pub enum Failure {
     Failed(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+impl From<crate::service::Error> for Failure {
+    fn from(e: crate::service::Error) -> Failure {
+        use crate::service::Error;
+        match e {
+            Error::Policies(invalid) => Failure::Policies(invalid),
+            Error::Config(e) => Failure::Config(e),
+            Error::Tls(_) => Failure::Invalid(e.to_string()),
+            Error::Journal(_) | Error::Listener(_) | Error::Server(_) => Failure::Other(e.into()),
+        }
+    }
 }
 
 impl Failure {

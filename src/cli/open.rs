@@ -1,16 +1,11 @@
 //! What commands open before they act: the policy set (validated as a whole; exit 2 with every
-//! problem), the check of the AWS default region against it, the journal (read-only, and never
-//! created, for commands that only read), and the connections of a policy set: the Toktra client
-//! and the destination clients, built by `Connections::for_policies` and nowhere else, and the
-//! engine over them (`Connections::engine`).
-
-use std::sync::Arc;
+//! problem), the check of the AWS default region against it, and the journal (read-only, and
+//! never created, for commands that only read). Their connections come from `connect`.
 
 use super::Failure;
 use crate::config::Config;
-use crate::engine::{self, Engine};
 use crate::journal::Journal;
-use crate::policy::{self, Destination, Policy};
+use crate::policy::{self, Policy};
 
 /// Loads the policy set or fails with every problem (exit 2).
 pub fn load_policies(dir: &std::path::Path) -> Result<Vec<Policy>, Failure> {
@@ -31,56 +26,6 @@ pub(super) async fn check_default_region(config: &Config, policies: &[Policy]) -
     let clients = config.clients(true, false).await?;
     let region = clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
     Ok(policy::check_default_region(policies, region.as_deref())?)
-}
-
-/// Which services a policy set's destination clients reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reach {
-    /// Those the policies' destinations are in.
-    Policies,
-    /// Those, and every one the configuration names, so a reload may add policies using them
-    /// (`serve`).
-    Configured,
-}
-
-/// The Toktra client and the destination clients for a policy set: what a command that calls
-/// Toktra or a destination talks to. Built by [`Connections::for_policies`] and nowhere else;
-/// [`Connections::engine`] is the one place an [`Engine`] is made from the configuration.
-pub struct Connections {
-    pub toktra: crate::toktra::Client,
-    pub stores: crate::store::Clients,
-}
-
-impl Connections {
-    /// Connects to what `policies` need, as `reach` says (AWS and Vault are only configured when
-    /// reached, so a file-only setup never touches the AWS credential chain). A configuration
-    /// that cannot give them is invalid input (exit 2).
-    pub async fn for_policies(config: &Config, policies: &[&Policy], reach: Reach) -> Result<Connections, Failure> {
-        let configured = reach == Reach::Configured;
-        let destinations = || policies.iter().flat_map(|p| p.destinations.iter());
-        let need_aws = (configured && (config.aws_region.is_some() || config.aws_endpoint.is_some()))
-            || destinations().any(|d| matches!(d, Destination::AwsSecretsManager(_)));
-        let need_vault =
-            (configured && config.vault_addr.is_some()) || destinations().any(|d| matches!(d, Destination::Vault(_)));
-        let toktra = config.toktra()?;
-        let stores = config.clients(need_aws, need_vault).await?;
-        Ok(Connections { toktra, stores })
-    }
-
-    /// The engine over these connections and `journal`, with the options the configuration sets.
-    pub fn engine(self, config: &Config, journal: Journal) -> Engine {
-        Engine {
-            toktra: Arc::new(self.toktra),
-            journal,
-            clients: Arc::new(self.stores),
-            options: engine::Options {
-                rotation_budget: config.rotation_budget,
-                lease_ttl: config.lease_ttl,
-                ..Default::default()
-            },
-            stop: None,
-        }
-    }
 }
 
 /// The journal for commands that write it (created, for SQLite, and migrated when needed).

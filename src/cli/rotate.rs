@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use super::inspect::plan;
-use super::open::{Connections, Reach, check_default_region, load_policies, open_journal, select};
+use super::open::{check_default_region, load_policies, open_journal, select};
 use super::{Ctx, Failure, RotateArgs};
+use crate::connect::{Connections, Reach};
 use crate::engine::{self, Outcome, Status};
 use crate::journal::Journal;
 use crate::notify::{Event, Problem};

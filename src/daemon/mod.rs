@@ -48,7 +48,7 @@ use crate::notify::Notifier;
 use crate::policy::Policy;
 use decide::{Dated, Hold};
 
-pub use reload::{ReloadStatus, Reloaded};
+pub use reload::{ReloadStatus, Reloaded, runnable};
 pub use reports::{PassView, PolicyGauge};
 pub use requests::{
     Accepted, MAX_IDEMPOTENCY_KEY_BYTES, MAX_REASON_BYTES, Refused, check_idempotency_key, check_reason,

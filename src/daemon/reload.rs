@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::policy::{self, Policy};
-use crate::store::Handle;
+use crate::store::{self, Handle};
 
 use super::Daemon;
 
@@ -96,7 +96,9 @@ impl Daemon {
     /// Swaps in a loaded policy set if the service can run it as a whole.
     fn apply(&self, loaded: Result<Vec<Policy>, policy::Invalid>) -> Result<usize, policy::Invalid> {
         let now = Utc::now();
-        let policies = match loaded.and_then(|policies| self.runnable(&policies).map(|()| policies)) {
+        let policies = match loaded.and_then(|policies| {
+            runnable(&policies, &self.engine.clients, &|c| self.notifier.knows(c)).map(|()| policies)
+        }) {
             Ok(policies) => policies,
             Err(invalid) => {
                 for problem in &invalid.0 {
@@ -150,38 +152,6 @@ impl Daemon {
         Ok(n)
     }
 
-    /// What only the service can decide about a valid policy set: destinations that only the
-    /// default AWS region makes one secret, destinations and channels this service's
-    /// configuration does not provide.
-    fn runnable(&self, policies: &[Policy]) -> Result<(), policy::Invalid> {
-        let region = self.engine.clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
-        policy::check_default_region(policies, region.as_deref())?;
-        let mut missing: Vec<String> = policies
-            .iter()
-            .flat_map(|p| p.destinations.iter().map(move |d| (p, d)))
-            .filter(|(p, d)| Handle::new(d, p.credential.kind, &self.engine.clients).is_err())
-            .map(|(p, d)| format!("policy `{}`: {} is not configured in this service", p.name, d.label()))
-            .collect();
-        for p in policies {
-            for channel in p.notify.iter().filter(|c| !self.notifier.knows(c)) {
-                missing.push(format!("{}: notify: channel `{channel}` is not defined in the configuration", p.source));
-            }
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        Err(policy::Invalid(
-            missing
-                .into_iter()
-                .map(|message| policy::Problem {
-                    location: policy::Location { file: self.policies_dir.clone(), line: 0, column: 0 },
-                    field: String::new(),
-                    message,
-                })
-                .collect(),
-        ))
-    }
-
     /// The last reload (or the load at start), for `/metrics` and `/readyz`.
     pub fn reload_status(&self) -> ReloadStatus {
         self.state().reload_status.clone()
@@ -196,4 +166,36 @@ fn what_it_does(p: &Policy) -> String {
         "{:?}",
         (&p.name, &p.description, &p.labels, &p.credential, &p.schedule, &p.destinations, &p.revoke, &p.notify)
     )
+}
+
+/// What only the service can decide about a valid policy set, at start and on every reload:
+/// destinations that only the default AWS region makes one secret, destinations `clients`
+/// cannot reach, and notification channels the configuration does not define (`knows`).
+pub fn runnable(
+    policies: &[Policy],
+    clients: &store::Clients,
+    knows: &dyn Fn(&str) -> bool,
+) -> Result<(), policy::Invalid> {
+    let region = clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
+    policy::check_default_region(policies, region.as_deref())?;
+    let mut missing = Vec::new();
+    for p in policies {
+        let problem =
+            |field: &str, message: String| policy::Problem { location: p.source.clone(), field: field.into(), message };
+        for (i, d) in p.destinations.iter().enumerate() {
+            if Handle::new(d, p.credential.kind, clients).is_err() {
+                missing.push(problem(
+                    &format!("destinations[{i}]"),
+                    format!("{} is not configured in this service", d.label()),
+                ));
+            }
+        }
+        for channel in p.notify.iter().filter(|c| !knows(c)) {
+            missing.push(problem("notify", format!("channel `{channel}` is not defined in the configuration")));
+        }
+    }
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(policy::Invalid(missing)),
+    }
 }

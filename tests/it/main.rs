@@ -7,6 +7,7 @@ mod calls;
 mod cli;
 mod codemap;
 mod crash;
+mod embedded;
 mod engine;
 mod hardening;
 mod http;

@@ -1,0 +1,113 @@
+//! The service as a library: `Service::build` checks and builds without listening, and
+//! `Service::run` serves on a listener the caller bound (port 0, its address read from the
+//! listener itself) until the caller's shutdown future resolves.
+
+use std::time::{Duration, Instant};
+
+use rotator::config::Config;
+use rotator::secret::Secret;
+use rotator::service::{Access, Error, Service};
+use serde_json::{Value, json};
+
+use crate::harness::Env;
+
+/// A configuration file for the in-process service: this test's simulator and journal.
+fn configure(env: &Env, extra: &str) -> Config {
+    std::fs::write(env.dir.join("admin-key"), &env.admin_key).unwrap();
+    let text = format!(
+        "database_url = \"{}\"\ntick = \"1s\"\nshutdown_timeout = \"20s\"\n{extra}\n[toktra]\napi_url = \"{}\"\napi_key_file = \"{}\"\ntimeout = \"4s\"\n",
+        env.journal_path().display(),
+        env.sim.base_url(),
+        env.dir.join("admin-key").display(),
+    );
+    let path = env.dir.join("rotator.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(Some(&path)).unwrap()
+}
+
+/// Built, then run on a listener the test owns: the first pass rotates the new policy, an
+/// on-demand request is served at the listener's address, and the service ends when the test's
+/// shutdown future resolves, closing the port.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_runs_on_a_listener_its_caller_owns() {
+    let env = Env::start().await;
+    env.policy(
+        "p.yaml",
+        "name: embedded\ncredential: { kind: api_key, name: '{prefix}-embedded' }\nschedule: { every: 90d }\ndestinations:\n  - file: { path: ../out/embedded.json }\nrevoke: { grace: 0s }\n",
+    );
+    let config = configure(&env, "");
+    let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
+    let token = format!("api-{}", uuid::Uuid::new_v4().simple());
+    let service = Service::build(&config, env.dir.join("policies"), policies, Access::Token(Secret::new(&token)))
+        .await
+        .unwrap_or_else(|e| panic!("build: {e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(service.run(listener, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let get = async |path: &str| -> (u16, Value) {
+        let r = http.get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    };
+
+    // Never rotated: the first pass rotates it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get("/v1/rotations?policy=embedded").await;
+        assert_eq!(status, 200, "{body}");
+        if body["rotations"].as_array().is_some_and(|list| list.iter().any(|r| r["phase"] == "completed")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first pass did not rotate the policy: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.dir.join("out/embedded.json").exists());
+
+    // On demand, through the listener the test bound.
+    let r = http
+        .post(format!("{base}/v1/policies/embedded/rotate"))
+        .bearer_auth(&token)
+        .json(&json!({ "reason": "embedded" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&format!("/v1/rotations/{id}")).await;
+        if body["phase"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the requested rotation did not complete: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The caller's shutdown future ends it, with the port closed.
+    stop.send(()).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), running).await.expect("run ended after the stop");
+    ended.unwrap().unwrap_or_else(|e| panic!("run: {e}"));
+    let after = reqwest::Client::new().get(format!("{base}/healthz")).send().await;
+    assert!(after.is_err(), "the port still answers after run ended: {after:?}");
+}
+
+/// A policy set the configuration cannot run is refused by `build` with its place, before the
+/// journal is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn building_refuses_what_the_configuration_cannot_run_and_writes_nothing() {
+    let env = Env::start().await;
+    env.policy(
+        "p.yaml",
+        "name: unheard\ncredential: { kind: api_key, name: '{prefix}-unheard' }\nschedule: { every: 90d }\ndestinations:\n  - file: { path: ../out/unheard.json }\nnotify: [pager]\n",
+    );
+    let config = configure(&env, "");
+    let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
+    let built = Service::build(&config, env.dir.join("policies"), policies, Access::Open).await;
+    let Err(Error::Policies(invalid)) = built else { panic!("built a service whose channel is not defined") };
+    let text = invalid.to_string();
+    assert!(text.contains("p.yaml:1:1: notify: channel `pager` is not defined in the configuration"), "{text}");
+    assert!(!env.journal_path().exists(), "the journal was created for a service that was refused");
+}
