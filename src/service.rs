@@ -50,7 +50,7 @@ pub enum Error {
     Listener(std::io::Error),
     /// The HTTP server's task ended with a panic.
     #[error("the HTTP server task failed: {0}")]
-    Server(#[from] tokio::task::JoinError),
+    Server(tokio::task::JoinError),
 }
 
 /// A built service, not yet serving.
@@ -188,7 +188,7 @@ impl Service {
             tracing::warn!("the journal did not close in time");
         }
         if let Some(Err(e)) = failed {
-            return Err(e.into());
+            return Err(Error::Server(e));
         }
         tracing::info!("stopped");
         Ok(())
