@@ -251,9 +251,7 @@ async fn compromise_mode_revokes_at_once_and_reports_where_it_was_held() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_run_on_the_same_policy_is_refused_while_one_is_in_flight() {
-    let env =
-        Env::with(sim::Config { faults: sim::Faults { latency_ms: 400, ..Default::default() }, ..Default::default() })
-            .await;
+    let env = Env::start().await;
     let spec = Spec {
         name: "busy".into(),
         kind: CredentialKind::ApiKey,
@@ -261,12 +259,20 @@ async fn a_second_run_on_the_same_policy_is_refused_while_one_is_in_flight() {
         grace: "0s",
     };
     env.policy("busy.yaml", &spec.yaml());
-    let mut slow = env.command(&["rotate", "busy"]);
-    let first = slow.spawn().unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The first run is held right after it took the policy's lease.
+    let go = env.dir.join("go");
+    let mut held = env.command(&["rotate", "busy"]);
+    held.env("ROTATOR_PAUSE_AT", "after-lease").env("ROTATOR_PAUSE_FILE", &go);
+    let first = held.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.dir.join("go.reached").exists() {
+        assert!(Instant::now() < deadline, "the first run never took the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let second = env.rotator(&["rotate", "busy"]).await;
     second.assert_code(1);
     assert!(second.stdout.contains("a rotation is in flight"), "{}", second.stdout);
+    std::fs::write(&go, "").unwrap();
     let status = first.wait_with_output().await.unwrap();
     assert_eq!(status.status.code(), Some(0));
     env.assert_converged(&[spec], &[]).await;
