@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rotator::policy::CredentialKind;
 use rotator::sim;
 
-use crate::harness::{Dest, Env, Spec, text};
+use crate::harness::{Dest, Env, Spec, text, wait_for_clock};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_storm_completes_every_rotation_without_orphans() {
@@ -171,25 +171,33 @@ async fn require_idle_holds_the_revocation_while_the_old_credential_is_used() {
     let run = env.rotator(&["rotate", "idle"]).await;
     run.assert_code(0);
     assert!(run.stdout.contains("awaiting revocation") && run.stdout.contains("still in use"), "{}", run.stdout);
-    // Keep using it for longer than require_idle; later runs must not revoke it.
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
+    // Keep using it until a run begins more than require_idle after the new key was promoted
+    // (by the rotator's clock, the real one); no run may revoke it meanwhile.
+    let past_idle = env.recorded("idle", "promoted_at").await + chrono::Duration::seconds(3);
+    loop {
         used().await;
+        let begun = chrono::Utc::now();
         env.rotator(&["rotate", "other"]).await.assert_code(0);
+        if begun > past_idle {
+            break;
+        }
+        // Paces the uses, well within require_idle of each other; nothing waits on this pause.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     used().await;
     let status = env.rotator(&["status"]).await;
     assert!(status.stdout.contains("still in use"), "status says why: {}", status.stdout);
-    // Stop using it: once idle for 3 s, a run revokes it.
+    // Stop using it: once the simulator's record of its last use is 3 s old, a run revokes it.
+    let last_used = env.sim.credentials().into_iter().find(|c| c.id == legacy.id).and_then(|c| c.last_used_at);
+    wait_for_clock(last_used.expect("the simulator recorded the use") + chrono::Duration::seconds(3)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        tokio::time::sleep(Duration::from_millis(700)).await;
         env.rotator(&["rotate", "other"]).await.assert_code(0);
         if env.active().iter().all(|c| c.id != legacy.id) {
             break;
         }
         assert!(Instant::now() < deadline, "the idle old key was never revoked");
+        tokio::time::sleep(Duration::from_millis(700)).await;
     }
     assert!(!env.accepted(CredentialKind::ApiKey, &legacy.id, legacy.secret.expose()).await);
 }
@@ -251,9 +259,7 @@ async fn compromise_mode_revokes_at_once_and_reports_where_it_was_held() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_run_on_the_same_policy_is_refused_while_one_is_in_flight() {
-    let env =
-        Env::with(sim::Config { faults: sim::Faults { latency_ms: 400, ..Default::default() }, ..Default::default() })
-            .await;
+    let env = Env::start().await;
     let spec = Spec {
         name: "busy".into(),
         kind: CredentialKind::ApiKey,
@@ -261,12 +267,20 @@ async fn a_second_run_on_the_same_policy_is_refused_while_one_is_in_flight() {
         grace: "0s",
     };
     env.policy("busy.yaml", &spec.yaml());
-    let mut slow = env.command(&["rotate", "busy"]);
-    let first = slow.spawn().unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The first run is held right after it took the policy's lease.
+    let go = env.dir.join("go");
+    let mut held = env.command(&["rotate", "busy"]);
+    held.env("ROTATOR_PAUSE_AT", "after-lease").env("ROTATOR_PAUSE_FILE", &go);
+    let first = held.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.dir.join("go.reached").exists() {
+        assert!(Instant::now() < deadline, "the first run never took the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let second = env.rotator(&["rotate", "busy"]).await;
     second.assert_code(1);
     assert!(second.stdout.contains("a rotation is in flight"), "{}", second.stdout);
+    std::fs::write(&go, "").unwrap();
     let status = first.wait_with_output().await.unwrap();
     assert_eq!(status.status.code(), Some(0));
     env.assert_converged(&[spec], &[]).await;

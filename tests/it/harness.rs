@@ -8,6 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use chrono::{DateTime, Utc};
 use rotator::policy::CredentialKind;
 use rotator::secret::Secret;
 use rotator::sim;
@@ -373,6 +374,26 @@ impl Env {
         for row in rows.as_array().unwrap() {
             assert_eq!(row["state"], "ok", "status: {row}");
         }
+    }
+}
+
+impl Env {
+    /// A time the policy's latest rotation recorded in the journal (`promoted_at`, `revoke_after`,
+    /// ...), read through `rotator history`.
+    pub async fn recorded(&self, policy: &str, field: &str) -> DateTime<Utc> {
+        let run = self.rotator(&["history", policy, "--limit", "1", "--format", "json"]).await;
+        let rows: Value = serde_json::from_str(&run.assert_code(0).stdout).unwrap();
+        text(&rows[0], field).parse().unwrap_or_else(|e| panic!("`{field}` of {policy}'s rotation: {e}: {rows}"))
+    }
+}
+
+/// Waits until the clock the `rotator` processes read (this machine's) has passed `at`: a grace
+/// period or an idle window measured by a `rotator` process ends only with real time.
+pub async fn wait_for_clock(at: DateTime<Utc>) {
+    let ahead = at - Utc::now();
+    assert!(ahead < chrono::Duration::seconds(60), "{at} is {ahead} ahead: more than a test should wait");
+    while Utc::now() <= at {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -187,7 +187,9 @@ async fn grace_keeps_the_old_credential_until_a_later_run_revokes_it() {
     );
     assert_only_active(&env, &[&legacy.id, &new_id]);
 
-    // Any later run carries out the due revocation, here one that rotates another policy.
+    // Any later run carries out the due revocation, here one that rotates another policy, once
+    // the grace the journal recorded is over (by the rotator's clock, the real one).
+    crate::harness::wait_for_clock(env.recorded("graceful", "revoke_after").await).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         env.rotator(&["rotate", "other"]).await.assert_code(0);
