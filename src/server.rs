@@ -510,14 +510,23 @@ async fn get_rotation(
     }
     // Not recorded yet: a request waiting for its turn, whichever process accepted it.
     match state.daemon.engine.journal.request(&id).await.map_err(ApiError::internal)? {
-        Some(q) => Ok(Json(json!({
-            "id": q.id,
-            "policy": q.policy,
-            "phase": "queued",
-            "reason": q.reason,
-            "compromised": q.compromised,
-            "requested_at": q.created_at,
-        }))),
+        Some(q) => {
+            let mut v = json!({
+                "id": q.id,
+                "policy": q.policy,
+                "phase": "queued",
+                "reason": q.reason,
+                "compromised": q.compromised,
+                "requested_at": q.created_at,
+            });
+            if !state.daemon.policies().iter().any(|p| p.name == q.policy) {
+                v["waiting"] = json!(format!(
+                    "policy `{}` is not in this service's policy set (removed or renamed, or not yet added here); the request runs when a process that has it takes it up",
+                    q.policy
+                ));
+            }
+            Ok(Json(v))
+        }
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no rotation `{id}`"))),
     }
 }

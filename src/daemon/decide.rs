@@ -5,7 +5,7 @@
 //! inputs and runs what comes out, and the tables at the end test every combination without a
 //! server.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -72,6 +72,10 @@ pub(super) struct Plan<'a> {
     /// Policies with nothing pending whose schedule needs their credential's date, which
     /// [`Inputs::dated`] lacks: the pass reads them from the destinations and plans again.
     pub(super) undated: Vec<&'a Policy>,
+    /// Open requests of policies this set does not have. They are neither run nor cancelled
+    /// here: while a change of the set rolls out, another process may have the policy (added
+    /// there, or not yet removed), and the journal lets whichever has it run the request.
+    pub(super) elsewhere: Vec<&'a journal::Request>,
 }
 
 /// The pass's jobs: per policy not running, [`decide`], then (nothing pending) its schedule;
@@ -114,6 +118,8 @@ pub(super) fn plan<'a>(inputs: &Inputs<'a, '_>) -> Plan<'a> {
         }
     }
     let loaded: Vec<&Policy> = inputs.policies.iter().collect();
+    let names: HashSet<&str> = loaded.iter().map(|p| p.name.as_str()).collect();
+    plan.elsewhere = inputs.requests.iter().filter(|q| !names.contains(q.policy.as_str())).collect();
     for rotation in crate::leftover::leftovers(inputs.history, &loaded) {
         // Waiting for its grace (a compromise revokes at once): looked at again when it ends.
         let not_due = rotation.phase == Phase::Promoted
@@ -413,7 +419,11 @@ mod tests {
             rotation("e", "re", Phase::Staged, "2026-12-01T11:00:00Z"),    // unfinished, backing off
         ];
         // `f` has no rotation: its credential's date decides.
-        let requests = vec![requested_for("e", "q-e", true), requested_for("c", "q-c", false)];
+        let requests = vec![
+            requested_for("e", "q-e", true),
+            requested_for("elsewhere", "q-x", false),
+            requested_for("c", "q-c", false),
+        ];
         let holds = HashMap::from([("e".to_string(), hold(HoldReason::Failed, "2026-12-01T12:05:00Z").unwrap())]);
         let running = BTreeSet::from(["d".to_string()]);
         let mut dated = HashMap::new();
@@ -430,9 +440,11 @@ mod tests {
             let planned = plan(&inputs);
             let undated: Vec<String> = planned.undated.iter().map(|p| p.name.clone()).collect();
             let due: Vec<(String, bool)> = planned.due.iter().map(|(p, d)| (p.name.clone(), d.overdue)).collect();
-            (jobs(&planned), undated, due)
+            let elsewhere: Vec<String> = planned.elsewhere.iter().map(|q| q.id.clone()).collect();
+            (jobs(&planned), undated, due, elsewhere)
         };
-        let (first, undated, due) = plan_with(&dated);
+        let (first, undated, due, elsewhere) = plan_with(&dated);
+        assert_eq!(elsewhere, ["q-x"], "a request of a policy the set lacks waits for a process that has it");
         assert_eq!(first, ["e:request q-e", "c:request q-c", "b:scheduled"]);
         assert_eq!(undated, ["f"], "only the policy without a rotation needs dating");
         assert_eq!(due, [("a".to_string(), false), ("b".to_string(), true)], "due times, overdue or not");
@@ -453,7 +465,7 @@ mod tests {
         ];
         for (case, date, want) in cases {
             dated.insert("f".to_string(), date);
-            let (again, undated, _) = plan_with(&dated);
+            let (again, undated, _, _) = plan_with(&dated);
             assert!(undated.is_empty(), "{case}");
             let f: Vec<String> = again.into_iter().filter(|j| j.starts_with("f:")).collect();
             assert_eq!(f, want.into_iter().map(String::from).collect::<Vec<_>>(), "{case}");

@@ -97,6 +97,8 @@ struct State {
     holds: HashMap<String, Hold>,
     /// Orphans already notified (policy, credential).
     orphan_sent: BTreeSet<(String, String)>,
+    /// Open requests already logged as waiting for a policy this set lacks (by request ID).
+    elsewhere_logged: BTreeSet<String>,
     /// Failures already notified (policy, rotation, error), so a stuck rotation retried later is
     /// reported once per distinct error; a policy's entries go when it succeeds.
     failure_sent: BTreeSet<(String, String, String)>,
@@ -129,6 +131,7 @@ impl Daemon {
                 overdue_sent: HashMap::new(),
                 holds: HashMap::new(),
                 orphan_sent: BTreeSet::new(),
+                elsewhere_logged: BTreeSet::new(),
                 failure_sent: BTreeSet::new(),
                 // The set given here was loaded at start.
                 reload_status: ReloadStatus { at: Utc::now(), rejected: None },

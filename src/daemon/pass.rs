@@ -146,6 +146,16 @@ impl Daemon {
         for (policy, due) in &plan.due {
             self.alert_overdue(policy, due);
         }
+        {
+            let mut state = self.state();
+            let open: Vec<&str> = plan.elsewhere.iter().map(|q| q.id.as_str()).collect();
+            state.elsewhere_logged.retain(|id| open.contains(&id.as_str()));
+            for q in &plan.elsewhere {
+                if state.elsewhere_logged.insert(q.id.clone()) {
+                    tracing::warn!(policy = %q.policy, request = %q.id, "a requested rotation waits for a policy this process does not have (removed or renamed here, or not yet added); a process that has it runs it");
+                }
+            }
+        }
         for job in plan.jobs {
             if self.is_stopping() {
                 break;

@@ -111,3 +111,80 @@ async fn building_refuses_what_the_configuration_cannot_run_and_writes_nothing()
     assert!(text.contains("p.yaml:1:1: notify: channel `pager` is not defined in the configuration"), "{text}");
     assert!(!env.journal_path().exists(), "the journal was created for a service that was refused");
 }
+
+/// An open request of a policy this service's set lacks (accepted by a replica that has it, or
+/// left by a policy removed since) is neither run nor dropped: it stays queued, says why, and
+/// runs once the policy is in the set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_for_a_policy_the_set_lacks_waits_for_it_and_says_so() {
+    let env = Env::start().await;
+    let yaml = |name: &str| {
+        format!(
+            "name: {name}\ncredential: {{ kind: api_key, name: '{{prefix}}-{name}' }}\nschedule: {{ every: 90d }}\ndestinations:\n  - file: {{ path: ../out/{name}.json }}\nrevoke: {{ grace: 0s }}\n"
+        )
+    };
+    env.policy("kept.yaml", &yaml("kept"));
+    let config = configure(&env, "");
+    // Another replica, whose set has `elsewhere`, accepted a request for it.
+    let journal = rotator::journal::Journal::open(&env.journal_path().display().to_string()).await.unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    journal
+        .add_request(&rotator::journal::Request {
+            id: id.clone(),
+            policy: "elsewhere".into(),
+            reason: Some("accepted by another replica".into()),
+            compromised: false,
+            idempotency_key: None,
+            created_at: chrono::Utc::now(),
+            state: rotator::journal::RequestState::Queued,
+        })
+        .await
+        .unwrap();
+    let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
+    let token = format!("api-{}", uuid::Uuid::new_v4().simple());
+    let service =
+        Service::build(&config, env.dir.join("policies"), policies, Access::Token(Secret::new(&token))).await.unwrap();
+    let daemon = service.daemon().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(service.run(listener, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let get = async |path: &str| -> Value {
+        http.get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap()
+    };
+    let passes = async || -> u64 {
+        let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix("rotator_reconcile_passes_total ")).unwrap().trim().parse().unwrap()
+    };
+
+    // Two whole passes later, it is still queued, and says why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while passes().await < 2 {
+        assert!(Instant::now() < deadline, "fewer than two passes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued = get(&format!("/v1/rotations/{id}")).await;
+    assert_eq!(queued["phase"], "queued", "{queued}");
+    let waiting = queued["waiting"].as_str().unwrap_or_default();
+    assert!(waiting.contains("policy `elsewhere` is not in this service's policy set"), "{queued}");
+
+    // Once the set has the policy, the request runs under its ID.
+    env.policy("elsewhere.yaml", &yaml("elsewhere"));
+    assert!(matches!(daemon.reload().await, rotator::daemon::Reloaded::Accepted(2)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = get(&format!("/v1/rotations/{id}")).await;
+        if body["phase"] == "completed" {
+            assert_eq!(body["reason"], "accepted by another replica", "{body}");
+            assert!(body.get("waiting").is_none_or(Value::is_null), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request did not run once its policy was loaded: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
