@@ -65,18 +65,21 @@ pub struct Service {
 
 impl Service {
     /// Checks `policies` (loaded from `policies_dir`, which SIGHUP reads again) against
-    /// `config`, connects to what they and the configuration name, and opens the journal.
-    /// Nothing is written before the checks pass.
+    /// `config` (what a reload checks, `daemon::runnable`, in two steps: channels before
+    /// connecting, destinations after), connects to what they and the configuration name, and
+    /// opens the journal. Nothing is written before the checks pass.
     pub async fn build(
         config: &Config,
         policies_dir: PathBuf,
         policies: Vec<Policy>,
         access: Access,
     ) -> Result<Service, Error> {
+        // What needs no connection first: nothing logs in to Vault for a set refused anyway.
+        daemon::defined_channels(&policies, &|c| config.channels.contains_key(c))?;
         // Clients for whatever the configuration provides, so a reload may add policies using them.
         let all: Vec<&Policy> = policies.iter().collect();
         let connections = Connections::for_policies(config, &all, Reach::Configured).await?;
-        daemon::runnable(&policies, &connections.stores, &|c| config.channels.contains_key(c))?;
+        daemon::reachable(&policies, &connections.stores)?;
         let tls = match &config.http.tls {
             Some((cert, key)) => Some(Arc::new(Tls::load(cert, key).map_err(Error::Tls)?)),
             None => None,

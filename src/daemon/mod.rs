@@ -12,9 +12,9 @@
 //! - `decide`: pure: `plan`, the pass's jobs in slot order from what it read (policies,
 //!   rotations, open requests) and what the daemon keeps (holds, running policies, credential
 //!   dates), and `decide`, its per-policy part; table-tested without any server.
-//! - `pass`: `run`, the ticker, and the pass that gathers `plan`'s inputs (dating credentials
-//!   the journal does not know), raises overdue alerts and runs the jobs through the engine;
-//!   the back-off and the orphan scan.
+//! - `pass`: `run`, the ticker, and the pass that gathers `plan`'s inputs, raises overdue
+//!   alerts, runs the jobs through the engine and then dates the credentials the journal does
+//!   not know; the back-off and the orphan scan.
 //! - `requests`: on-demand requests, recorded in the journal before they are answered.
 //! - `reload`: SIGHUP, and the `ReloadStatus` it leaves.
 //! - `reports`: notifications and metrics of outcomes, the `PassView` scrapes answer from, and
@@ -48,7 +48,7 @@ use crate::notify::Notifier;
 use crate::policy::Policy;
 use decide::{Dated, Hold};
 
-pub use reload::{ReloadStatus, Reloaded, runnable};
+pub use reload::{ReloadStatus, Reloaded, defined_channels, reachable, runnable};
 pub use reports::{PassView, PolicyGauge};
 pub use requests::{
     Accepted, MAX_IDEMPOTENCY_KEY_BYTES, MAX_REASON_BYTES, Refused, check_idempotency_key, check_reason,

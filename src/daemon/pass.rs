@@ -2,7 +2,8 @@
 //! reload; each `pass` reads the journal once, has [`plan`] decide the whole pass's jobs and
 //! starts them under the concurrency semaphore, one task per policy, marked running by a guard
 //! that a panic drops too. Also here: dating a credential the journal does not know (read from
-//! the destinations, kept), overdue alerts, running the jobs (including unfinished rotations of
+//! the destinations and kept, after the pass's jobs started, so requests never wait for it; a
+//! date learnt wakes the next pass), overdue alerts, running the jobs (including unfinished rotations of
 //! policies that are gone, see `leftover`), holding back a policy that failed or waits, and the
 //! hourly orphan scan, which shutdown waits for within its deadline.
 
@@ -121,42 +122,50 @@ impl Daemon {
             }
         };
         let policies = self.policies();
-        let plan_now = |daemon: &Daemon| {
-            let state = daemon.state();
-            plan(&Inputs {
-                policies: &policies,
-                history: &history,
-                requests: &requests,
-                holds: &state.holds,
-                running: &state.running,
-                dated: &state.basis,
-                now,
-            })
+        // Planned on a copy of what the daemon keeps, so the lock is held for the copy only;
+        // a claim checks `running` again. Guessed dates are for one pass: dated again now.
+        let (holds, running, dated) = {
+            let mut state = self.state();
+            state.basis.retain(|_, dated| dated.known);
+            (state.holds.clone(), state.running.clone(), state.basis.clone())
         };
-        // Guesses are for one pass: date those credentials again.
-        self.state().basis.retain(|_, dated| dated.known);
-        let mut plan = plan_now(&self);
-        if !plan.undated.is_empty() {
-            for policy in &plan.undated {
-                let dated = self.date(policy, now).await;
-                self.state().basis.insert(policy.name.clone(), dated);
-            }
-            plan = plan_now(&self);
-        }
+        let plan = plan(&Inputs {
+            policies: &policies,
+            history: &history,
+            requests: &requests,
+            holds: &holds,
+            running: &running,
+            dated: &dated,
+            now,
+        });
+        self.log_elsewhere(&plan.elsewhere);
         for (policy, due) in &plan.due {
             self.alert_overdue(policy, due);
         }
-        {
-            let mut state = self.state();
-            let open: Vec<&str> = plan.elsewhere.iter().map(|q| q.id.as_str()).collect();
-            state.elsewhere_logged.retain(|id| open.contains(&id.as_str()));
-            for q in &plan.elsewhere {
-                if state.elsewhere_logged.insert(q.id.clone()) {
-                    tracing::warn!(policy = %q.policy, request = %q.id, "a requested rotation waits for a policy this process does not have (removed or renamed here, or not yet added); a process that has it runs it");
-                }
-            }
+        // What is planned starts before any credential is dated (a destination or Toktra may be
+        // slow): requests and unfinished work never wait for it.
+        let undated: Vec<String> = plan.undated.iter().map(|p| p.name.clone()).collect();
+        self.start(plan.jobs, &policies).await;
+        // The view dates what the plan could not (reading destinations and Toktra, unless
+        // stopping); a policy it learnt the date of may be due: plan it at once, not a tick
+        // later. (A guess, from a destination that could not be read, wakes nothing: it is tried
+        // again on the next pass.)
+        let view = self.view(history, now).await;
+        let learnt = {
+            let state = self.state();
+            undated.iter().any(|name| state.basis.get(name).is_some_and(|dated| dated.known))
+        };
+        if learnt {
+            self.wake.notify_one();
         }
-        for job in plan.jobs {
+        self.state().last_pass = Some(Arc::new(view));
+        release_free_memory();
+        self.metrics.pass_completed();
+    }
+
+    /// Starts each job in a task of its own, in order, while slots last.
+    async fn start(self: &Arc<Self>, jobs: Vec<Planned<'_>>, policies: &Arc<Vec<Policy>>) {
+        for job in jobs {
             if self.is_stopping() {
                 break;
             }
@@ -187,10 +196,17 @@ impl Daemon {
                 }
             }
         }
-        let view = self.view(history, now).await;
-        self.state().last_pass = Some(Arc::new(view));
-        release_free_memory();
-        self.metrics.pass_completed();
+    }
+
+    /// Logs, once each, the open requests of policies this set lacks.
+    fn log_elsewhere(&self, elsewhere: &[&journal::Request]) {
+        let mut state = self.state();
+        state.elsewhere_logged.retain(|id| elsewhere.iter().any(|q| &q.id == id));
+        for q in elsewhere {
+            if state.elsewhere_logged.insert(q.id.clone()) {
+                tracing::warn!(policy = %q.policy, request = %q.id, compromised = q.compromised, "a requested rotation waits for a policy this process does not have (removed or renamed here, or not yet added); a process that has it runs it");
+            }
+        }
     }
 
     /// Runs a planned job of a loaded policy; the guard and the permit go when it ends.
@@ -208,9 +224,12 @@ impl Daemon {
         self.execute(&policy, work).await;
         drop(guard);
         drop(permit);
-        // A request of another policy may be waiting for a slot (one of this policy that could
-        // not run now waits for the next tick rather than spinning).
-        if self.engine.journal.open_requests().await.is_ok_and(|open| open.iter().any(|r| r.policy != policy.name)) {
+        // A request of another loaded policy may be waiting for a slot (one of this policy that
+        // could not run now waits for the next tick rather than spinning, and one of a policy
+        // this set lacks waits for another process).
+        let loaded = self.policies();
+        let waiting = |r: &journal::Request| r.policy != policy.name && loaded.iter().any(|p| p.name == r.policy);
+        if self.engine.journal.open_requests().await.is_ok_and(|open| open.iter().any(waiting)) {
             self.wake.notify_one();
         }
     }
@@ -268,7 +287,8 @@ impl Daemon {
     }
 
     /// When `policy` is due: from the journal's last promotion, else from its current
-    /// credential's age (read from the destinations and Toktra when the passes have not).
+    /// credential's age (read from the destinations and Toktra when the passes have not, and
+    /// kept, a guess for one pass only).
     pub async fn due(&self, policy: &Policy, rotations: &[&Rotation], now: DateTime<Utc>) -> Due {
         let promoted = rotations.iter().find(|r| r.phase.is_promoted()).and_then(|r| r.promoted_at);
         let last = match promoted {
@@ -277,6 +297,9 @@ impl Daemon {
                 let cached = self.state().basis.get(&policy.name).copied();
                 match cached {
                     Some(dated) => dated.since,
+                    // Stopping: no destination is read any more (a slow one would hold the
+                    // shutdown); assumed fresh, as when it cannot be read.
+                    None if self.is_stopping() => Some((now, Basis::Credential)),
                     None => {
                         let dated = self.date(policy, now).await;
                         self.state().basis.insert(policy.name.clone(), dated);

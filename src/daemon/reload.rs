@@ -168,34 +168,66 @@ fn what_it_does(p: &Policy) -> String {
     )
 }
 
-/// What only the service can decide about a valid policy set, at start and on every reload:
-/// destinations that only the default AWS region makes one secret, destinations `clients`
-/// cannot reach, and notification channels the configuration does not define (`knows`).
+/// What only the service can decide about a valid policy set, on every reload and (in two
+/// steps, [`defined_channels`] before connecting) at start: destinations that only the default
+/// AWS region makes one secret, destinations `clients` cannot reach, and notification channels
+/// the configuration does not define (`knows`).
 pub fn runnable(
     policies: &[Policy],
     clients: &store::Clients,
     knows: &dyn Fn(&str) -> bool,
 ) -> Result<(), policy::Invalid> {
+    let mut problems = match reachable(policies, clients) {
+        Ok(()) => Vec::new(),
+        Err(invalid) => invalid.0,
+    };
+    if let Err(invalid) = defined_channels(policies, knows) {
+        problems.extend(invalid.0);
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(policy::Invalid(problems)),
+    }
+}
+
+/// The notification channels of `policies` that the configuration does not define (`knows`):
+/// pure, so start checks it before connecting to anything.
+pub fn defined_channels(policies: &[Policy], knows: &dyn Fn(&str) -> bool) -> Result<(), policy::Invalid> {
+    let problems: Vec<policy::Problem> = policies
+        .iter()
+        .flat_map(|p| {
+            p.notify.iter().filter(|c| !knows(c)).map(|channel| policy::Problem {
+                location: p.source.clone(),
+                field: "notify".into(),
+                message: format!("channel `{channel}` is not defined in the configuration"),
+            })
+        })
+        .collect();
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(policy::Invalid(problems)),
+    }
+}
+
+/// Whether `clients` reach every destination of `policies`, and no two of them are one secret
+/// by the default AWS region. A destination they cannot serve is reported with why.
+pub fn reachable(policies: &[Policy], clients: &store::Clients) -> Result<(), policy::Invalid> {
     let region = clients.aws.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
     policy::check_default_region(policies, region.as_deref())?;
-    let mut missing = Vec::new();
+    let mut problems = Vec::new();
     for p in policies {
-        let problem =
-            |field: &str, message: String| policy::Problem { location: p.source.clone(), field: field.into(), message };
         for (i, d) in p.destinations.iter().enumerate() {
-            if Handle::new(d, p.credential.kind, clients).is_err() {
-                missing.push(problem(
-                    &format!("destinations[{i}]"),
-                    format!("{} is not configured in this service", d.label()),
-                ));
+            if let Err(e) = Handle::new(d, p.credential.kind, clients) {
+                problems.push(policy::Problem {
+                    location: p.source.clone(),
+                    field: format!("destinations[{i}]"),
+                    message: format!("{} cannot be served by this service: {}", d.label(), e.detail),
+                });
             }
         }
-        for channel in p.notify.iter().filter(|c| !knows(c)) {
-            missing.push(problem("notify", format!("channel `{channel}` is not defined in the configuration")));
-        }
     }
-    match missing.is_empty() {
+    match problems.is_empty() {
         true => Ok(()),
-        false => Err(policy::Invalid(missing)),
+        false => Err(policy::Invalid(problems)),
     }
 }

@@ -95,7 +95,8 @@ async fn the_service_runs_on_a_listener_its_caller_owns() {
 }
 
 /// A policy set the configuration cannot run is refused by `build` with its place, before the
-/// journal is created.
+/// journal is created and before anything is connected to: the configuration names a Vault
+/// (AppRole) that nothing listens for, and the refusal is the policy's, not a failed login.
 #[tokio::test(flavor = "multi_thread")]
 async fn building_refuses_what_the_configuration_cannot_run_and_writes_nothing() {
     let env = Env::start().await;
@@ -103,9 +104,20 @@ async fn building_refuses_what_the_configuration_cannot_run_and_writes_nothing()
         "p.yaml",
         "name: unheard\ncredential: { kind: api_key, name: '{prefix}-unheard' }\nschedule: { every: 90d }\ndestinations:\n  - file: { path: ../out/unheard.json }\nnotify: [pager]\n",
     );
-    let config = configure(&env, "");
+    std::fs::write(env.dir.join("secret-id"), "never-sent").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let vault = format!(
+        "[vault]\naddr = \"http://{closed}\"\nauth = \"approle\"\n[vault.approle]\nrole_id = \"rotator\"\nsecret_id_file = \"{}\"\n",
+        env.dir.join("secret-id").display()
+    );
+    let config = configure(&env, &vault);
     let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
-    let built = Service::build(&config, env.dir.join("policies"), policies, Access::Open).await;
+    let built = tokio::time::timeout(
+        Duration::from_secs(30),
+        Service::build(&config, env.dir.join("policies"), policies, Access::Open),
+    )
+    .await
+    .expect("build answered");
     let Err(Error::Policies(invalid)) = built else { panic!("built a service whose channel is not defined") };
     let text = invalid.to_string();
     assert!(text.contains("p.yaml:1:1: notify: channel `pager` is not defined in the configuration"), "{text}");
@@ -185,6 +197,77 @@ async fn a_request_for_a_policy_the_set_lacks_waits_for_it_and_says_so() {
         assert!(Instant::now() < deadline, "the request did not run once its policy was loaded: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// A request runs while the same pass is still dating a credential the journal does not know:
+/// dating reads the destinations (here a Vault held at a closed gate), and it waits for the
+/// pass's jobs to start, not the other way round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_does_not_wait_for_a_slow_destination_of_another_policy() {
+    let env = Env::start().await;
+    let gate = crate::service::VaultGate::start(&env.vault_addr).await;
+    std::fs::write(env.dir.join("vault-token"), &env.vault_token).unwrap();
+    let vault =
+        format!("[vault]\naddr = \"{}\"\ntoken_file = \"{}\"\n", gate.url, env.dir.join("vault-token").display());
+    env.policy(
+        "adopted.yaml",
+        "name: adopted\ncredential: { kind: api_key, name: '{prefix}-adopted' }\nschedule: { every: 90d }\ndestinations:\n  - vault: { mount: secret, path: '{prefix}/adopted' }\n",
+    );
+    env.policy(
+        "asked.yaml",
+        "name: asked\ncredential: { kind: api_key, name: '{prefix}-asked' }\nschedule: { every: 90d }\ndestinations:\n  - file: { path: ../out/asked.json }\nrevoke: { grace: 0s }\n",
+    );
+    let config = configure(&env, &vault);
+    let journal = rotator::journal::Journal::open(&env.journal_path().display().to_string()).await.unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    journal
+        .add_request(&rotator::journal::Request {
+            id: id.clone(),
+            policy: "asked".into(),
+            reason: Some("now".into()),
+            compromised: true,
+            idempotency_key: None,
+            created_at: chrono::Utc::now(),
+            state: rotator::journal::RequestState::Queued,
+        })
+        .await
+        .unwrap();
+    let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
+    let token = format!("api-{}", uuid::Uuid::new_v4().simple());
+    let service =
+        Service::build(&config, env.dir.join("policies"), policies, Access::Token(Secret::new(&token))).await.unwrap();
+    // From here on, whatever is sent to Vault is held.
+    gate.close();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(service.run(listener, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    // Well before the 15 s after which rotator gives up on the held Vault call: a pass that
+    // dated first would start the request only then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Value = http
+            .get(format!("{base}/v1/rotations/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["phase"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request waited for the held Vault: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gate.holding(), "the pass was not dating the Vault policy meanwhile, so this proved nothing");
+    gate.open();
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 }

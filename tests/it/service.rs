@@ -279,6 +279,11 @@ impl VaultGate {
         self.open.send_replace(true);
     }
 
+    /// Whether a request to Vault is held at the closed gate now.
+    pub(crate) fn holding(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
     /// Waits until a request to Vault is held at the closed gate.
     pub(crate) async fn wait_held(&self, service: &Service) {
         let deadline = Instant::now() + Duration::from_secs(20);

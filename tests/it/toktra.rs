@@ -65,7 +65,7 @@ async fn rate_limits_are_waited_out_not_surfaced() {
 async fn management_token_is_renewed_when_it_expires() {
     let admin = admin_client();
     let env = Env::with(sim::Config {
-        token_lifetime: Duration::from_secs(1),
+        token_lifetime: Duration::from_secs(3_600),
         admin_client: Some(admin.clone()),
         ..Default::default()
     })
@@ -77,10 +77,14 @@ async fn management_token_is_renewed_when_it_expires() {
     .unwrap();
     client.list(CredentialKind::ApiKey).await.unwrap();
     // The token expires on the simulator's clock; the client's own clock (the real one) still
-    // holds it fresh, so the simulator's 401 for it is what makes the client fetch a new one.
-    env.sim.advance(Duration::from_millis(1_300));
+    // holds it fresh for an hour, so the simulator's 401 for it is what makes the client fetch
+    // a new one. (Renewal ahead of expiry, on the client's clock, is what the tests with real
+    // 2 s tokens exercise: `a_rotation_outlives_the_management_token`, the fault storm.)
+    env.sim.advance(Duration::from_secs(7_200));
     client.list(CredentialKind::ApiKey).await.expect("a fresh token is fetched");
     assert!(client.stats().token_renewals >= 2, "{:?}", client.stats());
+    let answered = env.sim.stats().by_status;
+    assert!(answered.get(&401).is_some_and(|n| *n >= 1), "the expired token was never refused: {answered:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
