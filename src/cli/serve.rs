@@ -1,6 +1,6 @@
-//! `rotator serve`: checks the API token and the policy set, builds the service
-//! (`service::Service::build`), binds the listen address and runs the service until a stop
-//! signal (`Service::run`).
+//! `rotator serve`: checks the API token and the policy set, binds the listen address, builds
+//! the service (`service::Service::build`) and runs it on that listener until a stop signal
+//! (`Service::run`).
 
 use super::open::load_policies;
 use super::{Ctx, Failure, ServeArgs};
@@ -27,8 +27,10 @@ pub(super) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let policies = load_policies(&ctx.policies)?;
-    let service = Service::build(&config, ctx.policies.clone(), policies, access).await?;
+    // Bound before building, so an address that cannot be served is refused before the journal
+    // is created (the port is held, unanswered, while the service is built).
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::Invalid(format!("listen {listen}: {e}")))?;
+    let service = Service::build(&config, ctx.policies.clone(), policies, access).await?;
     Ok(service.run(listener, crate::telemetry::shutdown_signal()).await?)
 }

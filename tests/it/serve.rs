@@ -1131,3 +1131,25 @@ async fn webhook_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (hook, received)
 }
+
+/// A listen address that cannot be bound (here, one the test holds) is refused with exit 2
+/// before anything is written: no journal is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listen_address_in_use_is_refused_before_the_journal_is_created() {
+    let mut env = Env::start().await;
+    let spec = Spec {
+        name: "bound".into(),
+        kind: CredentialKind::ApiKey,
+        dests: vec![Dest::File("bound.json".into())],
+        grace: "0s",
+    };
+    env.policy("bound.yaml", &spec.yaml());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    env.env.push(("ROTATOR_API_TOKEN".into(), format!("api-{}", uuid::Uuid::new_v4().simple())));
+    let run = env.rotator(&["serve", "--listen", &addr]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains(&format!("listen {addr}:")), "{}", run.stderr);
+    assert!(!env.journal_path().exists(), "the journal was created for a service that could not listen");
+    drop(taken);
+}
