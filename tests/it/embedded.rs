@@ -2,9 +2,11 @@
 //! `Service::run` serves on a listener the caller bound (port 0, its address read from the
 //! listener itself) until the caller's shutdown future resolves.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rotator::config::Config;
+use rotator::daemon::Daemon;
 use rotator::secret::Secret;
 use rotator::service::{Access, Error, Service};
 use serde_json::{Value, json};
@@ -25,39 +27,101 @@ fn configure(env: &Env, extra: &str) -> Config {
     Config::load(Some(&path)).unwrap()
 }
 
+/// A policy `name` into a file beside the policies, every 90 days, revoking at once.
+fn file_policy(env: &Env, name: &str) {
+    env.policy(
+        &format!("{name}.yaml"),
+        &format!(
+            "name: {name}\ncredential: {{ kind: api_key, name: '{{prefix}}-{name}' }}\nschedule: {{ every: 90d }}\ndestinations:\n  - file: {{ path: ../out/{name}.json }}\nrevoke: {{ grace: 0s }}\n"
+        ),
+    );
+}
+
+/// Records a queued request in the journal, as another replica that accepted it would; its ID.
+async fn queue_request(env: &Env, policy: &str, reason: &str, compromised: bool) -> String {
+    let journal = rotator::journal::Journal::open(&env.journal_path().display().to_string()).await.unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    let request = rotator::journal::Request {
+        id: id.clone(),
+        policy: policy.into(),
+        reason: Some(reason.into()),
+        compromised,
+        idempotency_key: None,
+        created_at: chrono::Utc::now(),
+        state: rotator::journal::RequestState::Queued,
+    };
+    journal.add_request(&request).await.unwrap();
+    id
+}
+
+/// A service built from this test's policy directory and running in this process.
+struct Running {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    daemon: Arc<Daemon>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Builds the service (calling `before_run` between building and running) and runs it on a
+    /// port-0 listener this test binds.
+    async fn start(env: &Env, config: &Config, before_run: impl FnOnce()) -> Running {
+        let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
+        let token = format!("api-{}", uuid::Uuid::new_v4().simple());
+        let service = Service::build(config, env.dir.join("policies"), policies, Access::Token(Secret::new(&token)))
+            .await
+            .unwrap_or_else(|e| panic!("build: {e}"));
+        let daemon = service.daemon().clone();
+        before_run();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        Running { base, token, http: reqwest::Client::new(), daemon, stop, task }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    /// Polls the rotation until its phase is `phase`, failing with `why` after `within`.
+    async fn wait_phase(&self, id: &str, phase: &str, within: Duration, why: &str) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let body = self.get(&format!("/v1/rotations/{id}")).await;
+            if body["phase"] == phase {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{why}: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resolves the shutdown future and waits for `run` to end; its result.
+    async fn stop(self) -> Result<(), Error> {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("run ended after the stop").unwrap()
+    }
+}
+
 /// Built, then run on a listener the test owns: the first pass rotates the new policy, an
 /// on-demand request is served at the listener's address, and the service ends when the test's
 /// shutdown future resolves, closing the port.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_runs_on_a_listener_its_caller_owns() {
     let env = Env::start().await;
-    env.policy(
-        "p.yaml",
-        "name: embedded\ncredential: { kind: api_key, name: '{prefix}-embedded' }\nschedule: { every: 90d }\ndestinations:\n  - file: { path: ../out/embedded.json }\nrevoke: { grace: 0s }\n",
-    );
-    let config = configure(&env, "");
-    let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
-    let token = format!("api-{}", uuid::Uuid::new_v4().simple());
-    let service = Service::build(&config, env.dir.join("policies"), policies, Access::Token(Secret::new(&token)))
-        .await
-        .unwrap_or_else(|e| panic!("build: {e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(service.run(listener, async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::new();
-    let get = async |path: &str| -> (u16, Value) {
-        let r = http.get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    };
+    file_policy(&env, "embedded");
+    let service = Running::start(&env, &configure(&env, ""), || {}).await;
 
     // Never rotated: the first pass rotates it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = get("/v1/rotations?policy=embedded").await;
-        assert_eq!(status, 200, "{body}");
+        let body = service.get("/v1/rotations?policy=embedded").await;
         if body["rotations"].as_array().is_some_and(|list| list.iter().any(|r| r["phase"] == "completed")) {
             break;
         }
@@ -67,29 +131,21 @@ async fn the_service_runs_on_a_listener_its_caller_owns() {
     assert!(env.dir.join("out/embedded.json").exists());
 
     // On demand, through the listener the test bound.
-    let r = http
-        .post(format!("{base}/v1/policies/embedded/rotate"))
-        .bearer_auth(&token)
+    let r = service
+        .http
+        .post(format!("{}/v1/policies/embedded/rotate", service.base))
+        .bearer_auth(&service.token)
         .json(&json!({ "reason": "embedded" }))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = get(&format!("/v1/rotations/{id}")).await;
-        if body["phase"] == "completed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the requested rotation did not complete: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    service.wait_phase(&id, "completed", Duration::from_secs(30), "the requested rotation did not complete").await;
 
     // The caller's shutdown future ends it, with the port closed.
-    stop.send(()).unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(30), running).await.expect("run ended after the stop");
-    ended.unwrap().unwrap_or_else(|e| panic!("run: {e}"));
+    let base = service.base.clone();
+    service.stop().await.unwrap_or_else(|e| panic!("run: {e}"));
     let after = reqwest::Client::new().get(format!("{base}/healthz")).send().await;
     assert!(after.is_err(), "the port still answers after run ended: {after:?}");
 }
@@ -130,45 +186,12 @@ async fn building_refuses_what_the_configuration_cannot_run_and_writes_nothing()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_for_a_policy_the_set_lacks_waits_for_it_and_says_so() {
     let env = Env::start().await;
-    let yaml = |name: &str| {
-        format!(
-            "name: {name}\ncredential: {{ kind: api_key, name: '{{prefix}}-{name}' }}\nschedule: {{ every: 90d }}\ndestinations:\n  - file: {{ path: ../out/{name}.json }}\nrevoke: {{ grace: 0s }}\n"
-        )
-    };
-    env.policy("kept.yaml", &yaml("kept"));
-    let config = configure(&env, "");
+    file_policy(&env, "kept");
     // Another replica, whose set has `elsewhere`, accepted a request for it.
-    let journal = rotator::journal::Journal::open(&env.journal_path().display().to_string()).await.unwrap();
-    let id = uuid::Uuid::now_v7().to_string();
-    journal
-        .add_request(&rotator::journal::Request {
-            id: id.clone(),
-            policy: "elsewhere".into(),
-            reason: Some("accepted by another replica".into()),
-            compromised: false,
-            idempotency_key: None,
-            created_at: chrono::Utc::now(),
-            state: rotator::journal::RequestState::Queued,
-        })
-        .await
-        .unwrap();
-    let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
-    let token = format!("api-{}", uuid::Uuid::new_v4().simple());
-    let service =
-        Service::build(&config, env.dir.join("policies"), policies, Access::Token(Secret::new(&token))).await.unwrap();
-    let daemon = service.daemon().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(service.run(listener, async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::new();
-    let get = async |path: &str| -> Value {
-        http.get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap()
-    };
+    let id = queue_request(&env, "elsewhere", "accepted by another replica", false).await;
+    let service = Running::start(&env, &configure(&env, ""), || {}).await;
     let passes = async || -> u64 {
-        let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = service.http.get(format!("{}/metrics", service.base)).send().await.unwrap().text().await.unwrap();
         text.lines().find_map(|l| l.strip_prefix("rotator_reconcile_passes_total ")).unwrap().trim().parse().unwrap()
     };
 
@@ -178,27 +201,20 @@ async fn a_request_for_a_policy_the_set_lacks_waits_for_it_and_says_so() {
         assert!(Instant::now() < deadline, "fewer than two passes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let queued = get(&format!("/v1/rotations/{id}")).await;
+    let queued = service.get(&format!("/v1/rotations/{id}")).await;
     assert_eq!(queued["phase"], "queued", "{queued}");
     let waiting = queued["waiting"].as_str().unwrap_or_default();
     assert!(waiting.contains("policy `elsewhere` is not in this service's policy set"), "{queued}");
 
     // Once the set has the policy, the request runs under its ID.
-    env.policy("elsewhere.yaml", &yaml("elsewhere"));
-    assert!(matches!(daemon.reload().await, rotator::daemon::Reloaded::Accepted(2)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let body = get(&format!("/v1/rotations/{id}")).await;
-        if body["phase"] == "completed" {
-            assert_eq!(body["reason"], "accepted by another replica", "{body}");
-            assert!(body.get("waiting").is_none_or(Value::is_null), "{body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the request did not run once its policy was loaded: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    file_policy(&env, "elsewhere");
+    assert!(matches!(service.daemon.reload().await, rotator::daemon::Reloaded::Accepted(2)));
+    let done = service
+        .wait_phase(&id, "completed", Duration::from_secs(30), "the request did not run once its policy was loaded")
+        .await;
+    assert_eq!(done["reason"], "accepted by another replica", "{done}");
+    assert!(done.get("waiting").is_none_or(Value::is_null), "{done}");
+    service.stop().await.unwrap();
 }
 
 /// A request runs while the same pass is still dating a credential the journal does not know:
@@ -215,59 +231,14 @@ async fn a_request_does_not_wait_for_a_slow_destination_of_another_policy() {
         "adopted.yaml",
         "name: adopted\ncredential: { kind: api_key, name: '{prefix}-adopted' }\nschedule: { every: 90d }\ndestinations:\n  - vault: { mount: secret, path: '{prefix}/adopted' }\n",
     );
-    env.policy(
-        "asked.yaml",
-        "name: asked\ncredential: { kind: api_key, name: '{prefix}-asked' }\nschedule: { every: 90d }\ndestinations:\n  - file: { path: ../out/asked.json }\nrevoke: { grace: 0s }\n",
-    );
-    let config = configure(&env, &vault);
-    let journal = rotator::journal::Journal::open(&env.journal_path().display().to_string()).await.unwrap();
-    let id = uuid::Uuid::now_v7().to_string();
-    journal
-        .add_request(&rotator::journal::Request {
-            id: id.clone(),
-            policy: "asked".into(),
-            reason: Some("now".into()),
-            compromised: true,
-            idempotency_key: None,
-            created_at: chrono::Utc::now(),
-            state: rotator::journal::RequestState::Queued,
-        })
-        .await
-        .unwrap();
-    let policies = rotator::policy::load_dir(&env.dir.join("policies")).unwrap();
-    let token = format!("api-{}", uuid::Uuid::new_v4().simple());
-    let service =
-        Service::build(&config, env.dir.join("policies"), policies, Access::Token(Secret::new(&token))).await.unwrap();
-    // From here on, whatever is sent to Vault is held.
-    gate.close();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(service.run(listener, async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::new();
+    file_policy(&env, "asked");
+    let id = queue_request(&env, "asked", "now", true).await;
+    // From the end of the build on, whatever is sent to Vault is held.
+    let service = Running::start(&env, &configure(&env, &vault), || gate.close()).await;
     // Well before the 15 s after which rotator gives up on the held Vault call: a pass that
     // dated first would start the request only then.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let body: Value = http
-            .get(format!("{base}/v1/rotations/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["phase"] == "completed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the request waited for the held Vault: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    service.wait_phase(&id, "completed", Duration::from_secs(10), "the request waited for the held Vault").await;
     assert!(gate.holding(), "the pass was not dating the Vault policy meanwhile, so this proved nothing");
     gate.open();
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    service.stop().await.unwrap();
 }
