@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub per_policy: Vec<PolicyGauges>,
     pub pending_revocations: u64,
     pub in_flight: u64,
+    /// Open on-demand requests of policies this process's set lacks.
+    pub requests_elsewhere: u64,
     pub policies: u64,
     /// Toktra responses by status (`error` for transport failures).
     pub toktra_requests: BTreeMap<String, u64>,
@@ -180,6 +182,13 @@ impl Metrics {
         );
         single(&mut out, "rotator_rotations_in_flight", "gauge", "Rotations running now.", s.in_flight as f64);
         single(&mut out, "rotator_policies", "gauge", "Policies loaded.", s.policies as f64);
+        single(
+            &mut out,
+            "rotator_requests_waiting_elsewhere",
+            "gauge",
+            "Open on-demand requests of policies this process does not have; a process that has the policy runs them.",
+            s.requests_elsewhere as f64,
+        );
         single(
             &mut out,
             "rotator_policy_reload_success",

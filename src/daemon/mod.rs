@@ -97,8 +97,9 @@ struct State {
     holds: HashMap<String, Hold>,
     /// Orphans already notified (policy, credential).
     orphan_sent: BTreeSet<(String, String)>,
-    /// Open requests already logged as waiting for a policy this set lacks (by request ID).
-    elsewhere_logged: BTreeSet<String>,
+    /// Open requests of policies this set lacks, as of the last pass (by request ID; each is
+    /// logged once, and `/metrics` counts them).
+    elsewhere: BTreeSet<String>,
     /// Failures already notified (policy, rotation, error), so a stuck rotation retried later is
     /// reported once per distinct error; a policy's entries go when it succeeds.
     failure_sent: BTreeSet<(String, String, String)>,
@@ -131,7 +132,7 @@ impl Daemon {
                 overdue_sent: HashMap::new(),
                 holds: HashMap::new(),
                 orphan_sent: BTreeSet::new(),
-                elsewhere_logged: BTreeSet::new(),
+                elsewhere: BTreeSet::new(),
                 failure_sent: BTreeSet::new(),
                 // The set given here was loaded at start.
                 reload_status: ReloadStatus { at: Utc::now(), rejected: None },

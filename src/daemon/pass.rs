@@ -198,12 +198,12 @@ impl Daemon {
         }
     }
 
-    /// Logs, once each, the open requests of policies this set lacks.
+    /// Keeps the open requests of policies this set lacks, logging each new one once.
     fn log_elsewhere(&self, elsewhere: &[&journal::Request]) {
         let mut state = self.state();
-        state.elsewhere_logged.retain(|id| elsewhere.iter().any(|q| &q.id == id));
+        state.elsewhere.retain(|id| elsewhere.iter().any(|q| &q.id == id));
         for q in elsewhere {
-            if state.elsewhere_logged.insert(q.id.clone()) {
+            if state.elsewhere.insert(q.id.clone()) {
                 tracing::warn!(policy = %q.policy, request = %q.id, compromised = q.compromised, "a requested rotation waits for a policy this process does not have (removed or renamed here, or not yet added); a process that has it runs it");
             }
         }

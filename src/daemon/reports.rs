@@ -156,9 +156,15 @@ impl Daemon {
     pub async fn snapshot(&self) -> Snapshot {
         let now = Utc::now();
         let Ok(view) = self.pass_state().await else { return Snapshot::default() };
+        // One lock for both: a second `state()` in the same expression would wait for the first.
+        let (in_flight, requests_elsewhere) = {
+            let state = self.state();
+            (state.running.len() as u64, state.elsewhere.len() as u64)
+        };
         let mut s = Snapshot {
             policies: self.policies().len() as u64,
-            in_flight: self.state().running.len() as u64,
+            in_flight,
+            requests_elsewhere,
             pending_revocations: view.pending_revocations,
             per_policy: view
                 .gauges

@@ -89,6 +89,13 @@ impl Running {
         r.json().await.unwrap_or(Value::Null)
     }
 
+    /// A metric without labels, from `/metrics`.
+    async fn gauge(&self, name: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        let line = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+        line.unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")).trim().parse().unwrap()
+    }
+
     /// Polls the rotation until its phase is `phase`, failing with `why` after `within`.
     async fn wait_phase(&self, id: &str, phase: &str, within: Duration, why: &str) -> Value {
         let deadline = Instant::now() + within;
@@ -190,19 +197,15 @@ async fn a_request_for_a_policy_the_set_lacks_waits_for_it_and_says_so() {
     // Another replica, whose set has `elsewhere`, accepted a request for it.
     let id = queue_request(&env, "elsewhere", "accepted by another replica", false).await;
     let service = Running::start(&env, &configure(&env, ""), || {}).await;
-    let passes = async || -> u64 {
-        let text = service.http.get(format!("{}/metrics", service.base)).send().await.unwrap().text().await.unwrap();
-        text.lines().find_map(|l| l.strip_prefix("rotator_reconcile_passes_total ")).unwrap().trim().parse().unwrap()
-    };
-
     // Two whole passes later, it is still queued, and says why.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while passes().await < 2 {
+    while service.gauge("rotator_reconcile_passes_total").await < 2.0 {
         assert!(Instant::now() < deadline, "fewer than two passes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let queued = service.get(&format!("/v1/rotations/{id}")).await;
     assert_eq!(queued["phase"], "queued", "{queued}");
+    assert_eq!(service.gauge("rotator_requests_waiting_elsewhere").await, 1.0);
     let waiting = queued["waiting"].as_str().unwrap_or_default();
     assert!(waiting.contains("policy `elsewhere` is not in this service's policy set"), "{queued}");
 
@@ -214,6 +217,7 @@ async fn a_request_for_a_policy_the_set_lacks_waits_for_it_and_says_so() {
         .await;
     assert_eq!(done["reason"], "accepted by another replica", "{done}");
     assert!(done.get("waiting").is_none_or(Value::is_null), "{done}");
+    assert_eq!(service.gauge("rotator_requests_waiting_elsewhere").await, 0.0);
     service.stop().await.unwrap();
 }
 
